@@ -1,0 +1,33 @@
+//! The `api_extensions` stapes advertises.
+//!
+//! Clients gate features on these names (`CheckExtension` in the Go client), so the list
+//! holds only what is implemented, named as Incus names it. Later capabilities append to
+//! it as they land.
+
+pub const API_EXTENSIONS: &[&str] = &[
+    "etag",
+    "patch",
+    "certificate_update",
+    "resources",
+    "operation_description",
+    "auth_user",
+    "certificate_token",
+    "certificate_project",
+    "event_lifecycle",
+    "event_lifecycle_requestor_address",
+    "operation_wait",
+    "api_filtering",
+    "metrics",
+    "resources_system",
+    "resources_cpu_socket",
+    "resources_gpu",
+    "resources_numa",
+    "resources_disk_sata",
+    "resources_network_firmware",
+    "resources_v2",
+    "server_trusted_proxy",
+    "metadata_configuration",
+    "warnings",
+    "event_location",
+    "certificate_self_renewal",
+];

@@ -1,0 +1,15 @@
+//! The Incus REST API as data: JSON types, the response envelope, API errors and the
+//! server configuration table.
+//!
+//! Architecture invariant: this crate does no I/O and knows nothing of HTTP libraries,
+//! TLS or storage. Everything here is plain data plus pure functions, so the server, the
+//! client library and the tests all agree on one definition of every shape.
+
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod extensions;
+pub mod types;
+
+pub use envelope::Envelope;
+pub use error::ApiError;

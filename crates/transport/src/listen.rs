@@ -1,0 +1,135 @@
+//! Accept loops. Each accepted connection gets its own task: the TLS handshake is bounded
+//! by a timeout there, never in the loop, so one silent client cannot stop the others.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use trust::ConnFacts;
+
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The byte stream of an accepted connection.
+pub enum ConnStream {
+    Tls(Box<TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+/// An accepted, handshaken connection and what we know of its peer.
+pub struct Conn {
+    pub stream: ConnStream,
+    pub facts: ConnFacts,
+    /// The negotiated ALPN protocol, if any.
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// Accepts TLS connections until `stop` turns true, handing each to `serve`.
+pub async fn serve_tls<F, Fut>(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<rustls::ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            if let Some(conn) = handshake(acceptor, tcp, remote).await {
+                serve(conn).await;
+            }
+        });
+    }
+}
+
+async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<Conn> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(remote = %remote, error = %e, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(remote = %remote, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let cert_fingerprint = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| trust::fingerprint(c.as_ref()));
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    Some(Conn {
+        stream: ConnStream::Tls(Box::new(tls)),
+        facts: ConnFacts {
+            remote: Some(remote),
+            cert_fingerprint,
+            unix_user: None,
+        },
+        alpn,
+    })
+}
+
+/// Accepts unix-socket connections until `stop` turns true.
+pub async fn serve_unix<F, Fut>(listener: UnixListener, mut stop: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "unix accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let user = match crate::unix::peer_user(&stream) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(error = %e, "unix peer credentials unavailable; closing");
+                continue;
+            }
+        };
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            serve(Conn {
+                stream: ConnStream::Unix(stream),
+                facts: ConnFacts {
+                    remote: None,
+                    cert_fingerprint: None,
+                    unix_user: Some(user),
+                },
+                alpn: None,
+            })
+            .await;
+        });
+    }
+}

@@ -1,0 +1,269 @@
+//! TLS policy: one aws-lc-rs provider, TLS 1.3 only, client certificates requested but
+//! optional and verified for real, the served certificate swappable at run time.
+
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("Certificate must be base64 encoded PEM certificate")]
+    BadCertificatePem,
+    #[error("Private key must be a PEM encoded private key")]
+    BadKeyPem,
+    #[error("The private key does not match the certificate")]
+    KeyMismatch,
+    #[error("TLS configuration failed: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The one crypto provider of the process: aws-lc-rs.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
+/// Installs [`provider`] as the process default; call first thing in `main`.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default((*provider()).clone());
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    provider().signature_verification_algorithms
+}
+
+/// Parses a PEM certificate chain and private key into a checked [`CertifiedKey`].
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::BadCertificatePem)?;
+    if chain.is_empty() {
+        return Err(TlsError::BadCertificatePem);
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or(TlsError::BadKeyPem)?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch,
+        rustls::Error::General(_) => TlsError::BadKeyPem,
+        other => TlsError::Config(other),
+    })
+}
+
+/// The certificate the server presents, swapped whole when it changes: new handshakes
+/// see the new one, open connections keep theirs.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn new(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(CertResolver {
+            current: ArcSwap::from_pointee(key),
+        })
+    }
+
+    pub fn set(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+
+    /// DER of the leaf certificate now served.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.current.load().cert[0].as_ref().to_vec()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Asks every client for a certificate, accepts any well-formed one, and leaves trust to
+/// the per-request decision by fingerprint. The handshake signature is still verified,
+/// which is what proves the client holds the certificate's key.
+#[derive(Debug)]
+struct AnyClientCert;
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        trust::cert::inspect(end_entity.as_ref())
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algorithms().supported_schemes()
+    }
+}
+
+/// The server side: TLS 1.3 only, ALPN h2 and http/1.1, optional client certificates.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(AnyClientCert))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How a client decides whether to believe the server's certificate.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Only a certificate with this SHA-256 fingerprint (a pinned remote).
+    Pinned(String),
+    /// Any certificate; the caller reads [`PeerRecorder`] and decides (first contact).
+    Record(Arc<PeerRecorder>),
+}
+
+/// Remembers the certificate a server presented, for first-contact prompts.
+#[derive(Debug, Default)]
+pub struct PeerRecorder {
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl PeerRecorder {
+    pub fn seen_der(&self) -> Option<Vec<u8>> {
+        self.seen.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+#[derive(Debug)]
+struct ServerVerifier(ServerTrust);
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.0 {
+            ServerTrust::Pinned(fp) => {
+                let got = trust::fingerprint(end_entity.as_ref());
+                if trust::constant_time_eq(got.as_bytes(), fp.as_bytes()) {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ApplicationVerificationFailure,
+                    ))
+                }
+            }
+            ServerTrust::Record(rec) => {
+                if let Ok(mut g) = rec.seen.lock() {
+                    *g = Some(end_entity.as_ref().to_vec());
+                }
+                Ok(ServerCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algorithms().supported_schemes()
+    }
+}
+
+/// The client side: the server is trusted by pin (names are not checked: every member
+/// presents the one cluster certificate whatever address it is reached at), and the
+/// client presents its own certificate when it has one.
+pub fn client_config(
+    server: ServerTrust,
+    client_cert: Option<(&str, &str)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier(server)));
+    let mut config = match client_cert {
+        Some((cert_pem, key_pem)) => {
+            let key = certified_key(cert_pem, key_pem)?;
+            let chain = key.cert.clone();
+            let der = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+                .ok()
+                .flatten()
+                .ok_or(TlsError::BadKeyPem)?;
+            builder.with_client_auth_cert(chain, der)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Server name for a dial; a placeholder when the host is not a valid name, since names
+/// are not what trust rests on.
+pub fn server_name(host: &str) -> ServerName<'static> {
+    ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+        .unwrap_or_else(|_| ServerName::try_from("stapes").expect("literal name"))
+}
+
+pub use tokio_rustls::{client::TlsStream as ClientTlsStream, TlsAcceptor, TlsConnector};

@@ -1,0 +1,155 @@
+//! Who is calling: the trust decision.
+//!
+//! ```text
+//!   ConnFacts (from transport)         trust store lookup
+//!   unix creds | cert fingerprint  --> decide() --> Identity { method, username, address }
+//! ```
+//!
+//! The decision is made per request, against the current trust store, so removing a
+//! certificate takes effect on connections that are already open.
+
+use std::net::SocketAddr;
+
+/// How a caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Local access on the unix socket.
+    Unix,
+    /// A trusted TLS client certificate.
+    Tls,
+    /// Nothing that is trusted: the caller may only reach public endpoints.
+    Untrusted,
+}
+
+impl AuthMethod {
+    /// The protocol name Incus uses (`auth_user_method`, `requestor.protocol`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Unix => "unix",
+            AuthMethod::Tls => "tls",
+            AuthMethod::Untrusted => "",
+        }
+    }
+}
+
+/// The facts the transport learnt about one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnFacts {
+    /// The client's address (after a PROXY header, when there is one).
+    pub remote: Option<SocketAddr>,
+    /// SHA-256 of the client certificate's DER, when one was presented and proven.
+    pub cert_fingerprint: Option<String>,
+    /// The peer's user name on the unix socket.
+    pub unix_user: Option<String>,
+}
+
+/// The caller of one request, as handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub method: AuthMethod,
+    /// The user name: the unix user, or the certificate fingerprint.
+    pub username: String,
+    /// Where the request came from: `@` for the unix socket (as Incus), else the IP.
+    pub address: String,
+    /// The certificate type that matched (`client`, `metrics`, `server`), if any.
+    pub cert_type: Option<String>,
+}
+
+impl Identity {
+    pub fn trusted(&self) -> bool {
+        self.method != AuthMethod::Untrusted
+    }
+
+    /// A trusted caller that may do everything (not a metrics-only certificate).
+    pub fn full_access(&self) -> bool {
+        match self.method {
+            AuthMethod::Unix => true,
+            AuthMethod::Tls => matches!(self.cert_type.as_deref(), Some("client") | Some("server")),
+            AuthMethod::Untrusted => false,
+        }
+    }
+}
+
+/// Decides who the caller is. `lookup` maps a fingerprint to the type of the trusted
+/// certificate with that fingerprint.
+pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Identity {
+    let address = facts
+        .remote
+        .map(|a| crate_ip(a).to_string())
+        .unwrap_or_else(|| "@".to_string());
+    if let Some(user) = &facts.unix_user {
+        return Identity {
+            method: AuthMethod::Unix,
+            username: user.clone(),
+            address: "@".into(),
+            cert_type: None,
+        };
+    }
+    if let Some(fp) = &facts.cert_fingerprint {
+        if let Some(kind) = lookup(fp) {
+            return Identity {
+                method: AuthMethod::Tls,
+                username: fp.clone(),
+                address,
+                cert_type: Some(kind),
+            };
+        }
+    }
+    Identity {
+        method: AuthMethod::Untrusted,
+        username: String::new(),
+        address,
+        cert_type: None,
+    }
+}
+
+fn crate_ip(addr: SocketAddr) -> std::net::IpAddr {
+    match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(addr.ip()),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_certificate_is_untrusted() {
+        let facts = ConnFacts {
+            remote: Some("127.0.0.5:3000".parse().unwrap()),
+            cert_fingerprint: Some("aa".into()),
+            unix_user: None,
+        };
+        let id = decide(&facts, |_| None);
+        assert_eq!(id.method, AuthMethod::Untrusted);
+        assert_eq!(id.address, "127.0.0.5");
+    }
+
+    #[test]
+    fn known_certificate_is_tls_and_metrics_is_limited() {
+        let facts = ConnFacts {
+            remote: Some("[::ffff:127.0.0.5]:3000".parse().unwrap()),
+            cert_fingerprint: Some("aa".into()),
+            unix_user: None,
+        };
+        let id = decide(&facts, |fp| (fp == "aa").then(|| "metrics".to_string()));
+        assert_eq!(id.method, AuthMethod::Tls);
+        assert_eq!(id.address, "127.0.0.5");
+        assert!(id.trusted() && !id.full_access());
+    }
+
+    #[test]
+    fn unix_socket_is_trusted() {
+        let facts = ConnFacts {
+            unix_user: Some("root".into()),
+            ..Default::default()
+        };
+        let id = decide(&facts, |_| None);
+        assert_eq!(
+            (id.method, id.username.as_str(), id.address.as_str()),
+            (AuthMethod::Unix, "root", "@")
+        );
+        assert!(id.full_access());
+    }
+}
