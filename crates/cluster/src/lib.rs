@@ -1,1 +1,24 @@
-#![doc = "placeholder"]
+//! Cluster state: typed commands applied to a deterministic state machine, kept on disk
+//! crash-safely.
+//!
+//! ```text
+//!   handler ──Command──> Store::apply ──append to log (fsync)──> StateMachine::apply
+//!                                                         └──> publish Arc<State> (readers)
+//! ```
+//!
+//! Every change of shared state is a [`Command`]. [`state::State::apply`] is pure and
+//! deterministic: the same commands in the same order give the same state on every
+//! member, which is what lets a consensus log replicate it. The store keeps a log of
+//! applied commands plus a snapshot, like a Raft log, so a crash at any point replays to
+//! the last acknowledged write.
+//!
+//! Architecture invariant: handlers never mutate state in place; they send commands and
+//! read published snapshots (`Arc<State>`).
+
+pub mod command;
+pub mod state;
+pub mod store;
+
+pub use command::Command;
+pub use state::{State, StateError, Token, TokenKind};
+pub use store::{Store, StoreError};

@@ -1,1 +1,34 @@
-#![doc = "placeholder"]
+//! The Incus REST API server.
+//!
+//! ```text
+//!            ┌──────────── transport ─────────────┐
+//!  client ──>│ accept ─> TLS (bounded) ─> ConnFacts│──> http::serve_conn (hyper h1/h2, upgrades)
+//!            └─────────────────────────────────────┘          │ facts in request extensions
+//!                                                             v
+//!                                      auth::layer: ConnFacts + trust store -> Identity
+//!                                                             │
+//!                                      log::layer: one line + metrics per request
+//!                                                             v
+//!                                      routes::*: handlers read Arc<State>, write Commands
+//! ```
+//!
+//! [`Daemon`] owns the pieces: the store, the served certificate, the listeners (the
+//! HTTPS one opens, moves and closes when `core.https_address` changes), the event hub
+//! and the metrics. Handlers get them through [`context::Ctx`].
+
+mod auth;
+pub mod context;
+mod daemon;
+pub mod events;
+mod host;
+mod http;
+mod listeners;
+mod log;
+mod metrics;
+mod operations;
+mod resources;
+mod response;
+mod routes;
+
+pub use daemon::{Daemon, DaemonConfig};
+pub use events::EventHub;

@@ -1,1 +1,81 @@
-fn main() {}
+//! `stapesd`: one stapes member.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use server::{Daemon, DaemonConfig, EventHub};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The stapes daemon: an Incus-API cluster member.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Where the member keeps its state (certificates, database, socket).
+    #[arg(long, env = "STAPES_DIR", default_value = "/var/lib/stapes")]
+    state_dir: PathBuf,
+    /// The unix socket path (default: STATE_DIR/unix.socket).
+    #[arg(long, env = "STAPES_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The group that may use the unix socket.
+    #[arg(long)]
+    group: Option<String>,
+    /// The least severe level logged: error, warn, info, debug or trace (or a filter).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    transport::tls::install_default_provider();
+    let events = EventHub::new();
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = match args.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(events.logging_layer())
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the runtime")?;
+    runtime.block_on(async move {
+        let config = DaemonConfig {
+            state_dir: args.state_dir,
+            socket: args.socket,
+            group: args.group,
+        };
+        let daemon = Daemon::start(config, events).await?;
+        let trigger = daemon.shutdown_trigger();
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            let _ = trigger.send(true);
+        });
+        daemon.run().await;
+        anyhow::Ok(())
+    })
+}

@@ -2,7 +2,6 @@
 //! by a timeout there, never in the loop, so one silent client cannot stop the others.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -28,10 +27,15 @@ pub struct Conn {
     pub alpn: Option<Vec<u8>>,
 }
 
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Accepts TLS connections until `stop` turns true, handing each to `serve`.
 pub async fn serve_tls<F, Fut>(
     listener: TcpListener,
-    config: watch::Receiver<Arc<rustls::ServerConfig>>,
+    acceptor: TlsAcceptor,
     mut stop: watch::Receiver<bool>,
     serve: F,
 ) where
@@ -41,7 +45,7 @@ pub async fn serve_tls<F, Fut>(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         };
         let (tcp, remote) = match accepted {
             Ok(a) => a,
@@ -53,7 +57,7 @@ pub async fn serve_tls<F, Fut>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        let acceptor = acceptor.clone();
         let serve = serve.clone();
         tokio::spawn(async move {
             if let Some(conn) = handshake(acceptor, tcp, remote).await {
@@ -76,16 +80,16 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) ->
         }
     };
     let (_, session) = tls.get_ref();
-    let cert_fingerprint = session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| trust::fingerprint(c.as_ref()));
+    let leaf = session.peer_certificates().and_then(|c| c.first());
+    let cert_fingerprint = leaf.map(|c| trust::fingerprint(c.as_ref()));
+    let cert_der = leaf.map(|c| std::sync::Arc::from(c.as_ref()));
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     Some(Conn {
         stream: ConnStream::Tls(Box::new(tls)),
         facts: ConnFacts {
             remote: Some(remote),
             cert_fingerprint,
+            cert_der,
             unix_user: None,
         },
         alpn,
@@ -101,7 +105,7 @@ where
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         };
         let stream = match accepted {
             Ok((s, _)) => s,
@@ -125,6 +129,7 @@ where
                 facts: ConnFacts {
                     remote: None,
                     cert_fingerprint: None,
+                    cert_der: None,
                     unix_user: Some(user),
                 },
                 alpn: None,

@@ -16,7 +16,12 @@ pub enum CertError {
 
 /// The lowercase hex SHA-256 of a certificate's DER: Incus's fingerprint.
 pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+    sha256_hex(der)
+}
+
+/// Lowercase hex SHA-256 of any bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
 }
 
 /// A certificate and its private key, both PEM.

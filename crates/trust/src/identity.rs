@@ -39,6 +39,8 @@ pub struct ConnFacts {
     pub remote: Option<SocketAddr>,
     /// SHA-256 of the client certificate's DER, when one was presented and proven.
     pub cert_fingerprint: Option<String>,
+    /// DER of the client certificate, for adding the caller to the trust store.
+    pub cert_der: Option<std::sync::Arc<[u8]>>,
     /// The peer's user name on the unix socket.
     pub unix_user: Option<String>,
 }
@@ -75,7 +77,7 @@ impl Identity {
 pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Identity {
     let address = facts
         .remote
-        .map(|a| crate_ip(a).to_string())
+        .map(|a| plain_ip(a).to_string())
         .unwrap_or_else(|| "@".to_string());
     if let Some(user) = &facts.unix_user {
         return Identity {
@@ -103,7 +105,7 @@ pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Ide
     }
 }
 
-fn crate_ip(addr: SocketAddr) -> std::net::IpAddr {
+fn plain_ip(addr: SocketAddr) -> std::net::IpAddr {
     match addr.ip() {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(addr.ip()),
         v4 => v4,
@@ -119,7 +121,7 @@ mod tests {
         let facts = ConnFacts {
             remote: Some("127.0.0.5:3000".parse().unwrap()),
             cert_fingerprint: Some("aa".into()),
-            unix_user: None,
+            ..Default::default()
         };
         let id = decide(&facts, |_| None);
         assert_eq!(id.method, AuthMethod::Untrusted);
@@ -131,7 +133,7 @@ mod tests {
         let facts = ConnFacts {
             remote: Some("[::ffff:127.0.0.5]:3000".parse().unwrap()),
             cert_fingerprint: Some("aa".into()),
-            unix_user: None,
+            ..Default::default()
         };
         let id = decide(&facts, |fp| (fp == "aa").then(|| "metrics".to_string()));
         assert_eq!(id.method, AuthMethod::Tls);

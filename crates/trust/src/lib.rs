@@ -10,7 +10,7 @@ pub mod cert;
 pub mod identity;
 pub mod token;
 
-pub use cert::{fingerprint, CertError, CertPair};
+pub use cert::{fingerprint, sha256_hex, CertError, CertPair};
 pub use identity::{AuthMethod, ConnFacts, Identity};
 
 /// Compares two secrets in time that depends only on their lengths.

@@ -1,0 +1,70 @@
+//! The commands that change cluster state.
+
+use std::collections::BTreeMap;
+
+use api::types::{Certificate, Warning};
+use serde::{Deserialize, Serialize};
+
+use crate::state::Token;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets global configuration keys; an empty value unsets the key.
+    SetConfig {
+        changes: BTreeMap<String, String>,
+    },
+    /// Adds a trusted certificate; fails if the fingerprint is already trusted.
+    AddCertificate {
+        certificate: Certificate,
+    },
+    /// Replaces the trusted certificate stored under `fingerprint`.
+    UpdateCertificate {
+        fingerprint: String,
+        certificate: Certificate,
+    },
+    DeleteCertificate {
+        fingerprint: String,
+    },
+    CreateToken {
+        token: Token,
+    },
+    /// Consumes a trust token and trusts `certificate` in one step, so a token is spent
+    /// exactly once even when two members race to redeem it.
+    RedeemTrustToken {
+        token_id: String,
+        certificate: Certificate,
+    },
+    DeleteToken {
+        token_id: String,
+    },
+    /// Records a warning, or bumps the count of the one with the same type and location.
+    RecordWarning {
+        warning: Warning,
+    },
+    UpdateWarningStatus {
+        uuid: String,
+        status: String,
+    },
+    DeleteWarning {
+        uuid: String,
+    },
+}
+
+impl Command {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::SetConfig { .. } => "set_config",
+            Command::AddCertificate { .. } => "add_certificate",
+            Command::UpdateCertificate { .. } => "update_certificate",
+            Command::DeleteCertificate { .. } => "delete_certificate",
+            Command::CreateToken { .. } => "create_token",
+            Command::RedeemTrustToken { .. } => "redeem_trust_token",
+            Command::DeleteToken { .. } => "delete_token",
+            Command::RecordWarning { .. } => "record_warning",
+            Command::UpdateWarningStatus { .. } => "update_warning_status",
+            Command::DeleteWarning { .. } => "delete_warning",
+        }
+    }
+}

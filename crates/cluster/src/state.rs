@@ -1,0 +1,271 @@
+//! The state machine: plain data and a pure `apply`.
+
+use std::collections::BTreeMap;
+
+use api::types::{Certificate, Warning};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::Command;
+
+/// What a pending token is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TokenKind {
+    /// `incus config trust add NAME`: lets a new client trust itself once.
+    Trust {
+        client_name: String,
+        #[serde(default)]
+        restricted: bool,
+        #[serde(default)]
+        projects: Vec<String>,
+    },
+}
+
+/// A pending token. It is also shown as a running `class: token` operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// The operation id.
+    pub id: String,
+    pub kind: TokenKind,
+    pub secret: String,
+    /// The member that issued it (the operation's `location`).
+    pub location: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Why a command could not be applied. Deterministic: every member agrees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("Certificate already in trust store")]
+    CertificateExists,
+    #[error("Certificate not found")]
+    CertificateNotFound,
+    #[error("Operation not found")]
+    TokenNotFound,
+    #[error("Warning not found")]
+    WarningNotFound,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Global configuration; unset keys are absent.
+    pub config: BTreeMap<String, String>,
+    /// The trust store, by fingerprint.
+    pub certificates: BTreeMap<String, Certificate>,
+    /// Pending tokens, by operation id.
+    pub tokens: BTreeMap<String, Token>,
+    /// Warnings, by uuid.
+    pub warnings: BTreeMap<String, Warning>,
+}
+
+impl State {
+    /// Applies one command; on error the state is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Result<(), StateError> {
+        match cmd {
+            Command::SetConfig { changes } => {
+                for (k, v) in changes {
+                    if v.is_empty() {
+                        self.config.remove(k);
+                    } else {
+                        self.config.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Command::AddCertificate { certificate } => {
+                if self.certificates.contains_key(&certificate.fingerprint) {
+                    return Err(StateError::CertificateExists);
+                }
+                self.certificates
+                    .insert(certificate.fingerprint.clone(), certificate.clone());
+            }
+            Command::UpdateCertificate {
+                fingerprint,
+                certificate,
+            } => {
+                if !self.certificates.contains_key(fingerprint) {
+                    return Err(StateError::CertificateNotFound);
+                }
+                if fingerprint != &certificate.fingerprint
+                    && self.certificates.contains_key(&certificate.fingerprint)
+                {
+                    return Err(StateError::CertificateExists);
+                }
+                self.certificates.remove(fingerprint);
+                self.certificates
+                    .insert(certificate.fingerprint.clone(), certificate.clone());
+            }
+            Command::DeleteCertificate { fingerprint } => {
+                self.certificates
+                    .remove(fingerprint)
+                    .ok_or(StateError::CertificateNotFound)?;
+            }
+            Command::CreateToken { token } => {
+                self.tokens.insert(token.id.clone(), token.clone());
+            }
+            Command::RedeemTrustToken {
+                token_id,
+                certificate,
+            } => {
+                if !self.tokens.contains_key(token_id) {
+                    return Err(StateError::TokenNotFound);
+                }
+                if self.certificates.contains_key(&certificate.fingerprint) {
+                    return Err(StateError::CertificateExists);
+                }
+                self.tokens.remove(token_id);
+                self.certificates
+                    .insert(certificate.fingerprint.clone(), certificate.clone());
+            }
+            Command::DeleteToken { token_id } => {
+                self.tokens.remove(token_id).ok_or(StateError::TokenNotFound)?;
+            }
+            Command::RecordWarning { warning } => {
+                let existing = self
+                    .warnings
+                    .values_mut()
+                    .find(|w| w.kind == warning.kind && w.location == warning.location);
+                match existing {
+                    Some(w) => {
+                        w.count += 1;
+                        w.last_seen_at = warning.last_seen_at;
+                        w.last_message = warning.last_message.clone();
+                        if w.status == "resolved" {
+                            w.status = "new".into();
+                        }
+                    }
+                    None => {
+                        self.warnings.insert(warning.uuid.clone(), warning.clone());
+                    }
+                }
+            }
+            Command::UpdateWarningStatus { uuid, status } => {
+                if !matches!(status.as_str(), "new" | "acknowledged" | "resolved") {
+                    return Err(StateError::Invalid(format!("Invalid warning status {status:?}")));
+                }
+                self.warnings
+                    .get_mut(uuid)
+                    .ok_or(StateError::WarningNotFound)?
+                    .status = status.clone();
+            }
+            Command::DeleteWarning { uuid } => {
+                self.warnings.remove(uuid).ok_or(StateError::WarningNotFound)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The type of the trusted certificate with this fingerprint.
+    pub fn certificate_type(&self, fingerprint: &str) -> Option<String> {
+        self.certificates.get(fingerprint).map(|c| c.kind.clone())
+    }
+
+    /// Finds the pending trust token whose secret matches, comparing every secret in
+    /// constant time. Expired tokens never match.
+    pub fn find_trust_token(&self, secret: &str, now: OffsetDateTime) -> Option<&Token> {
+        let mut found = None;
+        for token in self.tokens.values() {
+            let live = token.expires_at.is_none_or(|at| at > now);
+            if trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) && live {
+                found = Some(token);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(fp: &str) -> Certificate {
+        Certificate {
+            name: "c".into(),
+            kind: "client".into(),
+            restricted: false,
+            projects: vec![],
+            certificate: String::new(),
+            description: String::new(),
+            fingerprint: fp.into(),
+        }
+    }
+
+    fn token(id: &str, secret: &str, expires_at: Option<OffsetDateTime>) -> Token {
+        Token {
+            id: id.into(),
+            kind: TokenKind::Trust {
+                client_name: "x".into(),
+                restricted: false,
+                projects: vec![],
+            },
+            secret: secret.into(),
+            location: "none".into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn failed_command_changes_nothing() {
+        let mut s = State::default();
+        s.apply(&Command::AddCertificate {
+            certificate: cert("a"),
+        })
+        .unwrap();
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&Command::AddCertificate {
+                certificate: cert("a")
+            }),
+            Err(StateError::CertificateExists)
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn trust_token_redeems_once() {
+        let mut s = State::default();
+        s.apply(&Command::CreateToken {
+            token: token("t1", "sec", None),
+        })
+        .unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(s.find_trust_token("sec", now).unwrap().id, "t1");
+        assert!(s.find_trust_token("sed", now).is_none());
+        let redeem = Command::RedeemTrustToken {
+            token_id: "t1".into(),
+            certificate: cert("f"),
+        };
+        s.apply(&redeem).unwrap();
+        assert!(s.certificates.contains_key("f"));
+        assert_eq!(s.apply(&redeem), Err(StateError::TokenNotFound));
+    }
+
+    #[test]
+    fn expired_token_never_matches() {
+        let mut s = State::default();
+        let past = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        s.apply(&Command::CreateToken {
+            token: token("t", "sec", Some(past)),
+        })
+        .unwrap();
+        assert!(s.find_trust_token("sec", OffsetDateTime::now_utc()).is_none());
+    }
+
+    #[test]
+    fn empty_value_unsets_config() {
+        let mut s = State::default();
+        let set = |k: &str, v: &str| Command::SetConfig {
+            changes: [(k.to_string(), v.to_string())].into(),
+        };
+        s.apply(&set("core.https_trusted_proxy", "127.0.0.1")).unwrap();
+        s.apply(&set("core.https_trusted_proxy", "")).unwrap();
+        assert!(s.config.is_empty());
+    }
+}

@@ -1,0 +1,200 @@
+//! Start-up and shutdown of one member.
+//!
+//! ```text
+//! start:    state dir (0700) ─> server.crt/key (made once) ─> store (replay) ─> unix socket
+//!           ─> HTTPS listener if core.https_address is set ─> ready
+//! shutdown: not ready ─> listeners close ─> open connections finish in-flight requests
+//!           (bounded by DRAIN_TIMEOUT) ─> exit
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cluster::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use transport::tls::{self, CertResolver, TlsAcceptor};
+
+use crate::context::{Ctx, Inner};
+use crate::events::EventHub;
+use crate::host::HostInfo;
+use crate::http::DRAIN_TIMEOUT;
+use crate::listeners::Listeners;
+use crate::metrics::Metrics;
+
+/// How a member is started.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    /// The unix socket; `STATE_DIR/unix.socket` when `None`.
+    pub socket: Option<PathBuf>,
+    /// The group that owns the socket.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("Failed to prepare the state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("Failed to load or create the server certificate: {0}")]
+    Certificate(String),
+    #[error("Failed to open the state database: {0}")]
+    Store(#[from] cluster::StoreError),
+    #[error("Failed to bind the unix socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("Failed to open the HTTPS listener: {0}")]
+    Https(String),
+}
+
+/// A running member.
+pub struct Daemon {
+    ctx: Ctx,
+    socket: PathBuf,
+    unix_task: JoinHandle<()>,
+}
+
+impl Daemon {
+    pub async fn start(config: DaemonConfig, events: EventHub) -> Result<Daemon, StartError> {
+        let dir = &config.state_dir;
+        prepare_dir(dir)?;
+        let cert = load_or_create_cert(dir)?;
+        let key = tls::certified_key(&cert.cert_pem, &cert.key_pem)
+            .map_err(|e| StartError::Certificate(e.to_string()))?;
+        let resolver = CertResolver::new(key);
+        let server_config =
+            tls::server_config(resolver.clone()).map_err(|e| StartError::Certificate(e.to_string()))?;
+        let der = resolver.leaf_der();
+        let served = (trust::cert::der_to_pem(&der), trust::fingerprint(&der));
+
+        let db_dir = dir.join("database");
+        prepare_dir(&db_dir)?;
+        let store = Store::open(&db_dir.join("state.redb"))?;
+
+        let host = HostInfo::read();
+        events.set_location(&host.hostname);
+        let (shutdown_tx, _) = watch::channel(false);
+        let ctx: Ctx = Arc::new(Inner {
+            store,
+            state_dir: dir.clone(),
+            server_name: host.hostname.clone(),
+            host,
+            resolver,
+            served: arc_swap::ArcSwap::from_pointee(served),
+            events,
+            metrics: Metrics::default(),
+            listeners: Listeners::new(TlsAcceptor::from(server_config)),
+            started: Instant::now(),
+            shutting_down: Default::default(),
+            shutdown_tx,
+            handler: Default::default(),
+            state_changed: watch::channel(0).0,
+        });
+        let router = crate::routes::router(ctx.clone());
+        let handler = crate::http::handler(&ctx, router);
+        let _ = ctx.handler.set(handler.clone());
+
+        let socket = config.socket.clone().unwrap_or_else(|| dir.join("unix.socket"));
+        let unix =
+            transport::unix::bind(&socket, config.group.as_deref()).map_err(|source| StartError::Socket {
+                path: socket.clone(),
+                source,
+            })?;
+        let unix_task = tokio::spawn(transport::listen::serve_unix(
+            unix,
+            ctx.shutdown_tx.subscribe(),
+            move |c| handler(c),
+        ));
+
+        let https = ctx.https_address();
+        if !https.is_empty() {
+            ctx.listeners
+                .set_https(&https, ctx.conn_handler())
+                .await
+                .map_err(StartError::Https)?;
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            socket = %socket.display(),
+            https = %https,
+            fingerprint = %ctx.served_certificate().1,
+            "stapesd ready"
+        );
+        Ok(Daemon {
+            ctx,
+            socket,
+            unix_task,
+        })
+    }
+
+    /// Asks the daemon to stop (what SIGTERM does).
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.ctx.shutdown_tx.clone()
+    }
+
+    /// The HTTPS listener's bound address, when there is one.
+    pub async fn https_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ctx.listeners.https_local_addr().await
+    }
+
+    /// Runs until shutdown is asked for, then stops in order.
+    pub async fn run(self) {
+        let mut stop = self.ctx.shutdown_tx.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        self.ctx.listeners.close().await;
+        let _ = self.unix_task.await;
+        let _ = std::fs::remove_file(&self.socket);
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.ctx.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::info!(open = self.ctx.metrics.open_connections(), "stopped");
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// `server.crt`/`server.key`, created on first start. The key is written to a temporary
+/// file and renamed, so a crash never leaves half a key behind.
+fn load_or_create_cert(dir: &Path) -> Result<trust::CertPair, StartError> {
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let fail = |e: &dyn std::fmt::Display| StartError::Certificate(e.to_string());
+    if crt.exists() && key.exists() {
+        return Ok(trust::CertPair {
+            cert_pem: std::fs::read_to_string(&crt).map_err(|e| fail(&e))?,
+            key_pem: std::fs::read_to_string(&key).map_err(|e| fail(&e))?,
+        });
+    }
+    let hostname = HostInfo::read().hostname;
+    let pair = trust::CertPair::generate_server(&hostname).map_err(|e| fail(&e))?;
+    write_atomic(&key, pair.key_pem.as_bytes(), 0o600).map_err(|e| fail(&e))?;
+    write_atomic(&crt, pair.cert_pem.as_bytes(), 0o644).map_err(|e| fail(&e))?;
+    tracing::info!(path = %crt.display(), "created the server certificate");
+    Ok(pair)
+}
+
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,226 @@
+//! The event hub: lifecycle, logging and operation events, fanned out to every
+//! `/1.0/events` listener.
+//!
+//! Senders never wait: a listener that falls behind by more than [`BACKLOG`] events
+//! loses the oldest ones (and is told so in the log) rather than slowing the daemon.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use api::types::{Event, EventLifecycle, EventLifecycleRequestor, EventLogging};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+use trust::Identity;
+
+/// How many events a slow listener may lag behind.
+pub const BACKLOG: usize = 1024;
+
+#[derive(Clone)]
+pub struct EventHub {
+    tx: broadcast::Sender<Event>,
+    location: std::sync::Arc<std::sync::OnceLock<String>>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventHub {
+    pub fn new() -> Self {
+        EventHub {
+            tx: broadcast::channel(BACKLOG).0,
+            location: Default::default(),
+        }
+    }
+
+    /// Sets the member name stamped on events as `location` (once).
+    pub fn set_location(&self, name: &str) {
+        let _ = self.location.set(name.to_string());
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    pub fn send(&self, kind: &str, project: &str, metadata: Value) {
+        let event = Event {
+            kind: kind.to_string(),
+            timestamp: OffsetDateTime::now_utc(),
+            metadata,
+            location: self.location.get().cloned().unwrap_or_default(),
+            project: project.to_string(),
+        };
+        // No listener is not an error.
+        let _ = self.tx.send(event);
+    }
+
+    /// A lifecycle event, with the requestor when there is one.
+    pub fn lifecycle(
+        &self,
+        action: &str,
+        source: &str,
+        requestor: Option<&Identity>,
+        context: Option<BTreeMap<String, Value>>,
+    ) {
+        let meta = EventLifecycle {
+            action: action.to_string(),
+            source: source.to_string(),
+            context,
+            requestor: requestor.map(|id| EventLifecycleRequestor {
+                username: id.username.clone(),
+                protocol: id.method.as_str().to_string(),
+                address: id.address.clone(),
+            }),
+        };
+        self.send(
+            "lifecycle",
+            "default",
+            serde_json::to_value(meta).expect("lifecycle serializes"),
+        );
+    }
+
+    /// A `tracing` layer that turns log records at info level and above into
+    /// `logging` events.
+    pub fn logging_layer(&self) -> LoggingLayer {
+        LoggingLayer { hub: self.clone() }
+    }
+}
+
+/// See [`EventHub::logging_layer`].
+pub struct LoggingLayer {
+    hub: EventHub,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for LoggingLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > tracing::Level::INFO || self.hub.tx.receiver_count() == 0 {
+            return;
+        }
+        let mut visitor = FieldVisitor::default();
+        event.record(&mut visitor);
+        let meta = EventLogging {
+            message: visitor.message,
+            level: level.as_str().to_ascii_lowercase(),
+            context: visitor.context,
+        };
+        self.hub.send(
+            "logging",
+            "",
+            serde_json::to_value(meta).expect("logging serializes"),
+        );
+    }
+}
+
+#[derive(Default)]
+struct FieldVisitor {
+    message: String,
+    context: BTreeMap<String, String>,
+}
+
+impl Visit for FieldVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.record_str(field, &text);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.context.insert(field.name().to_string(), value.to_string());
+        }
+    }
+}
+
+/// Which events one listener wants: `?type=` and project filtering as Incus does.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub types: Vec<String>,
+    pub project: String,
+    pub all_projects: bool,
+}
+
+impl Filter {
+    pub fn from_query(q: &std::collections::HashMap<String, String>) -> Self {
+        let types = q
+            .get("type")
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Filter {
+            types,
+            project: q
+                .get("project")
+                .cloned()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            all_projects: q.get("all-projects").is_some_and(|v| v == "true" || v == "1"),
+        }
+    }
+
+    pub fn accepts(&self, e: &Event) -> bool {
+        if !self.types.is_empty() && !self.types.iter().any(|t| t == &e.kind) {
+            return false;
+        }
+        self.all_projects || e.project.is_empty() || e.project == self.project
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, project: &str) -> Event {
+        Event {
+            kind: kind.into(),
+            timestamp: OffsetDateTime::UNIX_EPOCH,
+            metadata: Value::Null,
+            location: String::new(),
+            project: project.into(),
+        }
+    }
+
+    #[test]
+    fn filter_by_type_and_project() {
+        let q = |s: &[(&str, &str)]| s.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let f = Filter::from_query(&q(&[("type", "lifecycle")]));
+        assert!(f.accepts(&event("lifecycle", "default")));
+        assert!(!f.accepts(&event("logging", "")));
+        assert!(!f.accepts(&event("lifecycle", "p1")));
+        let all = Filter::from_query(&q(&[("all-projects", "true")]));
+        assert!(all.accepts(&event("lifecycle", "p1")));
+        let p1 = Filter::from_query(&q(&[("project", "p1")]));
+        assert!(p1.accepts(&event("lifecycle", "p1")) && !p1.accepts(&event("lifecycle", "default")));
+    }
+
+    #[tokio::test]
+    async fn lifecycle_carries_requestor() {
+        let hub = EventHub::new();
+        hub.set_location("node1");
+        let mut rx = hub.subscribe();
+        let id = Identity {
+            method: trust::AuthMethod::Tls,
+            username: "fp".into(),
+            address: "127.0.0.9".into(),
+            cert_type: Some("client".into()),
+        };
+        hub.lifecycle("config-updated", "/1.0", Some(&id), None);
+        let e = rx.recv().await.unwrap();
+        assert_eq!(e.location, "node1");
+        assert_eq!(e.metadata["requestor"]["address"], "127.0.0.9");
+        assert_eq!(e.metadata["requestor"]["protocol"], "tls");
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTPS listener follows `core.https_address` at run time: it opens, moves and
+//! closes without a restart. The unix socket is opened once at start.
+
+use std::net::SocketAddr;
+
+use api::config::{parse_listen_address, ListenAddress};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use transport::tls::TlsAcceptor;
+
+use crate::http::ConnHandler;
+
+/// The default HTTPS port.
+pub const DEFAULT_PORT: u16 = 8443;
+
+struct Running {
+    address: ListenAddress,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+pub struct Listeners {
+    acceptor: TlsAcceptor,
+    https: Mutex<Option<Running>>,
+}
+
+impl Listeners {
+    pub fn new(acceptor: TlsAcceptor) -> Self {
+        Listeners {
+            acceptor,
+            https: Mutex::new(None),
+        }
+    }
+
+    /// The address the HTTPS listener is bound to now.
+    pub async fn https_local_addr(&self) -> Option<SocketAddr> {
+        self.https.lock().await.as_ref().map(|r| r.local)
+    }
+
+    /// Opens, moves or closes the HTTPS listener. On error the old listener stays.
+    pub async fn set_https(&self, address: &str, handler: ConnHandler) -> Result<(), String> {
+        let mut current = self.https.lock().await;
+        if address.is_empty() {
+            if let Some(old) = current.take() {
+                stop(old).await;
+            }
+            return Ok(());
+        }
+        let wanted = parse_listen_address(address, DEFAULT_PORT)?;
+        if current.as_ref().is_some_and(|r| r.address == wanted) {
+            return Ok(());
+        }
+        let listener = match bind(&wanted).await {
+            Ok(l) => l,
+            // The new address may overlap the old one (same port, wider host):
+            // release the old one and try again, restoring it if that fails too.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && current.is_some() => {
+                let old = current.take().expect("checked");
+                let old_address = old.address.clone();
+                stop(old).await;
+                match bind(&wanted).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        if let Ok(l) = bind(&old_address).await {
+                            *current = Some(self.start(l, old_address, handler));
+                        }
+                        return Err(bind_error(address, &e));
+                    }
+                }
+            }
+            Err(e) => return Err(bind_error(address, &e)),
+        };
+        if let Some(old) = current.take() {
+            stop(old).await;
+        }
+        *current = Some(self.start(listener, wanted, handler));
+        Ok(())
+    }
+
+    fn start(&self, listener: TcpListener, address: ListenAddress, handler: ConnHandler) -> Running {
+        let local = listener.local_addr().expect("bound listener has an address");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let acceptor = self.acceptor.clone();
+        let task = tokio::spawn(transport::listen::serve_tls(
+            listener,
+            acceptor,
+            stop_rx,
+            move |c| handler(c),
+        ));
+        tracing::info!(address = %local, "HTTPS listener open");
+        Running {
+            address,
+            local,
+            stop: stop_tx,
+            task,
+        }
+    }
+
+    /// Closes the HTTPS listener (at shutdown).
+    pub async fn close(&self) {
+        if let Some(old) = self.https.lock().await.take() {
+            stop(old).await;
+        }
+    }
+}
+
+async fn bind(address: &ListenAddress) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address.bind_string()).await
+}
+
+fn bind_error(address: &str, e: &std::io::Error) -> String {
+    format!("Cannot listen on https socket {address:?}: {e}")
+}
+
+async fn stop(r: Running) {
+    let _ = r.stop.send(true);
+    let _ = r.task.await;
+    tracing::info!(address = %r.local, "HTTPS listener closed");
+}

@@ -1,0 +1,39 @@
+//! One log line and one metrics sample per request.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use trust::Identity;
+
+use crate::context::Ctx;
+
+pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let identity = req.extensions().get::<Identity>().cloned();
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    ctx.metrics.record_request(status, elapsed);
+    let (user, protocol, address) = identity
+        .as_ref()
+        .map(|i| (i.username.as_str(), i.method.as_str(), i.address.as_str()))
+        .unwrap_or_default();
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status,
+        duration_us = elapsed.as_micros() as u64,
+        address,
+        protocol,
+        user,
+        "request"
+    );
+    if status == 403 && identity.as_ref().is_some_and(|i| !i.trusted()) {
+        tracing::info!(address, path = %path, "refused an untrusted caller");
+    }
+    resp
+}

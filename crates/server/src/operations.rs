@@ -1,0 +1,73 @@
+//! Operations. Pending tokens live in replicated state and are shown as running
+//! `class: token` operations, so a token issued anywhere can be listed, waited on,
+//! revoked and redeemed anywhere, and survives a restart.
+
+use std::collections::BTreeMap;
+
+use api::types::{status, Operation};
+use cluster::{Token, TokenKind};
+use serde_json::{json, Value};
+
+use crate::context::Ctx;
+
+/// What a token operation shows; also what the CLI builds the token text from.
+pub fn token_operation(ctx: &Ctx, token: &Token, addresses: &[String]) -> Operation {
+    let fingerprint = ctx.served_certificate().1.clone();
+    let mut metadata: BTreeMap<String, Value> = BTreeMap::new();
+    metadata.insert("secret".into(), json!(token.secret));
+    metadata.insert("fingerprint".into(), json!(fingerprint));
+    metadata.insert("addresses".into(), json!(addresses));
+    if let Some(at) = token.expires_at {
+        metadata.insert("expiresAt".into(), json!(rfc3339(at)));
+    }
+    let description = match &token.kind {
+        TokenKind::Trust {
+            client_name,
+            restricted,
+            projects,
+        } => {
+            metadata.insert(
+                "request".into(),
+                json!({
+                    "name": client_name,
+                    "type": "client",
+                    "restricted": restricted,
+                    "projects": projects,
+                    "certificate": "",
+                    "description": "",
+                    "token": true,
+                    "trust_token": "",
+                }),
+            );
+            "Certificate add token"
+        }
+    };
+    Operation {
+        id: token.id.clone(),
+        class: "token".into(),
+        description: description.into(),
+        created_at: token.created_at,
+        updated_at: token.created_at,
+        status: status::name(status::RUNNING).into(),
+        status_code: status::RUNNING,
+        resources: None,
+        metadata: Some(metadata),
+        may_cancel: true,
+        err: String::new(),
+        location: token.location.clone(),
+    }
+}
+
+/// The same operation, finished: how a waiter sees a token that was used or revoked.
+pub fn finished(mut op: Operation, code: u16) -> Operation {
+    op.status = status::name(code).into();
+    op.status_code = code;
+    op.updated_at = time::OffsetDateTime::now_utc();
+    op.may_cancel = false;
+    op
+}
+
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

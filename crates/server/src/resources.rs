@@ -1,0 +1,5 @@
+//! Host resources (placeholder until the real gatherer lands).
+
+pub fn gather() -> serde_json::Value {
+    serde_json::json!({})
+}

@@ -1,0 +1,140 @@
+//! Mapping to HTTP, in one place: the Incus envelope, ETags, request bodies.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use api::ApiError;
+use api::Envelope;
+
+/// Request bodies larger than this are refused.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A handler's error, rendered as the Incus error envelope.
+#[derive(Debug)]
+pub struct Error(pub ApiError);
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Error(e)
+    }
+}
+
+impl From<cluster::StoreError> for Error {
+    fn from(e: cluster::StoreError) -> Self {
+        use cluster::{StateError, StoreError};
+        Error(match e {
+            StoreError::State(StateError::CertificateExists) => ApiError::conflict(e.to_string()),
+            StoreError::State(StateError::CertificateNotFound)
+            | StoreError::State(StateError::TokenNotFound)
+            | StoreError::State(StateError::WarningNotFound) => ApiError::not_found_msg(e.to_string()),
+            StoreError::State(StateError::Invalid(m)) => ApiError::bad_request(m),
+            StoreError::Db(_) | StoreError::Corrupt(_) => ApiError::internal(e.to_string()),
+        })
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        error_response(&self.0)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub fn error_response(err: &ApiError) -> Response {
+    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(status, &Envelope::error(err));
+    resp.headers_mut()
+        .insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    resp
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut bytes = serde_json::to_vec(body).expect("envelopes serialize");
+    bytes.push(b'\n');
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A sync response.
+pub fn sync(metadata: impl Serialize) -> Response {
+    let value = serde_json::to_value(metadata).expect("metadata serializes");
+    json_response(StatusCode::OK, &Envelope::sync(value))
+}
+
+/// A sync response for a single object, with its ETag.
+pub fn sync_etag(metadata: impl Serialize, etag_basis: &impl Serialize) -> Response {
+    let mut resp = sync(metadata);
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", etag(etag_basis))) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// `201 Created` with a `Location`, as Incus answers a creation.
+pub fn created(location: &str) -> Response {
+    let mut resp = json_response(StatusCode::CREATED, &Envelope::sync(Value::Null));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// `202 Accepted` for a new operation.
+pub fn operation(op: &api::types::Operation) -> Response {
+    let url = format!("/1.0/operations/{}", op.id);
+    let metadata = serde_json::to_value(op).expect("operations serialize");
+    let mut resp = json_response(StatusCode::ACCEPTED, &Envelope::operation(url.clone(), metadata));
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The ETag of an object: SHA-256 of its JSON.
+pub fn etag(basis: &impl Serialize) -> String {
+    trust::sha256_hex(&serde_json::to_vec(basis).expect("etag basis serializes"))
+}
+
+/// Honours `If-Match`: a request that names an ETag must name the current one.
+pub fn check_if_match(headers: &HeaderMap, basis: &impl Serialize) -> Result<()> {
+    let Some(wanted) = headers.get(header::IF_MATCH) else {
+        return Ok(());
+    };
+    let wanted = wanted.to_str().unwrap_or("").trim().trim_matches('"');
+    if wanted.is_empty() || wanted == "*" || wanted == etag(basis) {
+        Ok(())
+    } else {
+        Err(ApiError::precondition_failed().into())
+    }
+}
+
+/// Reads a JSON body: bounded in size, with a message that says what was wrong.
+pub async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::payload_too_large(MAX_BODY))?;
+    parse_json(&bytes)
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("Request body is empty: expected a JSON object").into());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON in request body: {e}")).into())
+}
+
+/// Whether `?recursion=` asks for objects rather than URLs.
+pub fn recursion(query: &std::collections::HashMap<String, String>) -> bool {
+    query
+        .get("recursion")
+        .is_some_and(|v| v.parse::<u32>().is_ok_and(|n| n > 0))
+}

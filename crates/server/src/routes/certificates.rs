@@ -1,0 +1,400 @@
+//! The trust store: `/1.0/certificates` and trust tokens.
+
+use std::collections::HashMap;
+
+use api::types::{Certificate, CertificatePut, CertificatesPost};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use cluster::{Command, State as ClusterState, Token, TokenKind};
+use time::OffsetDateTime;
+use trust::{ConnFacts, Identity};
+
+use crate::auth::require_full;
+use crate::context::Ctx;
+use crate::operations::token_operation;
+use crate::response::{
+    self, check_if_match, created, json_body, recursion, sync, sync_etag, ApiError, Result,
+};
+
+const TYPES: [&str; 3] = ["client", "metrics", "server"];
+
+pub async fn list(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    if recursion(&q) {
+        Ok(sync(state.certificates.values().collect::<Vec<_>>()))
+    } else {
+        Ok(sync(
+            state
+                .certificates
+                .keys()
+                .map(|fp| format!("/1.0/certificates/{fp}"))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+/// Finds a certificate by fingerprint or unambiguous prefix, as Incus does.
+fn find<'a>(state: &'a ClusterState, prefix: &str) -> Result<&'a Certificate> {
+    let mut matches = state
+        .certificates
+        .range(prefix.to_string()..)
+        .take_while(|(fp, _)| fp.starts_with(prefix))
+        .map(|(_, c)| c);
+    match (matches.next(), matches.next()) {
+        (Some(c), None) if !prefix.is_empty() => Ok(c),
+        (Some(_), Some(_)) => Err(ApiError::bad_request("More than one certificate matches").into()),
+        _ => Err(ApiError::not_found_msg("Certificate not found").into()),
+    }
+}
+
+pub async fn get(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(fp): Path<String>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    let cert = find(&state, &fp)?;
+    let basis = etag_basis(cert);
+    Ok(sync_etag(cert, &basis))
+}
+
+fn etag_basis(c: &Certificate) -> impl serde::Serialize + '_ {
+    (
+        &c.name,
+        &c.kind,
+        c.restricted,
+        &c.projects,
+        &c.certificate,
+        &c.description,
+    )
+}
+
+pub async fn create(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Extension(facts): Extension<ConnFacts>,
+    body: Body,
+) -> Result<Response> {
+    let req: CertificatesPost = json_body(body).await?;
+    if req.token && !req.certificate.is_empty() {
+        return Err(ApiError::bad_request("Can't use certificate if token is requested").into());
+    }
+    if !id.full_access() {
+        return redeem_trust_token(&ctx, &id, &facts, &req).await;
+    }
+    if req.token {
+        return issue_trust_token(&ctx, &id, req).await;
+    }
+    let der = if !req.certificate.is_empty() {
+        decode_certificate(&req.certificate)?
+    } else if let Some(der) = &facts.cert_der {
+        if id.method == trust::AuthMethod::Tls {
+            return Err(ApiError::bad_request("Client is already trusted").into());
+        }
+        der.to_vec()
+    } else if facts.unix_user.is_some() {
+        return Err(ApiError::bad_request("Can't use TLS data on non-TLS link").into());
+    } else {
+        return Err(ApiError::bad_request("No client certificate provided").into());
+    };
+    let kind = if req.kind.is_empty() {
+        "client".to_string()
+    } else {
+        req.kind.clone()
+    };
+    let cert = build_certificate(
+        &der,
+        &req.name,
+        &kind,
+        req.restricted,
+        req.projects.clone(),
+        &req.description,
+        &id,
+    )?;
+    add(&ctx, &id, cert).await
+}
+
+/// Accepts PEM or bare base64 DER, as Incus does, and checks it parses.
+fn decode_certificate(text: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let der = if text.contains("-----BEGIN") {
+        trust::cert::pem_to_der(text).map_err(|e| ApiError::bad_request(e.to_string()))?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| ApiError::bad_request(format!("Invalid certificate: not PEM or base64: {e}")))?
+    };
+    trust::cert::inspect(&der)
+        .map_err(|e| ApiError::bad_request(format!("Invalid certificate material: {e}")))?;
+    Ok(der)
+}
+
+fn build_certificate(
+    der: &[u8],
+    name: &str,
+    kind: &str,
+    restricted: bool,
+    projects: Option<Vec<String>>,
+    description: &str,
+    id: &Identity,
+) -> Result<Certificate> {
+    if !TYPES.contains(&kind) {
+        return Err(ApiError::bad_request(format!("Unknown certificate type {kind:?}")).into());
+    }
+    let info = trust::cert::inspect(der)
+        .map_err(|e| ApiError::bad_request(format!("Invalid certificate material: {e}")))?;
+    if info.not_after < OffsetDateTime::now_utc() {
+        return Err(ApiError::bad_request("Certificate has expired").into());
+    }
+    let name = [name, info.common_name.as_str(), id.address.as_str()]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or("unnamed")
+        .to_string();
+    Ok(Certificate {
+        name,
+        kind: kind.to_string(),
+        restricted,
+        projects: projects.unwrap_or_default(),
+        certificate: trust::cert::der_to_pem(der),
+        description: description.to_string(),
+        fingerprint: info.fingerprint,
+    })
+}
+
+async fn add(ctx: &Ctx, id: &Identity, cert: Certificate) -> Result<Response> {
+    let fp = cert.fingerprint.clone();
+    let (name, kind) = (cert.name.clone(), cert.kind.clone());
+    ctx.store
+        .apply(Command::AddCertificate { certificate: cert })
+        .await?;
+    ctx.notify_state_changed();
+    tracing::info!(fingerprint = %fp, name = %name, kind = %kind, by = %id.username, "certificate trusted");
+    let source = format!("/1.0/certificates/{fp}");
+    ctx.events
+        .lifecycle("certificate-created", &source, Some(id), None);
+    Ok(created(&source))
+}
+
+async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> Result<Response> {
+    if !req.kind.is_empty() && req.kind != "client" {
+        return Err(ApiError::bad_request("Tokens can only be issued for client certificates").into());
+    }
+    let addresses = ctx.addresses();
+    if addresses.is_empty() {
+        return Err(ApiError::bad_request("Can't issue token when server isn't listening on network").into());
+    }
+    let now = OffsetDateTime::now_utc();
+    let state = ctx.store.state();
+    let expiry = api::config::effective(&state.config, "core.remote_token_expiry");
+    let expires_at = api::config::parse_expiry(expiry)
+        .map_err(ApiError::internal)?
+        .map(|d| now + d);
+    let token = Token {
+        id: uuid::Builder::from_random_bytes(trust::random_bytes16())
+            .into_uuid()
+            .to_string(),
+        kind: TokenKind::Trust {
+            client_name: req.name.clone(),
+            restricted: req.restricted,
+            projects: req.projects.clone().unwrap_or_default(),
+        },
+        secret: trust::random_hex(32),
+        location: ctx.server_name.clone(),
+        created_at: now,
+        expires_at,
+    };
+    ctx.store
+        .apply(Command::CreateToken { token: token.clone() })
+        .await?;
+    ctx.notify_state_changed();
+    tracing::info!(client = %req.name, by = %id.username, "trust token issued");
+    let op = token_operation(ctx, &token, &addresses);
+    ctx.events.send(
+        "operation",
+        "default",
+        serde_json::to_value(&op).expect("operations serialize"),
+    );
+    Ok(response::operation(&op))
+}
+
+/// An untrusted client presents a trust token: it is trusted with the certificate of
+/// its TLS session, once.
+async fn redeem_trust_token(
+    ctx: &Ctx,
+    id: &Identity,
+    facts: &ConnFacts,
+    req: &CertificatesPost,
+) -> Result<Response> {
+    if req.token || req.trust_token.is_empty() {
+        return Err(ApiError::forbidden().into());
+    }
+    // The whole token, or only its secret.
+    let secret = trust::token::decode::<trust::token::TrustToken>(&req.trust_token)
+        .map(|t| t.secret)
+        .unwrap_or_else(|_| req.trust_token.trim().to_string());
+    let state = ctx.store.state();
+    let Some(token) = state.find_trust_token(&secret, OffsetDateTime::now_utc()) else {
+        tracing::info!(address = %id.address, "refused a trust token that matches no pending token");
+        return Err(ApiError::new(403, "No matching certificate add operation found").into());
+    };
+    let Some(der) = &facts.cert_der else {
+        return Err(ApiError::bad_request("No client certificate provided").into());
+    };
+    let TokenKind::Trust {
+        client_name,
+        restricted,
+        projects,
+    } = &token.kind;
+    let cert = build_certificate(
+        der,
+        client_name,
+        "client",
+        *restricted,
+        Some(projects.clone()),
+        "",
+        id,
+    )?;
+    let fp = cert.fingerprint.clone();
+    let token_id = token.id.clone();
+    let addresses = ctx.addresses();
+    let op = token_operation(ctx, token, &addresses);
+    ctx.store
+        .apply(Command::RedeemTrustToken {
+            token_id,
+            certificate: cert,
+        })
+        .await
+        .map_err(|e| match e {
+            // Another request spent it first.
+            cluster::StoreError::State(cluster::StateError::TokenNotFound) => {
+                ApiError::new(403, "No matching certificate add operation found").into()
+            }
+            other => response::Error::from(other),
+        })?;
+    ctx.notify_state_changed();
+    tracing::info!(fingerprint = %fp, client = %client_name, address = %id.address, "certificate trusted by token");
+    let done = crate::operations::finished(op, api::types::status::SUCCESS);
+    ctx.events.send(
+        "operation",
+        "default",
+        serde_json::to_value(&done).expect("operations serialize"),
+    );
+    let source = format!("/1.0/certificates/{fp}");
+    ctx.events
+        .lifecycle("certificate-created", &source, Some(id), None);
+    Ok(created(&source))
+}
+
+pub async fn put(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(fp): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    edit(ctx, id, fp, headers, body, true).await
+}
+
+pub async fn patch(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(fp): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    edit(ctx, id, fp, headers, body, false).await
+}
+
+async fn edit(
+    ctx: Ctx,
+    id: Identity,
+    fp: String,
+    headers: HeaderMap,
+    body: Body,
+    replace: bool,
+) -> Result<Response> {
+    require_full(&id)?;
+    let req: CertificatePut = json_body(body).await?;
+    let state = ctx.store.state();
+    let old = find(&state, &fp)?.clone();
+    check_if_match(&headers, &etag_basis(&old))?;
+    let kind = req
+        .kind
+        .clone()
+        .filter(|k| !k.is_empty())
+        .unwrap_or(old.kind.clone());
+    if kind != old.kind {
+        return Err(ApiError::bad_request("The certificate type cannot be changed").into());
+    }
+    let mut new = old.clone();
+    let pick = |new: Option<String>, old: &str| match new {
+        Some(v) => v,
+        None if replace => String::new(),
+        None => old.to_string(),
+    };
+    new.name = pick(req.name, &old.name);
+    new.description = pick(req.description, &old.description);
+    new.restricted = req
+        .restricted
+        .unwrap_or(if replace { false } else { old.restricted });
+    new.projects = req
+        .projects
+        .unwrap_or(if replace { Vec::new() } else { old.projects.clone() });
+    if let Some(pem) = req.certificate.filter(|c| !c.is_empty()) {
+        let der = decode_certificate(&pem)?;
+        new.certificate = trust::cert::der_to_pem(&der);
+        new.fingerprint = trust::fingerprint(&der);
+    }
+    if new.name.is_empty() {
+        new.name = old.name.clone();
+    }
+    ctx.store
+        .apply(Command::UpdateCertificate {
+            fingerprint: old.fingerprint.clone(),
+            certificate: new.clone(),
+        })
+        .await?;
+    ctx.notify_state_changed();
+    tracing::info!(fingerprint = %old.fingerprint, by = %id.username, "trusted certificate updated");
+    ctx.events.lifecycle(
+        "certificate-updated",
+        &format!("/1.0/certificates/{}", new.fingerprint),
+        Some(&id),
+        None,
+    );
+    Ok(sync(serde_json::json!({})))
+}
+
+pub async fn delete(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(fp): Path<String>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    let fingerprint = find(&state, &fp)?.fingerprint.clone();
+    ctx.store
+        .apply(Command::DeleteCertificate {
+            fingerprint: fingerprint.clone(),
+        })
+        .await?;
+    ctx.notify_state_changed();
+    tracing::info!(fingerprint = %fingerprint, by = %id.username, "certificate removed from the trust store");
+    ctx.events.lifecycle(
+        "certificate-deleted",
+        &format!("/1.0/certificates/{fingerprint}"),
+        Some(&id),
+        None,
+    );
+    Ok(sync(serde_json::json!({})))
+}

@@ -1,0 +1,28 @@
+//! Internal endpoints: readiness (for `admin waitready`) and shutdown (local only).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use trust::{AuthMethod, Identity};
+
+use crate::context::Ctx;
+use crate::response::{error_response, sync, ApiError};
+
+/// 200 while the daemon serves, 503 once shutdown has begun.
+pub async fn ready(State(ctx): State<Ctx>) -> Response {
+    if ctx.ready() {
+        sync(serde_json::json!({}))
+    } else {
+        error_response(&ApiError::unavailable("Shutting down"))
+    }
+}
+
+/// `stapes admin shutdown`: local callers only.
+pub async fn shutdown(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Response {
+    if id.method != AuthMethod::Unix {
+        return error_response(&ApiError::forbidden());
+    }
+    tracing::info!(user = %id.username, "shutdown requested");
+    let _ = ctx.shutdown_tx.send(true);
+    sync(serde_json::json!({})).into_response()
+}

@@ -1,0 +1,68 @@
+//! The route table. Unknown paths answer 404 `not found` and known paths with a wrong
+//! method 501 `not implemented`, as Incus does.
+
+mod certificates;
+mod events;
+mod internal;
+mod operations;
+mod server;
+mod system;
+mod warnings;
+
+use axum::middleware::from_fn_with_state;
+use axum::response::Response;
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::context::Ctx;
+use crate::response::{error_response, ApiError};
+
+pub fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/", get(server::root))
+        .route("/1.0", get(server::get).put(server::put).patch(server::patch))
+        .route(
+            "/1.0/certificates",
+            get(certificates::list).post(certificates::create),
+        )
+        .route(
+            "/1.0/certificates/{fingerprint}",
+            get(certificates::get)
+                .put(certificates::put)
+                .patch(certificates::patch)
+                .delete(certificates::delete),
+        )
+        .route("/1.0/operations", get(operations::list))
+        .route(
+            "/1.0/operations/{id}",
+            get(operations::get).delete(operations::delete),
+        )
+        .route("/1.0/operations/{id}/wait", get(operations::wait))
+        .route("/1.0/events", get(events::stream))
+        .route("/1.0/resources", get(system::resources))
+        .route("/1.0/metrics", get(system::metrics))
+        .route("/1.0/metadata/configuration", get(system::metadata_configuration))
+        .route("/1.0/warnings", get(warnings::list))
+        .route(
+            "/1.0/warnings/{uuid}",
+            get(warnings::get)
+                .put(warnings::put)
+                .patch(warnings::put)
+                .delete(warnings::delete),
+        )
+        .route("/internal/ready", get(internal::ready))
+        .route("/internal/shutdown", put(internal::shutdown))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_implemented)
+        .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
+        .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
+        .with_state(ctx)
+}
+
+async fn not_found() -> Response {
+    error_response(&ApiError::not_found())
+}
+
+async fn not_implemented() -> Response {
+    error_response(&ApiError::not_implemented())
+}

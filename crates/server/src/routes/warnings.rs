@@ -1,0 +1,93 @@
+//! `/1.0/warnings`.
+
+use std::collections::HashMap;
+
+use api::types::WarningPut;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Extension;
+use cluster::Command;
+use trust::Identity;
+
+use crate::auth::require_full;
+use crate::context::Ctx;
+use crate::response::{json_body, recursion, sync, sync_etag, ApiError, Result};
+
+pub async fn list(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    if recursion(&q) {
+        Ok(sync(state.warnings.values().collect::<Vec<_>>()))
+    } else {
+        Ok(sync(
+            state
+                .warnings
+                .keys()
+                .map(|u| format!("/1.0/warnings/{u}"))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+fn not_found() -> crate::response::Error {
+    ApiError::not_found_msg("Warning not found").into()
+}
+
+pub async fn get(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(uuid): Path<String>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    let w = state.warnings.get(&uuid).ok_or_else(not_found)?;
+    Ok(sync_etag(w, &w.status))
+}
+
+pub async fn put(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(uuid): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    require_full(&id)?;
+    let req: WarningPut = json_body(body).await?;
+    ctx.store
+        .apply(Command::UpdateWarningStatus {
+            uuid: uuid.clone(),
+            status: req.status,
+        })
+        .await?;
+    ctx.notify_state_changed();
+    ctx.events.lifecycle(
+        "warning-updated",
+        &format!("/1.0/warnings/{uuid}"),
+        Some(&id),
+        None,
+    );
+    Ok(sync(serde_json::json!({})))
+}
+
+pub async fn delete(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(uuid): Path<String>,
+) -> Result<Response> {
+    require_full(&id)?;
+    ctx.store
+        .apply(Command::DeleteWarning { uuid: uuid.clone() })
+        .await?;
+    ctx.notify_state_changed();
+    ctx.events.lifecycle(
+        "warning-deleted",
+        &format!("/1.0/warnings/{uuid}"),
+        Some(&id),
+        None,
+    );
+    Ok(sync(serde_json::json!({})))
+}
