@@ -1,1 +1,420 @@
-#![doc = "placeholder"]
+//! Test support for stapes: real `stapesd` processes in temporary directories, a raw
+//! HTTP client over TLS or the unix socket (raw so tests can send what a well-behaved
+//! client never would), client identities, and eventual assertions.
+//!
+//! Tests never sleep for a fixed time to wait for something: they poll with
+//! [`eventually`] under a bound.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+pub use transport::tls::{PeerRecorder, ServerTrust};
+
+/// The path of a workspace binary (`stapesd`, `stapes`), built next to the tests.
+/// `STAPES_BIN_DIR` overrides the directory.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("STAPES_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    profile_dir.join(name)
+}
+
+/// Whether an external tool is available. Missing locally: the caller skips with a
+/// message. Missing under `CI=true`: a failure, never a skip.
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required under CI=true but is not installed");
+        }
+        eprintln!("SKIP: {tool} is not installed; install it to run this test");
+    }
+    found
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A client certificate and key.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub fingerprint: String,
+}
+
+impl ClientCert {
+    pub fn generate(name: &str) -> ClientCert {
+        let pair = trust::CertPair::generate_client(name).expect("certificate generation");
+        let der = trust::cert::pem_to_der(&pair.cert_pem).expect("own pem parses");
+        ClientCert {
+            fingerprint: trust::fingerprint(&der),
+            cert_pem: pair.cert_pem,
+            key_pem: pair.key_pem,
+        }
+    }
+}
+
+/// A response, raw.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The envelope's metadata.
+    pub fn metadata(&self) -> Value {
+        self.json()["metadata"].clone()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    /// HTTPS to `addr` with a ready TLS client configuration.
+    Tls {
+        addr: String,
+        config: Arc<transport::tls::ClientConfigHandle>,
+    },
+}
+
+impl Target {
+    /// HTTPS presenting `cert` (or no certificate), accepting any server certificate.
+    pub fn tls(addr: &str, cert: Option<&ClientCert>) -> Target {
+        Target::tls_with(addr, cert, ServerTrust::Record(Default::default()))
+    }
+
+    pub fn tls_with(addr: &str, cert: Option<&ClientCert>, server: ServerTrust) -> Target {
+        let pair = cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+        let config = transport::tls::client_config(server, pair, &[b"http/1.1"]).expect("client TLS config");
+        Target::Tls {
+            addr: addr.to_string(),
+            config,
+        }
+    }
+
+    /// HTTPS presenting `cert` but signing with another key.
+    pub fn tls_foreign_key(addr: &str, cert: &ClientCert, key_pem: &str) -> Target {
+        let config = transport::testing::client_config_with_foreign_key(&cert.cert_pem, key_pem)
+            .expect("forged config");
+        Target::Tls {
+            addr: addr.to_string(),
+            config,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Resp> {
+        self.request("GET", path, None, &[]).await
+    }
+
+    pub async fn send_json(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Resp> {
+        self.request(method, path, Some(serde_json::to_vec(body)?), &[])
+            .await
+    }
+
+    /// One request on a new connection, bounded to 15 s.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Resp> {
+        let fut = async {
+            match self {
+                Target::Unix(p) => send(UnixStream::connect(p).await?, method, path, body, headers).await,
+                Target::Tls { addr, config } => {
+                    let tcp = TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+                    let tls = transport::tls::TlsConnector::from(config.clone())
+                        .connect(transport::tls::server_name(host), tcp)
+                        .await?;
+                    send(tls, method, path, body, headers).await
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), fut)
+            .await
+            .context("request timed out")?
+    }
+}
+
+async fn send<S>(
+    stream: S,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Resp>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "stapes.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A `stapesd` process with its own state directory. Killed when dropped.
+pub struct Member {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    log: PathBuf,
+    /// `127.0.0.1:PORT` once [`Member::listen`] ran.
+    pub https: Option<String>,
+}
+
+impl Member {
+    /// Starts a member in a new temporary directory and waits until it is ready.
+    pub async fn start() -> Member {
+        let tmp = tempfile::Builder::new()
+            .prefix("stapes-test-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().join("state");
+        let mut m = Member {
+            log: tmp.path().join("stapesd.log"),
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            https: None,
+        };
+        m.spawn().await;
+        m
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("unix.socket")
+    }
+
+    pub fn unix(&self) -> Target {
+        Target::Unix(self.socket())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// The log so far, for assertions and for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin("stapesd"))
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .env_remove("STAPES_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build the workspace first)",
+                    bin("stapesd").display()
+                )
+            });
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    pub async fn wait_ready(&self) {
+        let target = self.unix();
+        let log = self.log.clone();
+        let limit = Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(r) = target.get("/internal/ready").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "stapesd not ready after {limit:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Opens HTTPS on a free loopback port and returns `127.0.0.1:PORT`.
+    pub async fn listen(&mut self) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let r = self
+            .unix()
+            .send_json(
+                "PATCH",
+                "/1.0",
+                &serde_json::json!({"config": {"core.https_address": addr}}),
+            )
+            .await
+            .expect("PATCH /1.0");
+        assert_eq!(
+            r.status,
+            200,
+            "setting core.https_address: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        self.https = Some(addr.clone());
+        addr
+    }
+
+    /// Trusts `cert` through the unix socket.
+    pub async fn trust(&self, cert: &ClientCert) {
+        let r = self
+            .unix()
+            .send_json(
+                "POST",
+                "/1.0/certificates",
+                &serde_json::json!({"type": "client", "name": "test", "certificate": cert.cert_pem}),
+            )
+            .await
+            .expect("POST /1.0/certificates");
+        assert_eq!(r.status, 201, "trust: {}", String::from_utf8_lossy(&r.body));
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> anyhow::Result<i32> {
+        let Some(mut c) = self.child.take() else {
+            bail!("not running")
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        for _ in 0..1500 {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("stapesd did not exit within 15 s of SIGTERM")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+
+    /// Starts the process again on the same state directory.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // A stopped process must be continued to die promptly.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// Opens `/1.0/events?QUERY` as a websocket over the unix socket.
+pub async fn events_unix(
+    socket: &Path,
+    query: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<UnixStream>> {
+    let stream = UnixStream::connect(socket).await?;
+    let url = format!("ws://stapes.test/1.0/events?{query}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}

@@ -13,6 +13,8 @@
 //! in PEM, DER and fingerprints.
 
 pub mod listen;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod unix;
 

@@ -12,6 +12,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 pub use rustls::sign::CertifiedKey;
+/// A client TLS configuration, for code outside this crate to hold.
+pub use rustls::ClientConfig as ClientConfigHandle;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,264 @@
+use serde_json::json;
+use stapes_testkit::{ClientCert, Member, Target};
+
+#[tokio::test]
+async fn certificates_crud_through_the_api() {
+    let m = Member::start().await;
+    let u = m.unix();
+    let cert = ClientCert::generate("crud");
+    let r = u
+        .send_json("POST", "/1.0/certificates", &json!({"name": "alice", "type": "metrics", "certificate": cert.cert_pem, "restricted": true, "projects": ["p1"]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/1.0/certificates/{}", cert.fingerprint).as_str())
+    );
+
+    let list = u.get("/1.0/certificates").await.unwrap().metadata();
+    assert_eq!(list, json!([format!("/1.0/certificates/{}", cert.fingerprint)]));
+    let full = u.get("/1.0/certificates?recursion=1").await.unwrap().metadata();
+    assert_eq!(full[0]["name"], "alice");
+    assert_eq!(full[0]["type"], "metrics");
+    assert_eq!(full[0]["restricted"], true);
+    assert_eq!(full[0]["projects"], json!(["p1"]));
+
+    // Show by prefix, with an ETag; edit; delete.
+    let prefix = &cert.fingerprint[..12];
+    let shown = u.get(&format!("/1.0/certificates/{prefix}")).await.unwrap();
+    assert_eq!(shown.metadata()["fingerprint"], cert.fingerprint);
+    assert!(shown.header("etag").is_some());
+    let r = u
+        .send_json(
+            "PATCH",
+            &format!("/1.0/certificates/{prefix}"),
+            &json!({"description": "ops"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let shown = u
+        .get(&format!("/1.0/certificates/{prefix}"))
+        .await
+        .unwrap()
+        .metadata();
+    assert_eq!(
+        (shown["description"].as_str(), shown["name"].as_str()),
+        (Some("ops"), Some("alice"))
+    );
+    let r = u
+        .send_json(
+            "PUT",
+            &format!("/1.0/certificates/{prefix}"),
+            &json!({"name": "alice", "type": "client"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "type cannot change");
+    let r = u
+        .request("DELETE", &format!("/1.0/certificates/{prefix}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(u.get("/1.0/certificates").await.unwrap().metadata(), json!([]));
+}
+
+#[tokio::test]
+async fn trust_applies_and_revokes_on_an_open_session() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let cert = ClientCert::generate("live");
+    let t = Target::tls(&addr, Some(&cert));
+    assert_eq!(t.get("/1.0/certificates").await.unwrap().status, 403);
+    m.trust(&cert).await;
+    assert_eq!(t.get("/1.0/certificates").await.unwrap().status, 200);
+    let r = m
+        .unix()
+        .request(
+            "DELETE",
+            &format!("/1.0/certificates/{}", cert.fingerprint),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(t.get("/1.0/certificates").await.unwrap().status, 403);
+}
+
+#[tokio::test]
+async fn metrics_certificate_reaches_metrics_only() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let cert = ClientCert::generate("prom");
+    let r = m
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"type": "metrics", "certificate": cert.cert_pem}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    let t = Target::tls(&addr, Some(&cert));
+    assert_eq!(t.get("/1.0/metrics").await.unwrap().status, 200);
+    assert_eq!(t.get("/1.0/certificates").await.unwrap().status, 403);
+    assert_eq!(
+        Target::tls(&addr, None).get("/1.0/metrics").await.unwrap().status,
+        403
+    );
+}
+
+async fn issue_token(m: &Member, name: &str) -> (String, String) {
+    let r = m
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"name": name, "type": "client", "token": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let op = r.metadata();
+    assert_eq!(op["class"], "token");
+    let md = &op["metadata"];
+    let token = trust::token::encode(&trust::token::TrustToken {
+        client_name: name.into(),
+        fingerprint: md["fingerprint"].as_str().unwrap().into(),
+        addresses: serde_json::from_value(md["addresses"].clone()).unwrap(),
+        secret: md["secret"].as_str().unwrap().into(),
+        expires_at: trust::token::NO_EXPIRY.into(),
+    });
+    (op["id"].as_str().unwrap().to_string(), token)
+}
+
+#[tokio::test]
+async fn trust_token_is_single_use() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let (op_id, token) = issue_token(&m, "bob").await;
+    let listed = m.unix().get("/1.0/operations").await.unwrap().metadata();
+    assert_eq!(listed["running"], json!([format!("/1.0/operations/{op_id}")]));
+
+    let bob = ClientCert::generate("bob");
+    let t = Target::tls(&addr, Some(&bob));
+    let r = t
+        .send_json("POST", "/1.0/certificates", &json!({"trust_token": token}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(t.get("/1.0").await.unwrap().metadata()["auth"], "trusted");
+    let stored = m
+        .unix()
+        .get(&format!("/1.0/certificates/{}", bob.fingerprint))
+        .await
+        .unwrap()
+        .metadata();
+    assert_eq!(stored["name"], "bob");
+
+    // The token is spent: a second client gets nothing from it.
+    let eve = ClientCert::generate("eve");
+    let r = Target::tls(&addr, Some(&eve))
+        .send_json("POST", "/1.0/certificates", &json!({"trust_token": token}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "No matching certificate add operation found");
+    assert_eq!(
+        m.unix().get("/1.0/operations").await.unwrap().metadata(),
+        json!({})
+    );
+}
+
+#[tokio::test]
+async fn revoked_and_expired_tokens_are_refused() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let (op_id, token) = issue_token(&m, "carol").await;
+    let r = m
+        .unix()
+        .request("DELETE", &format!("/1.0/operations/{op_id}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let carol = ClientCert::generate("carol");
+    let r = Target::tls(&addr, Some(&carol))
+        .send_json("POST", "/1.0/certificates", &json!({"trust_token": token}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    // Tokens expire per core.remote_token_expiry.
+    let r = m
+        .unix()
+        .send_json(
+            "PATCH",
+            "/1.0",
+            &json!({"config": {"core.remote_token_expiry": "1S"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (op_id, token) = issue_token(&m, "dave").await;
+    let op = m
+        .unix()
+        .get(&format!("/1.0/operations/{op_id}"))
+        .await
+        .unwrap()
+        .metadata();
+    assert!(op["metadata"]["expiresAt"].is_string());
+    // Wait on the operation for longer than its life: then it is expired.
+    let _ = m
+        .unix()
+        .get(&format!("/1.0/operations/{op_id}/wait?timeout=1.5"))
+        .await
+        .unwrap();
+    let dave = ClientCert::generate("dave");
+    let r = Target::tls(&addr, Some(&dave))
+        .send_json("POST", "/1.0/certificates", &json!({"trust_token": token}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn operation_wait_returns_when_the_token_is_used() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let (op_id, token) = issue_token(&m, "erin").await;
+    let waiter = {
+        let u = m.unix();
+        let path = format!("/1.0/operations/{op_id}/wait?timeout=10");
+        tokio::spawn(async move { u.get(&path).await.unwrap() })
+    };
+    let erin = ClientCert::generate("erin");
+    let r = Target::tls(&addr, Some(&erin))
+        .send_json("POST", "/1.0/certificates", &json!({"trust_token": token}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    let done = waiter.await.unwrap().metadata();
+    assert_eq!(done["status"], "Success");
+}
+
+#[tokio::test]
+async fn token_needs_a_network_listener() {
+    let m = Member::start().await;
+    let r = m
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"name": "x", "type": "client", "token": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"],
+        "Can't issue token when server isn't listening on network"
+    );
+}

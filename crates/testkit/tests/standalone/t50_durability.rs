@@ -1,0 +1,144 @@
+use serde_json::json;
+use stapes_testkit::{ClientCert, Member, Target};
+
+/// Every write acknowledged before a `kill -9` is there after the restart.
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let mut m = Member::start().await;
+    let writer = {
+        let u = m.unix();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..2000u32 {
+                let cert = ClientCert::generate(&format!("c{i}"));
+                match u
+                    .send_json(
+                        "POST",
+                        "/1.0/certificates",
+                        &json!({"type": "client", "certificate": cert.cert_pem}),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == 201 => acked.push(cert.fingerprint),
+                    _ => break,
+                }
+            }
+            acked
+        })
+    };
+    // Let some writes land, then kill mid-stream.
+    stapes_testkit::eventually(std::time::Duration::from_secs(20), "20 certificates", || {
+        let u = m.unix();
+        async move {
+            let n = u
+                .get("/1.0/certificates")
+                .await
+                .ok()?
+                .metadata()
+                .as_array()?
+                .len();
+            (n >= 20).then_some(())
+        }
+    })
+    .await;
+    m.kill9();
+    let acked = writer.await.unwrap();
+    assert!(acked.len() >= 20);
+    m.restart().await;
+    let listed = m
+        .unix()
+        .get("/1.0/certificates")
+        .await
+        .unwrap()
+        .metadata()
+        .to_string();
+    for fp in &acked {
+        assert!(listed.contains(fp.as_str()), "acknowledged certificate {fp} lost");
+    }
+}
+
+#[tokio::test]
+async fn config_and_tokens_survive_restart() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let r = m
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"name": "later", "type": "client", "token": true}),
+        )
+        .await
+        .unwrap();
+    let secret = r.metadata()["metadata"]["secret"].as_str().unwrap().to_string();
+    m.restart().await;
+    assert_eq!(
+        m.unix().get("/1.0").await.unwrap().metadata()["config"]["core.https_address"],
+        addr
+    );
+    // The listener is back, and the token issued before the restart still works.
+    let cert = ClientCert::generate("later");
+    let r = Target::tls(&addr, Some(&cert))
+        .send_json("POST", "/1.0/certificates", &json!({"trust_token": secret}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
+    let mut m = Member::start().await;
+    m.listen().await;
+    let r = m
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"name": "w", "type": "client", "token": true}),
+        )
+        .await
+        .unwrap();
+    let op = r.metadata()["id"].as_str().unwrap().to_string();
+    // A request in flight (a long wait) when SIGTERM arrives still gets its answer.
+    let u = m.unix();
+    let waiter = tokio::spawn(async move { u.get(&format!("/1.0/operations/{op}/wait?timeout=1")).await });
+    stapes_testkit::eventually(
+        std::time::Duration::from_secs(5),
+        "the wait request in flight",
+        || {
+            let u = m.unix();
+            async move {
+                let text = String::from_utf8(u.get("/1.0/metrics").await.ok()?.body.to_vec()).ok()?;
+                let open: u64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("stapes_open_connections "))?
+                    .parse()
+                    .ok()?;
+                (open >= 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let code = m.terminate().unwrap();
+    assert_eq!(code, 0);
+    let r = waiter.await.unwrap().expect("in-flight request answered");
+    assert_eq!(r.status, 200);
+    assert!(!m.socket().exists(), "socket removed on exit");
+}
+
+#[tokio::test]
+async fn admin_shutdown_over_the_socket() {
+    let mut m = Member::start().await;
+    let r = m
+        .unix()
+        .request("PUT", "/internal/shutdown", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    stapes_testkit::eventually(std::time::Duration::from_secs(15), "the daemon to exit", || {
+        let gone = !m.socket().exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let _ = m.terminate();
+}

@@ -1,0 +1,149 @@
+use std::time::Duration;
+
+use serde_json::json;
+use stapes_testkit::{ClientCert, Member, Target};
+use tokio::io::AsyncWriteExt;
+
+/// A client that presents a trusted certificate without its private key is refused
+/// in the handshake: the TLS signature is really verified.
+#[tokio::test]
+async fn certificate_with_the_wrong_key_is_refused() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let victim = ClientCert::generate("victim");
+    m.trust(&victim).await;
+    let attacker = ClientCert::generate("attacker");
+    let forged = Target::tls_foreign_key(&addr, &victim, &attacker.key_pem);
+    let r = forged.get("/1.0/certificates").await;
+    assert!(r.is_err(), "handshake must fail, got {:?}", r.map(|r| r.status));
+    // The real owner still gets in.
+    assert_eq!(
+        Target::tls(&addr, Some(&victim))
+            .get("/1.0/certificates")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// Identity headers only members may send are ignored from clients.
+#[tokio::test]
+async fn forged_identity_headers_gain_nothing() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let t = Target::tls(&addr, None);
+    let forged = [
+        ("X-Incus-forwarded-protocol", "unix"),
+        ("X-Incus-forwarded-username", "root"),
+        ("X-Incus-forwarded-address", "@"),
+        ("X-Stapes-Identity", "root"),
+    ];
+    let r = t
+        .request("GET", "/1.0/certificates", None, &forged)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    let r = t.request("GET", "/1.0", None, &forged).await.unwrap();
+    assert_eq!(r.metadata()["auth"], "untrusted");
+    // A trusted client cannot become someone else either.
+    let cert = ClientCert::generate("me");
+    m.trust(&cert).await;
+    let r = Target::tls(&addr, Some(&cert))
+        .request("GET", "/1.0", None, &forged)
+        .await
+        .unwrap();
+    assert_eq!(r.metadata()["auth_user_method"], "tls");
+    assert_eq!(r.metadata()["auth_user_name"], cert.fingerprint);
+}
+
+/// Clients that open TCP and say nothing (or stall mid-handshake) hold up nobody.
+#[tokio::test]
+async fn silent_clients_do_not_block_others() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff]).await.unwrap(); // a ClientHello that never ends
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(5), Target::tls(&addr, None).get("/1.0"))
+            .await
+            .expect("answered while silent clients hold connections")
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    drop(silent);
+}
+
+/// Guessing token secrets gets 403 and trusts nobody.
+#[tokio::test]
+async fn guessed_trust_tokens_are_refused() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let r = m
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"name": "real", "type": "client", "token": true}),
+        )
+        .await
+        .unwrap();
+    let secret = r.metadata()["metadata"]["secret"].as_str().unwrap().to_string();
+    let eve = ClientCert::generate("eve");
+    let t = Target::tls(&addr, Some(&eve));
+    let mut wrong = secret.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'a' { b'b' } else { b'a' };
+    for guess in [
+        String::from_utf8(wrong).unwrap(),
+        secret[..10].to_string(),
+        String::new(),
+        "x".repeat(5000),
+    ] {
+        let r = t
+            .send_json("POST", "/1.0/certificates", &json!({"trust_token": guess}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403);
+    }
+    // Asking for a token or adding a certificate from outside is refused too.
+    let r = t
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"type": "client", "certificate": eve.cert_pem}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(t.get("/1.0").await.unwrap().metadata()["auth"], "untrusted");
+}
+
+/// Garbage on the wire closes that connection and nothing else.
+#[tokio::test]
+async fn garbage_does_not_crash_the_daemon() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0u8; 4096][..],
+        &[0x16, 0x03, 0x03, 0xff, 0xff, 0x01][..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(junk).await;
+        drop(s);
+    }
+    let mut s = tokio::net::UnixStream::connect(m.socket()).await.unwrap();
+    let _ = s.write_all(b"\x00\x01BOGUS\r\n\r\n").await;
+    drop(s);
+    let huge_header = "x".repeat(512 * 1024);
+    let _ = m
+        .unix()
+        .request("GET", "/1.0", None, &[("x-big", &huge_header)])
+        .await;
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+    assert_eq!(Target::tls(&addr, None).get("/1.0").await.unwrap().status, 200);
+}
