@@ -1,0 +1,152 @@
+//! The official `incus` client (Debian's incus-client) driving stapesd. Skipped with a
+//! message when `incus` is not installed; under `CI=true` its absence is a failure.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use stapes_testkit::{have_tool, ClientCert, Member};
+
+/// Runs `incus ARGS` with its own config directory; `socket` sets `INCUS_SOCKET`.
+async fn incus(conf: &Path, socket: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new("incus");
+    cmd.args(args)
+        .env("INCUS_CONF", conf)
+        .env("HOME", conf)
+        .env_remove("INCUS_SOCKET")
+        .env_remove("INCUS_DIR")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(s) = socket {
+        cmd.env("INCUS_SOCKET", s);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("incus finished within 30 s")
+        .expect("incus runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn ok(conf: &Path, socket: Option<&Path>, args: &[&str]) -> String {
+    let (success, stdout, stderr) = incus(conf, socket, args).await;
+    assert!(success, "incus {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn t10_local_socket_info_query_and_config() {
+    if !have_tool("incus") {
+        return;
+    }
+    let m = Member::start().await;
+    let conf = tempfile::tempdir().unwrap();
+    let sock = Some(m.socket());
+    let sock = sock.as_deref();
+    let info = ok(conf.path(), sock, &["info"]).await;
+    assert!(info.contains("auth_user_method: unix"), "{info}");
+    let q: Value = serde_json::from_str(&ok(conf.path(), sock, &["query", "/1.0"]).await).unwrap();
+    assert_eq!(q["auth"], "trusted");
+    ok(conf.path(), sock, &["config", "set", "core.remote_token_expiry", "2H"]).await;
+    assert_eq!(ok(conf.path(), sock, &["config", "get", "core.remote_token_expiry"]).await.trim(), "2H");
+    let (success, _, err) = incus(conf.path(), sock, &["config", "set", "core.nonsense", "1"]).await;
+    assert!(!success && err.contains("core.nonsense"), "{err}");
+}
+
+#[tokio::test]
+async fn t20_trust_token_remote_add_and_trust_management() {
+    if !have_tool("incus") {
+        return;
+    }
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let admin = tempfile::tempdir().unwrap();
+    let sock = Some(m.socket());
+    let sock = sock.as_deref();
+    let out = ok(admin.path(), sock, &["config", "trust", "add", "laptop"]).await;
+    let token = out.lines().last().unwrap().trim().to_string();
+    let tokens = ok(admin.path(), sock, &["config", "trust", "list-tokens", "--format", "csv"]).await;
+    assert!(tokens.starts_with("laptop,"), "{tokens}");
+    let ops = ok(admin.path(), sock, &["operation", "list", "--format", "csv"]).await;
+    assert!(ops.contains("TOKEN") && ops.contains("RUNNING"), "{ops}");
+
+    // A fresh client redeems the token: no fingerprint prompt, then trusted.
+    let laptop = tempfile::tempdir().unwrap();
+    ok(laptop.path(), None, &["remote", "add", "s", &token]).await;
+    let info = ok(laptop.path(), None, &["info", "s:"]).await;
+    assert!(info.contains("auth: trusted") && info.contains("auth_user_method: tls"), "{info}");
+    let q: Value = serde_json::from_str(&ok(laptop.path(), None, &["query", "s:/1.0"]).await).unwrap();
+    assert_eq!(q["environment"]["addresses"], json!([addr]));
+
+    let list = ok(admin.path(), sock, &["config", "trust", "list", "--format", "csv"]).await;
+    assert!(list.contains("laptop,client"), "{list}");
+    let fp = q["auth_user_name"].as_str().unwrap();
+
+    // A second token, revoked, cannot be used.
+    let out = ok(admin.path(), sock, &["config", "trust", "add", "tablet"]).await;
+    let token2 = out.lines().last().unwrap().trim().to_string();
+    ok(admin.path(), sock, &["config", "trust", "revoke-token", "tablet"]).await;
+    let tablet = tempfile::tempdir().unwrap();
+    let (success, _, _) = incus(tablet.path(), None, &["remote", "add", "s", &token2]).await;
+    assert!(!success, "a revoked token must not work");
+
+    // Remove the laptop: it is untrusted at once.
+    ok(admin.path(), sock, &["config", "trust", "remove", &fp[..12]]).await;
+    let (success, _, err) = incus(laptop.path(), None, &["query", "s:/1.0/certificates"]).await;
+    assert!(!success && err.contains("not authorized"), "{err}");
+}
+
+#[tokio::test]
+async fn t30_remote_add_accept_certificate_and_monitor() {
+    if !have_tool("incus") {
+        return;
+    }
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    // The client's own certificate, made beforehand and trusted through the socket.
+    let conf = tempfile::tempdir().unwrap();
+    let cert = ClientCert::generate("cli");
+    std::fs::write(conf.path().join("client.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(conf.path().join("client.key"), &cert.key_pem).unwrap();
+    m.trust(&cert).await;
+    ok(conf.path(), None, &["remote", "add", "s", &format!("https://{addr}"), "--accept-certificate"]).await;
+    let remotes = ok(conf.path(), None, &["remote", "list", "--format", "csv"]).await;
+    assert!(remotes.contains(&format!("s,https://{addr}")), "{remotes}");
+
+    // `incus monitor` sees a lifecycle event caused by someone else.
+    let mut monitor = tokio::process::Command::new("incus")
+        .args(["monitor", "s:", "--type", "lifecycle", "--format", "json"])
+        .env("INCUS_CONF", conf.path())
+        .env("HOME", conf.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let event = tokio::time::timeout(Duration::from_secs(15), async {
+        for i in 0u32.. {
+            // Keep changing config until the monitor, once connected, reports it.
+            let value = format!("{}H", i % 2 + 5);
+            let _ = m
+                .unix()
+                .send_json("PATCH", "/1.0", &json!({"config": {"core.remote_token_expiry": value}}))
+                .await;
+            if let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["metadata"]["action"] == "config-updated" {
+                    return v;
+                }
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .expect("incus monitor reported the change");
+    assert_eq!(event["metadata"]["requestor"]["protocol"], "unix");
+    let _ = monitor.kill().await;
+}
