@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use api::types::{Certificate, Warning};
 use serde::{Deserialize, Serialize};
 
-use crate::state::Token;
+use crate::state::{Member, State, Token};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -49,6 +49,33 @@ pub enum Command {
     DeleteWarning {
         uuid: String,
     },
+    /// The first entry of a new cluster: the state the member had while standalone.
+    Restore {
+        state: Box<State>,
+    },
+    /// Makes a member part of the cluster, spending its join token when it has one.
+    AddMember {
+        member: Member,
+        token_id: Option<String>,
+    },
+    /// Edits a member's description and failure domain.
+    UpdateMember {
+        name: String,
+        description: String,
+        failure_domain: String,
+    },
+    RenameMember {
+        name: String,
+        new_name: String,
+    },
+    RemoveMember {
+        name: String,
+    },
+    /// The certificate every member presents to clients, with its key (PEM).
+    SetClusterCertificate {
+        cert_pem: String,
+        key_pem: String,
+    },
 }
 
 impl Command {
@@ -65,6 +92,12 @@ impl Command {
             Command::RecordWarning { .. } => "record_warning",
             Command::UpdateWarningStatus { .. } => "update_warning_status",
             Command::DeleteWarning { .. } => "delete_warning",
+            Command::Restore { .. } => "restore",
+            Command::AddMember { .. } => "add_member",
+            Command::UpdateMember { .. } => "update_member",
+            Command::RenameMember { .. } => "rename_member",
+            Command::RemoveMember { .. } => "remove_member",
+            Command::SetClusterCertificate { .. } => "set_cluster_certificate",
         }
     }
 }

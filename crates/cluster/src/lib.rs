@@ -16,9 +16,10 @@
 //! read published snapshots (`Arc<State>`).
 
 pub mod command;
+pub mod raft;
 pub mod state;
 pub mod store;
 
 pub use command::Command;
-pub use state::{State, StateError, Token, TokenKind};
-pub use store::{Store, StoreError};
+pub use state::{Member, State, StateError, Token, TokenKind};
+pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

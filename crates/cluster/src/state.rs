@@ -20,6 +20,30 @@ pub enum TokenKind {
         #[serde(default)]
         projects: Vec<String>,
     },
+    /// `incus cluster add NAME`: lets a new member join once, under that name.
+    Join { server_name: String },
+}
+
+/// A cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// The Raft node id.
+    pub id: u64,
+    /// `host:port` of its HTTPS listener (API and member traffic alike).
+    pub address: String,
+    /// Its own server certificate (PEM) and fingerprint: what it presents to members.
+    pub certificate: String,
+    pub fingerprint: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_failure_domain")]
+    pub failure_domain: String,
+    pub architecture: String,
+}
+
+fn default_failure_domain() -> String {
+    "default".into()
 }
 
 /// A pending token. It is also shown as a running `class: token` operation.
@@ -38,7 +62,7 @@ pub struct Token {
 }
 
 /// Why a command could not be applied. Deterministic: every member agrees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StateError {
     #[error("Certificate already in trust store")]
     CertificateExists,
@@ -48,6 +72,10 @@ pub enum StateError {
     TokenNotFound,
     #[error("Warning not found")]
     WarningNotFound,
+    #[error("The cluster already has a member named \"{0}\"")]
+    MemberExists(String),
+    #[error("Cluster member not found")]
+    MemberNotFound,
     #[error("{0}")]
     Invalid(String),
 }
@@ -63,6 +91,12 @@ pub struct State {
     pub tokens: BTreeMap<String, Token>,
     /// Warnings, by uuid.
     pub warnings: BTreeMap<String, Warning>,
+    /// Cluster members, by name. Empty while standalone.
+    #[serde(default)]
+    pub members: BTreeMap<String, Member>,
+    /// The cluster certificate and key (PEM), once clustered.
+    #[serde(default)]
+    pub cluster_certificate: Option<(String, String)>,
 }
 
 impl State {
@@ -113,7 +147,10 @@ impl State {
                 token_id,
                 certificate,
             } => {
-                if !self.tokens.contains_key(token_id) {
+                if !matches!(
+                    self.tokens.get(token_id).map(|t| &t.kind),
+                    Some(TokenKind::Trust { .. })
+                ) {
                     return Err(StateError::TokenNotFound);
                 }
                 if self.certificates.contains_key(&certificate.fingerprint) {
@@ -157,6 +194,49 @@ impl State {
             Command::DeleteWarning { uuid } => {
                 self.warnings.remove(uuid).ok_or(StateError::WarningNotFound)?;
             }
+            Command::Restore { state } => *self = (**state).clone(),
+            Command::AddMember { member, token_id } => {
+                if self.members.contains_key(&member.name) {
+                    return Err(StateError::MemberExists(member.name.clone()));
+                }
+                if self.members.values().any(|m| m.address == member.address) {
+                    return Err(StateError::Invalid(format!(
+                        "The address {} is already used by another member",
+                        member.address
+                    )));
+                }
+                if let Some(id) = token_id {
+                    match self.tokens.get(id).map(|t| &t.kind) {
+                        Some(TokenKind::Join { server_name }) if server_name == &member.name => {}
+                        _ => return Err(StateError::TokenNotFound),
+                    }
+                    self.tokens.remove(id);
+                }
+                self.members.insert(member.name.clone(), member.clone());
+            }
+            Command::UpdateMember {
+                name,
+                description,
+                failure_domain,
+            } => {
+                let m = self.members.get_mut(name).ok_or(StateError::MemberNotFound)?;
+                m.description = description.clone();
+                m.failure_domain = failure_domain.clone();
+            }
+            Command::RenameMember { name, new_name } => {
+                if self.members.contains_key(new_name) {
+                    return Err(StateError::MemberExists(new_name.clone()));
+                }
+                let mut m = self.members.remove(name).ok_or(StateError::MemberNotFound)?;
+                m.name = new_name.clone();
+                self.members.insert(new_name.clone(), m);
+            }
+            Command::RemoveMember { name } => {
+                self.members.remove(name).ok_or(StateError::MemberNotFound)?;
+            }
+            Command::SetClusterCertificate { cert_pem, key_pem } => {
+                self.cluster_certificate = Some((cert_pem.clone(), key_pem.clone()));
+            }
         }
         Ok(())
     }
@@ -166,13 +246,36 @@ impl State {
         self.certificates.get(fingerprint).map(|c| c.kind.clone())
     }
 
+    /// The member whose own server certificate has this fingerprint.
+    pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<&Member> {
+        self.members.values().find(|m| m.fingerprint == fingerprint)
+    }
+
+    pub fn member_by_id(&self, id: u64) -> Option<&Member> {
+        self.members.values().find(|m| m.id == id)
+    }
+
+    /// Finds the pending join token whose secret matches, in constant time per token.
+    pub fn find_join_token(&self, secret: &str, now: OffsetDateTime) -> Option<&Token> {
+        let mut found = None;
+        for token in self.tokens.values() {
+            let live = token.expires_at.is_none_or(|at| at > now);
+            let is_join = matches!(token.kind, TokenKind::Join { .. });
+            if trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) && live && is_join {
+                found = Some(token);
+            }
+        }
+        found
+    }
+
     /// Finds the pending trust token whose secret matches, comparing every secret in
     /// constant time. Expired tokens never match.
     pub fn find_trust_token(&self, secret: &str, now: OffsetDateTime) -> Option<&Token> {
         let mut found = None;
         for token in self.tokens.values() {
             let live = token.expires_at.is_none_or(|at| at > now);
-            if trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) && live {
+            let is_trust = matches!(token.kind, TokenKind::Trust { .. });
+            if trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) && live && is_trust {
                 found = Some(token);
             }
         }

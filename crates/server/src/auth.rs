@@ -18,7 +18,13 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
     strip_reserved_headers(req.headers_mut());
     let facts = req.extensions().get::<ConnFacts>().cloned().unwrap_or_default();
     let state = ctx.store.state();
-    let identity = trust::identity::decide(&facts, |fp| state.certificate_type(fp));
+    let identity = trust::identity::decide(&facts, |fp| {
+        if ctx.is_member(&state, fp) {
+            Some("member".to_string())
+        } else {
+            state.certificate_type(fp)
+        }
+    });
     req.extensions_mut().insert(identity);
     next.run(req).await
 }

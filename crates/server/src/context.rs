@@ -20,9 +20,17 @@ pub type Ctx = Arc<Inner>;
 pub struct Inner {
     pub store: Store,
     pub state_dir: PathBuf,
-    /// This member's name (the host name while standalone).
-    pub server_name: String,
     pub host: HostInfo,
+    /// This member's own server certificate and key (for member-to-member TLS).
+    pub server_cert: trust::CertPair,
+    pub peers: Arc<crate::peers::Peers>,
+    /// Member name -> when it last answered a heartbeat.
+    pub heartbeats: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Operations that finished here, kept a while so they can be waited on.
+    pub finished_ops:
+        std::sync::Mutex<std::collections::HashMap<String, (api::types::Operation, std::time::Instant)>>,
+    /// Fingerprints of members learnt from a join reply, before the state arrives.
+    pub peer_hints: std::sync::Mutex<Vec<String>>,
     /// The certificate clients see.
     pub resolver: Arc<CertResolver>,
     /// PEM and fingerprint of the served certificate, kept beside the resolver.
@@ -75,11 +83,73 @@ impl Inner {
         self.handler.get().expect("handler is set at start").clone()
     }
 
+    /// This member's name: its cluster name, or the host name while standalone.
+    pub fn server_name(&self) -> String {
+        match self.store.identity() {
+            Some(id) => id.name.clone(),
+            None => self.host.hostname.clone(),
+        }
+    }
+
+    /// Whether `fingerprint` is another member's own server certificate.
+    pub fn is_member(&self, state: &cluster::State, fingerprint: &str) -> bool {
+        state.member_by_fingerprint(fingerprint).is_some()
+            || self
+                .peer_hints
+                .lock()
+                .is_ok_and(|h| h.iter().any(|f| f == fingerprint))
+    }
+
     pub fn ready(&self) -> bool {
         !self.shutting_down.load(Ordering::SeqCst)
     }
 
     pub fn notify_state_changed(&self) {
         self.state_changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// Keeps what derives from the state in step with it: member pins, the certificate
+/// served to clients, the location stamped on events, `cluster.crt` on disk.
+pub fn on_state_change(ctx: &Ctx) {
+    let state = ctx.store.state();
+    if !state.members.is_empty() {
+        ctx.peers.set_pins(crate::membership::pins_of(&state));
+        if let Some(me) = ctx.store.identity() {
+            match state.member_by_id(me.id) {
+                Some(m) if m.name != me.name => {
+                    tracing::info!(old = %me.name, new = %m.name, "this member was renamed");
+                    let _ = ctx.store.rename_identity(&m.name);
+                }
+                Some(_) => {}
+                None if ctx.store.clustered() => {
+                    tracing::warn!("this member was removed from the cluster; continuing standalone");
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _ = ctx.store.leave().await;
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+    ctx.events.set_location(&ctx.server_name());
+    if let Some((crt, key)) = &state.cluster_certificate {
+        let served_pem = ctx.served_certificate().0.clone();
+        let wanted = trust::cert::pem_to_der(crt)
+            .map(|d| trust::cert::der_to_pem(&d))
+            .unwrap_or_default();
+        if wanted != served_pem {
+            match transport::tls::certified_key(crt, key) {
+                Ok(k) => {
+                    ctx.set_served_certificate(k);
+                    let _ = std::fs::write(ctx.state_dir.join("cluster.crt"), crt);
+                    tracing::info!(fingerprint = %ctx.served_certificate().1, "serving the cluster certificate");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cluster certificate in the state is unusable; keeping the current one")
+                }
+            }
+        }
     }
 }

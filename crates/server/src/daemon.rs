@@ -71,16 +71,20 @@ impl Daemon {
 
         let db_dir = dir.join("database");
         prepare_dir(&db_dir)?;
-        let store = Store::open(&db_dir.join("state.redb"))?;
+        let peers = crate::peers::Peers::new(cert.cert_pem.clone(), cert.key_pem.clone());
+        let store = Store::open(&db_dir, Arc::new(crate::peers::RaftRpc(peers.clone()))).await?;
 
         let host = HostInfo::read();
-        events.set_location(&host.hostname);
         let (shutdown_tx, _) = watch::channel(false);
         let ctx: Ctx = Arc::new(Inner {
             store,
             state_dir: dir.clone(),
-            server_name: host.hostname.clone(),
             host,
+            server_cert: cert,
+            peers,
+            heartbeats: Default::default(),
+            peer_hints: Default::default(),
+            finished_ops: Default::default(),
             resolver,
             served: arc_swap::ArcSwap::from_pointee(served),
             events,
@@ -92,6 +96,7 @@ impl Daemon {
             handler: Default::default(),
             state_changed: watch::channel(0).0,
         });
+        crate::context::on_state_change(&ctx);
         let router = crate::routes::router(ctx.clone());
         let handler = crate::http::handler(&ctx, router);
         let _ = ctx.handler.set(handler.clone());
@@ -108,6 +113,8 @@ impl Daemon {
             move |c| handler(c),
         ));
 
+        tokio::spawn(watch_state(ctx.clone()));
+        tokio::spawn(crate::membership::run(ctx.clone()));
         let https = ctx.https_address();
         if !https.is_empty() {
             ctx.listeners
@@ -147,12 +154,31 @@ impl Daemon {
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
         self.ctx.listeners.close().await;
         let _ = self.unix_task.await;
+        self.ctx.store.shutdown().await;
         let _ = std::fs::remove_file(&self.socket);
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.ctx.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tracing::info!(open = self.ctx.metrics.open_connections(), "stopped");
+    }
+}
+
+/// Follows state changes (local or replicated) with what derives from them.
+async fn watch_state(ctx: Ctx) {
+    let mut changes = ctx.store.subscribe();
+    let mut stop = ctx.shutdown_tx.subscribe();
+    loop {
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                crate::context::on_state_change(&ctx);
+                ctx.notify_state_changed();
+            }
+            _ = transport::listen::stopped(&mut stop) => return,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub const BACKLOG: usize = 1024;
 #[derive(Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
-    location: std::sync::Arc<std::sync::OnceLock<String>>,
+    location: std::sync::Arc<arc_swap::ArcSwap<String>>,
 }
 
 impl Default for EventHub {
@@ -39,9 +39,11 @@ impl EventHub {
         }
     }
 
-    /// Sets the member name stamped on events as `location` (once).
+    /// Sets the member name stamped on events as `location`.
     pub fn set_location(&self, name: &str) {
-        let _ = self.location.set(name.to_string());
+        if **self.location.load() != name {
+            self.location.store(std::sync::Arc::new(name.to_string()));
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -53,7 +55,7 @@ impl EventHub {
             kind: kind.to_string(),
             timestamp: OffsetDateTime::now_utc(),
             metadata,
-            location: self.location.get().cloned().unwrap_or_default(),
+            location: (**self.location.load()).clone(),
             project: project.to_string(),
         };
         // No listener is not an error.

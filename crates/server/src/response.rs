@@ -27,7 +27,10 @@ impl From<cluster::StoreError> for Error {
     fn from(e: cluster::StoreError) -> Self {
         use cluster::{StateError, StoreError};
         Error(match e {
-            StoreError::State(StateError::CertificateExists) => ApiError::conflict(e.to_string()),
+            StoreError::State(StateError::CertificateExists)
+            | StoreError::State(StateError::MemberExists(_)) => ApiError::conflict(e.to_string()),
+            StoreError::State(StateError::MemberNotFound) => ApiError::not_found_msg(e.to_string()),
+            StoreError::Unavailable(_) => ApiError::unavailable(e.to_string()),
             StoreError::State(StateError::CertificateNotFound)
             | StoreError::State(StateError::TokenNotFound)
             | StoreError::State(StateError::WarningNotFound) => ApiError::not_found_msg(e.to_string()),

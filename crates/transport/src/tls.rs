@@ -66,15 +66,26 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsE
 
 /// The certificate the server presents, swapped whole when it changes: new handshakes
 /// see the new one, open connections keep theirs.
+///
+/// A member dialling another member asks for [`MEMBER_SNI`]; it then gets that member's
+/// own server certificate instead of the cluster certificate, so member-to-member trust
+/// never depends on the cluster certificate (which an operator may replace).
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    member: ArcSwap<CertifiedKey>,
 }
 
+/// The server name members use when they dial each other.
+pub const MEMBER_SNI: &str = "member.stapes.internal";
+
 impl CertResolver {
+    /// Serves `key` to everyone (the member's own certificate to members as well).
     pub fn new(key: CertifiedKey) -> Arc<Self> {
+        let key = Arc::new(key);
         Arc::new(CertResolver {
-            current: ArcSwap::from_pointee(key),
+            current: ArcSwap::new(key.clone()),
+            member: ArcSwap::new(key),
         })
     }
 
@@ -89,7 +100,10 @@ impl CertResolver {
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello.server_name() == Some(MEMBER_SNI) {
+            return Some(self.member.load_full());
+        }
         Some(self.current.load_full())
     }
 }

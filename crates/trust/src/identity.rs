@@ -17,6 +17,8 @@ pub enum AuthMethod {
     Unix,
     /// A trusted TLS client certificate.
     Tls,
+    /// Another member of the cluster, by its own server certificate.
+    Cluster,
     /// Nothing that is trusted: the caller may only reach public endpoints.
     Untrusted,
 }
@@ -27,6 +29,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Unix => "unix",
             AuthMethod::Tls => "tls",
+            AuthMethod::Cluster => "cluster",
             AuthMethod::Untrusted => "",
         }
     }
@@ -65,7 +68,7 @@ impl Identity {
     /// A trusted caller that may do everything (not a metrics-only certificate).
     pub fn full_access(&self) -> bool {
         match self.method {
-            AuthMethod::Unix => true,
+            AuthMethod::Unix | AuthMethod::Cluster => true,
             AuthMethod::Tls => matches!(self.cert_type.as_deref(), Some("client") | Some("server")),
             AuthMethod::Untrusted => false,
         }
@@ -73,7 +76,7 @@ impl Identity {
 }
 
 /// Decides who the caller is. `lookup` maps a fingerprint to the type of the trusted
-/// certificate with that fingerprint.
+/// certificate with that fingerprint; the type `member` means another cluster member.
 pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Identity {
     let address = facts
         .remote
@@ -89,8 +92,13 @@ pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Ide
     }
     if let Some(fp) = &facts.cert_fingerprint {
         if let Some(kind) = lookup(fp) {
+            let method = if kind == "member" {
+                AuthMethod::Cluster
+            } else {
+                AuthMethod::Tls
+            };
             return Identity {
-                method: AuthMethod::Tls,
+                method,
                 username: fp.clone(),
                 address,
                 cert_type: Some(kind),

@@ -209,7 +209,7 @@ async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> R
             projects: req.projects.clone().unwrap_or_default(),
         },
         secret: trust::random_hex(32),
-        location: ctx.server_name.clone(),
+        location: ctx.server_name(),
         created_at: now,
         expires_at,
     };
@@ -254,7 +254,10 @@ async fn redeem_trust_token(
         client_name,
         restricted,
         projects,
-    } = &token.kind;
+    } = &token.kind
+    else {
+        return Err(ApiError::new(403, "No matching certificate add operation found").into());
+    };
     let cert = build_certificate(
         der,
         client_name,

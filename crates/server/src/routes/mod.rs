@@ -2,6 +2,7 @@
 //! method 501 `not implemented`, as Incus does.
 
 mod certificates;
+mod cluster;
 mod events;
 mod internal;
 mod operations;
@@ -11,7 +12,7 @@ mod warnings;
 
 use axum::middleware::from_fn_with_state;
 use axum::response::Response;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::context::Ctx;
@@ -50,6 +51,22 @@ pub fn router(ctx: Ctx) -> Router {
                 .patch(warnings::put)
                 .delete(warnings::delete),
         )
+        .route("/1.0/cluster", get(cluster::get).put(cluster::put))
+        .route("/1.0/cluster/certificate", get(cluster::certificate_get))
+        .route(
+            "/1.0/cluster/members",
+            get(cluster::list_members).post(cluster::add_member),
+        )
+        .route(
+            "/1.0/cluster/members/{name}",
+            get(cluster::get_member)
+                .put(cluster::edit_member)
+                .patch(cluster::edit_member)
+                .post(cluster::rename_member)
+                .delete(cluster::delete_member),
+        )
+        .route("/internal/raft/{kind}", post(cluster::raft_rpc))
+        .route("/internal/cluster/join", post(cluster::join))
         .route("/internal/ready", get(internal::ready))
         .route("/internal/shutdown", put(internal::shutdown))
         .fallback(not_found)

@@ -29,8 +29,10 @@ fn all(ctx: &Ctx) -> Vec<Operation> {
 
 fn find(ctx: &Ctx, id: &str) -> Option<Operation> {
     let state = ctx.store.state();
-    let token = state.tokens.get(id)?;
-    Some(token_operation(ctx, token, &ctx.addresses()))
+    if let Some(token) = state.tokens.get(id) {
+        return Some(token_operation(ctx, token, &ctx.addresses()));
+    }
+    ctx.finished_ops.lock().ok()?.get(id).map(|(op, _)| op.clone())
 }
 
 fn not_found() -> crate::response::Error {
@@ -81,6 +83,9 @@ pub async fn wait(
         .map(|t| Duration::from_secs_f64(t).min(MAX_WAIT))
         .unwrap_or(MAX_WAIT);
     let mut op = find(&ctx, &op_id).ok_or_else(not_found)?;
+    if op.status_code != status::RUNNING {
+        return Ok(sync(op));
+    }
     let mut changes = ctx.state_changed.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -50,8 +50,18 @@ async fn t10_local_socket_info_query_and_config() {
     assert!(info.contains("auth_user_method: unix"), "{info}");
     let q: Value = serde_json::from_str(&ok(conf.path(), sock, &["query", "/1.0"]).await).unwrap();
     assert_eq!(q["auth"], "trusted");
-    ok(conf.path(), sock, &["config", "set", "core.remote_token_expiry", "2H"]).await;
-    assert_eq!(ok(conf.path(), sock, &["config", "get", "core.remote_token_expiry"]).await.trim(), "2H");
+    ok(
+        conf.path(),
+        sock,
+        &["config", "set", "core.remote_token_expiry", "2H"],
+    )
+    .await;
+    assert_eq!(
+        ok(conf.path(), sock, &["config", "get", "core.remote_token_expiry"])
+            .await
+            .trim(),
+        "2H"
+    );
     let (success, _, err) = incus(conf.path(), sock, &["config", "set", "core.nonsense", "1"]).await;
     assert!(!success && err.contains("core.nonsense"), "{err}");
 }
@@ -68,7 +78,12 @@ async fn t20_trust_token_remote_add_and_trust_management() {
     let sock = sock.as_deref();
     let out = ok(admin.path(), sock, &["config", "trust", "add", "laptop"]).await;
     let token = out.lines().last().unwrap().trim().to_string();
-    let tokens = ok(admin.path(), sock, &["config", "trust", "list-tokens", "--format", "csv"]).await;
+    let tokens = ok(
+        admin.path(),
+        sock,
+        &["config", "trust", "list-tokens", "--format", "csv"],
+    )
+    .await;
     assert!(tokens.starts_with("laptop,"), "{tokens}");
     let ops = ok(admin.path(), sock, &["operation", "list", "--format", "csv"]).await;
     assert!(ops.contains("TOKEN") && ops.contains("RUNNING"), "{ops}");
@@ -77,11 +92,19 @@ async fn t20_trust_token_remote_add_and_trust_management() {
     let laptop = tempfile::tempdir().unwrap();
     ok(laptop.path(), None, &["remote", "add", "s", &token]).await;
     let info = ok(laptop.path(), None, &["info", "s:"]).await;
-    assert!(info.contains("auth: trusted") && info.contains("auth_user_method: tls"), "{info}");
+    assert!(
+        info.contains("auth: trusted") && info.contains("auth_user_method: tls"),
+        "{info}"
+    );
     let q: Value = serde_json::from_str(&ok(laptop.path(), None, &["query", "s:/1.0"]).await).unwrap();
     assert_eq!(q["environment"]["addresses"], json!([addr]));
 
-    let list = ok(admin.path(), sock, &["config", "trust", "list", "--format", "csv"]).await;
+    let list = ok(
+        admin.path(),
+        sock,
+        &["config", "trust", "list", "--format", "csv"],
+    )
+    .await;
     assert!(list.contains("laptop,client"), "{list}");
     let fp = q["auth_user_name"].as_str().unwrap();
 
@@ -112,7 +135,18 @@ async fn t30_remote_add_accept_certificate_and_monitor() {
     std::fs::write(conf.path().join("client.crt"), &cert.cert_pem).unwrap();
     std::fs::write(conf.path().join("client.key"), &cert.key_pem).unwrap();
     m.trust(&cert).await;
-    ok(conf.path(), None, &["remote", "add", "s", &format!("https://{addr}"), "--accept-certificate"]).await;
+    ok(
+        conf.path(),
+        None,
+        &[
+            "remote",
+            "add",
+            "s",
+            &format!("https://{addr}"),
+            "--accept-certificate",
+        ],
+    )
+    .await;
     let remotes = ok(conf.path(), None, &["remote", "list", "--format", "csv"]).await;
     assert!(remotes.contains(&format!("s,https://{addr}")), "{remotes}");
 
@@ -134,9 +168,15 @@ async fn t30_remote_add_accept_certificate_and_monitor() {
             let value = format!("{}H", i % 2 + 5);
             let _ = m
                 .unix()
-                .send_json("PATCH", "/1.0", &json!({"config": {"core.remote_token_expiry": value}}))
+                .send_json(
+                    "PATCH",
+                    "/1.0",
+                    &json!({"config": {"core.remote_token_expiry": value}}),
+                )
                 .await;
-            if let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await {
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+            {
                 let v: Value = serde_json::from_str(&line).unwrap();
                 if v["metadata"]["action"] == "config-updated" {
                     return v;

@@ -1,0 +1,581 @@
+//! Being a cluster member: bootstrap, join, heartbeats, roles and voter promotion.
+//!
+//! ```text
+//!  joiner                         any member                         leader
+//!  PUT /1.0/cluster {token} ─POST /internal/cluster/join {secret, own cert}─>
+//!                                 find_join_token (constant time)
+//!                                 AddMember (spends the token) ────────────> commit
+//!                                 add_learner(joiner) ─────────────────────> replicate
+//!  <── {members, cluster cert} ──
+//!  start Raft (empty), serve the cluster certificate, wait for the log to arrive
+//! ```
+//!
+//! Liveness comes from heartbeats: every member asks every other member for
+//! `/internal/ready` a few times per `cluster.offline_threshold`. The leader uses that
+//! view to keep up to `cluster.max_voters` online voters, promoting standbys (Raft
+//! learners) when a voter is lost.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use api::types::Operation;
+use cluster::{Command, Member, MemberIdentity, State};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::context::Ctx;
+use crate::response::ApiError;
+
+/// What a joiner sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub secret: String,
+    pub server_name: String,
+    pub address: String,
+    pub id: u64,
+    pub certificate: String,
+    pub architecture: String,
+}
+
+/// What it gets back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub members: Vec<Member>,
+    pub cluster_certificate: (String, String),
+}
+
+/// A member's liveness as this member sees it.
+pub fn last_seen(ctx: &Ctx, name: &str) -> Option<Duration> {
+    if ctx.server_name() == name {
+        return Some(Duration::ZERO);
+    }
+    ctx.heartbeats.lock().ok()?.get(name).map(|t| t.elapsed())
+}
+
+pub fn offline_threshold(state: &State) -> Duration {
+    let secs: u64 = api::config::effective(&state.config, "cluster.offline_threshold")
+        .parse()
+        .unwrap_or(20);
+    Duration::from_secs(secs.max(1))
+}
+
+pub fn is_online(ctx: &Ctx, state: &State, name: &str) -> bool {
+    last_seen(ctx, name).is_some_and(|d| d < offline_threshold(state))
+}
+
+/// The member object of `/1.0/cluster/members/NAME`.
+pub fn member_json(ctx: &Ctx, state: &State, m: &Member) -> Value {
+    let view = ctx.store.raft_view().unwrap_or_default();
+    let max_standby: usize = api::config::effective(&state.config, "cluster.max_standby")
+        .parse()
+        .unwrap_or(2);
+    let standbys: Vec<u64> = view
+        .nodes
+        .keys()
+        .filter(|id| !view.voters.contains(id))
+        .copied()
+        .take(max_standby)
+        .collect();
+    let mut roles = Vec::new();
+    if view.leader == Some(m.id) {
+        roles.push("database-leader");
+    }
+    if view.voters.contains(&m.id) {
+        roles.push("database");
+    } else if standbys.contains(&m.id) {
+        roles.push("database-standby");
+    }
+    let threshold = offline_threshold(state);
+    let (status, message) = match last_seen(ctx, &m.name) {
+        Some(d) if d < threshold => ("Online", "Fully operational".to_string()),
+        Some(d) => ("Offline", format!("No heartbeat for {:.2}s", d.as_secs_f64())),
+        None => ("Offline", "No heartbeat yet".to_string()),
+    };
+    json!({
+        "server_name": m.name,
+        "url": format!("https://{}", m.address),
+        "database": view.voters.contains(&m.id),
+        "status": status,
+        "message": message,
+        "architecture": m.architecture,
+        "failure_domain": m.failure_domain,
+        "description": m.description,
+        "config": {},
+        "groups": ["default"],
+        "roles": roles,
+    })
+}
+
+/// A join token shown as an operation.
+pub fn join_token_operation(ctx: &Ctx, token: &cluster::Token, server_name: &str) -> Operation {
+    let state = ctx.store.state();
+    let fingerprint = ctx.served_certificate().1.clone();
+    let addresses: Vec<String> = state
+        .members
+        .values()
+        .filter(|m| is_online(ctx, &state, &m.name))
+        .map(|m| m.address.clone())
+        .collect();
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert("serverName".to_string(), json!(server_name));
+    metadata.insert("secret".to_string(), json!(token.secret));
+    metadata.insert("fingerprint".to_string(), json!(fingerprint));
+    metadata.insert("addresses".to_string(), json!(addresses));
+    if let Some(at) = token.expires_at {
+        metadata.insert("expiresAt".to_string(), json!(crate::operations::rfc3339(at)));
+    }
+    Operation {
+        id: token.id.clone(),
+        class: "token".into(),
+        description: "Requesting to join the cluster".into(),
+        created_at: token.created_at,
+        updated_at: token.created_at,
+        status: "Running".into(),
+        status_code: api::types::status::RUNNING,
+        resources: None,
+        metadata: Some(metadata),
+        may_cancel: true,
+        err: String::new(),
+        location: token.location.clone(),
+    }
+}
+
+fn random_id() -> u64 {
+    let b = trust::random_bytes16();
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes")) >> 1
+}
+
+fn own_member(ctx: &Ctx, name: &str, address: &str, id: u64) -> Member {
+    let cert = ctx.server_cert.cert_pem.clone();
+    let fingerprint = trust::cert::pem_to_der(&cert)
+        .map(|d| trust::fingerprint(&d))
+        .unwrap_or_default();
+    Member {
+        name: name.to_string(),
+        id,
+        address: address.to_string(),
+        certificate: cert,
+        fingerprint,
+        description: String::new(),
+        failure_domain: "default".into(),
+        architecture: ctx.host.kernel_architecture.clone(),
+    }
+}
+
+/// The address members reach this one at: `cluster.https_address`, else a specific
+/// `core.https_address`.
+pub fn cluster_address(ctx: &Ctx) -> Option<String> {
+    let local = ctx.store.local();
+    let pick = |k: &str| local.get(k).filter(|v| !v.is_empty()).cloned();
+    let addr = pick("cluster.https_address").or_else(|| pick("core.https_address"))?;
+    let parsed = api::config::parse_listen_address(&addr, crate::listeners::DEFAULT_PORT).ok()?;
+    parsed.host.as_ref()?;
+    Some(parsed.bind_string())
+}
+
+/// `cluster enable NAME`.
+pub async fn bootstrap(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
+    if ctx.store.clustered() {
+        return Err(ApiError::bad_request("This server is already clustered"));
+    }
+    validate_name(name)?;
+    let address = cluster_address(ctx).ok_or_else(|| {
+        ApiError::bad_request("Clustering needs a specific network address: set core.https_address or cluster.https_address (not a wildcard)")
+    })?;
+    let host = ctx.host.hostname.clone();
+    let pair = trust::CertPair::generate_server(&host).map_err(|e| ApiError::internal(e.to_string()))?;
+    let member = own_member(ctx, name, &address, random_id());
+    ctx.peers
+        .set_pins([(address.clone(), member.fingerprint.clone())].into());
+    ctx.store
+        .bootstrap(member, (pair.cert_pem, pair.key_pem))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    crate::context::on_state_change(ctx);
+    tracing::info!(name, address = %address, "cluster bootstrapped");
+    Ok(())
+}
+
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "Invalid member name {name:?}: use letters, digits and '-'"
+        )))
+    }
+}
+
+/// The joining side of `PUT /1.0/cluster` with a `cluster_token`.
+pub async fn join(
+    ctx: &Ctx,
+    server_name: &str,
+    server_address: &str,
+    token_text: &str,
+) -> Result<(), ApiError> {
+    if ctx.store.clustered() {
+        return Err(ApiError::bad_request("This server is already clustered"));
+    }
+    validate_name(server_name)?;
+    let token: trust::token::JoinToken = trust::token::decode(token_text)
+        .map_err(|e| ApiError::bad_request(format!("Invalid cluster join token: {e}")))?;
+    if token.server_name != server_name {
+        return Err(ApiError::bad_request(format!(
+            "The join token is for a member named {:?}, not {server_name:?}",
+            token.server_name
+        )));
+    }
+    let address = api::config::parse_listen_address(server_address, crate::listeners::DEFAULT_PORT)
+        .ok()
+        .filter(|a| a.host.is_some())
+        .map(|a| a.bind_string())
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid server_address {server_address:?}")))?;
+
+    // Members will call us at `address`: listen there first, and undo it on failure.
+    let before = ctx.store.local();
+    let mut changes = std::collections::BTreeMap::new();
+    changes.insert("cluster.https_address".to_string(), address.clone());
+    if before.get("core.https_address").is_none_or(|v| v.is_empty()) {
+        changes.insert("core.https_address".to_string(), address.clone());
+        ctx.listeners
+            .set_https(&address, ctx.conn_handler())
+            .await
+            .map_err(ApiError::bad_request)?;
+    }
+    match ask_to_join(ctx, &token, server_name, &address).await {
+        Ok((reply, id)) => {
+            ctx.store
+                .set_local(&changes)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            finish_join(
+                ctx,
+                reply,
+                MemberIdentity {
+                    id,
+                    name: server_name.to_string(),
+                },
+            )
+            .await
+        }
+        Err(e) => {
+            if changes.contains_key("core.https_address") {
+                let _ = ctx.listeners.set_https("", ctx.conn_handler()).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn ask_to_join(
+    ctx: &Ctx,
+    token: &trust::token::JoinToken,
+    name: &str,
+    address: &str,
+) -> Result<(JoinReply, u64), ApiError> {
+    let id = random_id();
+    let req = JoinRequest {
+        secret: token.secret.clone(),
+        server_name: name.to_string(),
+        address: address.to_string(),
+        id,
+        certificate: ctx.server_cert.cert_pem.clone(),
+        architecture: ctx.host.kernel_architecture.clone(),
+    };
+    let body = serde_json::to_vec(&req).expect("join requests serialize");
+    let mut last_error = ApiError::unavailable("The join token lists no member address");
+    for target in &token.addresses {
+        match crate::peers::join_call(ctx, target, &token.fingerprint, &body).await {
+            Ok((200, bytes)) => {
+                let reply: JoinReply = serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::internal(format!("Bad join answer from {target}: {e}")))?;
+                return Ok((reply, id));
+            }
+            Ok((status, bytes)) => {
+                let msg = serde_json::from_slice::<api::Envelope>(&bytes)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                // The member answered: its verdict is final (wrong token, taken name).
+                return Err(ApiError::new(status, msg));
+            }
+            Err(e) => {
+                tracing::info!(target = %target, error = %e, "join attempt failed; trying the next member");
+                last_error = ApiError::unavailable(format!("Failed to reach any cluster member: {e}"));
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> Result<(), ApiError> {
+    let pins = reply
+        .members
+        .iter()
+        .map(|m| (m.address.clone(), m.fingerprint.clone()))
+        .collect();
+    ctx.peers.set_pins(pins);
+    *ctx.peer_hints.lock().expect("hints lock") =
+        reply.members.iter().map(|m| m.fingerprint.clone()).collect();
+    let name = identity.name.clone();
+    ctx.store
+        .start_joining(identity)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (crt, key) = &reply.cluster_certificate;
+    if let Ok(k) = transport::tls::certified_key(crt, key) {
+        ctx.set_served_certificate(k);
+    }
+    // Wait (bounded) for the log to reach us: then we are a full member.
+    let mut changes = ctx.store.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !ctx.store.state().members.contains_key(&name) {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            return Err(ApiError::unavailable(
+                "Joined, but the cluster state has not arrived within 15 s",
+            ));
+        }
+    }
+    crate::context::on_state_change(ctx);
+    tracing::info!(name = %name, "joined the cluster");
+    Ok(())
+}
+
+/// The member side of a join: checks the secret and admits the joiner.
+pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
+    let state = ctx.store.state();
+    let Some((cert, key)) = state.cluster_certificate.clone() else {
+        return Err(ApiError::bad_request("This server is not clustered"));
+    };
+    let Some(token) = state.find_join_token(&req.secret, OffsetDateTime::now_utc()) else {
+        tracing::info!(name = %req.server_name, "refused a join with no matching token");
+        return Err(ApiError::new(403, "No matching cluster join operation found"));
+    };
+    validate_name(&req.server_name)?;
+    let der = trust::cert::pem_to_der(&req.certificate).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let member = Member {
+        name: req.server_name.clone(),
+        id: req.id,
+        address: req.address.clone(),
+        fingerprint: trust::fingerprint(&der),
+        certificate: req.certificate.clone(),
+        description: String::new(),
+        failure_domain: "default".into(),
+        architecture: req.architecture.clone(),
+    };
+    let token_id = token.id.clone();
+    ctx.store
+        .apply(Command::AddMember {
+            member: member.clone(),
+            token_id: Some(token_id),
+        })
+        .await
+        .map_err(|e| crate::response::Error::from(e).0)?;
+    crate::context::on_state_change(ctx);
+    ctx.store
+        .add_learner(member.id, &member.address)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    tracing::info!(name = %member.name, address = %member.address, "member admitted");
+    let state = ctx.store.state();
+    Ok(JoinReply {
+        members: state.members.values().cloned().collect(),
+        cluster_certificate: (cert, key),
+    })
+}
+
+/// Background work of a clustered member: heartbeats, and on the leader, keeping the
+/// voter set healthy. Bounded per round; runs until shutdown.
+pub async fn run(ctx: Ctx) {
+    let mut stop = ctx.shutdown_tx.subscribe();
+    loop {
+        let state = ctx.store.state();
+        let interval =
+            (offline_threshold(&state) / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
+        if ctx.store.clustered() {
+            heartbeat_round(&ctx, &state, interval).await;
+            if ctx.store.raft_view().is_some_and(|v| v.is_leader()) {
+                reconcile(&ctx, &state).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = transport::listen::stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn heartbeat_round(ctx: &Ctx, state: &State, timeout: Duration) {
+    let me = ctx.server_name();
+    let calls = state.members.values().filter(|m| m.name != me).map(|m| {
+        let ctx = ctx.clone();
+        let (name, address) = (m.name.clone(), m.address.clone());
+        async move {
+            let ok = ctx
+                .peers
+                .request(
+                    &address,
+                    http::Method::GET,
+                    "/internal/ready",
+                    Vec::new(),
+                    timeout,
+                )
+                .await
+                .is_ok_and(|(status, _)| status == 200);
+            (name, ok)
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let now = Instant::now();
+    if let Ok(mut hb) = ctx.heartbeats.lock() {
+        for (name, ok) in results {
+            if ok {
+                hb.insert(name, now);
+            }
+        }
+        hb.retain(|name, _| state.members.contains_key(name));
+    }
+}
+
+/// On the leader: every member is in Raft, and up to `max_voters` online members vote.
+async fn reconcile(ctx: &Ctx, state: &State) {
+    let Some(view) = ctx.store.raft_view() else { return };
+    for m in state.members.values() {
+        if !view.nodes.contains_key(&m.id) {
+            if let Err(e) = ctx.store.add_learner(m.id, &m.address).await {
+                tracing::warn!(member = %m.name, error = %e, "could not add member to the database");
+            }
+            return;
+        }
+    }
+    let max_voters: usize = api::config::effective(&state.config, "cluster.max_voters")
+        .parse()
+        .unwrap_or(3);
+    let online = |id: &u64| {
+        state
+            .member_by_id(*id)
+            .is_some_and(|m| is_online(ctx, state, &m.name))
+    };
+    let known = |id: &u64| state.member_by_id(*id).is_some();
+    let desired = desired_voters(
+        &view.voters,
+        &view.nodes.keys().copied().collect(),
+        max_voters,
+        online,
+        known,
+    );
+    if desired != view.voters {
+        tracing::info!(from = ?view.voters, to = ?desired, "changing database voters");
+        if let Err(e) = ctx.store.set_voters(desired).await {
+            tracing::warn!(error = %e, "could not change database voters");
+        }
+    }
+}
+
+/// Which nodes should vote: online voters stay; missing seats go to online learners;
+/// an offline voter gives its seat to an online learner when there is one. Never an
+/// empty set.
+pub fn desired_voters(
+    voters: &BTreeSet<u64>,
+    nodes: &BTreeSet<u64>,
+    max_voters: usize,
+    online: impl Fn(&u64) -> bool,
+    known: impl Fn(&u64) -> bool,
+) -> BTreeSet<u64> {
+    let mut keep: BTreeSet<u64> = voters
+        .iter()
+        .copied()
+        .filter(|id| online(id) && known(id))
+        .collect();
+    let mut spare: Vec<u64> = nodes
+        .iter()
+        .copied()
+        .filter(|id| !voters.contains(id) && online(id) && known(id))
+        .collect();
+    spare.sort();
+    let mut spare = spare.into_iter();
+    while keep.len() < max_voters {
+        match spare.next() {
+            Some(id) => {
+                keep.insert(id);
+            }
+            None => break,
+        }
+    }
+    // Offline voters keep their seats while nobody can take them (they may come back).
+    for id in voters {
+        if keep.len() >= max_voters.max(1) {
+            break;
+        }
+        if known(id) {
+            keep.insert(*id);
+        }
+    }
+    // An even number of voters tolerates no more failures than one fewer: never grow
+    // into an even set.
+    if keep.len() > 1 && keep.len().is_multiple_of(2) {
+        if let Some(newest) = keep.iter().rev().find(|id| !voters.contains(id)).copied() {
+            keep.remove(&newest);
+        }
+    }
+    if keep.is_empty() {
+        return voters.clone();
+    }
+    keep
+}
+
+/// Connections to members are pinned by the member list; this keeps pins, the served
+/// certificate and the event location in step with the state.
+pub fn pins_of(state: &State) -> HashMap<String, String> {
+    state
+        .members
+        .values()
+        .map(|m| (m.address.clone(), m.fingerprint.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn learners_fill_empty_seats() {
+        let d = desired_voters(&set(&[1]), &set(&[1, 2, 3]), 3, |_| true, |_| true);
+        assert_eq!(d, set(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn two_members_do_not_make_two_voters() {
+        let d = desired_voters(&set(&[1]), &set(&[1, 2]), 3, |_| true, |_| true);
+        assert_eq!(d, set(&[1]));
+    }
+
+    #[test]
+    fn a_standby_replaces_a_lost_voter() {
+        let d = desired_voters(&set(&[1, 2, 3]), &set(&[1, 2, 3, 4]), 3, |id| *id != 2, |_| true);
+        assert_eq!(d, set(&[1, 3, 4]));
+    }
+
+    #[test]
+    fn a_lost_voter_keeps_its_seat_when_nobody_can_take_it() {
+        let d = desired_voters(&set(&[1, 2, 3]), &set(&[1, 2, 3]), 3, |id| *id != 2, |_| true);
+        assert_eq!(d, set(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn removed_members_lose_their_seat() {
+        let d = desired_voters(&set(&[1, 2, 3]), &set(&[1, 2, 3, 4]), 3, |_| true, |id| *id != 3);
+        assert_eq!(d, set(&[1, 2, 4]));
+    }
+}

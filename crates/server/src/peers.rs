@@ -1,0 +1,220 @@
+//! Member-to-member calls: one multiplexed HTTP/2 connection per peer, mutual TLS with
+//! each side's own server certificate, the peer pinned by its fingerprint.
+//!
+//! ```text
+//!   caller ──TCP (bounded)──TLS SNI=member.stapes.internal, own server.crt──> peer
+//!          <── peer presents its own server.crt, checked against the member list ──
+//! ```
+//!
+//! Connections are kept and reused, so a call to a warm peer costs no handshake. Every
+//! step is bounded: a peer that accepts TCP and then says nothing fails the call in
+//! [`CONNECT_TIMEOUT`] plus the call's own deadline, never longer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use cluster::raft::{Rpc, RpcFuture, RpcKind};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use transport::tls::{self, ServerTrust, TlsConnector, MEMBER_SNI};
+
+/// TCP connect plus TLS handshake to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One call, once connected.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Sender = SendRequest<Full<Bytes>>;
+
+pub struct Peers {
+    cert_pem: String,
+    key_pem: String,
+    /// Peer address -> fingerprint of its own server certificate.
+    pins: ArcSwap<HashMap<String, String>>,
+    conns: Mutex<HashMap<String, Sender>>,
+}
+
+impl Peers {
+    pub fn new(cert_pem: String, key_pem: String) -> Arc<Self> {
+        Arc::new(Peers {
+            cert_pem,
+            key_pem,
+            pins: Default::default(),
+            conns: Default::default(),
+        })
+    }
+
+    /// Replaces the address -> fingerprint pins (from the member list).
+    pub fn set_pins(&self, pins: HashMap<String, String>) {
+        if **self.pins.load() != pins {
+            self.pins.store(Arc::new(pins));
+        }
+    }
+
+    /// POSTs or GETs `path` on the member at `address`; returns status and body.
+    pub async fn request(
+        &self,
+        address: &str,
+        method: http::Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let fingerprint = self
+            .pins
+            .load()
+            .get(address)
+            .cloned()
+            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let mut sender = self.sender(address, &fingerprint).await?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://{address}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let call = async {
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.forget(address);
+                Err(format!("{address}: {e}"))
+            }
+            Err(_) => {
+                self.forget(address);
+                Err(format!("{address} did not answer within {timeout:?}"))
+            }
+        }
+    }
+
+    fn forget(&self, address: &str) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(address);
+        }
+    }
+
+    async fn sender(&self, address: &str, fingerprint: &str) -> Result<Sender, String> {
+        if let Some(s) = self.conns.lock().ok().and_then(|c| c.get(address).cloned()) {
+            if !s.is_closed() {
+                return Ok(s);
+            }
+        }
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let config = tls::client_config(
+                ServerTrust::Pinned(fingerprint.to_string()),
+                Some((&self.cert_pem, &self.key_pem)),
+                &[b"h2"],
+            )
+            .map_err(|e| e.to_string())?;
+            let stream = TlsConnector::from(config)
+                .connect(tls::server_name(MEMBER_SNI), tcp)
+                .await
+                .map_err(|e| format!("TLS with member: {e}"))?;
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok::<_, String>(sender)
+        };
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| format!("{address} did not complete a connection within {CONNECT_TIMEOUT:?}"))??;
+        if let Ok(mut c) = self.conns.lock() {
+            c.insert(address.to_string(), sender.clone());
+        }
+        Ok(sender)
+    }
+}
+
+/// Raft's transport.
+pub struct RaftRpc(pub Arc<Peers>);
+
+impl Rpc for RaftRpc {
+    fn call(&self, _target: u64, address: &str, kind: RpcKind, body: Vec<u8>) -> RpcFuture {
+        let peers = self.0.clone();
+        let address = address.to_string();
+        Box::pin(async move {
+            let (status, body) = peers
+                .request(&address, http::Method::POST, kind.path(), body, CALL_TIMEOUT)
+                .await?;
+            if status != 200 {
+                return Err(format!(
+                    "{address} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok(body.to_vec())
+        })
+    }
+}
+
+/// A joiner's one call to a member: the member is pinned by the cluster certificate's
+/// fingerprint from the token (it is not a known member yet), and the joiner presents
+/// its own server certificate.
+pub async fn join_call(
+    ctx: &crate::context::Ctx,
+    address: &str,
+    cluster_fingerprint: &str,
+    body: &[u8],
+) -> Result<(u16, Bytes), String> {
+    let call = async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let config = tls::client_config(
+            ServerTrust::Pinned(cluster_fingerprint.to_string()),
+            Some((&ctx.server_cert.cert_pem, &ctx.server_cert.key_pem)),
+            &[b"http/1.1"],
+        )
+        .map_err(|e| e.to_string())?;
+        let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
+        let stream = TlsConnector::from(config)
+            .connect(tls::server_name(host), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e} (does the token's fingerprint match the cluster?)"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::post("/internal/cluster/join")
+            .header("host", address)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    };
+    // Admission includes a Raft commit and a membership change: allow for both.
+    tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .map_err(|_| format!("{address} did not answer the join within 15 s"))?
+}

@@ -1,0 +1,325 @@
+//! `/1.0/cluster`, `/1.0/cluster/members`, and the internal member endpoints.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cluster::{Command, Token, TokenKind};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use trust::{AuthMethod, ConnFacts, Identity};
+
+use crate::auth::require_full;
+use crate::context::Ctx;
+use crate::membership;
+use crate::response::{self, json_body, recursion, sync, sync_etag, ApiError, Result};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ClusterPut {
+    pub server_name: String,
+    pub enabled: bool,
+    pub server_address: String,
+    pub cluster_token: String,
+    pub cluster_address: String,
+    pub member_config: Vec<serde_json::Value>,
+}
+
+pub async fn get(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Result<Response> {
+    require_full(&id)?;
+    let clustered = ctx.store.clustered();
+    let body = json!({
+        "server_name": if clustered { ctx.server_name() } else { String::new() },
+        "enabled": clustered,
+        "member_config": [],
+    });
+    Ok(sync_etag(&body, &body))
+}
+
+/// Bootstrap (`enabled` with no token) or join (with `cluster_token`). Answers with a
+/// finished operation, as Incus's clients wait on one.
+pub async fn put(State(ctx): State<Ctx>, Extension(id): Extension<Identity>, body: Body) -> Result<Response> {
+    require_full(&id)?;
+    let req: ClusterPut = json_body(body).await?;
+    if !req.enabled {
+        return Err(ApiError::bad_request(
+            "Disabling clustering is not supported; remove the member instead",
+        )
+        .into());
+    }
+    if req.server_name.is_empty() {
+        return Err(ApiError::bad_request("A server_name is required").into());
+    }
+    if req.cluster_token.is_empty() {
+        membership::bootstrap(&ctx, &req.server_name).await?;
+        ctx.events
+            .lifecycle("cluster-enabled", "/1.0/cluster", Some(&id), None);
+    } else {
+        membership::join(&ctx, &req.server_name, &req.server_address, &req.cluster_token).await?;
+        ctx.events.lifecycle(
+            "cluster-member-added",
+            &format!("/1.0/cluster/members/{}", req.server_name),
+            Some(&id),
+            None,
+        );
+    }
+    let description = if req.cluster_token.is_empty() {
+        "Enabling clustering"
+    } else {
+        "Joining cluster"
+    };
+    let op = crate::operations::record_finished(&ctx, description);
+    Ok(response::operation(&op))
+}
+
+fn require_clustered(ctx: &Ctx) -> Result<()> {
+    if ctx.store.clustered() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("This server is not clustered").into())
+    }
+}
+
+pub async fn list_members(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    if recursion(&q) {
+        let all: Vec<_> = state
+            .members
+            .values()
+            .map(|m| membership::member_json(&ctx, &state, m))
+            .collect();
+        Ok(sync(all))
+    } else {
+        let urls: Vec<_> = state
+            .members
+            .keys()
+            .map(|n| format!("/1.0/cluster/members/{n}"))
+            .collect();
+        Ok(sync(urls))
+    }
+}
+
+pub async fn get_member(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    require_full(&id)?;
+    let state = ctx.store.state();
+    let m = state.members.get(&name).ok_or_else(member_not_found)?;
+    let body = membership::member_json(&ctx, &state, m);
+    Ok(sync_etag(&body, &(&m.description, &m.failure_domain)))
+}
+
+fn member_not_found() -> crate::response::Error {
+    ApiError::not_found_msg("Cluster member not found").into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MemberPut {
+    pub description: Option<String>,
+    pub failure_domain: Option<String>,
+}
+
+pub async fn edit_member(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    require_full(&id)?;
+    let req: MemberPut = json_body(body).await?;
+    let state = ctx.store.state();
+    let m = state.members.get(&name).ok_or_else(member_not_found)?;
+    let failure_domain = req
+        .failure_domain
+        .filter(|f| !f.is_empty())
+        .unwrap_or(m.failure_domain.clone());
+    ctx.store
+        .apply(Command::UpdateMember {
+            name: name.clone(),
+            description: req.description.unwrap_or(m.description.clone()),
+            failure_domain,
+        })
+        .await?;
+    ctx.events.lifecycle(
+        "cluster-member-updated",
+        &format!("/1.0/cluster/members/{name}"),
+        Some(&id),
+        None,
+    );
+    Ok(sync(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MemberPost {
+    pub server_name: String,
+}
+
+pub async fn rename_member(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    require_full(&id)?;
+    let req: MemberPost = json_body(body).await?;
+    membership::validate_name(&req.server_name)?;
+    ctx.store
+        .apply(Command::RenameMember {
+            name: name.clone(),
+            new_name: req.server_name.clone(),
+        })
+        .await?;
+    ctx.events.lifecycle(
+        "cluster-member-renamed",
+        &format!("/1.0/cluster/members/{}", req.server_name),
+        Some(&id),
+        Some([("old_name".to_string(), json!(name))].into()),
+    );
+    Ok(response::created(&format!(
+        "/1.0/cluster/members/{}",
+        req.server_name
+    )))
+}
+
+pub async fn delete_member(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_full(&id)?;
+    require_clustered(&ctx)?;
+    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    let state = ctx.store.state();
+    let m = state.members.get(&name).ok_or_else(member_not_found)?.clone();
+    if !force && !membership::is_online(&ctx, &state, &name) {
+        return Err(ApiError::bad_request(format!(
+            "Member \"{name}\" is offline; use --force to remove it anyway"
+        ))
+        .into());
+    }
+    if state.members.len() == 1 {
+        return Err(ApiError::bad_request("Cannot remove the last member of a cluster").into());
+    }
+    ctx.store
+        .apply(Command::RemoveMember { name: name.clone() })
+        .await?;
+    ctx.store.remove_node(m.id).await?;
+    tracing::info!(member = %name, force, by = %id.username, "member removed");
+    ctx.events.lifecycle(
+        "cluster-member-removed",
+        &format!("/1.0/cluster/members/{name}"),
+        Some(&id),
+        None,
+    );
+    Ok(sync(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MembersPost {
+    pub server_name: String,
+}
+
+/// `cluster add NAME`: a join token, as a token operation.
+pub async fn add_member(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    body: Body,
+) -> Result<Response> {
+    require_full(&id)?;
+    require_clustered(&ctx)?;
+    let req: MembersPost = json_body(body).await?;
+    membership::validate_name(&req.server_name)?;
+    let state = ctx.store.state();
+    if state.members.contains_key(&req.server_name) {
+        return Err(ApiError::conflict(format!(
+            "The cluster already has a member named \"{}\"",
+            req.server_name
+        ))
+        .into());
+    }
+    let now = OffsetDateTime::now_utc();
+    let expiry = api::config::effective(&state.config, "cluster.join_token_expiry");
+    let expires_at = api::config::parse_expiry(expiry)
+        .map_err(ApiError::internal)?
+        .map(|d| now + d);
+    let token = Token {
+        id: uuid::Builder::from_random_bytes(trust::random_bytes16())
+            .into_uuid()
+            .to_string(),
+        kind: TokenKind::Join {
+            server_name: req.server_name.clone(),
+        },
+        secret: trust::random_hex(32),
+        location: ctx.server_name(),
+        created_at: now,
+        expires_at,
+    };
+    ctx.store
+        .apply(Command::CreateToken { token: token.clone() })
+        .await?;
+    tracing::info!(member = %req.server_name, by = %id.username, "join token issued");
+    let op = membership::join_token_operation(&ctx, &token, &req.server_name);
+    ctx.events.send(
+        "operation",
+        "default",
+        serde_json::to_value(&op).expect("operations serialize"),
+    );
+    Ok(response::operation(&op))
+}
+
+/// `GET /1.0/cluster/certificate` exists only as PUT (issue: certificate update).
+pub async fn certificate_get() -> Response {
+    crate::response::error_response(&ApiError::not_implemented())
+}
+
+/// Raft traffic from another member.
+pub async fn raft_rpc(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    if id.method != AuthMethod::Cluster {
+        return Err(ApiError::forbidden().into());
+    }
+    let kind = cluster::raft::RpcKind::from_path(&kind).ok_or_else(ApiError::not_found)?;
+    match ctx.store.serve_rpc(kind, &body).await {
+        Ok(bytes) => Ok(([(http::header::CONTENT_TYPE, "application/json")], bytes).into_response()),
+        Err(e) => Err(ApiError::unavailable(e).into()),
+    }
+}
+
+/// A joiner asks to be admitted. Authorised by the join secret, not by trust.
+pub async fn join(
+    State(ctx): State<Ctx>,
+    Extension(facts): Extension<ConnFacts>,
+    body: Body,
+) -> Result<Response> {
+    let req: membership::JoinRequest = json_body(body).await?;
+    // The joiner must prove the certificate it registers: it is the one of this session.
+    let presented = facts.cert_fingerprint.clone().unwrap_or_default();
+    let claimed = trust::cert::pem_to_der(&req.certificate)
+        .map(|d| trust::fingerprint(&d))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if presented != claimed {
+        return Err(ApiError::forbidden().into());
+    }
+    let reply = membership::admit(&ctx, req).await?;
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&reply).expect("serializes"),
+    )
+        .into_response())
+}
