@@ -42,6 +42,21 @@ pub struct Member {
     pub architecture: String,
 }
 
+impl Member {
+    /// The trust-store entry for its own server certificate (`type: server`).
+    pub fn server_certificate(&self) -> Certificate {
+        Certificate {
+            name: self.name.clone(),
+            kind: "server".into(),
+            restricted: false,
+            projects: Vec::new(),
+            certificate: self.certificate.clone(),
+            description: String::new(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
 fn default_failure_domain() -> String {
     "default".into()
 }
@@ -212,6 +227,8 @@ impl State {
                     }
                     self.tokens.remove(id);
                 }
+                self.certificates
+                    .insert(member.fingerprint.clone(), member.server_certificate());
                 self.members.insert(member.name.clone(), member.clone());
             }
             Command::UpdateMember {
@@ -229,10 +246,14 @@ impl State {
                 }
                 let mut m = self.members.remove(name).ok_or(StateError::MemberNotFound)?;
                 m.name = new_name.clone();
+                if let Some(c) = self.certificates.get_mut(&m.fingerprint) {
+                    c.name = new_name.clone();
+                }
                 self.members.insert(new_name.clone(), m);
             }
             Command::RemoveMember { name } => {
-                self.members.remove(name).ok_or(StateError::MemberNotFound)?;
+                let m = self.members.remove(name).ok_or(StateError::MemberNotFound)?;
+                self.certificates.remove(&m.fingerprint);
             }
             Command::SetClusterCertificate { cert_pem, key_pem } => {
                 self.cluster_certificate = Some((cert_pem.clone(), key_pem.clone()));

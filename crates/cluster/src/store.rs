@@ -310,7 +310,8 @@ impl Store {
                 LeaderRequest::RemoveNode { id } => {
                     let mut voters = view.voters.clone();
                     if voters.remove(&id) {
-                        raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await?;
+                        raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+                            .await?;
                     }
                     raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false)
                         .await
@@ -384,6 +385,8 @@ impl Store {
             name: member.name.clone(),
         };
         let mut seed = (*self.state()).clone();
+        seed.certificates
+            .insert(member.fingerprint.clone(), member.server_certificate());
         seed.members = [(member.name.clone(), member.clone())].into();
         seed.cluster_certificate = Some(cluster_cert);
         let node = self.start_raft(member.id, seed.clone()).await?;

@@ -399,15 +399,40 @@ pub async fn run(ctx: Ctx) {
         let state = ctx.store.state();
         let interval =
             (offline_threshold(&state) / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
+        let leader = ctx.store.raft_view().is_some_and(|v| v.is_leader());
         if ctx.store.clustered() {
             heartbeat_round(&ctx, &state, interval).await;
-            if ctx.store.raft_view().is_some_and(|v| v.is_leader()) {
+            if leader {
                 reconcile(&ctx, &state).await;
             }
+        }
+        if leader || !ctx.store.clustered() {
+            prune_expired_tokens(&ctx, &state).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = transport::listen::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Expired tokens can never be used; drop them so they stop being listed.
+async fn prune_expired_tokens(ctx: &Ctx, state: &State) {
+    let now = OffsetDateTime::now_utc();
+    for t in state
+        .tokens
+        .values()
+        .filter(|t| t.expires_at.is_some_and(|at| at <= now))
+    {
+        if ctx
+            .store
+            .apply(Command::DeleteToken {
+                token_id: t.id.clone(),
+            })
+            .await
+            .is_ok()
+        {
+            tracing::info!(operation = %t.id, "expired token removed");
         }
     }
 }

@@ -418,3 +418,203 @@ pub async fn events_unix(
     let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     Ok(ws)
 }
+
+/// The join token text for the operation `POST /1.0/cluster/members` returned.
+pub fn join_token_from(op: &Value) -> String {
+    let md = &op["metadata"];
+    trust::token::encode(&trust::token::JoinToken {
+        server_name: md["serverName"].as_str().unwrap_or_default().into(),
+        fingerprint: md["fingerprint"].as_str().unwrap_or_default().into(),
+        addresses: serde_json::from_value(md["addresses"].clone()).unwrap_or_default(),
+        secret: md["secret"].as_str().unwrap_or_default().into(),
+        expires_at: md["expiresAt"].as_str().unwrap_or(trust::token::NO_EXPIRY).into(),
+    })
+}
+
+impl Member {
+    /// `PUT /1.0/cluster` bootstrapping a one-member cluster named `name`.
+    pub async fn enable_cluster(&mut self, name: &str) {
+        if self.https.is_none() {
+            self.listen().await;
+        }
+        let r = self
+            .unix()
+            .send_json(
+                "PUT",
+                "/1.0/cluster",
+                &serde_json::json!({"server_name": name, "enabled": true}),
+            )
+            .await
+            .expect("PUT /1.0/cluster");
+        assert_eq!(
+            r.status,
+            202,
+            "cluster enable: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    /// Asks this member for a join token for `name`.
+    pub async fn join_token(&self, name: &str) -> String {
+        let r = self
+            .unix()
+            .send_json(
+                "POST",
+                "/1.0/cluster/members",
+                &serde_json::json!({"server_name": name}),
+            )
+            .await
+            .expect("POST /1.0/cluster/members");
+        assert_eq!(r.status, 202, "join token: {}", String::from_utf8_lossy(&r.body));
+        join_token_from(&r.metadata())
+    }
+
+    /// `PUT /1.0/cluster` joining with `token`; returns the raw response.
+    pub async fn try_join(&self, name: &str, token: &str) -> Resp {
+        let address = format!("127.0.0.1:{}", free_port());
+        self.unix()
+            .send_json(
+                "PUT",
+                "/1.0/cluster",
+                &serde_json::json!({"server_name": name, "enabled": true, "server_address": address, "cluster_token": token}),
+            )
+            .await
+            .expect("PUT /1.0/cluster")
+    }
+
+    /// The member list as this member sees it (`recursion=1`).
+    pub async fn members(&self) -> Vec<Value> {
+        match self.unix().get("/1.0/cluster/members?recursion=1").await {
+            Ok(r) if r.status == 200 => r.metadata().as_array().cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The HTTPS address from this member's own configuration.
+    pub async fn address(&self) -> String {
+        let r = self.unix().get("/1.0").await.expect("GET /1.0");
+        r.metadata()["config"]["core.https_address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Several members in one cluster, started in order: the first bootstraps, the others
+/// join with tokens from it.
+pub struct Cluster {
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// As [`Cluster::start`], with global configuration set before the joins.
+    pub async fn start_with(n: usize, config: &[(&str, &str)]) -> Cluster {
+        let mut first = Member::start().await;
+        first.enable_cluster("node1").await;
+        if !config.is_empty() {
+            let cfg: serde_json::Map<String, Value> = config
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect();
+            let r = first
+                .unix()
+                .send_json("PATCH", "/1.0", &serde_json::json!({ "config": cfg }))
+                .await
+                .expect("PATCH /1.0");
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+        let mut cluster = Cluster { members: vec![first] };
+        for i in 2..=n {
+            cluster.add(&format!("node{i}")).await;
+        }
+        cluster
+    }
+
+    /// Starts a new member and joins it under `name` with a token from the first
+    /// member that answers.
+    pub async fn add(&mut self, name: &str) -> &Member {
+        let m = Member::start().await;
+        let mut token = None;
+        for other in &self.members {
+            if let Ok(r) = other
+                .unix()
+                .send_json(
+                    "POST",
+                    "/1.0/cluster/members",
+                    &serde_json::json!({"server_name": name}),
+                )
+                .await
+            {
+                if r.status == 202 {
+                    token = Some(join_token_from(&r.metadata()));
+                    break;
+                }
+            }
+        }
+        let token = token.expect("a member issued a join token");
+        let r = m.try_join(name, &token).await;
+        assert_eq!(
+            r.status,
+            202,
+            "join {name}: {}\n{}",
+            String::from_utf8_lossy(&r.body),
+            m.log()
+        );
+        self.members.push(m);
+        self.members.last().expect("just pushed")
+    }
+
+    /// The index of the member every live member agrees is the leader.
+    pub async fn leader(&self, limit: Duration) -> usize {
+        let names: Vec<String> = (1..=self.members.len()).map(|i| format!("node{i}")).collect();
+        eventually(limit, "a leader", || async {
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                for v in m.members().await {
+                    let roles = v["roles"].to_string();
+                    if roles.contains("database-leader") {
+                        let name = v["server_name"].as_str().unwrap_or_default();
+                        return names.iter().position(|n| n == name);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Waits until every running member lists every member `Online` with `voters`
+    /// members in the `database` role.
+    pub async fn wait_healthy(&self, voters: usize, limit: Duration) {
+        eventually(limit, "every member online with the expected voters", || async {
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                let list = m.members().await;
+                if list.len() != self.members.len() {
+                    return None;
+                }
+                if list.iter().any(|v| v["status"] != "Online") {
+                    return None;
+                }
+                let n = list
+                    .iter()
+                    .filter(|v| v["roles"].to_string().contains("\"database\""))
+                    .count();
+                if n != voters {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+}
+
+impl Member {
+    /// Whether the process is running (not killed by the test).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}

@@ -1,0 +1,26 @@
+//! Several real members on loopback, each with its own state directory.
+//!
+//! Numbering: t10 forming a cluster, t20 tokens, t30 replication, t40 member loss,
+//! t50 roles and membership. Cluster tests take a slot from [`SLOTS`] so that no more
+//! than two clusters share the two cores at once.
+
+mod t10_form;
+mod t20_tokens;
+mod t30_replication;
+mod t40_failures;
+mod t50_membership;
+
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+static SLOTS: Semaphore = Semaphore::const_new(2);
+
+pub async fn slot() -> SemaphorePermit<'static> {
+    SLOTS.acquire().await.expect("semaphore open")
+}
+
+/// Offline detection in tests: 3 s, the lowest threshold the issue asks to support.
+pub const FAST: &[(&str, &str)] = &[("cluster.offline_threshold", "3")];
+
+pub const LONG: Duration = Duration::from_secs(30);
