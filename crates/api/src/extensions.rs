@@ -30,4 +30,12 @@ pub const API_EXTENSIONS: &[&str] = &[
     "warnings",
     "event_location",
     "certificate_self_renewal",
+    "clustering",
+    "clustering_join",
+    "clustering_join_token",
+    "clustering_roles",
+    "clustering_description",
+    "clustering_failure_domains",
+    "clustering_server_address",
+    "clustering_sizing",
 ];

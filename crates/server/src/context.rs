@@ -115,6 +115,13 @@ pub fn on_state_change(ctx: &Ctx) {
     let state = ctx.store.state();
     if !state.members.is_empty() {
         ctx.peers.set_pins(crate::membership::pins_of(&state));
+        // A member appearing in the list has just been in contact (it joined, or we
+        // did): count that as its first heartbeat.
+        if let Ok(mut hb) = ctx.heartbeats.lock() {
+            for name in state.members.keys() {
+                hb.entry(name.clone()).or_insert_with(std::time::Instant::now);
+            }
+        }
         if let Some(me) = ctx.store.identity() {
             match state.member_by_id(me.id) {
                 Some(m) if m.name != me.name => {

@@ -25,7 +25,7 @@ pub struct ClusterPut {
     pub server_address: String,
     pub cluster_token: String,
     pub cluster_address: String,
-    pub member_config: Vec<serde_json::Value>,
+    pub member_config: Option<Vec<serde_json::Value>>,
 }
 
 pub async fn get(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Result<Response> {

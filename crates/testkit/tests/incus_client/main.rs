@@ -190,3 +190,94 @@ async fn t30_remote_add_accept_certificate_and_monitor() {
     assert_eq!(event["metadata"]["requestor"]["protocol"], "unix");
     let _ = monitor.kill().await;
 }
+
+#[tokio::test]
+async fn t40_cluster_enable_add_preseed_join_list_tokens_remove() {
+    if !have_tool("incus") {
+        return;
+    }
+    let mut n1 = stapes_testkit::Member::start().await;
+    let n2 = stapes_testkit::Member::start().await;
+    let n3 = stapes_testkit::Member::start().await;
+    let conf = tempfile::tempdir().unwrap();
+    let c = conf.path();
+    let s1 = n1.socket();
+    let addr1 = n1.listen().await;
+    ok(c, Some(&s1), &["cluster", "enable", "node1"]).await;
+    let list = ok(c, Some(&s1), &["cluster", "list", "--format", "csv"]).await;
+    assert!(list.starts_with(&format!("node1,https://{addr1},")), "{list}");
+
+    // node2 joins with `incus admin init --preseed`, as the lab did with real Incus.
+    let token = ok(c, Some(&s1), &["cluster", "add", "node2", "--quiet"])
+        .await
+        .trim()
+        .to_string();
+    let tokens = ok(c, Some(&s1), &["cluster", "list-tokens", "--format", "csv"]).await;
+    assert!(tokens.starts_with("node2,"), "{tokens}");
+    let addr2 = format!("127.0.0.1:{}", stapes_testkit::free_port());
+    let preseed = format!(
+        "cluster:\n  enabled: true\n  server_name: node2\n  server_address: {addr2}\n  cluster_token: {token}\n"
+    );
+    let mut child = tokio::process::Command::new("incus")
+        .args(["admin", "init", "--preseed"])
+        .env("INCUS_CONF", c)
+        .env("HOME", c)
+        .env("INCUS_SOCKET", n2.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(preseed.as_bytes())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preseed join: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // node3 joins through the API; then a fourth token is revoked.
+    let token3 = n1.join_token("node3").await;
+    assert_eq!(n3.try_join("node3", &token3).await.status, 202);
+    ok(c, Some(&s1), &["cluster", "add", "node4", "--quiet"]).await;
+    ok(c, Some(&s1), &["cluster", "revoke-token", "node4"]).await;
+    let tokens = ok(c, Some(&s1), &["cluster", "list-tokens", "--format", "csv"]).await;
+    assert!(!tokens.contains("node4"), "{tokens}");
+
+    // Seen from node2, through its own socket.
+    let s2 = n2.socket();
+    let list = stapes_testkit::eventually(Duration::from_secs(20), "three voters online", || {
+        let c = c.to_path_buf();
+        let s2 = s2.clone();
+        async move {
+            let list = ok(&c, Some(&s2), &["cluster", "list", "--format", "csv"]).await;
+            let ready = list.lines().count() == 3
+                && list.lines().all(|l| l.contains("ONLINE"))
+                && list.matches("database").count() >= 3;
+            ready.then_some(list)
+        }
+    })
+    .await;
+    assert!(list.contains("database-leader"), "{list}");
+    let show = ok(c, Some(&s2), &["cluster", "show", "node3"]).await;
+    assert!(
+        show.contains("server_name: node3") && show.contains("status: Online"),
+        "{show}"
+    );
+
+    // Remove node3.
+    ok(c, Some(&s1), &["cluster", "remove", "node3"]).await;
+    let list = ok(c, Some(&s1), &["cluster", "list", "--format", "csv"]).await;
+    assert_eq!(list.lines().count(), 2, "{list}");
+}
