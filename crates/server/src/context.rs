@@ -26,6 +26,8 @@ pub struct Inner {
     pub peers: Arc<crate::peers::Peers>,
     /// Member name -> when it last answered a heartbeat.
     pub heartbeats: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Whether this member has seen itself in the member list since it joined.
+    pub was_listed: AtomicBool,
     /// Operations that finished here, kept a while so they can be waited on.
     pub finished_ops:
         std::sync::Mutex<std::collections::HashMap<String, (api::types::Operation, std::time::Instant)>>,
@@ -128,8 +130,10 @@ pub fn on_state_change(ctx: &Ctx) {
                     tracing::info!(old = %me.name, new = %m.name, "this member was renamed");
                     let _ = ctx.store.rename_identity(&m.name);
                 }
-                Some(_) => {}
-                None if ctx.store.clustered() => {
+                Some(_) => ctx.was_listed.store(true, Ordering::SeqCst),
+                // Absent after having been listed: removed. (A joiner may first receive a
+                // snapshot from before its own admission; that is not a removal.)
+                None if ctx.store.clustered() && ctx.was_listed.swap(false, Ordering::SeqCst) => {
                     tracing::warn!("this member was removed from the cluster; continuing standalone");
                     let ctx = ctx.clone();
                     tokio::spawn(async move {

@@ -85,6 +85,7 @@ impl Daemon {
             heartbeats: Default::default(),
             peer_hints: Default::default(),
             finished_ops: Default::default(),
+            was_listed: Default::default(),
             resolver,
             served: arc_swap::ArcSwap::from_pointee(served),
             events,

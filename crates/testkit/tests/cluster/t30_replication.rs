@@ -88,3 +88,67 @@ async fn a_trust_token_from_one_member_works_on_another() {
     .await;
     assert_eq!(r.status, 201);
 }
+
+/// After compaction the log no longer starts at the beginning: a member that joins
+/// later receives a snapshot, then the rest of the log.
+#[tokio::test]
+async fn a_late_joiner_gets_the_state_through_a_snapshot() {
+    let _slot = slot().await;
+    let mut c = Cluster::start(1).await;
+    let u = c.members[0].unix();
+    for i in 0..1300u32 {
+        let r = u
+            .send_json(
+                "PATCH",
+                "/1.0",
+                &json!({"config": {"core.remote_token_expiry": format!("{}M", i + 1)}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    c.add("node2").await;
+    let cfg = c.members[1].unix().get("/1.0").await.unwrap().metadata()["config"].clone();
+    assert_eq!(cfg["core.remote_token_expiry"], "1300M");
+}
+
+/// Member-only endpoints refuse everyone else, trusted clients included.
+#[tokio::test]
+async fn internal_endpoints_refuse_non_members() {
+    let _slot = slot().await;
+    let c = Cluster::start(1).await;
+    let addr = c.members[0].address().await;
+    let client = ClientCert::generate("admin");
+    c.members[0].trust(&client).await;
+    for who in [Some(&client), None] {
+        let t = Target::tls(&addr, who);
+        for kind in ["append", "vote", "snapshot", "write"] {
+            let r = t
+                .request(
+                    "POST",
+                    &format!("/internal/raft/{kind}"),
+                    Some(b"{}".to_vec()),
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 403, "{kind} from {:?}", who.map(|c| &c.fingerprint));
+        }
+    }
+    // Not over the local socket either: it is not a member.
+    let r = c.members[0]
+        .unix()
+        .request("POST", "/internal/raft/vote", Some(b"{}".to_vec()), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    // A join with a certificate other than the one of the TLS session is refused.
+    let other = ClientCert::generate("other");
+    let body = json!({"secret": "x", "server_name": "evil", "address": "127.0.0.1:1", "id": 5,
+                      "certificate": other.cert_pem, "architecture": "x86_64"});
+    let r = Target::tls(&addr, Some(&client))
+        .send_json("POST", "/internal/cluster/join", &body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+}
