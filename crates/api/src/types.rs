@@ -132,7 +132,7 @@ pub struct Operation {
     pub updated_at: OffsetDateTime,
     pub status: String,
     pub status_code: u16,
-    pub resources: Option<BTreeMap<String, Vec<String>>>,
+    pub resources: Option<BTreeMap<String, Option<Vec<String>>>>,
     pub metadata: Option<BTreeMap<String, Value>>,
     pub may_cancel: bool,
     pub err: String,

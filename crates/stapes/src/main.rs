@@ -1,1 +1,181 @@
-fn main() {}
+//! `stapes`: the command-line client. It mirrors the `incus` commands that concern a
+//! server and its trust (remotes, info, query, config, trust, operations, monitor,
+//! admin), with Incus's output shapes and messages. Errors go to stderr as
+//! `Error: <message>` with exit code 1.
+//!
+//! ```text
+//!  main -> clap (Cli) -> Ctx {config.yml, global flags} -> command module -> client crate
+//! ```
+//!
+//! Deliberate differences from `incus` (see each module for details):
+//! - dates in lists are printed in UTC (`2026/11/24 15:35 UTC`), not local time;
+//! - every wait is bounded: `--request-timeout` (30 s), `admin waitready`/`shutdown`
+//!   default to 600 s instead of waiting forever, and `query --wait` asks the server for
+//!   at most the request timeout;
+//! - `remote add NAME TOKEN` records every address of the token (the one that answered
+//!   first), as Incus 7.1 does; Incus 6.0 keeps only the first that answers;
+//! - `monitor --pretty` skips events that are not log records instead of failing;
+//! - only TLS remotes (`--auth-type tls`) and only `admin init --preseed`/`--dump`.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod ctx;
+mod format;
+mod monitor;
+mod operation;
+mod remote;
+mod server;
+mod trust_cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::ctx::{Ctx, Globals};
+
+/// Command line client for stapes (speaks the Incus API)
+#[derive(Debug, Parser)]
+#[command(name = "stapes", version, propagate_version = true)]
+struct Cli {
+    /// Cluster member name (adds ?target=MEMBER to requests)
+    #[arg(long, global = true, value_name = "MEMBER")]
+    target: Option<String>,
+    /// Don't show progress information
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Show all debug messages
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Bound on each request, in seconds (default 30)
+    #[arg(long, global = true, value_name = "SECONDS")]
+    request_timeout: Option<u64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the list of remote servers
+    #[command(subcommand)]
+    Remote(remote::RemoteCmd),
+    /// Show server information
+    Info { remote: Option<String> },
+    /// Send a raw query to the server
+    Query(server::QueryArgs),
+    /// Show local and remote versions
+    Version { remote: Option<String> },
+    /// Manage server configuration options and trust
+    #[command(subcommand)]
+    Config(server::ConfigCmd),
+    /// Monitor a local or remote server
+    Monitor(monitor::MonitorArgs),
+    /// List, show and delete background operations
+    #[command(subcommand)]
+    Operation(operation::OperationCmd),
+    /// Manage the local daemon
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            {
+                e.exit();
+            }
+            let text = e.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprintln!("Error: {}", text.trim_end());
+            std::process::exit(1);
+        }
+    };
+    if cli.debug {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(tracing_subscriber::EnvFilter::new("stapes_client=debug"))
+            .init();
+    }
+    transport::tls::install_default_provider();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("Error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let globals = Globals {
+        target: cli.target,
+        quiet: cli.quiet,
+        debug: cli.debug,
+        timeout: cli.request_timeout,
+    };
+    let mut ctx = Ctx::load(globals)?;
+    match cli.command {
+        Command::Remote(cmd) => remote::run(&mut ctx, cmd).await,
+        Command::Info { remote } => server::info(&ctx, remote.as_deref()).await,
+        Command::Query(args) => server::query(&ctx, args).await,
+        Command::Version { remote } => server::version(&ctx, remote.as_deref()).await,
+        Command::Config(cmd) => server::config(&ctx, cmd).await,
+        Command::Monitor(args) => monitor::run(&ctx, args).await,
+        Command::Operation(cmd) => operation::run(&ctx, cmd).await,
+        Command::Admin(cmd) => admin::run(&ctx, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn t10_cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn t10_global_flags_anywhere() {
+        let cli = Cli::try_parse_from(["stapes", "info", "n1:", "--target", "node2", "-q"]).unwrap();
+        assert_eq!(cli.target.as_deref(), Some("node2"));
+        assert!(cli.quiet);
+        let cli = Cli::try_parse_from(["stapes", "config", "trust", "list", "-f", "csv"]).unwrap();
+        assert!(matches!(cli.command, Command::Config(_)));
+        let cli = Cli::try_parse_from(["stapes", "query", "-X", "DELETE", "--wait", "n1:/1.0/x"]).unwrap();
+        match cli.command {
+            Command::Query(q) => assert_eq!((q.method.as_str(), q.wait), ("DELETE", true)),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "stapes",
+            "remote",
+            "add",
+            "n1",
+            "127.0.0.1",
+            "--accept-certificate",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Remote(remote::RemoteCmd::Add(ref a)) if a.accept_certificate)
+        );
+        let cli =
+            Cli::try_parse_from(["stapes", "config", "set", "n1:", "core.https_address", ":8443"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Config(server::ConfigCmd::Set { ref args }) if args.len() == 3)
+        );
+        let cli =
+            Cli::try_parse_from(["stapes", "monitor", "--type", "lifecycle", "--type", "logging"]).unwrap();
+        assert!(matches!(cli.command, Command::Monitor(ref m) if m.types.len() == 2));
+        assert!(Cli::try_parse_from(["stapes", "config", "get"]).is_err());
+    }
+}

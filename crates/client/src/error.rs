@@ -1,0 +1,148 @@
+//! The errors of the client library, one enum for every boundary it crosses: the config
+//! directory, the dial, TLS, HTTP and the API itself.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong talking to a remote. The `Display` text is what the CLI
+/// prints after `Error: `, so API errors show the server's message alone, as Incus does.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error envelope (or a bare HTTP error status).
+    #[error("{message}")]
+    Api { status: u16, message: String },
+
+    /// Nothing listens on the unix socket.
+    #[error("The stapes daemon doesn't appear to be started (socket path: {})", path.display())]
+    DaemonNotRunning { path: PathBuf },
+
+    /// The unix socket exists but we may not open it.
+    #[error(
+        "You don't have the needed permissions to talk to the stapes daemon (socket path: {})",
+        path.display()
+    )]
+    SocketPermission { path: PathBuf },
+
+    /// Every address of a remote failed; one line per address.
+    #[error("{}", join_errors(.0))]
+    AllFailed(Vec<ClientError>),
+
+    /// A TCP or unix connection failed.
+    #[error("Failed to connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A connection or handshake did not finish within the connect timeout.
+    #[error("Timed out connecting to {addr} after {secs}s")]
+    ConnectTimeout { addr: String, secs: u64 },
+
+    /// The TLS handshake failed for a reason other than a changed certificate.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The server presented a certificate other than the one pinned for the remote.
+    #[error(
+        "The server certificate of {addr} has changed and doesn't match the pinned certificate \
+         (pinned fingerprint: {pinned}, server now presents: {presented}); if the change is expected, \
+         remove the remote and add it again"
+    )]
+    PinMismatch {
+        addr: String,
+        pinned: String,
+        presented: String,
+    },
+
+    /// An https remote without a pinned certificate file.
+    #[error("No pinned server certificate for remote {remote} (expected {})", path.display())]
+    NotPinned { remote: String, path: PathBuf },
+
+    /// Building the TLS client configuration failed (bad client certificate or key).
+    #[error("Invalid TLS client configuration: {0}")]
+    TlsConfig(#[from] transport::tls::TlsError),
+
+    /// The whole request did not finish in time.
+    #[error("Timed out waiting for {what} after {secs}s")]
+    Timeout { what: String, secs: u64 },
+
+    /// HTTP framing errors.
+    #[error("HTTP error talking to {addr}: {source}")]
+    Http {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+
+    /// The websocket handshake or stream failed.
+    #[error("Websocket error: {0}")]
+    WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+
+    /// The server answered something that is not the Incus envelope we expect.
+    #[error("Invalid response from the server: {0}")]
+    BadResponse(String),
+
+    /// The remote name, URL or request was not usable.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// Reading or writing the configuration directory failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// config.yml could not be parsed.
+    #[error("Unable to decode the configuration: {0}")]
+    ConfigDecode(String),
+
+    /// Certificates: generation or parsing.
+    #[error(transparent)]
+    Cert(#[from] trust::CertError),
+}
+
+fn join_errors(errors: &[ClientError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, if this is one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ClientError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<api::ApiError> for ClientError {
+    fn from(e: api::ApiError) -> Self {
+        ClientError::Api {
+            status: e.status,
+            message: e.message,
+        }
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        ClientError::WebSocket(Box::new(e))
+    }
+}

@@ -1,0 +1,130 @@
+//! What every command gets: the loaded configuration, the global flags, and helpers to
+//! turn `[remote:]object` arguments into clients.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use client::{Client, Config};
+use serde_json::Value;
+
+/// The global flags.
+#[derive(Debug, Clone, Default)]
+pub struct Globals {
+    pub target: Option<String>,
+    pub quiet: bool,
+    pub debug: bool,
+    pub timeout: Option<u64>,
+}
+
+pub struct Ctx {
+    pub config: Config,
+    pub globals: Globals,
+}
+
+impl Ctx {
+    pub fn load(globals: Globals) -> Result<Ctx> {
+        let config = Config::load(client::config::default_dir())?;
+        Ok(Ctx { config, globals })
+    }
+
+    /// The request timeout (`--timeout`, default 30 s).
+    pub fn timeout(&self) -> Duration {
+        self.globals
+            .timeout
+            .map(Duration::from_secs)
+            .unwrap_or(client::client::REQUEST_TIMEOUT)
+    }
+
+    /// A client for a remote, without `--target`.
+    pub fn client_untargeted(&self, remote: &str) -> Result<Client> {
+        let r = self.config.remote(remote)?;
+        if !r.is_unix() && !self.config.has_client_cert() {
+            eprintln!("Generating a client certificate. This may take a minute...");
+        }
+        Ok(Client::new(&self.config, remote)?.with_timeout(self.timeout()))
+    }
+
+    /// A client for a remote, with `--target` applied to every request.
+    pub fn client(&self, remote: &str) -> Result<Client> {
+        Ok(self
+            .client_untargeted(remote)?
+            .with_target(self.globals.target.clone()))
+    }
+
+    /// Like Incus's `--target` handling for server-level commands: the remote must be a
+    /// cluster, then every request carries `?target=`.
+    pub async fn server_client(&self, remote: &str) -> Result<Client> {
+        let client = self.client_untargeted(remote)?;
+        if self.globals.target.is_some() {
+            let (server, _) = client.server().await?;
+            if !is_clustered(&server) {
+                bail!("To use --target, the destination remote must be a cluster");
+            }
+        }
+        Ok(client.with_target(self.globals.target.clone()))
+    }
+
+    /// Splits `[remote:]object`.
+    pub fn parse_remote(&self, raw: &str) -> Result<(String, String)> {
+        Ok(self.config.parse_remote(raw)?)
+    }
+
+    /// Splits an optional `[remote:]` argument (an absent one is the default remote).
+    pub fn remote_arg(&self, arg: Option<&str>) -> Result<(String, String)> {
+        self.parse_remote(arg.unwrap_or(""))
+    }
+}
+
+/// `environment.server_clustered` of a `GET /1.0`.
+pub fn is_clustered(server: &Value) -> bool {
+    server
+        .pointer("/environment/server_clustered")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Prints a prompt on stdout and reads one line from stdin (empty at end of input).
+pub fn ask_line(prompt: &str) -> Result<String> {
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Reads all of stdin.
+pub fn read_stdin() -> Result<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+    Ok(s)
+}
+
+/// Opens `$VISUAL`/`$EDITOR` (else `vi`) on `content` and returns the edited text.
+pub fn text_editor(content: &str) -> Result<String> {
+    let editor = std::env::var("VISUAL")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .or_else(|| std::env::var("EDITOR").ok().filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| "vi".to_string());
+    let file = tempfile::Builder::new()
+        .prefix("stapes_editor_")
+        .suffix(".yaml")
+        .tempfile()?;
+    std::fs::write(file.path(), content)?;
+    let mut parts = editor.split_whitespace();
+    let program = parts.next().unwrap_or("vi");
+    let status = std::process::Command::new(program)
+        .args(parts)
+        .arg(file.path())
+        .status()
+        .map_err(|e| anyhow::anyhow!("Failed to start the editor {program:?}: {e}"))?;
+    if !status.success() {
+        bail!("The editor {program:?} exited with {status}");
+    }
+    Ok(std::fs::read_to_string(file.path())?)
+}
