@@ -473,9 +473,53 @@ pub fn metadata_configuration() -> Value {
     json!({ "configs": { "server": server } })
 }
 
+/// `docs/configuration.md`, rendered from [`KEYS`].
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Server configuration\n\n\
+         Generated from the key table in `crates/api/src/config.rs` (a test fails when this\n\
+         file is stale; `UPDATE_DOCS=1 cargo test -p stapes-api` rewrites it).\n\n\
+         Global keys are replicated to every member; local keys belong to one member.\n\
+         An empty value unsets a key.\n\n\
+         | key | scope | type | default | description |\n|---|---|---|---|---|\n",
+    );
+    for k in KEYS {
+        let kind = match k.kind {
+            Kind::Integer { min, max } => format!("integer ({min} to {max})"),
+            Kind::ListenAddress => "address".into(),
+            Kind::AddressList => "addresses/CIDRs".into(),
+            Kind::Expiry => "expiry (e.g. `3H`, `1d 12H`)".into(),
+            Kind::Url => "URL".into(),
+            Kind::OneOf(v) => format!("one of {}", v.join(", ")),
+            other => other.type_name().into(),
+        };
+        let default = k.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            k.name,
+            k.scope.as_str(),
+            kind,
+            default,
+            k.description
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docs_configuration_md_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let want = markdown();
+        if std::env::var("UPDATE_DOCS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(have, want, "docs/configuration.md is stale: run UPDATE_DOCS=1 cargo test -p stapes-api");
+    }
 
     #[test]
     fn table_is_sorted_and_unique() {
