@@ -235,8 +235,13 @@ async fn check_steps(client: &Client, steps: &[Step]) -> Result<()> {
     }
 }
 
-/// Waits for the operation a `PUT /1.0/cluster` returned, if it is still running.
-async fn finish_operation(client: &Client, resp: client::ApiResponse) -> Result<(), String> {
+/// Waits (at most `limit`) for the operation a request returned, if it is still
+/// running, and turns its failure into the error message.
+pub(crate) async fn finish_operation(
+    client: &Client,
+    resp: client::ApiResponse,
+    limit: Duration,
+) -> Result<(), String> {
     let env = resp.envelope;
     if env.kind != "async" {
         return Ok(());
@@ -249,7 +254,7 @@ async fn finish_operation(client: &Client, resp: client::ApiResponse) -> Result<
             env.operation.clone()
         };
         op = client
-            .wait_operation(&id, DEFAULT_ADMIN_TIMEOUT)
+            .wait_operation(&id, limit)
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -313,7 +318,9 @@ async fn apply_step(client: &Client, step: &Step) -> Result<()> {
                 )
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            finish_operation(client, resp).await.map_err(fail)
+            finish_operation(client, resp, DEFAULT_ADMIN_TIMEOUT)
+                .await
+                .map_err(fail)
         }
         Step::JoinCluster(c) => {
             let c = resolve_join(&with_certificate_file(c)?).await?;
@@ -322,7 +329,9 @@ async fn apply_step(client: &Client, step: &Step) -> Result<()> {
                 .call(Request::new(Method::PUT, "/1.0/cluster").json(&cluster_put(&c)))
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            finish_operation(client, resp).await.map_err(fail)
+            finish_operation(client, resp, DEFAULT_ADMIN_TIMEOUT)
+                .await
+                .map_err(fail)
         }
     }
 }

@@ -355,6 +355,35 @@ pub mod order {
         "description",
         "fingerprint",
     ];
+    /// `api.ClusterMember`: the writable part (inlined) first.
+    pub const CLUSTER_MEMBER: &[&str] = &[
+        "roles",
+        "failure_domain",
+        "description",
+        "config",
+        "groups",
+        "server_name",
+        "url",
+        "database",
+        "status",
+        "message",
+        "architecture",
+    ];
+    /// `api.ClusterMemberPut`.
+    pub const CLUSTER_MEMBER_PUT: &[&str] = &["roles", "failure_domain", "description", "config", "groups"];
+    /// `api.ClusterMemberState` and its `sysinfo`.
+    pub const CLUSTER_MEMBER_STATE: &[&str] = &["sysinfo", "storage_pools"];
+    pub const CLUSTER_MEMBER_SYSINFO: &[&str] = &[
+        "uptime",
+        "load_averages",
+        "total_ram",
+        "free_ram",
+        "shared_ram",
+        "buffered_ram",
+        "total_swap",
+        "free_swap",
+        "processes",
+    ];
     pub const OPERATION: &[&str] = &[
         "id",
         "class",

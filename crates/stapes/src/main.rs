@@ -1,6 +1,6 @@
 //! `stapes`: the command-line client. It mirrors the `incus` commands that concern a
 //! server and its trust (remotes, info, query, config, trust, operations, monitor,
-//! admin), with Incus's output shapes and messages. Errors go to stderr as
+//! admin, cluster), with Incus's output shapes and messages. Errors go to stderr as
 //! `Error: <message>` with exit code 1.
 //!
 //! ```text
@@ -15,11 +15,13 @@
 //! - `remote add NAME TOKEN` records every address of the token (the one that answered
 //!   first), as Incus 7.1 does; Incus 6.0 keeps only the first that answers;
 //! - `monitor --pretty` skips events that are not log records instead of failing;
-//! - only TLS remotes (`--auth-type tls`) and only `admin init --preseed`/`--dump`.
+//! - only TLS remotes (`--auth-type tls`) and only `admin init --preseed`/`--dump`;
+//! - `cluster` has no `update-certificate`, `evacuate`, `restore`, `group` or `role`.
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cluster;
 mod ctx;
 mod format;
 mod monitor;
@@ -75,6 +77,9 @@ enum Command {
     /// Manage the local daemon
     #[command(subcommand)]
     Admin(admin::AdminCmd),
+    /// Manage cluster members
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
 }
 
 fn main() {
@@ -131,6 +136,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Monitor(args) => monitor::run(&ctx, args).await,
         Command::Operation(cmd) => operation::run(&ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&ctx, cmd).await,
+        Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
     }
 }
 
@@ -177,5 +183,31 @@ mod tests {
             Cli::try_parse_from(["stapes", "monitor", "--type", "lifecycle", "--type", "logging"]).unwrap();
         assert!(matches!(cli.command, Command::Monitor(ref m) if m.types.len() == 2));
         assert!(Cli::try_parse_from(["stapes", "config", "get"]).is_err());
+        let cli =
+            Cli::try_parse_from(["stapes", "cluster", "rm", "node2", "--force", "--yes", "-q"]).unwrap();
+        assert!(cli.quiet);
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(cluster::ClusterCmd::Remove {
+                force: true,
+                yes: true,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["stapes", "cluster", "enable", "n1:", "node1"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Cluster(cluster::ClusterCmd::Enable { ref args }) if args.len() == 2)
+        );
+        let cli = Cli::try_parse_from(["stapes", "cluster", "ls", "-f", "csv", "-c", "ns"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Cluster(cluster::ClusterCmd::List(ref l)) if l.format == "csv" && l.columns == "ns")
+        );
+        let cli = Cli::try_parse_from(["stapes", "cluster", "set", "node1", "description=x", "-p"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(cluster::ClusterCmd::Set { property: true, .. })
+        ));
+        assert!(Cli::try_parse_from(["stapes", "cluster", "enable"]).is_err());
+        assert!(Cli::try_parse_from(["stapes", "cluster", "enable", "a", "b", "c"]).is_err());
     }
 }

@@ -1,0 +1,387 @@
+//! `stapes cluster ...` against real `stapesd` processes (started by the testkit from
+//! the workspace's build directory: run `cargo build --bins` first), each reached over
+//! its own unix socket with `STAPES_SOCKET`, with a throwaway `STAPES_CONF`.
+//!
+//! Every wait is bounded: each command by [`COMMAND_LIMIT`], convergence by
+//! [`eventually`] polling.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::{eventually, free_port, Member};
+use tokio::io::AsyncWriteExt;
+
+/// The bound on one `stapes` invocation.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+/// The bound on a cluster converging (joins, heartbeats, renames, removals).
+const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
+
+/// What one `stapes` run left behind.
+struct Out {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// The `stapes` CLI with its own configuration directory.
+struct Stapes {
+    conf: tempfile::TempDir,
+}
+
+impl Stapes {
+    fn new() -> Stapes {
+        Stapes {
+            conf: tempfile::Builder::new()
+                .prefix("stapes-cli-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    /// Runs `stapes ARGS` against the daemon at `socket`, feeding `stdin` when given
+    /// (stdin is then a pipe, not a terminal, as for `edit` and `--preseed`).
+    async fn run(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"));
+        cmd.args(args)
+            .env("STAPES_CONF", self.conf.path())
+            .env("STAPES_SOCKET", socket)
+            .env("HOME", self.conf.path())
+            .env_remove("STAPES_DIR")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("VISUAL")
+            .env_remove("EDITOR")
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("stapes starts");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(text.as_bytes()).await.expect("write stdin");
+            drop(pipe);
+        }
+        let out = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("stapes {args:?} did not finish within {COMMAND_LIMIT:?}"))
+            .expect("stapes runs");
+        Out {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, socket: &Path, args: &[&str]) -> String {
+        self.ok_stdin(socket, args, None).await
+    }
+
+    async fn ok_stdin(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(socket, args, stdin).await;
+        assert!(
+            out.success,
+            "stapes {args:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    /// Runs and expects failure; returns stderr.
+    async fn fails(&self, socket: &Path, args: &[&str]) -> String {
+        self.fails_stdin(socket, args, None).await
+    }
+
+    async fn fails_stdin(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(socket, args, stdin).await;
+        assert!(
+            !out.success,
+            "stapes {args:?} should have failed:\n{}",
+            out.stdout
+        );
+        out.stderr
+    }
+
+    /// `cluster list --format csv` lines.
+    async fn members_csv(&self, socket: &Path) -> Vec<String> {
+        self.ok(socket, &["cluster", "list", "--format", "csv"])
+            .await
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn loopback() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Opens HTTPS with `stapes config set` and enables clustering as `name`.
+async fn bootstrap(cli: &Stapes, m: &Member, name: &str) -> String {
+    let addr = loopback();
+    let s = m.socket();
+    cli.ok(&s, &["config", "set", "core.https_address", &addr]).await;
+    assert_eq!(
+        cli.ok(&s, &["cluster", "enable", name]).await,
+        "Clustering enabled\n"
+    );
+    addr
+}
+
+#[tokio::test]
+async fn t10_three_members_enable_add_preseed_join_tokens_rename_remove() {
+    let n1 = Member::start().await;
+    let n2 = Member::start().await;
+    let n3 = Member::start().await;
+    let cli = Stapes::new();
+    let s1 = n1.socket();
+
+    let addr1 = bootstrap(&cli, &n1, "node1").await;
+    let list = cli.members_csv(&s1).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(
+        list[0].starts_with(&format!("node1,https://{addr1},\"database-leader,database\","))
+            && list[0].ends_with(",default,,ONLINE,Fully operational"),
+        "{list:?}"
+    );
+
+    // Join tokens: quiet prints the token alone, otherwise a header line first.
+    let token2 = cli
+        .ok(&s1, &["cluster", "add", "node2", "--quiet"])
+        .await
+        .trim()
+        .to_string();
+    let decoded: trust::token::JoinToken = trust::token::decode(&token2).expect("a join token");
+    assert_eq!(decoded.server_name, "node2");
+    assert_eq!(decoded.addresses, vec![addr1.clone()]);
+    let out = cli.ok(&s1, &["cluster", "add", "node3"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0], "Member node3 join token:");
+    let token3 = lines[1].to_string();
+    let err = cli.fails(&s1, &["cluster", "add", "node1"]).await;
+    assert!(err.contains("already has a member named \"node1\""), "{err}");
+
+    let tokens = cli.ok(&s1, &["cluster", "list-tokens", "--format", "csv"]).await;
+    let rows: Vec<Vec<&str>> = tokens.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2, "{tokens}");
+    assert_eq!(rows[0][..2], ["node2", token2.as_str()], "{tokens}");
+    assert_eq!(rows[1][..2], ["node3", token3.as_str()], "{tokens}");
+    assert!(rows[0][2].ends_with(" UTC"), "{tokens}");
+
+    // node2 and node3 join with `stapes admin init --preseed` on their own sockets.
+    for (m, name, token) in [(&n2, "node2", &token2), (&n3, "node3", &token3)] {
+        let preseed = format!(
+            "cluster:\n  enabled: true\n  server_name: {name}\n  server_address: {}\n  cluster_token: {token}\n",
+            loopback()
+        );
+        cli.ok_stdin(&m.socket(), &["admin", "init", "--preseed"], Some(&preseed))
+            .await;
+    }
+    let tokens = cli.ok(&s1, &["cluster", "list-tokens", "--format", "csv"]).await;
+    assert_eq!(tokens, "", "redeemed tokens are gone");
+
+    // Seen from node2: three members, all online.
+    let s2 = n2.socket();
+    let list = eventually(CONVERGE_LIMIT, "three members online", || async {
+        let list = cli.members_csv(&s2).await;
+        (list.len() == 3 && list.iter().all(|l| l.contains(",ONLINE,"))).then_some(list)
+    })
+    .await;
+    for (line, name) in list.iter().zip(["node1", "node2", "node3"]) {
+        assert!(
+            line.starts_with(&format!("{name},https://127.0.0.1:")),
+            "{list:?}"
+        );
+    }
+    let show = cli.ok(&s2, &["cluster", "show", "node3"]).await;
+    assert!(
+        show.starts_with("roles:\n") && show.contains("\nserver_name: node3\n"),
+        "{show}"
+    );
+
+    // A token that is revoked is no longer listed, and can't be revoked twice.
+    cli.ok(&s1, &["cluster", "add", "node4", "-q"]).await;
+    assert_eq!(
+        cli.ok(&s1, &["cluster", "revoke-token", "node4"]).await,
+        "Cluster join token for local:node4 deleted\n"
+    );
+    let tokens = cli.ok(&s1, &["cluster", "list-tokens", "-f", "csv"]).await;
+    assert!(!tokens.contains("node4"), "{tokens}");
+    let err = cli.fails(&s1, &["cluster", "revoke-token", "node4"]).await;
+    assert_eq!(
+        err,
+        "Error: No cluster join token for member node4 on remote: local\n"
+    );
+
+    // Rename node3 to node5; every member sees it.
+    assert_eq!(
+        cli.ok(&s1, &["cluster", "rename", "node3", "node5"]).await,
+        "Member node3 renamed to node5\n"
+    );
+    eventually(CONVERGE_LIMIT, "node5 online, node3 gone", || async {
+        let list = cli.members_csv(&s2).await;
+        let ok = list.len() == 3
+            && !list.iter().any(|l| l.starts_with("node3,"))
+            && list
+                .iter()
+                .any(|l| l.starts_with("node5,") && l.contains(",ONLINE,"));
+        ok.then_some(())
+    })
+    .await;
+
+    // `--force` asks first; anything but "yes" aborts.
+    let err = cli
+        .fails_stdin(&s1, &["cluster", "remove", "node5", "--force"], Some("no\n"))
+        .await;
+    assert_eq!(err, "Error: User aborted delete operation\n");
+    assert_eq!(cli.members_csv(&s1).await.len(), 3);
+
+    // A plain removal of an online member.
+    assert_eq!(
+        cli.ok(&s1, &["cluster", "remove", "node5"]).await,
+        "Member node5 removed\n"
+    );
+    let list = eventually(CONVERGE_LIMIT, "two members left", || async {
+        let list = cli.members_csv(&s2).await;
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    assert!(
+        list[0].starts_with("node1,") && list[1].starts_with("node2,"),
+        "{list:?}"
+    );
+    let err = cli.fails(&s1, &["cluster", "remove", "node5"]).await;
+    assert_eq!(err, "Error: Cluster member not found\n");
+}
+
+#[tokio::test]
+async fn t30_standalone_server_refusals() {
+    let m = Member::start().await;
+    let cli = Stapes::new();
+    let s = m.socket();
+    for args in [
+        &["cluster", "list"][..],
+        &["cluster", "list-tokens"],
+        &["cluster", "revoke-token", "node2"],
+    ] {
+        assert_eq!(
+            cli.fails(&s, args).await,
+            "Error: Server isn't part of a cluster\n",
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        cli.fails(&s, &["cluster", "enable", "node1"]).await,
+        "Error: This server is not available on the network\n"
+    );
+    bootstrap(&cli, &m, "node1").await;
+    assert_eq!(
+        cli.fails(&s, &["cluster", "enable", "local:", "node1"]).await,
+        "Error: This server is already clustered\n"
+    );
+    assert_eq!(
+        cli.fails(&s, &["cluster", "add", "local:"]).await,
+        "Error: A cluster member name must be provided\n"
+    );
+    let err = cli.fails(&s, &["cluster", "list", "--format", "markdown"]).await;
+    assert!(
+        err.contains("Invalid value \"markdown\" for flag \"--format\""),
+        "{err}"
+    );
+    let err = cli.fails(&s, &["cluster", "list", "-c", "nx"]).await;
+    assert!(err.contains("Unknown column shorthand char 'x' in 'nx'"), "{err}");
+}
+
+#[tokio::test]
+async fn t20_member_properties_edit_and_formats() {
+    let m = Member::start().await;
+    let cli = Stapes::new();
+    let s = m.socket();
+    let addr = bootstrap(&cli, &m, "node1").await;
+
+    // json and yaml are the members themselves, in Incus's field order.
+    let json = cli.ok(&s, &["cluster", "list", "--format", "json"]).await;
+    assert!(json.starts_with("[{\"roles\":["), "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["server_name"], "node1");
+    assert_eq!(v[0]["url"], format!("https://{addr}"));
+    let yaml = cli.ok(&s, &["cluster", "list", "--format", "yaml"]).await;
+    assert!(yaml.starts_with("- roles:\n"), "{yaml}");
+    let table = cli.ok(&s, &["cluster", "ls"]).await;
+    assert!(
+        table.starts_with("+-") && table.contains(" NAME ") && table.contains("| ONLINE |"),
+        "{table}"
+    );
+    assert_eq!(
+        cli.ok(&s, &["cluster", "list-tokens", "--format", "json"]).await,
+        "[]\n"
+    );
+
+    // Properties.
+    cli.ok(
+        &s,
+        &["cluster", "set", "node1", "description=rack one", "--property"],
+    )
+    .await;
+    cli.ok(&s, &["cluster", "set", "node1", "failure_domain", "rack1", "-p"])
+        .await;
+    assert_eq!(
+        cli.ok(&s, &["cluster", "get", "node1", "description", "-p"])
+            .await,
+        "rack one\n"
+    );
+    assert_eq!(
+        cli.ok(&s, &["cluster", "list", "-f", "csv", "-c", "nfd"]).await,
+        "node1,rack1,rack one\n"
+    );
+    assert_eq!(
+        cli.ok(&s, &["cluster", "get", "node1", "groups", "-p"]).await,
+        "[default]\n"
+    );
+    cli.ok(&s, &["cluster", "unset", "node1", "description", "-p"])
+        .await;
+    assert_eq!(
+        cli.ok(&s, &["cluster", "get", "node1", "description", "-p"])
+            .await,
+        "\n"
+    );
+    assert_eq!(
+        cli.fails(&s, &["cluster", "get", "node1", "user.foo"]).await,
+        "Error: The key \"user.foo\" does not exist on cluster member \"node1\"\n"
+    );
+    assert_eq!(
+        cli.fails(&s, &["cluster", "get", "node1", "bogus", "-p"]).await,
+        "Error: The property \"bogus\" does not exist on the cluster member \"node1\": The property with tag \"bogus\" does not exist\n"
+    );
+    let err = cli
+        .fails(&s, &["cluster", "set", "node1", "roles=database", "-p"])
+        .await;
+    assert!(
+        err.contains("'roles': source data must be an array or slice"),
+        "{err}"
+    );
+
+    // Edit from stdin (not a terminal).
+    cli.ok_stdin(
+        &s,
+        &["cluster", "edit", "node1"],
+        Some("description: edited\nfailure_domain: rack2\nserver_name: ignored\n"),
+    )
+    .await;
+    let show = cli.ok(&s, &["cluster", "show", "node1"]).await;
+    assert!(
+        show.contains("\nfailure_domain: rack2\ndescription: edited\n")
+            && show.contains("\nserver_name: node1\n")
+            && show.contains("\nstatus: Online\n"),
+        "{show}"
+    );
+    assert_eq!(
+        cli.fails(&s, &["cluster", "show", "nope"]).await,
+        "Error: Cluster member not found\n"
+    );
+}
