@@ -118,6 +118,13 @@ pub const KEYS: &[Key] = &[
         description: "Port and interface for HTTP server (used by HTTP-01)",
     },
     Key {
+        name: "cluster.forward_timeout",
+        scope: Scope::Global,
+        kind: Kind::Integer { min: 1, max: 3600 },
+        default: Some("10"),
+        description: "Seconds a request forwarded to another member may take before it fails (stapes)",
+    },
+    Key {
         name: "cluster.https_address",
         scope: Scope::Local,
         kind: Kind::ListenAddress,
@@ -518,7 +525,10 @@ mod tests {
             std::fs::write(&path, &want).unwrap();
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(have, want, "docs/configuration.md is stale: run UPDATE_DOCS=1 cargo test -p stapes-api");
+        assert_eq!(
+            have, want,
+            "docs/configuration.md is stale: run UPDATE_DOCS=1 cargo test -p stapes-api"
+        );
     }
 
     #[test]

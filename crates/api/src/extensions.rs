@@ -38,4 +38,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "clustering_failure_domains",
     "clustering_server_address",
     "clustering_sizing",
+    "cluster_member_state",
 ];

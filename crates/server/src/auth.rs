@@ -1,32 +1,90 @@
 //! Authentication: turns the connection's facts into the request's [`Identity`].
 //!
-//! Identity headers that only members may set (`X-Incus-forwarded-*`, `X-Stapes-*`) are
-//! stripped from every request here, before any handler can see them: no client can
-//! claim to be someone else by sending them.
+//! ```text
+//!  ConnFacts ─> decide() ─> member? ──yes──> X-Incus-forwarded-{username,protocol,address}
+//!                  │                          describe the original caller: believe them
+//!                  no ──> strip every identity header; the caller is who TLS/unix says
+//! ```
+//!
+//! Identity headers (`X-Incus-forwarded-*`, `X-Stapes-*`) are believed only from
+//! another member, proven by its own server certificate, and are removed from every
+//! request before any handler sees it: a client can never claim another identity.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use trust::{ConnFacts, Identity};
+use trust::{AuthMethod, ConnFacts, Identity};
 
 use crate::context::Ctx;
 
 /// Header prefixes that carry identity between members, never from clients.
 const RESERVED_PREFIXES: [&str; 2] = ["x-incus-forwarded-", "x-stapes-"];
+pub const FWD_USERNAME: &str = "x-incus-forwarded-username";
+pub const FWD_PROTOCOL: &str = "x-incus-forwarded-protocol";
+pub const FWD_ADDRESS: &str = "x-incus-forwarded-address";
 
 pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
-    strip_reserved_headers(req.headers_mut());
     let facts = req.extensions().get::<ConnFacts>().cloned().unwrap_or_default();
     let state = ctx.store.state();
-    let identity = trust::identity::decide(&facts, |fp| {
+    let direct = trust::identity::decide(&facts, |fp| {
         if ctx.is_member(&state, fp) {
             Some("member".to_string())
         } else {
             state.certificate_type(fp)
         }
     });
+    // A member speaking for a client: the client's identity, or nobody if it does not
+    // check out here. Never the member's own rights.
+    let identity = if direct.method == AuthMethod::Cluster && req.headers().contains_key(FWD_PROTOCOL) {
+        forwarded_identity(req.headers(), |fp| state.certificate_type(fp)).unwrap_or(Identity {
+            method: AuthMethod::Untrusted,
+            username: String::new(),
+            address: direct.address.clone(),
+            cert_type: None,
+        })
+    } else {
+        direct.clone()
+    };
+    if direct.method == AuthMethod::Cluster {
+        req.extensions_mut().insert(ViaMember);
+    }
+    strip_reserved_headers(req.headers_mut());
     req.extensions_mut().insert(identity);
     next.run(req).await
+}
+
+/// Marks a request that arrived from another member (forwarded or its own): it is
+/// answered from local knowledge only, never fanned out again.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaMember;
+
+/// The original caller, as the forwarding member describes it. The certificate type is
+/// looked up again here (the trust store is replicated), never taken from the wire.
+fn forwarded_identity(
+    headers: &http::HeaderMap,
+    cert_type: impl Fn(&str) -> Option<String>,
+) -> Option<Identity> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let username = get(FWD_USERNAME)?;
+    let protocol = get(FWD_PROTOCOL)?;
+    let address = get(FWD_ADDRESS).unwrap_or_default();
+    let (method, kind) = match protocol.as_str() {
+        "unix" => (AuthMethod::Unix, None),
+        "tls" => (AuthMethod::Tls, Some(cert_type(&username)?)),
+        "cluster" => (AuthMethod::Cluster, None),
+        _ => return None,
+    };
+    Some(Identity {
+        method,
+        username,
+        address,
+        cert_type: kind,
+    })
 }
 
 fn strip_reserved_headers(headers: &mut http::HeaderMap) {
@@ -62,5 +120,22 @@ mod tests {
         strip_reserved_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("user-agent"));
+    }
+
+    #[test]
+    fn forwarded_tls_identity_needs_a_trusted_certificate_here() {
+        let mut h = http::HeaderMap::new();
+        h.insert(FWD_USERNAME, "abc".parse().unwrap());
+        h.insert(FWD_PROTOCOL, "tls".parse().unwrap());
+        h.insert(FWD_ADDRESS, "198.51.100.7".parse().unwrap());
+        assert!(forwarded_identity(&h, |_| None).is_none());
+        let id = forwarded_identity(&h, |_| Some("metrics".into())).unwrap();
+        assert_eq!(
+            (id.method, id.address.as_str()),
+            (AuthMethod::Tls, "198.51.100.7")
+        );
+        assert!(!id.full_access());
+        h.insert(FWD_PROTOCOL, "root".parse().unwrap());
+        assert!(forwarded_identity(&h, |_| Some("client".into())).is_none());
     }
 }

@@ -116,6 +116,7 @@ impl Daemon {
 
         tokio::spawn(watch_state(ctx.clone()));
         tokio::spawn(crate::membership::run(ctx.clone()));
+        tokio::spawn(crate::relay::run(ctx.clone()));
         let https = ctx.https_address();
         if !https.is_empty() {
             ctx.listeners

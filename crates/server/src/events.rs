@@ -50,6 +50,16 @@ impl EventHub {
         self.tx.subscribe()
     }
 
+    /// Re-publishes an event that originated on another member, as it was.
+    pub fn relay(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    /// This member's name as stamped on its own events.
+    pub fn location(&self) -> String {
+        (**self.location.load()).clone()
+    }
+
     pub fn send(&self, kind: &str, project: &str, metadata: Value) {
         let event = Event {
             kind: kind.to_string(),
@@ -148,6 +158,8 @@ pub struct Filter {
     pub types: Vec<String>,
     pub project: String,
     pub all_projects: bool,
+    /// Only events that originated on this member (for relays between members).
+    pub only_location: Option<String>,
 }
 
 impl Filter {
@@ -170,11 +182,15 @@ impl Filter {
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "default".into()),
             all_projects: q.get("all-projects").is_some_and(|v| v == "true" || v == "1"),
+            only_location: None,
         }
     }
 
     pub fn accepts(&self, e: &Event) -> bool {
         if !self.types.is_empty() && !self.types.iter().any(|t| t == &e.kind) {
+            return false;
+        }
+        if self.only_location.as_ref().is_some_and(|l| l != &e.location) {
             return false;
         }
         self.all_projects || e.project.is_empty() || e.project == self.project

@@ -106,6 +106,42 @@ fn interface_ips() -> Vec<IpAddr> {
     out
 }
 
+/// The `sysinfo` of a member's state, from /proc (Linux `sysinfo(2)` fields).
+pub fn sysinfo() -> serde_json::Value {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let uptime = read_trimmed("/proc/uptime")
+        .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64;
+    let loadavg = read_trimmed("/proc/loadavg").unwrap_or_default();
+    let mut fields = loadavg.split_whitespace();
+    let loads: Vec<f64> = fields.by_ref().take(3).filter_map(|v| v.parse().ok()).collect();
+    let processes = fields
+        .next()
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(_, total)| total.parse::<u64>().ok())
+        .unwrap_or(0);
+    serde_json::json!({
+        "uptime": uptime,
+        "load_averages": loads,
+        "total_ram": kb("MemTotal"),
+        "free_ram": kb("MemFree"),
+        "shared_ram": kb("Shmem"),
+        "buffered_ram": kb("Buffers"),
+        "total_swap": kb("SwapTotal"),
+        "free_swap": kb("SwapFree"),
+        "processes": processes,
+        "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -384,6 +384,14 @@ pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     tracing::info!(name = %member.name, address = %member.address, "member admitted");
+    // Give the new member its seat (or standby role) now rather than at the next round.
+    let later = ctx.clone();
+    tokio::spawn(async move {
+        let state = later.store.state();
+        if later.store.raft_view().is_some_and(|v| v.is_leader()) {
+            reconcile(&later, &state).await;
+        }
+    });
     let state = ctx.store.state();
     Ok(JoinReply {
         members: state.members.values().cloned().collect(),

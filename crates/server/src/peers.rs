@@ -63,6 +63,26 @@ impl Peers {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), String> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        self.send(address, req, timeout)
+            .await
+            .map(|r| (r.status().as_u16(), r.into_body()))
+    }
+
+    /// Sends a request (its URI a path and query) to the member at `address` and reads
+    /// the whole answer. Connecting is bounded by [`CONNECT_TIMEOUT`], the rest by
+    /// `timeout`.
+    pub async fn send(
+        &self,
+        address: &str,
+        req: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<http::Response<Bytes>, String> {
         let fingerprint = self
             .pins
             .load()
@@ -70,22 +90,22 @@ impl Peers {
             .cloned()
             .ok_or_else(|| format!("{address} is not a known member"))?;
         let mut sender = self.sender(address, &fingerprint).await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(format!("https://{address}{path}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        parts.uri = format!("https://{address}{path}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let req = http::Request::from_parts(parts, body);
         let call = async {
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, body))
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>(http::Response::from_parts(parts, body))
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r),
@@ -217,4 +237,44 @@ pub async fn join_call(
     tokio::time::timeout(Duration::from_secs(15), call)
         .await
         .map_err(|_| format!("{address} did not answer the join within 15 s"))?
+}
+
+/// A member's own event stream, as a websocket over mutual TLS (HTTP/1.1).
+pub type EventStream =
+    tokio_tungstenite::WebSocketStream<transport::tls::ClientTlsStream<tokio::net::TcpStream>>;
+
+impl Peers {
+    /// Opens `/internal/events` on the member at `address`.
+    pub async fn open_events(&self, address: &str) -> Result<EventStream, String> {
+        let fingerprint = self
+            .pins
+            .load()
+            .get(address)
+            .cloned()
+            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let config = tls::client_config(
+                ServerTrust::Pinned(fingerprint),
+                Some((&self.cert_pem, &self.key_pem)),
+                &[b"http/1.1"],
+            )
+            .map_err(|e| e.to_string())?;
+            let stream = TlsConnector::from(config)
+                .connect(tls::server_name(MEMBER_SNI), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = format!("wss://{address}/internal/events");
+            let (ws, _) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(ws)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT * 3, connect)
+            .await
+            .map_err(|_| format!("{address} did not open its event stream in time"))?
+    }
 }

@@ -128,6 +128,7 @@ fn member_not_found() -> crate::response::Error {
 pub struct MemberPut {
     pub description: Option<String>,
     pub failure_domain: Option<String>,
+    pub config: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 pub async fn edit_member(
@@ -197,9 +198,22 @@ pub async fn delete_member(
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
     require_clustered(&ctx)?;
+    // A member cannot carry out its own removal (it stops being a member half-way):
+    // another member does it.
+    if name == ctx.server_name() {
+        let state = ctx.store.state();
+        if let Some(other) = state
+            .members
+            .values()
+            .find(|m| m.name != name && membership::is_online(&ctx, &state, &m.name))
+        {
+            return Ok(crate::forward::to_member(&ctx, &other.name.clone(), req).await);
+        }
+    }
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?.clone();
@@ -322,4 +336,23 @@ pub async fn join(
         serde_json::to_vec(&reply).expect("serializes"),
     )
         .into_response())
+}
+
+/// `GET /1.0/cluster/members/NAME/state`: served by that member, wherever the client
+/// connected.
+pub async fn member_state(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+    req: axum::extract::Request,
+) -> Result<Response> {
+    require_full(&id)?;
+    require_clustered(&ctx)?;
+    if name != ctx.server_name() {
+        return Ok(crate::forward::to_member(&ctx, &name, req).await);
+    }
+    let sysinfo = tokio::task::spawn_blocking(crate::host::sysinfo)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(sync(json!({ "sysinfo": sysinfo, "storage_pools": {} })))
 }

@@ -46,6 +46,28 @@ pub async fn stream(
         .into_response())
 }
 
+/// `/internal/events`: this member's own lifecycle and operation events, for the
+/// other members' relays.
+pub async fn internal(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    upgrade: std::result::Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response> {
+    if id.method != trust::AuthMethod::Cluster {
+        return Err(crate::response::ApiError::forbidden().into());
+    }
+    let upgrade = upgrade.map_err(|_| crate::response::ApiError::bad_request("Expected a websocket"))?;
+    let filter = Filter {
+        types: vec!["lifecycle".into(), "operation".into()],
+        project: String::new(),
+        all_projects: true,
+        only_location: Some(ctx.events.location()),
+    };
+    Ok(upgrade
+        .on_upgrade(move |socket| pump(ctx, socket, filter))
+        .into_response())
+}
+
 async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
     let mut events = ctx.events.subscribe();
     let mut stop = ctx.shutdown_tx.subscribe();

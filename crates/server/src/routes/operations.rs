@@ -19,12 +19,46 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 fn all(ctx: &Ctx) -> Vec<Operation> {
     let addresses = ctx.addresses();
-    ctx.store
+    let mut ops: Vec<Operation> = ctx
+        .store
         .state()
         .tokens
         .values()
         .map(|t| token_operation(ctx, t, &addresses))
-        .collect()
+        .collect();
+    if let Ok(done) = ctx.finished_ops.lock() {
+        ops.extend(done.values().map(|(op, _)| op.clone()));
+    }
+    ops
+}
+
+/// Answers a request about an operation this member does not have by asking the
+/// others, unless the request already came from a member.
+async fn elsewhere(ctx: &Ctx, via: bool, req: axum::extract::Request) -> Result<Response> {
+    if via || !ctx.store.clustered() {
+        return Err(not_found());
+    }
+    let state = ctx.store.state();
+    let me = ctx.server_name();
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, crate::response::MAX_BODY)
+        .await
+        .unwrap_or_default();
+    for m in state.members.values().filter(|m| m.name != me) {
+        if !crate::membership::is_online(ctx, &state, &m.name) {
+            continue;
+        }
+        let mut again =
+            axum::extract::Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()));
+        if let Some(id) = parts.extensions.get::<Identity>() {
+            again.extensions_mut().insert(id.clone());
+        }
+        let resp = crate::forward::to_member(ctx, &m.name, again).await;
+        if resp.status() != http::StatusCode::NOT_FOUND {
+            return Ok(resp);
+        }
+    }
+    Err(not_found())
 }
 
 fn find(ctx: &Ctx, id: &str) -> Option<Operation> {
@@ -39,15 +73,59 @@ fn not_found() -> crate::response::Error {
     ApiError::not_found_msg("Operation not found").into()
 }
 
+/// Operations that live only in other members' memory (not tokens: those are shared).
+async fn others(ctx: &Ctx) -> Vec<Operation> {
+    let state = ctx.store.state();
+    let me = ctx.server_name();
+    let calls = state
+        .members
+        .values()
+        .filter(|m| m.name != me && crate::membership::is_online(ctx, &state, &m.name))
+        .map(|m| {
+            let peers = ctx.peers.clone();
+            let address = m.address.clone();
+            async move {
+                let req = http::Request::get("/1.0/operations?recursion=1")
+                    .header(crate::auth::FWD_PROTOCOL, "cluster")
+                    .header(crate::auth::FWD_USERNAME, "cluster")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .ok()?;
+                let resp = peers.send(&address, req, OTHERS_TIMEOUT).await.ok()?;
+                let env: api::Envelope = serde_json::from_slice(resp.body()).ok()?;
+                let map: BTreeMap<String, Vec<Operation>> = serde_json::from_value(env.metadata).ok()?;
+                Some(
+                    map.into_values()
+                        .flatten()
+                        .filter(|o| o.class != "token")
+                        .collect::<Vec<_>>(),
+                )
+            }
+        });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+}
+
+/// How long a listing waits for another member's operations.
+const OTHERS_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub async fn list(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
+    via: Option<Extension<crate::auth::ViaMember>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     require_full(&id)?;
     let mut by_status: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     let full = recursion(&q);
-    for op in all(&ctx) {
+    let mut ops = all(&ctx);
+    if via.is_none() && ctx.store.clustered() {
+        ops.extend(others(&ctx).await);
+    }
+    for op in ops {
         let entry = if full {
             serde_json::to_value(&op).expect("operations serialize")
         } else {
@@ -61,10 +139,15 @@ pub async fn list(
 pub async fn get(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
+    via: Option<Extension<crate::auth::ViaMember>>,
     Path(op_id): Path<String>,
+    req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
-    Ok(sync(find(&ctx, &op_id).ok_or_else(not_found)?))
+    match find(&ctx, &op_id) {
+        Some(op) => Ok(sync(op)),
+        None => elsewhere(&ctx, via.is_some(), req).await,
+    }
 }
 
 /// Blocks until the operation ends or `timeout` seconds pass (-1 or absent: no limit
@@ -72,10 +155,15 @@ pub async fn get(
 pub async fn wait(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
+    via: Option<Extension<crate::auth::ViaMember>>,
     Path(op_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
+    if find(&ctx, &op_id).is_none() {
+        return elsewhere(&ctx, via.is_some(), req).await;
+    }
     let timeout = q
         .get("timeout")
         .and_then(|t| t.parse::<f64>().ok())

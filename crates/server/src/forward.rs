@@ -1,0 +1,194 @@
+//! `?target=MEMBER`: the member a client reached hands the request to another member and
+//! relays the answer, so a client needs no connection to the target itself.
+//!
+//! ```text
+//!  client ─> member A: auth (Identity) ─> target=B? ─> B offline?  ─> 503 at once
+//!                                            │         unknown?   ─> 404
+//!                                            └─> pooled mTLS h2 to B, identity in
+//!                                                X-Incus-forwarded-* (set, never appended),
+//!                                                bounded by cluster.forward_timeout
+//! ```
+//!
+//! Only per-member endpoints honour `target`; on cluster-wide ones it is ignored, as in
+//! Incus.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::Full;
+use trust::Identity;
+
+use crate::auth::{FWD_ADDRESS, FWD_PROTOCOL, FWD_USERNAME};
+use crate::context::Ctx;
+use crate::response::{error_response, ApiError, MAX_BODY};
+
+/// Paths whose answer is one member's own view.
+fn per_member(path: &str) -> bool {
+    matches!(path, "/1.0" | "/1.0/resources" | "/1.0/metrics")
+}
+
+/// The value of `?target=`, if any.
+pub fn target_of(uri: &http::Uri) -> Option<String> {
+    let query = uri.query()?;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "target" && !v.is_empty()).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(&bytes[i + 1..(i + 3).min(bytes.len())]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) if hex.len() == 2 => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let Some(target) = target_of(req.uri()) else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path().to_string();
+    let member_state = path
+        .strip_prefix("/1.0/cluster/members/")
+        .and_then(|rest| rest.strip_suffix("/state"))
+        .map(str::to_string);
+    if !per_member(&path) && member_state.is_none() {
+        return next.run(req).await;
+    }
+    let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
+    if !trusted {
+        return next.run(req).await;
+    }
+    if !ctx.store.clustered() {
+        return error_response(&ApiError::bad_request("Target only allowed when clustered"));
+    }
+    if target == ctx.server_name() {
+        return next.run(req).await;
+    }
+    to_member(&ctx, &target, req).await
+}
+
+/// Forwards `req` to the member named `name`.
+pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
+    let state = ctx.store.state();
+    let Some(member) = state.members.get(name) else {
+        return error_response(&ApiError::not_found_msg("Cluster member not found"));
+    };
+    if !crate::membership::is_online(ctx, &state, name) {
+        return error_response(&ApiError::unavailable(format!(
+            "Cluster member \"{name}\" is offline"
+        )));
+    }
+    let address = member.address.clone();
+    let identity = req.extensions().get::<Identity>().cloned();
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return error_response(&ApiError::payload_too_large(MAX_BODY));
+    };
+    let mut out = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    for (k, v) in parts.headers.iter() {
+        if !is_hop_by_hop(k.as_str()) {
+            out = out.header(k, v);
+        }
+    }
+    let Ok(mut out) = out.body(Full::new(body)) else {
+        return error_response(&ApiError::bad_request("Cannot forward this request"));
+    };
+    if let Some(id) = identity {
+        let h = out.headers_mut();
+        for (name, value) in [
+            (FWD_USERNAME, id.username),
+            (FWD_PROTOCOL, id.method.as_str().to_string()),
+            (FWD_ADDRESS, id.address),
+        ] {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+    }
+    let timeout = forward_timeout(&state);
+    match ctx.peers.send(&address, out, timeout).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, Body::from(body)).into_response()
+        }
+        Err(e) => {
+            tracing::info!(member = %name, error = %e, "forwarding failed");
+            error_response(&ApiError::unavailable(format!(
+                "Cluster member \"{name}\" is unreachable: {e}"
+            )))
+        }
+    }
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "host"
+    )
+}
+
+pub fn forward_timeout(state: &cluster::State) -> Duration {
+    let secs: u64 = api::config::effective(&state.config, "cluster.forward_timeout")
+        .parse()
+        .unwrap_or(10);
+    Duration::from_secs(secs.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_parameter() {
+        let t = |u: &str| target_of(&u.parse().unwrap());
+        assert_eq!(t("/1.0?target=node2"), Some("node2".into()));
+        assert_eq!(t("/1.0?recursion=1&target=n%2D3"), Some("n-3".into()));
+        assert_eq!(t("/1.0?target="), None);
+        assert_eq!(t("/1.0"), None);
+        assert_eq!(t("/1.0?target=%zz"), Some("%zz".into()));
+    }
+
+    #[test]
+    fn only_per_member_paths() {
+        assert!(per_member("/1.0") && per_member("/1.0/resources") && per_member("/1.0/metrics"));
+        assert!(!per_member("/1.0/cluster/members") && !per_member("/1.0/certificates"));
+    }
+}
