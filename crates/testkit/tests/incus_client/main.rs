@@ -281,3 +281,85 @@ async fn t40_cluster_enable_add_preseed_join_list_tokens_remove() {
     let list = ok(c, Some(&s1), &["cluster", "list", "--format", "csv"]).await;
     assert_eq!(list.lines().count(), 2, "{list}");
 }
+
+#[tokio::test]
+async fn t50_target_and_monitor_across_members() {
+    if !have_tool("incus") {
+        return;
+    }
+    let c = stapes_testkit::Cluster::start(3).await;
+    c.wait_healthy(3, Duration::from_secs(30)).await;
+    let conf = tempfile::tempdir().unwrap();
+    let cert = ClientCert::generate("cli");
+    std::fs::write(conf.path().join("client.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(conf.path().join("client.key"), &cert.key_pem).unwrap();
+    c.members[0].trust(&cert).await;
+    let a1 = c.members[0].address().await;
+    let a3 = c.members[2].address().await;
+    ok(
+        conf.path(),
+        None,
+        &[
+            "remote",
+            "add",
+            "n1",
+            &format!("https://{a1}"),
+            "--accept-certificate",
+        ],
+    )
+    .await;
+
+    let q: Value =
+        serde_json::from_str(&ok(conf.path(), None, &["query", "n1:/1.0?target=node3"]).await).unwrap();
+    assert_eq!(q["environment"]["server_name"], "node3");
+    let info = ok(conf.path(), None, &["info", "n1:", "--target", "node2"]).await;
+    assert!(info.contains("server_name: node2"), "{info}");
+    let got = ok(
+        conf.path(),
+        None,
+        &["config", "get", "n1:", "core.https_address", "--target", "node3"],
+    )
+    .await;
+    assert_eq!(got.trim(), a3);
+    let (success, _, err) = incus(conf.path(), None, &["info", "n1:", "--target", "nosuchnode"]).await;
+    assert!(!success && err.contains("Cluster member not found"), "{err}");
+
+    // `incus monitor` on node1 sees a lifecycle event that happened on node3.
+    let mut monitor = tokio::process::Command::new("incus")
+        .args(["monitor", "n1:", "--type", "lifecycle", "--format", "json"])
+        .env("INCUS_CONF", conf.path())
+        .env("HOME", conf.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let event = tokio::time::timeout(Duration::from_secs(20), async {
+        for i in 0u32.. {
+            let value = format!("{}H", i % 2 + 5);
+            let _ = c.members[2]
+                .unix()
+                .send_json(
+                    "PATCH",
+                    "/1.0",
+                    &serde_json::json!({"config": {"core.remote_token_expiry": value}}),
+                )
+                .await;
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+            {
+                let v: Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["location"] == "node3" {
+                    return v;
+                }
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .expect("incus monitor on node1 reported node3's event");
+    assert_eq!(event["metadata"]["action"], "config-updated");
+    let _ = monitor.kill().await;
+}
