@@ -39,4 +39,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "clustering_server_address",
     "clustering_sizing",
     "cluster_member_state",
+    "clustering_update_cert",
 ];

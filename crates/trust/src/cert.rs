@@ -50,7 +50,30 @@ impl CertPair {
         Self::generate(common_name, Vec::new(), Duration::days(3650))
     }
 
+    /// A self-signed certificate valid from `not_before` to `not_after` for the given IP
+    /// addresses: for a cluster certificate supplied by an operator, or an expired one
+    /// in tests.
+    pub fn generate_valid(
+        cn: &str,
+        ips: &[std::net::IpAddr],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<CertPair, CertError> {
+        let sans = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        Self::build(cn, sans, not_before, not_after)
+    }
+
     fn generate(cn: &str, sans: Vec<SanType>, validity: Duration) -> Result<CertPair, CertError> {
+        let now = OffsetDateTime::now_utc();
+        Self::build(cn, sans, now - Duration::minutes(5), now + validity)
+    }
+
+    fn build(
+        cn: &str,
+        sans: Vec<SanType>,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<CertPair, CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -58,9 +81,8 @@ impl CertPair {
         dn.push(DnType::CommonName, cn);
         params.distinguished_name = dn;
         params.subject_alt_names = sans;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + validity;
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.self_signed(&key)?;
         Ok(CertPair {
             cert_pem: cert.pem(),

@@ -293,7 +293,7 @@ pub async fn add_member(
     Ok(response::operation(&op))
 }
 
-/// `GET /1.0/cluster/certificate` exists only as PUT (issue: certificate update).
+/// `GET /1.0/cluster/certificate` is not implemented, as in Incus (PUT only).
 pub async fn certificate_get() -> Response {
     crate::response::error_response(&ApiError::not_implemented())
 }
@@ -355,4 +355,65 @@ pub async fn member_state(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(sync(json!({ "sysinfo": sysinfo, "storage_pools": {} })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CertificatePut {
+    #[serde(default)]
+    pub cluster_certificate: String,
+    #[serde(default)]
+    pub cluster_certificate_key: String,
+}
+
+/// `cluster update-certificate`: a new certificate for every member, through the
+/// replicated state (so a member offline now takes it when it returns, key change or
+/// not). Members keep authenticating each other with their own certificates, so even a
+/// certificate clients would refuse cannot break the cluster.
+pub async fn certificate_put(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    body: Body,
+) -> Result<Response> {
+    require_full(&id)?;
+    require_clustered(&ctx)?;
+    let req: CertificatePut = json_body(body).await?;
+    let (crt, key) = validate_certificate_pair(&req.cluster_certificate, &req.cluster_certificate_key)?;
+    ctx.store
+        .apply(Command::SetClusterCertificate {
+            cert_pem: crt,
+            key_pem: key,
+        })
+        .await?;
+    crate::context::on_state_change(&ctx);
+    let fingerprint = ctx.served_certificate().1.clone();
+    tracing::info!(fingerprint = %fingerprint, by = %id.username, "cluster certificate replaced");
+    ctx.events.lifecycle(
+        "cluster-certificate-updated",
+        "/1.0/cluster/certificate",
+        Some(&id),
+        Some([("fingerprint".to_string(), json!(fingerprint))].into()),
+    );
+    Ok(sync(json!({})))
+}
+
+/// Both parse, the key matches, and the certificate is a leaf we can serve.
+pub fn validate_certificate_pair(crt: &str, key: &str) -> Result<(String, String)> {
+    let der = trust::cert::pem_to_der(crt)
+        .map_err(|_| ApiError::bad_request("Certificate must be base64 encoded PEM certificate"))?;
+    trust::cert::inspect(&der).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if key.trim().is_empty() {
+        return Err(ApiError::bad_request("A private key for the certificate is required").into());
+    }
+    transport::tls::certified_key(crt, key).map_err(|e| {
+        ApiError::bad_request(match e {
+            transport::tls::TlsError::KeyMismatch => {
+                "The private key does not match the certificate".to_string()
+            }
+            transport::tls::TlsError::BadKeyPem => {
+                "Private key must be a PEM encoded private key".to_string()
+            }
+            other => other.to_string(),
+        })
+    })?;
+    Ok((crt.to_string(), key.to_string()))
 }

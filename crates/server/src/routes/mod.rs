@@ -52,7 +52,10 @@ pub fn router(ctx: Ctx) -> Router {
                 .delete(warnings::delete),
         )
         .route("/1.0/cluster", get(cluster::get).put(cluster::put))
-        .route("/1.0/cluster/certificate", get(cluster::certificate_get))
+        .route(
+            "/1.0/cluster/certificate",
+            get(cluster::certificate_get).put(cluster::certificate_put),
+        )
         .route(
             "/1.0/cluster/members",
             get(cluster::list_members).post(cluster::add_member),

@@ -10,6 +10,7 @@ mod t30_replication;
 mod t40_failures;
 mod t50_membership;
 mod t60_any_member;
+mod t70_certificate;
 
 use std::time::Duration;
 
