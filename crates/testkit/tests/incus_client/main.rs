@@ -363,3 +363,57 @@ async fn t50_target_and_monitor_across_members() {
     assert_eq!(event["metadata"]["action"], "config-updated");
     let _ = monitor.kill().await;
 }
+
+#[tokio::test]
+async fn t60_update_certificate_with_the_official_client() {
+    if !have_tool("incus") {
+        return;
+    }
+    let c = stapes_testkit::Cluster::start(2).await;
+    let conf = tempfile::tempdir().unwrap();
+    let cert = ClientCert::generate("cli");
+    std::fs::write(conf.path().join("client.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(conf.path().join("client.key"), &cert.key_pem).unwrap();
+    c.members[0].trust(&cert).await;
+    let a1 = c.members[0].address().await;
+    ok(
+        conf.path(),
+        None,
+        &[
+            "remote",
+            "add",
+            "n1",
+            &format!("https://{a1}"),
+            "--accept-certificate",
+        ],
+    )
+    .await;
+    let start = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let pair = trust::CertPair::generate_valid(
+        "cluster",
+        &["127.0.0.1".parse().unwrap()],
+        start,
+        start + time::Duration::days(365),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("new.crt"), dir.path().join("new.key"));
+    std::fs::write(&crt, &pair.cert_pem).unwrap();
+    std::fs::write(&key, &pair.key_pem).unwrap();
+    ok(
+        conf.path(),
+        None,
+        &[
+            "cluster",
+            "update-certificate",
+            "n1:",
+            crt.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let fp = trust::fingerprint(&trust::cert::pem_to_der(&pair.cert_pem).unwrap());
+    let q: Value =
+        serde_json::from_str(&ok(conf.path(), None, &["query", "n1:/1.0?target=node2"]).await).unwrap();
+    assert_eq!(q["environment"]["certificate_fingerprint"], fp.as_str());
+}
