@@ -71,6 +71,15 @@ pub enum Command {
     RemoveMember {
         name: String,
     },
+    /// An HTTP-01 challenge answer every member serves (`None` removes it).
+    SetAcmeChallenge {
+        token: String,
+        key_authorization: Option<String>,
+    },
+    /// The ACME account credentials (JSON), so any future leader reuses the account.
+    SetAcmeAccount {
+        credentials: String,
+    },
     /// The certificate every member presents to clients, with its key (PEM).
     SetClusterCertificate {
         cert_pem: String,
@@ -98,6 +107,8 @@ impl Command {
             Command::RenameMember { .. } => "rename_member",
             Command::RemoveMember { .. } => "remove_member",
             Command::SetClusterCertificate { .. } => "set_cluster_certificate",
+            Command::SetAcmeChallenge { .. } => "set_acme_challenge",
+            Command::SetAcmeAccount { .. } => "set_acme_account",
         }
     }
 }

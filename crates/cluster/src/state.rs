@@ -112,6 +112,12 @@ pub struct State {
     /// The cluster certificate and key (PEM), once clustered.
     #[serde(default)]
     pub cluster_certificate: Option<(String, String)>,
+    /// Pending ACME HTTP-01 answers, by token.
+    #[serde(default)]
+    pub acme_challenges: BTreeMap<String, String>,
+    /// ACME account credentials (JSON).
+    #[serde(default)]
+    pub acme_account: Option<String>,
 }
 
 impl State {
@@ -258,6 +264,18 @@ impl State {
             Command::SetClusterCertificate { cert_pem, key_pem } => {
                 self.cluster_certificate = Some((cert_pem.clone(), key_pem.clone()));
             }
+            Command::SetAcmeChallenge {
+                token,
+                key_authorization,
+            } => match key_authorization {
+                Some(k) => {
+                    self.acme_challenges.insert(token.clone(), k.clone());
+                }
+                None => {
+                    self.acme_challenges.remove(token);
+                }
+            },
+            Command::SetAcmeAccount { credentials } => self.acme_account = Some(credentials.clone()),
         }
         Ok(())
     }

@@ -117,6 +117,7 @@ impl Daemon {
         tokio::spawn(watch_state(ctx.clone()));
         tokio::spawn(crate::membership::run(ctx.clone()));
         tokio::spawn(crate::relay::run(ctx.clone()));
+        tokio::spawn(crate::acme::run(ctx.clone()));
         let https = ctx.https_address();
         if !https.is_empty() {
             ctx.listeners

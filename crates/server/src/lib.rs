@@ -16,6 +16,7 @@
 //! HTTPS one opens, moves and closes when `core.https_address` changes), the event hub
 //! and the metrics. Handlers get them through [`context::Ctx`].
 
+mod acme;
 mod auth;
 pub mod context;
 mod daemon;

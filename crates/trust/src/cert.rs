@@ -63,6 +63,20 @@ impl CertPair {
         Self::build(cn, sans, not_before, not_after)
     }
 
+    /// As [`CertPair::generate_valid`], for DNS names.
+    pub fn generate_named(
+        cn: &str,
+        names: &[&str],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<CertPair, CertError> {
+        let sans = names
+            .iter()
+            .filter_map(|n| n.to_string().try_into().ok().map(SanType::DnsName))
+            .collect();
+        Self::build(cn, sans, not_before, not_after)
+    }
+
     fn generate(cn: &str, sans: Vec<SanType>, validity: Duration) -> Result<CertPair, CertError> {
         let now = OffsetDateTime::now_utc();
         Self::build(cn, sans, now - Duration::minutes(5), now + validity)
@@ -112,6 +126,24 @@ pub fn der_to_pem(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+/// The DNS names in a certificate's subject alternative names, lowercase.
+pub fn dns_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the API and CLI show of a certificate.

@@ -3,6 +3,7 @@
 
 mod certificates;
 mod cluster;
+pub use cluster::validate_certificate_pair;
 mod events;
 mod internal;
 mod operations;
@@ -72,6 +73,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/internal/raft/{kind}", post(cluster::raft_rpc))
         .route("/internal/cluster/join", post(cluster::join))
         .route("/internal/events", get(events::internal))
+        .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
         .route("/internal/ready", get(internal::ready))
         .route("/internal/shutdown", put(internal::shutdown))
         .fallback(not_found)
@@ -80,6 +82,18 @@ pub fn router(ctx: Ctx) -> Router {
         .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
         .with_state(ctx)
+}
+
+/// HTTP-01 answers on the HTTPS listener too (no authentication: the CA asks).
+async fn acme_challenge(
+    axum::extract::State(ctx): axum::extract::State<Ctx>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    use axum::response::IntoResponse;
+    match crate::acme::challenge_answer(&ctx, &token) {
+        Some(answer) => ([(http::header::CONTENT_TYPE, "text/plain")], answer).into_response(),
+        None => error_response(&ApiError::not_found()),
+    }
 }
 
 async fn not_found() -> Response {
