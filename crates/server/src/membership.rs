@@ -290,7 +290,7 @@ async fn ask_to_join(
     let body = serde_json::to_vec(&req).expect("join requests serialize");
     let mut last_error = ApiError::unavailable("The join token lists no member address");
     for target in &token.addresses {
-        match crate::peers::join_call(ctx, target, &token.fingerprint, &body).await {
+        match ctx.peers.join(target, &token.fingerprint, &body).await {
             Ok((200, bytes)) => {
                 let reply: JoinReply = serde_json::from_slice(&bytes)
                     .map_err(|e| ApiError::internal(format!("Bad join answer from {target}: {e}")))?;

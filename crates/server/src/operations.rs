@@ -101,3 +101,28 @@ pub fn record_finished(ctx: &Ctx, description: &str) -> Operation {
     }
     op
 }
+
+/// A new pending token of `kind`, expiring per the configuration key `expiry_key`.
+pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry_key: &str) -> Result<Token, api::ApiError> {
+    let now = time::OffsetDateTime::now_utc();
+    let state = ctx.store.state();
+    let expiry = api::config::effective(&state.config, expiry_key);
+    let expires_at = api::config::parse_expiry(expiry)
+        .map_err(api::ApiError::internal)?
+        .map(|d| now + d);
+    Ok(Token {
+        id: new_uuid(),
+        kind,
+        secret: trust::random_hex(32),
+        location: ctx.server_name(),
+        created_at: now,
+        expires_at,
+    })
+}
+
+/// A random (version 4) UUID.
+pub fn new_uuid() -> String {
+    uuid::Builder::from_random_bytes(trust::random_bytes16())
+        .into_uuid()
+        .to_string()
+}

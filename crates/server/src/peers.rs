@@ -133,20 +133,7 @@ impl Peers {
             }
         }
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(address)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            let config = tls::client_config(
-                ServerTrust::Pinned(fingerprint.to_string()),
-                Some((&self.cert_pem, &self.key_pem)),
-                &[b"h2"],
-            )
-            .map_err(|e| e.to_string())?;
-            let stream = TlsConnector::from(config)
-                .connect(tls::server_name(MEMBER_SNI), tcp)
-                .await
-                .map_err(|e| format!("TLS with member: {e}"))?;
+            let stream = self.dial(address, fingerprint, b"h2", MEMBER_SNI).await?;
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(5))
@@ -189,56 +176,6 @@ impl Rpc for RaftRpc {
     }
 }
 
-/// A joiner's one call to a member: the member is pinned by the cluster certificate's
-/// fingerprint from the token (it is not a known member yet), and the joiner presents
-/// its own server certificate.
-pub async fn join_call(
-    ctx: &crate::context::Ctx,
-    address: &str,
-    cluster_fingerprint: &str,
-    body: &[u8],
-) -> Result<(u16, Bytes), String> {
-    let call = async {
-        let tcp = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let config = tls::client_config(
-            ServerTrust::Pinned(cluster_fingerprint.to_string()),
-            Some((&ctx.server_cert.cert_pem, &ctx.server_cert.key_pem)),
-            &[b"http/1.1"],
-        )
-        .map_err(|e| e.to_string())?;
-        let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
-        let stream = TlsConnector::from(config)
-            .connect(tls::server_name(host), tcp)
-            .await
-            .map_err(|e| format!("TLS: {e} (does the token's fingerprint match the cluster?)"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::post("/internal/cluster/join")
-            .header("host", address)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
-    };
-    // Admission includes a Raft commit and a membership change: allow for both.
-    tokio::time::timeout(Duration::from_secs(15), call)
-        .await
-        .map_err(|_| format!("{address} did not answer the join within 15 s"))?
-}
-
 /// A member's own event stream, as a websocket over mutual TLS (HTTP/1.1).
 pub type EventStream =
     tokio_tungstenite::WebSocketStream<transport::tls::ClientTlsStream<tokio::net::TcpStream>>;
@@ -253,20 +190,7 @@ impl Peers {
             .cloned()
             .ok_or_else(|| format!("{address} is not a known member"))?;
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(address)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            let config = tls::client_config(
-                ServerTrust::Pinned(fingerprint),
-                Some((&self.cert_pem, &self.key_pem)),
-                &[b"http/1.1"],
-            )
-            .map_err(|e| e.to_string())?;
-            let stream = TlsConnector::from(config)
-                .connect(tls::server_name(MEMBER_SNI), tcp)
-                .await
-                .map_err(|e| e.to_string())?;
+            let stream = self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI).await?;
             let url = format!("wss://{address}/internal/events");
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
@@ -276,5 +200,71 @@ impl Peers {
         tokio::time::timeout(CONNECT_TIMEOUT * 3, connect)
             .await
             .map_err(|_| format!("{address} did not open its event stream in time"))?
+    }
+}
+
+impl Peers {
+    /// TCP and TLS to `address`: this member's own certificate, the peer pinned by
+    /// `fingerprint`. Callers bound it with a timeout.
+    async fn dial(
+        &self,
+        address: &str,
+        fingerprint: &str,
+        alpn: &[u8],
+        sni: &str,
+    ) -> Result<transport::tls::ClientTlsStream<tokio::net::TcpStream>, String> {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let config = tls::client_config(
+            ServerTrust::Pinned(fingerprint.to_string()),
+            Some((&self.cert_pem, &self.key_pem)),
+            &[alpn],
+        )
+        .map_err(|e| e.to_string())?;
+        TlsConnector::from(config)
+            .connect(tls::server_name(sni), tcp)
+            .await
+            .map_err(|e| format!("TLS with {address}: {e}"))
+    }
+
+    /// A joiner's one call to a member: the member is pinned by the cluster
+    /// certificate's fingerprint from the token (it is not a known member yet).
+    pub async fn join(
+        &self,
+        address: &str,
+        cluster_fingerprint: &str,
+        body: &[u8],
+    ) -> Result<(u16, Bytes), String> {
+        let call = async {
+            let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
+            let stream = self
+                .dial(address, cluster_fingerprint, b"http/1.1", host)
+                .await
+                .map_err(|e| format!("{e} (does the token's fingerprint match the cluster?)"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = http::Request::post("/internal/cluster/join")
+                .header("host", address)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::copy_from_slice(body)))
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        // Admission includes a Raft commit and a membership change: allow for both.
+        tokio::time::timeout(Duration::from_secs(15), call)
+            .await
+            .map_err(|_| format!("{address} did not answer the join within 15 s"))?
     }
 }

@@ -135,6 +135,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON in request body: {e}")).into())
 }
 
+/// A collection, as Incus lists one: the objects with recursion, else their URLs
+/// (`PREFIX/NAME`).
+pub fn listing<'a, T: Serialize>(
+    full: bool,
+    prefix: &str,
+    items: impl Iterator<Item = (&'a String, T)>,
+) -> Response {
+    if full {
+        sync(items.map(|(_, v)| v).collect::<Vec<_>>())
+    } else {
+        sync(
+            items
+                .map(|(name, _)| format!("{prefix}/{name}"))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
 /// Whether `?recursion=` asks for objects rather than URLs.
 pub fn recursion(query: &std::collections::HashMap<String, String>) -> bool {
     query

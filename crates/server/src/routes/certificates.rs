@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use cluster::{Command, State as ClusterState, Token, TokenKind};
+use cluster::{Command, State as ClusterState, TokenKind};
 use time::OffsetDateTime;
 use trust::{ConnFacts, Identity};
 
@@ -16,7 +16,7 @@ use crate::auth::require_full;
 use crate::context::Ctx;
 use crate::operations::token_operation;
 use crate::response::{
-    self, check_if_match, created, json_body, recursion, sync, sync_etag, ApiError, Result,
+    self, check_if_match, created, json_body, listing, recursion, sync, sync_etag, ApiError, Result,
 };
 
 const TYPES: [&str; 3] = ["client", "metrics", "server"];
@@ -28,17 +28,11 @@ pub async fn list(
 ) -> Result<Response> {
     require_full(&id)?;
     let state = ctx.store.state();
-    if recursion(&q) {
-        Ok(sync(state.certificates.values().collect::<Vec<_>>()))
-    } else {
-        Ok(sync(
-            state
-                .certificates
-                .keys()
-                .map(|fp| format!("/1.0/certificates/{fp}"))
-                .collect::<Vec<_>>(),
-        ))
-    }
+    Ok(listing(
+        recursion(&q),
+        "/1.0/certificates",
+        state.certificates.iter(),
+    ))
 }
 
 /// Finds a certificate by fingerprint or unambiguous prefix, as Incus does.
@@ -193,26 +187,15 @@ async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> R
     if addresses.is_empty() {
         return Err(ApiError::bad_request("Can't issue token when server isn't listening on network").into());
     }
-    let now = OffsetDateTime::now_utc();
-    let state = ctx.store.state();
-    let expiry = api::config::effective(&state.config, "core.remote_token_expiry");
-    let expires_at = api::config::parse_expiry(expiry)
-        .map_err(ApiError::internal)?
-        .map(|d| now + d);
-    let token = Token {
-        id: uuid::Builder::from_random_bytes(trust::random_bytes16())
-            .into_uuid()
-            .to_string(),
-        kind: TokenKind::Trust {
+    let token = crate::operations::new_token(
+        ctx,
+        TokenKind::Trust {
             client_name: req.name.clone(),
             restricted: req.restricted,
             projects: req.projects.clone().unwrap_or_default(),
         },
-        secret: trust::random_hex(32),
-        location: ctx.server_name(),
-        created_at: now,
-        expires_at,
-    };
+        "core.remote_token_expiry",
+    )?;
     ctx.store
         .apply(Command::CreateToken { token: token.clone() })
         .await?;

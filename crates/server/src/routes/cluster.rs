@@ -6,16 +6,15 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cluster::{Command, Token, TokenKind};
+use cluster::{Command, TokenKind};
 use serde::Deserialize;
 use serde_json::json;
-use time::OffsetDateTime;
 use trust::{AuthMethod, ConnFacts, Identity};
 
 use crate::auth::require_full;
 use crate::context::Ctx;
 use crate::membership;
-use crate::response::{self, json_body, recursion, sync, sync_etag, ApiError, Result};
+use crate::response::{self, json_body, listing, recursion, sync, sync_etag, ApiError, Result};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -90,21 +89,11 @@ pub async fn list_members(
 ) -> Result<Response> {
     require_full(&id)?;
     let state = ctx.store.state();
-    if recursion(&q) {
-        let all: Vec<_> = state
-            .members
-            .values()
-            .map(|m| membership::member_json(&ctx, &state, m))
-            .collect();
-        Ok(sync(all))
-    } else {
-        let urls: Vec<_> = state
-            .members
-            .keys()
-            .map(|n| format!("/1.0/cluster/members/{n}"))
-            .collect();
-        Ok(sync(urls))
-    }
+    let members = state
+        .members
+        .iter()
+        .map(|(name, m)| (name, membership::member_json(&ctx, &state, m)));
+    Ok(listing(recursion(&q), "/1.0/cluster/members", members))
 }
 
 pub async fn get_member(
@@ -263,23 +252,13 @@ pub async fn add_member(
         ))
         .into());
     }
-    let now = OffsetDateTime::now_utc();
-    let expiry = api::config::effective(&state.config, "cluster.join_token_expiry");
-    let expires_at = api::config::parse_expiry(expiry)
-        .map_err(ApiError::internal)?
-        .map(|d| now + d);
-    let token = Token {
-        id: uuid::Builder::from_random_bytes(trust::random_bytes16())
-            .into_uuid()
-            .to_string(),
-        kind: TokenKind::Join {
+    let token = crate::operations::new_token(
+        &ctx,
+        TokenKind::Join {
             server_name: req.server_name.clone(),
         },
-        secret: trust::random_hex(32),
-        location: ctx.server_name(),
-        created_at: now,
-        expires_at,
-    };
+        "cluster.join_token_expiry",
+    )?;
     ctx.store
         .apply(Command::CreateToken { token: token.clone() })
         .await?;

@@ -12,7 +12,7 @@ use trust::Identity;
 
 use crate::auth::require_full;
 use crate::context::Ctx;
-use crate::response::{json_body, recursion, sync, sync_etag, ApiError, Result};
+use crate::response::{json_body, listing, recursion, sync, sync_etag, ApiError, Result};
 
 pub async fn list(
     State(ctx): State<Ctx>,
@@ -21,17 +21,7 @@ pub async fn list(
 ) -> Result<Response> {
     require_full(&id)?;
     let state = ctx.store.state();
-    if recursion(&q) {
-        Ok(sync(state.warnings.values().collect::<Vec<_>>()))
-    } else {
-        Ok(sync(
-            state
-                .warnings
-                .keys()
-                .map(|u| format!("/1.0/warnings/{u}"))
-                .collect::<Vec<_>>(),
-        ))
-    }
+    Ok(listing(recursion(&q), "/1.0/warnings", state.warnings.iter()))
 }
 
 fn not_found() -> crate::response::Error {
