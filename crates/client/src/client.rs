@@ -318,7 +318,7 @@ impl Client {
         connect(&self.dial).await.map_err(|e| self.name_remote(e))
     }
 
-    /// Puts the remote's name into a pin mismatch, so the user knows which to re-add.
+    /// Puts the remote's name into a pin mismatch, so the user knows which to accept.
     fn name_remote(&self, e: ClientError) -> ClientError {
         let Some(remote) = &self.remote else { return e };
         match e {
@@ -326,8 +326,10 @@ impl Client {
                 addr,
                 pinned,
                 presented,
+                ..
             } => ClientError::PinMismatch {
-                addr: format!("remote {remote} ({addr})"),
+                addr,
+                remote: Some(remote.clone()),
                 pinned,
                 presented,
             },

@@ -249,6 +249,21 @@ impl Config {
         }
     }
 
+    /// The remotes whose pinned certificate has this fingerprint (every remote of one
+    /// server or cluster), in name order. Unreadable pins are skipped.
+    pub fn remotes_pinned_to(&self, fingerprint: &str) -> Vec<String> {
+        self.remotes
+            .keys()
+            .filter(|name| {
+                self.pinned_fingerprint(name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|fp| fp.eq_ignore_ascii_case(fingerprint))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Pins a server certificate for a remote.
     pub fn save_server_cert(&self, remote: &str, der: &[u8]) -> Result<(), ClientError> {
         let path = self.server_cert_path(remote);
@@ -442,5 +457,25 @@ mod tests {
             c.pinned_fingerprint("n1").unwrap(),
             Some(trust::fingerprint(&der))
         );
+    }
+
+    #[test]
+    fn t10_remotes_pinned_to_one_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::new(dir.path());
+        let cluster = trust::CertPair::generate_server("cluster").unwrap();
+        let other = trust::CertPair::generate_server("other").unwrap();
+        let cluster_der = trust::cert::pem_to_der(&cluster.cert_pem).unwrap();
+        let other_der = trust::cert::pem_to_der(&other.cert_pem).unwrap();
+        for (name, der) in [("a", &cluster_der), ("b", &other_der), ("c", &cluster_der)] {
+            c.remotes
+                .insert(name.into(), Remote::https(&[format!("https://{name}:8443")]));
+            c.save_server_cert(name, der).unwrap();
+        }
+        c.remotes
+            .insert("unpinned".into(), Remote::https(&["https://u:8443".into()]));
+        let fp = trust::fingerprint(&cluster_der).to_uppercase();
+        assert_eq!(c.remotes_pinned_to(&fp), vec!["a", "c"]);
+        assert!(c.remotes_pinned_to("00").is_empty());
     }
 }

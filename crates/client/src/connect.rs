@@ -198,6 +198,7 @@ async fn dial_tls(
                     if !presented.eq_ignore_ascii_case(pinned) {
                         return Err(ClientError::PinMismatch {
                             addr,
+                            remote: None,
                             pinned: pinned.clone(),
                             presented,
                         });

@@ -46,14 +46,13 @@ pub enum ClientError {
         source: std::io::Error,
     },
 
-    /// The server presented a certificate other than the one pinned for the remote.
-    #[error(
-        "The server certificate of {addr} has changed and doesn't match the pinned certificate \
-         (pinned fingerprint: {pinned}, server now presents: {presented}); if the change is expected, \
-         remove the remote and add it again"
-    )]
+    /// The server presented a certificate other than the one pinned for the remote: the
+    /// server (or cluster) certificate was replaced, or someone is in the way.
+    #[error("{}", pin_mismatch_text(addr, remote.as_deref(), pinned, presented))]
     PinMismatch {
         addr: String,
+        /// The configured remote, when the client was made from one.
+        remote: Option<String>,
         pinned: String,
         presented: String,
     },
@@ -105,6 +104,27 @@ pub enum ClientError {
     /// Certificates: generation or parsing.
     #[error(transparent)]
     Cert(#[from] trust::CertError),
+}
+
+/// The text of [`ClientError::PinMismatch`]: what changed, the new fingerprint, and how
+/// to accept it.
+fn pin_mismatch_text(addr: &str, remote: Option<&str>, pinned: &str, presented: &str) -> String {
+    let (what, accept) = match remote {
+        Some(r) => (
+            format!("remote {r} ({addr})"),
+            format!("stapes remote accept-certificate {r}"),
+        ),
+        None => (
+            addr.to_string(),
+            "stapes remote accept-certificate NAME".to_string(),
+        ),
+    };
+    format!(
+        "The server certificate of {what} has changed: the cluster certificate was probably updated \
+         (or something else answers at this address). The server now presents fingerprint {presented}; \
+         the pinned fingerprint is {pinned}. If the change is expected, check the new fingerprint and \
+         accept it with: {accept}"
+    )
 }
 
 fn join_errors(errors: &[ClientError]) -> String {

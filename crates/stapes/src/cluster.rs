@@ -7,11 +7,17 @@
 //!  list    GET /1.0/cluster, GET /1.0/cluster/members?recursion=1
 //!  tokens  GET /1.0/operations?recursion=1 -> running `token` ops with `serverName`
 //!  show/info/get/set/unset/edit/rename/remove  /1.0/cluster/members/NAME[/state]
+//!
+//!  update-certificate  GET /1.0/cluster, PUT /1.0/cluster/certificate {cert, key}
+//!                      -> re-pin every remote pinned to the old certificate
 //! ```
 //!
-//! Like Incus, these commands ignore `--target`. Not here: `update-certificate`,
-//! `evacuate`, `restore`, `group` and `role` (stapes has no instances to move, and its
-//! server has no endpoints for them).
+//! Like Incus, these commands ignore `--target`. Not here: `evacuate`, `restore`, `group`
+//! and `role` (stapes has no instances to move, and its server has no endpoints for them).
+//!
+//! Unlike Incus, `update-certificate` re-pins not only the remote it used but every remote
+//! of this client whose pinned certificate was the old one (the other addresses of the
+//! same cluster), so they keep working.
 
 use std::collections::BTreeMap;
 
@@ -104,6 +110,16 @@ pub enum ClusterCmd {
     Show {
         /// [<remote>:]<member>
         member: String,
+    },
+    /// Update cluster certificate
+    ///
+    /// Update cluster certificate with PEM certificate and key read from input files.
+    /// Every remote of this client that pinned the old cluster certificate is re-pinned.
+    #[command(alias = "update-cert")]
+    UpdateCertificate {
+        /// [<remote>:] <cert.crt> <cert.key>
+        #[arg(num_args = 2..=3, required = true, value_names = ["[REMOTE:]", "CERT_FILE", "KEY_FILE"])]
+        args: Vec<String>,
     },
     /// Unset a cluster member's configuration keys
     Unset {
@@ -500,6 +516,7 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> Result<()> {
             key,
             property,
         } => set(ctx, &member, &[key, String::new()], property, true).await,
+        ClusterCmd::UpdateCertificate { args } => update_certificate(ctx, &args).await,
     }
 }
 
@@ -674,6 +691,76 @@ async fn remove(ctx: &Ctx, arg: &str, force: bool, yes: bool) -> Result<()> {
     client.call(Request::new(Method::DELETE, path)).await?;
     if !ctx.globals.quiet {
         println!("Member {name} removed");
+    }
+    Ok(())
+}
+
+/// Reads one of the PEM files of `update-certificate`, with Incus's messages.
+fn read_pem_file(path: &str, what: &str) -> Result<String> {
+    let p = std::path::Path::new(path);
+    if !p.exists() {
+        bail!("Could not find {what} file path: {path}");
+    }
+    std::fs::read_to_string(p).map_err(|e| anyhow!("Could not read {what} file: {path} with error: {e}"))
+}
+
+async fn update_certificate(ctx: &Ctx, args: &[String]) -> Result<()> {
+    let (remote_arg, cert_file, key_file) = match args {
+        [cert, key] => (None, cert, key),
+        [remote, cert, key] => (Some(remote.as_str()), cert, key),
+        _ => unreachable!("clap bounds the arguments"),
+    };
+    let (remote, _) = ctx.remote_arg(remote_arg)?;
+    let client = ctx.client_untargeted(&remote)?;
+    require_cluster(&client).await?;
+    let cert = read_pem_file(cert_file, "certificate")?;
+    let key = read_pem_file(key_file, "certificate key")?;
+
+    // The certificate this client knew the cluster by: the pin of the remote used, or
+    // (over the unix socket, where nothing is pinned) what the server says it serves.
+    let old_fingerprint = match ctx.config.pinned_fingerprint(&remote)? {
+        Some(fp) => Some(fp),
+        None => {
+            let (server, _) = client.server().await?;
+            server
+                .pointer("/environment/certificate_fingerprint")
+                .and_then(Value::as_str)
+                .filter(|fp| !fp.is_empty())
+                .map(str::to_string)
+        }
+    };
+
+    client
+        .call(
+            Request::new(Method::PUT, "/1.0/cluster/certificate").json(&json!({
+                "cluster_certificate": cert,
+                "cluster_certificate_key": key,
+            })),
+        )
+        .await?;
+
+    // The server accepted it, so it parses; the pin is its first certificate.
+    let new_der = trust::cert::pem_to_der(&cert)?;
+    let mut repin: Vec<String> = old_fingerprint
+        .map(|fp| ctx.config.remotes_pinned_to(&fp))
+        .unwrap_or_default();
+    if ctx.config.server_cert_path(&remote).exists() && !repin.contains(&remote) {
+        repin.push(remote.clone());
+    }
+    for name in &repin {
+        ctx.config.save_server_cert(name, &new_der).map_err(|e| {
+            anyhow!("Could not write new remote certificate for remote '{name}' with error: {e}")
+        })?;
+    }
+    if !ctx.globals.quiet {
+        println!("Successfully updated cluster certificates");
+        if repin.len() > 1 || repin.first().is_some_and(|r| *r != remote) {
+            println!(
+                "Pinned the new certificate ({}) for remotes: {}",
+                trust::fingerprint(&new_der),
+                repin.join(", ")
+            );
+        }
     }
     Ok(())
 }

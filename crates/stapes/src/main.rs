@@ -16,7 +16,9 @@
 //!   first), as Incus 7.1 does; Incus 6.0 keeps only the first that answers;
 //! - `monitor --pretty` skips events that are not log records instead of failing;
 //! - only TLS remotes (`--auth-type tls`) and only `admin init --preseed`/`--dump`;
-//! - `cluster` has no `update-certificate`, `evacuate`, `restore`, `group` or `role`.
+//! - `cluster update-certificate` re-pins every remote that pinned the old certificate,
+//!   not only the one used; `remote accept-certificate` pins a changed certificate;
+//! - `cluster` has no `evacuate`, `restore`, `group` or `role`.
 
 #![forbid(unsafe_code)]
 
@@ -206,6 +208,16 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Cluster(cluster::ClusterCmd::Set { property: true, .. })
+        ));
+        let cli = Cli::try_parse_from(["stapes", "cluster", "update-cert", "c1:", "a.crt", "a.key"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Cluster(cluster::ClusterCmd::UpdateCertificate { ref args }) if args.len() == 3)
+        );
+        assert!(Cli::try_parse_from(["stapes", "cluster", "update-certificate", "a.crt"]).is_err());
+        let cli = Cli::try_parse_from(["stapes", "remote", "accept-certificate", "c1", "-y"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Remote(remote::RemoteCmd::AcceptCertificate { yes: true, .. })
         ));
         assert!(Cli::try_parse_from(["stapes", "cluster", "enable"]).is_err());
         assert!(Cli::try_parse_from(["stapes", "cluster", "enable", "a", "b", "c"]).is_err());

@@ -6,6 +6,8 @@
 //!                           -> untrusted? POST /1.0/certificates {trust_token} -> trusted?
 //!  remote add NAME TOKEN    for each token address: probe -> cert must match token fingerprint
 //!                           -> pin -> POST /1.0/certificates {trust_token}
+//!  remote accept-certificate NAME
+//!                           probe (record cert) -> show fingerprint -> ask (or --yes) -> pin
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,6 +40,13 @@ pub enum RemoteCmd {
     Switch { name: String },
     /// Show the default remote
     GetDefault,
+    /// Pin the certificate a remote presents now (after a certificate change)
+    AcceptCertificate {
+        name: String,
+        /// Don't ask for confirmation
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// Set the URL(s) for the remote
     #[command(alias = "set-urls")]
     SetUrl {
@@ -102,6 +111,7 @@ pub async fn run(ctx: &mut Ctx, cmd: RemoteCmd) -> Result<()> {
             Ok(())
         }
         RemoteCmd::SetUrl { name, urls } => set_url(ctx, &name, &urls),
+        RemoteCmd::AcceptCertificate { name, yes } => accept_certificate(ctx, &name, yes).await,
     }
 }
 
@@ -151,6 +161,39 @@ fn set_url(ctx: &mut Ctx, name: &str, urls: &[String]) -> Result<()> {
         r.addr = addrs.join(",");
     }
     Ok(ctx.config.save()?)
+}
+
+/// Pins the certificate the remote presents now, after showing its fingerprint.
+async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool) -> Result<()> {
+    let r = mutable_remote(ctx, name)?.clone();
+    if r.is_unix() {
+        bail!("Remote {name} is a unix socket and has no certificate");
+    }
+    let identity = ensure_identity(ctx)?;
+    let presented = probe(r.endpoints()?, Some(identity)).await?;
+    let pinned = ctx.config.pinned_fingerprint(name)?;
+    if pinned.as_deref() == Some(presented.fingerprint.as_str()) {
+        if !ctx.globals.quiet {
+            println!(
+                "The certificate of remote {name} is unchanged: {}",
+                presented.fingerprint
+            );
+        }
+        return Ok(());
+    }
+    if let Some(old) = &pinned {
+        println!("Pinned certificate fingerprint: {old}");
+    }
+    println!("Certificate fingerprint: {}", presented.fingerprint);
+    if !yes {
+        let answer = ask_line("ok (y/n/[fingerprint])? ")?;
+        accept_answer(&answer, &presented.fingerprint)?;
+    }
+    ctx.config.save_server_cert(name, &presented.certificate_der)?;
+    if !ctx.globals.quiet {
+        println!("Remote {name} now pins certificate {}", presented.fingerprint);
+    }
+    Ok(())
 }
 
 /// Normalises every address; all must be https or all unix.

@@ -1,0 +1,328 @@
+//! `stapes cluster update-certificate` and `stapes remote accept-certificate` against real
+//! `stapesd` members (started by the testkit from the workspace's build directory: run
+//! `cargo build --bins` first), reached over loopback HTTPS through remotes pinned to
+//! the cluster certificate.
+//!
+//! Every wait is bounded: each command by [`COMMAND_LIMIT`], convergence by
+//! [`eventually`] polling.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testkit::{eventually, Cluster};
+
+/// The bound on one `stapes` invocation.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+/// The bound on a cluster converging (joins, trust and certificate replication).
+const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
+
+struct Out {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// The `stapes` CLI with its own configuration directory.
+struct Stapes {
+    conf: tempfile::TempDir,
+}
+
+impl Stapes {
+    fn new() -> Stapes {
+        Stapes {
+            conf: tempfile::Builder::new()
+                .prefix("stapes-cli-cert-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    /// Another client with a copy of this one's configuration (remotes, pins, identity).
+    fn copy(&self) -> Stapes {
+        let other = Stapes::new();
+        copy_dir(self.conf.path(), other.conf.path());
+        other
+    }
+
+    fn pin_path(&self, remote: &str) -> PathBuf {
+        self.conf.path().join("servercerts").join(format!("{remote}.crt"))
+    }
+
+    fn pinned_fingerprint(&self, remote: &str) -> String {
+        let pem = std::fs::read_to_string(self.pin_path(remote)).expect("pinned certificate");
+        trust::fingerprint(&trust::cert::pem_to_der(&pem).expect("PEM"))
+    }
+
+    async fn run(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> Out {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"));
+        cmd.args(args)
+            .env("STAPES_CONF", self.conf.path())
+            .env("STAPES_SOCKET", socket)
+            .env("HOME", self.conf.path())
+            .env_remove("STAPES_DIR")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("stapes starts");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(text.as_bytes()).await.expect("write stdin");
+            drop(pipe);
+        }
+        let out = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("stapes {args:?} did not finish within {COMMAND_LIMIT:?}"))
+            .expect("stapes runs");
+        Out {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn ok(&self, socket: &Path, args: &[&str]) -> String {
+        let out = self.run(socket, args, None).await;
+        assert!(
+            out.success,
+            "stapes {args:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    async fn fails(&self, socket: &Path, args: &[&str]) -> String {
+        let out = self.run(socket, args, None).await;
+        assert!(
+            !out.success,
+            "stapes {args:?} should have failed:\n{}",
+            out.stdout
+        );
+        out.stderr
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A new cluster certificate for 127.0.0.1, valid now.
+fn new_pair() -> trust::CertPair {
+    let now = time::OffsetDateTime::now_utc();
+    trust::CertPair::generate_valid(
+        "cluster",
+        &["127.0.0.1".parse().unwrap()],
+        now - time::Duration::hours(1),
+        now + time::Duration::days(365),
+    )
+    .expect("certificate")
+}
+
+fn fingerprint_of(pair: &trust::CertPair) -> String {
+    trust::fingerprint(&trust::cert::pem_to_der(&pair.cert_pem).unwrap())
+}
+
+/// Waits until the first member lists `n` members online; returns their URLs in name
+/// order.
+async fn member_urls(cluster: &Cluster, n: usize) -> Vec<String> {
+    eventually(CONVERGE_LIMIT, "every member online", || async {
+        let mut list = cluster.members[0].members().await;
+        if list.len() != n || list.iter().any(|m| m["status"] != "Online") {
+            return None;
+        }
+        list.sort_by_key(|m| m["server_name"].as_str().unwrap_or_default().to_string());
+        Some(
+            list.iter()
+                .map(|m| m["url"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+}
+
+/// Adds remote `name` at `url` pinning what it presents, trusting the client with a
+/// token issued over `socket` when the server doesn't trust it yet. Retried until the
+/// trust the cluster replicates has reached that member.
+async fn add_remote(cli: &Stapes, socket: &Path, name: &str, url: &str) {
+    eventually(CONVERGE_LIMIT, "remote added", || async {
+        let token = cli
+            .ok(socket, &["config", "trust", "add", &format!("{name}-cli"), "-q"])
+            .await;
+        let out = cli
+            .run(
+                socket,
+                &[
+                    "remote",
+                    "add",
+                    name,
+                    url,
+                    "--accept-certificate",
+                    "--token",
+                    token.trim(),
+                ],
+                None,
+            )
+            .await;
+        out.success.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn t20_update_certificate_repins_every_remote_of_the_cluster() {
+    let cluster = Cluster::start(2).await;
+    let urls = member_urls(&cluster, 2).await;
+    let s1 = cluster.members[0].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s1, "c1", &urls[0]).await;
+    add_remote(&cli, &s1, "c2", &urls[1]).await;
+    let old = cli.pinned_fingerprint("c1");
+    assert_eq!(
+        cli.pinned_fingerprint("c2"),
+        old,
+        "both members present the cluster certificate"
+    );
+    cli.ok(&s1, &["info", "c1:"]).await;
+    cli.ok(&s1, &["info", "c2:"]).await;
+
+    // A client whose configuration was copied before the update: nobody re-pins it.
+    let stale = cli.copy();
+
+    let pair = new_pair();
+    let new = fingerprint_of(&pair);
+    assert_ne!(new, old);
+    let files = tempfile::tempdir().unwrap();
+    let crt = files.path().join("cluster.crt");
+    let key = files.path().join("cluster.key");
+    std::fs::write(&crt, &pair.cert_pem).unwrap();
+    std::fs::write(&key, &pair.key_pem).unwrap();
+    let out = cli
+        .ok(
+            &s1,
+            &[
+                "cluster",
+                "update-certificate",
+                "c1:",
+                crt.to_str().unwrap(),
+                key.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert_eq!(
+        out,
+        format!(
+            "Successfully updated cluster certificates\nPinned the new certificate ({new}) for remotes: c1, c2\n"
+        )
+    );
+    assert_eq!(cli.pinned_fingerprint("c1"), new);
+    assert_eq!(cli.pinned_fingerprint("c2"), new);
+
+    // Both remotes work once each member serves the new certificate.
+    for remote in ["c1:", "c2:"] {
+        eventually(CONVERGE_LIMIT, "the new certificate served", || async {
+            cli.run(&s1, &["info", remote], None).await.success.then_some(())
+        })
+        .await;
+    }
+
+    // The stale client is told the certificate changed, what it is now, and what to do.
+    for remote in ["c1", "c2"] {
+        let err = stale.fails(&s1, &["info", &format!("{remote}:")]).await;
+        assert!(
+            err.starts_with(&format!("Error: The server certificate of remote {remote} ("))
+                && err.contains("has changed: the cluster certificate was probably updated")
+                && err.contains(&format!("now presents fingerprint {new}"))
+                && err.contains(&format!("the pinned fingerprint is {old}"))
+                && err.contains(&format!("stapes remote accept-certificate {remote}")),
+            "{err}"
+        );
+    }
+
+    // Accepting: a "no" changes nothing; --yes pins what is presented now.
+    let out = stale
+        .run(&s1, &["remote", "accept-certificate", "c1"], Some("n\n"))
+        .await;
+    assert!(!out.success);
+    assert!(
+        out.stdout.contains(&format!("Certificate fingerprint: {new}")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stderr, "Error: Server certificate NACKed by user\n");
+    assert_eq!(stale.pinned_fingerprint("c1"), old);
+    let out = stale
+        .ok(&s1, &["remote", "accept-certificate", "c1", "--yes"])
+        .await;
+    assert!(
+        out.contains(&format!("Remote c1 now pins certificate {new}")),
+        "{out}"
+    );
+    assert_eq!(stale.pinned_fingerprint("c1"), new);
+    stale.ok(&s1, &["info", "c1:"]).await;
+    assert_eq!(
+        stale
+            .ok(&s1, &["remote", "accept-certificate", "c1", "--yes"])
+            .await,
+        format!("The certificate of remote c1 is unchanged: {new}\n")
+    );
+}
+
+#[tokio::test]
+async fn t30_update_certificate_refusals_change_nothing() {
+    let cluster = Cluster::start(1).await;
+    let urls = member_urls(&cluster, 1).await;
+    let s1 = cluster.members[0].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s1, "c1", &urls[0]).await;
+    let pin_before = std::fs::read(cli.pin_path("c1")).unwrap();
+
+    let a = new_pair();
+    let b = new_pair();
+    let files = tempfile::tempdir().unwrap();
+    let crt = files.path().join("a.crt");
+    let wrong_key = files.path().join("b.key");
+    std::fs::write(&crt, &a.cert_pem).unwrap();
+    std::fs::write(&wrong_key, &b.key_pem).unwrap();
+    let (crt, wrong_key) = (crt.to_str().unwrap(), wrong_key.to_str().unwrap());
+
+    let err = cli
+        .fails(&s1, &["cluster", "update-certificate", "c1:", crt, wrong_key])
+        .await;
+    assert_eq!(err, "Error: The private key does not match the certificate\n");
+    let missing = files.path().join("missing.key");
+    let missing = missing.to_str().unwrap();
+    let err = cli
+        .fails(&s1, &["cluster", "update-certificate", "c1:", crt, missing])
+        .await;
+    assert_eq!(
+        err,
+        format!("Error: Could not find certificate key file path: {missing}\n")
+    );
+
+    // Nothing changed: the pin is the same file and the server still presents it.
+    assert_eq!(std::fs::read(cli.pin_path("c1")).unwrap(), pin_before);
+    cli.ok(&s1, &["info", "c1:"]).await;
+    let err = cli
+        .fails(&s1, &["cluster", "update-certificate", crt, wrong_key])
+        .await;
+    assert_eq!(
+        err, "Error: The private key does not match the certificate\n",
+        "through the unix socket too"
+    );
+    cli.ok(&s1, &["info", "c1:"]).await;
+}
