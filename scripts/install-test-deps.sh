@@ -12,6 +12,9 @@ fi
 need=()
 command -v incus >/dev/null 2>&1 || need+=(incus-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
+# dnsmasq lives in /usr/sbin, which is not on every user's PATH
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then

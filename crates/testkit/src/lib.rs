@@ -18,6 +18,8 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
+pub mod acme;
+
 pub use transport::tls::{PeerRecorder, ServerTrust};
 
 /// The path of a workspace binary (`stapesd`, `stapes`), built next to the tests.
@@ -322,7 +324,18 @@ impl Member {
 
     /// Opens HTTPS on a free loopback port and returns `127.0.0.1:PORT`.
     pub async fn listen(&mut self) -> String {
-        let addr = format!("127.0.0.1:{}", free_port());
+        self.listen_on("127.0.0.1").await
+    }
+
+    /// Opens HTTPS on a free port of `ip` (a local address, e.g. `127.0.0.2`) and returns
+    /// `IP:PORT` (`[IP]:PORT` for IPv6).
+    pub async fn listen_on(&mut self, ip: &str) -> String {
+        let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("bad IP {ip:?}: {e}"));
+        let port = std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
+        let addr = std::net::SocketAddr::new(ip, port).to_string();
         let r = self
             .unix()
             .send_json(
