@@ -239,11 +239,17 @@ pub struct Member {
     log: PathBuf,
     /// `127.0.0.1:PORT` once [`Member::listen`] ran.
     pub https: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Member {
     /// Starts a member in a new temporary directory and waits until it is ready.
     pub async fn start() -> Member {
+        Self::start_env(&[]).await
+    }
+
+    /// As [`Member::start`], with extra environment variables for the daemon.
+    pub async fn start_env(env: &[(&str, &str)]) -> Member {
         let tmp = tempfile::Builder::new()
             .prefix("stapes-test-")
             .tempdir()
@@ -255,6 +261,7 @@ impl Member {
             _tmp: Some(tmp),
             child: None,
             https: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         m.spawn().await;
         m
@@ -287,6 +294,7 @@ impl Member {
             .arg("--state-dir")
             .arg(&self.dir)
             .env_remove("STAPES_SOCKET")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -484,7 +492,12 @@ impl Member {
 
     /// `PUT /1.0/cluster` joining with `token`; returns the raw response.
     pub async fn try_join(&self, name: &str, token: &str) -> Resp {
-        let address = format!("127.0.0.1:{}", free_port());
+        self.try_join_at(name, token, &format!("127.0.0.1:{}", free_port()))
+            .await
+    }
+
+    /// As [`Member::try_join`], listening at `address`.
+    pub async fn try_join_at(&self, name: &str, token: &str, address: &str) -> Resp {
         self.unix()
             .send_json(
                 "PUT",

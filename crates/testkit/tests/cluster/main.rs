@@ -11,6 +11,7 @@ mod t40_failures;
 mod t50_membership;
 mod t60_any_member;
 mod t70_certificate;
+mod t80_acme;
 
 use std::time::Duration;
 
