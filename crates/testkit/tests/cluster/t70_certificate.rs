@@ -164,3 +164,42 @@ async fn bad_certificates_are_refused_and_change_nothing() {
     let r = update(&solo, &good).await;
     assert_eq!(r.status, 400);
 }
+
+/// A connection opened before the update keeps working after it.
+#[tokio::test]
+async fn open_connections_survive_an_update() {
+    let _slot = slot().await;
+    let c = Cluster::start(1).await;
+    let addr = c.members[0].address().await;
+    let config =
+        transport::tls::client_config(ServerTrust::Record(Default::default()), None, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let tls = transport::tls::TlsConnector::from(config)
+        .connect(transport::tls::server_name("127.0.0.1"), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = || {
+        http::Request::get("/1.0")
+            .header("host", "stapes.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
+    let p = pair(-1, 365);
+    assert_eq!(update(&c.members[0], &p).await.status, 200);
+    eventually(
+        Duration::from_secs(5),
+        "new certificate for new connections",
+        || async { (presented(&c.members[0]).await? == fingerprint_of(&p)).then_some(()) },
+    )
+    .await;
+    let resp = sender
+        .send_request(get())
+        .await
+        .expect("the old connection still answers");
+    assert_eq!(resp.status(), 200);
+}
