@@ -195,6 +195,17 @@ impl Store {
         self.raft.load().is_some()
     }
 
+    /// On the leader: whether a majority has acknowledged it recently (1.5 s).
+    pub fn leader_has_quorum(&self) -> bool {
+        self.raft.load().as_ref().is_some_and(|n| {
+            n.raft
+                .metrics()
+                .borrow()
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms <= 1500)
+        })
+    }
+
     /// The Raft view, when clustered.
     pub fn raft_view(&self) -> Option<RaftView> {
         self.raft.load().as_ref().map(|n| RaftView::of(&n.raft))

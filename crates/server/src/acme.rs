@@ -84,7 +84,7 @@ pub fn challenge_answer(ctx: &Ctx, token: &str) -> Option<String> {
 /// Runs until shutdown: keeps the challenge listener where `acme.http.port` says, and on
 /// the leader (or a standalone member) keeps the certificate issued.
 pub async fn run(ctx: Ctx) {
-    let mut stop = ctx.shutdown_tx.subscribe();
+    let mut stop = ctx.closing.subscribe();
     let mut listener: Option<(String, watch::Sender<bool>)> = None;
     let mut next_try = Instant::now();
     let mut failures = 0u32;

@@ -45,6 +45,9 @@ pub struct Inner {
     pub shutting_down: AtomicBool,
     /// Asks the daemon to shut down (`PUT /internal/shutdown`, signals).
     pub shutdown_tx: watch::Sender<bool>,
+    /// Turns true when the member stops serving (after the drain period): listeners,
+    /// connections, streams and background tasks end on it.
+    pub closing: watch::Sender<bool>,
     /// Serves accepted connections; set once the router exists.
     pub handler: std::sync::OnceLock<crate::http::ConnHandler>,
     /// Bumped after every state change, so waiters (operation wait) wake up.
@@ -104,6 +107,22 @@ impl Inner {
 
     pub fn ready(&self) -> bool {
         !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Whether this member can serve now, and why not: for load balancers and routers.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
+        if let Some(view) = self.store.raft_view() {
+            if view.leader.is_none() {
+                return Err("the cluster database has no leader (no quorum)".into());
+            }
+            if view.is_leader() && view.voters.len() > 1 && !self.store.leader_has_quorum() {
+                return Err("the cluster database has lost its quorum".into());
+            }
+        }
+        Ok(())
     }
 
     pub fn notify_state_changed(&self) {

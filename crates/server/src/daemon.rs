@@ -33,6 +33,9 @@ pub struct DaemonConfig {
     pub socket: Option<PathBuf>,
     /// The group that owns the socket.
     pub group: Option<String>,
+    /// After a shutdown request, how long to keep serving while not ready, so load
+    /// balancers, VRRP and routing daemons move traffic away first.
+    pub drain: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,7 @@ pub struct Daemon {
     ctx: Ctx,
     socket: PathBuf,
     unix_task: JoinHandle<()>,
+    drain: std::time::Duration,
 }
 
 impl Daemon {
@@ -94,6 +98,7 @@ impl Daemon {
             started: Instant::now(),
             shutting_down: Default::default(),
             shutdown_tx,
+            closing: watch::channel(false).0,
             handler: Default::default(),
             state_changed: watch::channel(0).0,
         });
@@ -110,7 +115,7 @@ impl Daemon {
             })?;
         let unix_task = tokio::spawn(transport::listen::serve_unix(
             unix,
-            ctx.shutdown_tx.subscribe(),
+            ctx.closing.subscribe(),
             move |c| handler(c),
         ));
 
@@ -136,6 +141,7 @@ impl Daemon {
             ctx,
             socket,
             unix_task,
+            drain: config.drain,
         })
     }
 
@@ -153,8 +159,13 @@ impl Daemon {
     pub async fn run(self) {
         let mut stop = self.ctx.shutdown_tx.subscribe();
         let _ = stop.wait_for(|s| *s).await;
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        if !self.drain.is_zero() {
+            tracing::info!(drain = ?self.drain, "shutting down: not ready, still serving while traffic moves away");
+            tokio::time::sleep(self.drain).await;
+        }
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = self.ctx.closing.send(true);
         self.ctx.listeners.close().await;
         let _ = self.unix_task.await;
         self.ctx.store.shutdown().await;
@@ -170,7 +181,7 @@ impl Daemon {
 /// Follows state changes (local or replicated) with what derives from them.
 async fn watch_state(ctx: Ctx) {
     let mut changes = ctx.store.subscribe();
-    let mut stop = ctx.shutdown_tx.subscribe();
+    let mut stop = ctx.closing.subscribe();
     loop {
         tokio::select! {
             r = changes.changed() => {

@@ -49,7 +49,7 @@ async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
         req
     });
     let svc = TowerToHyperService::new(svc);
-    let stop = ctx.shutdown_tx.subscribe();
+    let stop = ctx.closing.subscribe();
     match conn.stream {
         ConnStream::Tls(s) => drive(*s, svc, stop).await,
         ConnStream::Unix(s) => drive(s, svc, stop).await,

@@ -402,7 +402,7 @@ pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
 /// Background work of a clustered member: heartbeats, and on the leader, keeping the
 /// voter set healthy. Bounded per round; runs until shutdown.
 pub async fn run(ctx: Ctx) {
-    let mut stop = ctx.shutdown_tx.subscribe();
+    let mut stop = ctx.closing.subscribe();
     loop {
         let state = ctx.store.state();
         let interval =

@@ -22,7 +22,7 @@ use crate::context::Ctx;
 /// Keeps one relay per other member until shutdown.
 pub async fn run(ctx: Ctx) {
     let mut relays: HashMap<String, (String, JoinHandle<()>)> = HashMap::new();
-    let mut stop = ctx.shutdown_tx.subscribe();
+    let mut stop = ctx.closing.subscribe();
     loop {
         let state = ctx.store.state();
         let me = ctx.server_name();

@@ -34,6 +34,10 @@ struct Args {
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// On SIGTERM, seconds to keep serving while reporting not-ready on /ready, so that
+    /// load balancers, VRRP and BGP move traffic away before the member stops.
+    #[arg(long, env = "STAPES_DRAIN", default_value_t = 0.0)]
+    drain: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             state_dir: args.state_dir,
             socket: args.socket,
             group: args.group,
+            drain: std::time::Duration::try_from_secs_f64(args.drain.clamp(0.0, 3600.0)).unwrap_or_default(),
         };
         let daemon = Daemon::start(config, events).await?;
         let trigger = daemon.shutdown_trigger();

@@ -70,7 +70,7 @@ pub async fn internal(
 
 async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
     let mut events = ctx.events.subscribe();
-    let mut stop = ctx.shutdown_tx.subscribe();
+    let mut stop = ctx.closing.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {

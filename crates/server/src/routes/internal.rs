@@ -17,6 +17,16 @@ pub async fn ready(State(ctx): State<Ctx>) -> Response {
     }
 }
 
+/// `GET /ready`: 200 while this member can serve (not shutting down; in a cluster, the
+/// database has a leader with a quorum), else 503 with the reason. Unauthenticated and
+/// cheap, for haproxy `option httpchk`, keepalived `track_script` and routing daemons.
+pub async fn readiness(State(ctx): State<Ctx>) -> Response {
+    match ctx.readiness() {
+        Ok(()) => sync(serde_json::json!({"ready": true})),
+        Err(reason) => error_response(&ApiError::unavailable(format!("Not ready: {reason}"))),
+    }
+}
+
 /// `stapes admin shutdown`: local callers only.
 pub async fn shutdown(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Response {
     if id.method != AuthMethod::Unix {

@@ -75,6 +75,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/internal/events", get(events::internal))
         .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
         .route("/internal/ready", get(internal::ready))
+        .route("/ready", get(internal::readiness))
         .route("/internal/shutdown", put(internal::shutdown))
         .fallback(not_found)
         .method_not_allowed_fallback(not_implemented)

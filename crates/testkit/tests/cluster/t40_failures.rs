@@ -187,3 +187,25 @@ async fn acknowledged_writes_survive_the_leader_dying() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn ready_reports_a_lost_quorum() {
+    let _slot = slot().await;
+    let mut c = Cluster::start_with(3, FAST).await;
+    c.wait_healthy(3, LONG).await;
+    let addr = c.members[0].address().await;
+    let anon = stapes_testkit::Target::tls(&addr, None);
+    assert_eq!(anon.get("/ready").await.unwrap().status, 200);
+    c.members[1].kill9();
+    c.members[2].kill9();
+    let r = eventually(Duration::from_secs(20), "/ready says 503", || async {
+        let r = anon.get("/ready").await.ok()?;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("quorum"),
+        "{}",
+        r.json()
+    );
+}

@@ -142,3 +142,25 @@ async fn admin_shutdown_over_the_socket() {
     .await;
     let _ = m.terminate();
 }
+
+/// `/ready` is public and cheap; with a drain period, SIGTERM first turns it to 503
+/// while requests are still served, then the member exits cleanly.
+#[tokio::test]
+async fn drain_turns_not_ready_first_and_keeps_serving() {
+    let mut m = Member::start_env(&[("STAPES_DRAIN", "2")]).await;
+    let addr = m.listen().await;
+    let anon = stapes_testkit::Target::tls(&addr, None);
+    let r = anon.get("/ready").await.unwrap();
+    assert_eq!((r.status, r.metadata()["ready"].clone()), (200, json!(true)));
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = stapes_testkit::eventually(std::time::Duration::from_secs(5), "not ready", || async {
+        let r = anon.get("/ready").await.ok()?;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert!(r.json()["error"].as_str().unwrap().contains("shutting down"));
+    // Still serving during the drain.
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+    assert_eq!(anon.get("/1.0").await.unwrap().status, 200);
+    assert_eq!(m.terminate().unwrap_or(0), 0);
+}
