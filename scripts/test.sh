@@ -2,6 +2,8 @@
 # The one command that installs the test dependencies and runs every check and test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# dnsmasq and haproxy install to /usr/sbin.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 bash scripts/install-test-deps.sh
 

@@ -183,3 +183,11 @@ pub fn on_state_change(ctx: &Ctx) {
         }
     }
 }
+
+/// Whether `ip` is listed in `core.https_trusted_proxy` (addresses or CIDR ranges).
+pub fn trusted_proxy(state: &cluster::State, ip: std::net::IpAddr) -> bool {
+    api::config::effective(&state.config, "core.https_trusted_proxy")
+        .split(',')
+        .filter_map(|item| api::config::parse_cidr(item.trim()).ok())
+        .any(|cidr| cidr.contains(ip))
+}

@@ -79,6 +79,15 @@ impl Daemon {
         let store = Store::open(&db_dir, Arc::new(crate::peers::RaftRpc(peers.clone()))).await?;
 
         let host = HostInfo::read();
+        // Trusted proxies are read from the replicated configuration per connection.
+        let trusted_from = Arc::new(std::sync::OnceLock::<std::sync::Weak<Inner>>::new());
+        let lookup = trusted_from.clone();
+        let proxies: transport::listen::ProxyPolicy = Arc::new(move |ip| {
+            lookup
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .is_some_and(|ctx| crate::context::trusted_proxy(&ctx.store.state(), ip))
+        });
         let (shutdown_tx, _) = watch::channel(false);
         let ctx: Ctx = Arc::new(Inner {
             store,
@@ -94,7 +103,7 @@ impl Daemon {
             served: arc_swap::ArcSwap::from_pointee(served),
             events,
             metrics: Metrics::default(),
-            listeners: Listeners::new(TlsAcceptor::from(server_config)),
+            listeners: Listeners::new(TlsAcceptor::from(server_config), proxies),
             started: Instant::now(),
             shutting_down: Default::default(),
             shutdown_tx,
@@ -102,6 +111,7 @@ impl Daemon {
             handler: Default::default(),
             state_changed: watch::channel(0).0,
         });
+        let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::context::on_state_change(&ctx);
         let router = crate::routes::router(ctx.clone());
         let handler = crate::http::handler(&ctx, router);

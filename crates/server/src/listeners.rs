@@ -23,13 +23,15 @@ struct Running {
 
 pub struct Listeners {
     acceptor: TlsAcceptor,
+    proxies: transport::listen::ProxyPolicy,
     https: Mutex<Option<Running>>,
 }
 
 impl Listeners {
-    pub fn new(acceptor: TlsAcceptor) -> Self {
+    pub fn new(acceptor: TlsAcceptor, proxies: transport::listen::ProxyPolicy) -> Self {
         Listeners {
             acceptor,
+            proxies,
             https: Mutex::new(None),
         }
     }
@@ -86,6 +88,7 @@ impl Listeners {
         let task = tokio::spawn(transport::listen::serve_tls(
             listener,
             acceptor,
+            self.proxies.clone(),
             stop_rx,
             move |c| handler(c),
         ));

@@ -133,6 +133,12 @@ pub enum Target {
         addr: String,
         config: Arc<transport::tls::ClientConfigHandle>,
     },
+    /// HTTPS after sending raw bytes (a PROXY header) on the new connection.
+    TlsAfter {
+        addr: String,
+        config: Arc<transport::tls::ClientConfigHandle>,
+        prefix: Vec<u8>,
+    },
 }
 
 impl Target {
@@ -147,6 +153,18 @@ impl Target {
         Target::Tls {
             addr: addr.to_string(),
             config,
+        }
+    }
+
+    /// HTTPS presenting `cert` (or none), each connection starting with `prefix`.
+    pub fn tls_after(addr: &str, cert: Option<&ClientCert>, prefix: &[u8]) -> Target {
+        let Target::Tls { addr, config } = Target::tls(addr, cert) else {
+            unreachable!()
+        };
+        Target::TlsAfter {
+            addr,
+            config,
+            prefix: prefix.to_vec(),
         }
     }
 
@@ -180,9 +198,12 @@ impl Target {
         let fut = async {
             match self {
                 Target::Unix(p) => send(UnixStream::connect(p).await?, method, path, body, headers).await,
-                Target::Tls { addr, config } => {
-                    let tcp = TcpStream::connect(addr).await?;
+                Target::Tls { addr, config } | Target::TlsAfter { addr, config, .. } => {
+                    let mut tcp = TcpStream::connect(addr).await?;
                     tcp.set_nodelay(true)?;
+                    if let Target::TlsAfter { prefix, .. } = self {
+                        tokio::io::AsyncWriteExt::write_all(&mut tcp, prefix).await?;
+                    }
                     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
                     let tls = transport::tls::TlsConnector::from(config.clone())
                         .connect(transport::tls::server_name(host), tcp)

@@ -13,6 +13,7 @@
 //! in PEM, DER and fingerprints.
 
 pub mod listen;
+pub mod proxy;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

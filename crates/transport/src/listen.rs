@@ -4,18 +4,28 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use trust::ConnFacts;
 
+use crate::proxy::{self, Prefixed};
+
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a peer may take to send its PROXY header (or its first bytes).
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Decides whether a peer address may send a PROXY header (`core.https_trusted_proxy`).
+pub type ProxyPolicy = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
+
 /// The byte stream of an accepted connection.
 pub enum ConnStream {
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
     Unix(UnixStream),
 }
 
@@ -36,6 +46,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub async fn serve_tls<F, Fut>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    proxies: ProxyPolicy,
     mut stop: watch::Receiver<bool>,
     serve: F,
 ) where
@@ -59,26 +70,57 @@ pub async fn serve_tls<F, Fut>(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let serve = serve.clone();
+        let proxies = proxies.clone();
         tokio::spawn(async move {
-            if let Some(conn) = handshake(acceptor, tcp, remote).await {
+            if let Some(conn) = handshake(acceptor, tcp, remote, proxies).await {
                 serve(conn).await;
             }
         });
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<Conn> {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(remote = %remote, error = %e, "TLS handshake refused");
-            return None;
-        }
-        Err(_) => {
-            tracing::info!(remote = %remote, "TLS handshake timed out");
+/// PROXY header (from trusted peers only), then TLS.
+///
+/// ```text
+///  first bytes ─ PROXY header? ─ peer trusted?   yes: client address = header's source
+///                               │                no : close, warn (rate-limited)
+///                               └ no header: the peer's own address
+/// ```
+async fn handshake(
+    acceptor: TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxies: ProxyPolicy,
+) -> Option<Conn> {
+    let peer_ip = api::config::normalise_ip(peer.ip());
+    let (header, leftover) = match proxy::read_header(&mut tcp, PROXY_HEADER_TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(remote = %peer, error = %e, "connection closed before TLS");
             return None;
         }
     };
+    let remote = match header {
+        None => peer,
+        Some(_) if !proxies(peer_ip) => {
+            warn_untrusted_proxy(peer_ip);
+            return None;
+        }
+        // A LOCAL header (health check) or no address: the proxy itself.
+        Some(h) => h.source.filter(|_| !h.local).unwrap_or(peer),
+    };
+    let tls =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Prefixed::new(leftover, tcp))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(remote = %remote, error = %e, "TLS handshake refused");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(remote = %remote, "TLS handshake timed out");
+                return None;
+            }
+        };
     let (_, session) = tls.get_ref();
     let leaf = session.peer_certificates().and_then(|c| c.first());
     let cert_fingerprint = leaf.map(|c| trust::fingerprint(c.as_ref()));
@@ -87,7 +129,10 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) ->
     Some(Conn {
         stream: ConnStream::Tls(Box::new(tls)),
         facts: ConnFacts {
-            remote: Some(remote),
+            remote: Some(SocketAddr::new(
+                api::config::normalise_ip(remote.ip()),
+                remote.port(),
+            )),
             cert_fingerprint,
             cert_der,
             unix_user: None,
@@ -136,5 +181,28 @@ where
             })
             .await;
         });
+    }
+}
+
+/// A PROXY header from a peer that is not a trusted proxy: logged, at most once every
+/// ten seconds, so a flood cannot flood the log.
+fn warn_untrusted_proxy(peer: std::net::IpAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(peer = %peer, suppressed, "refused a PROXY header from a peer that is not in core.https_trusted_proxy");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
