@@ -40,4 +40,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "clustering_sizing",
     "cluster_member_state",
     "clustering_update_cert",
+    "clustering_edit_roles",
 ];

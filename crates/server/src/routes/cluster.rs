@@ -118,6 +118,8 @@ pub struct MemberPut {
     pub description: Option<String>,
     pub failure_domain: Option<String>,
     pub config: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// Database roles follow Raft and are managed automatically; others are refused.
+    pub roles: Option<Vec<String>>,
 }
 
 pub async fn edit_member(

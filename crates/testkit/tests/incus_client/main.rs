@@ -417,3 +417,46 @@ async fn t60_update_certificate_with_the_official_client() {
         serde_json::from_str(&ok(conf.path(), None, &["query", "n1:/1.0?target=node2"]).await).unwrap();
     assert_eq!(q["environment"]["certificate_fingerprint"], fp.as_str());
 }
+
+#[tokio::test]
+async fn t70_cluster_edit_with_the_official_client() {
+    if !have_tool("incus") {
+        return;
+    }
+    let c = stapes_testkit::Cluster::start(2).await;
+    let conf = tempfile::tempdir().unwrap();
+    let s1 = c.members[0].socket();
+    let shown = ok(conf.path(), Some(&s1), &["cluster", "show", "node2"]).await;
+    let edited = shown.replace("description: \"\"", "description: rack two");
+    assert_ne!(shown, edited, "{shown}");
+    let mut child = tokio::process::Command::new("incus")
+        .args(["cluster", "edit", "node2"])
+        .env("INCUS_CONF", conf.path())
+        .env("HOME", conf.path())
+        .env("INCUS_SOCKET", &s1)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(edited.as_bytes())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster edit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = ok(conf.path(), Some(&s1), &["cluster", "show", "node2"]).await;
+    assert!(shown.contains("description: rack two"), "{shown}");
+}
