@@ -435,6 +435,12 @@ impl Member {
         self.kill9();
         self.spawn().await;
     }
+
+    /// Starts the process again after it exited by itself (no signal sent).
+    pub async fn start_again(&mut self) {
+        self.child = None;
+        self.spawn().await;
+    }
 }
 
 impl Drop for Member {
@@ -551,6 +557,7 @@ impl Member {
 /// join with tokens from it.
 pub struct Cluster {
     pub members: Vec<Member>,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -560,7 +567,12 @@ impl Cluster {
 
     /// As [`Cluster::start`], with global configuration set before the joins.
     pub async fn start_with(n: usize, config: &[(&str, &str)]) -> Cluster {
-        let mut first = Member::start().await;
+        Self::start_env(n, config, &[]).await
+    }
+
+    /// As [`Cluster::start_with`], every daemon started with extra environment.
+    pub async fn start_env(n: usize, config: &[(&str, &str)], env: &[(&str, &str)]) -> Cluster {
+        let mut first = Member::start_env(env).await;
         first.enable_cluster("node1").await;
         if !config.is_empty() {
             let cfg: serde_json::Map<String, Value> = config
@@ -574,7 +586,10 @@ impl Cluster {
                 .expect("PATCH /1.0");
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         }
-        let mut cluster = Cluster { members: vec![first] };
+        let mut cluster = Cluster {
+            members: vec![first],
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         for i in 2..=n {
             cluster.add(&format!("node{i}")).await;
         }
@@ -584,7 +599,8 @@ impl Cluster {
     /// Starts a new member and joins it under `name` with a token from the first
     /// member that answers.
     pub async fn add(&mut self, name: &str) -> &Member {
-        let m = Member::start().await;
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let m = Member::start_env(&env).await;
         let mut token = None;
         for other in &self.members {
             if let Ok(r) = other

@@ -12,6 +12,7 @@ mod t50_membership;
 mod t60_any_member;
 mod t70_certificate;
 mod t80_acme;
+mod t90_haproxy;
 
 use std::time::Duration;
 
