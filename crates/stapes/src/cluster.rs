@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use trust::token::JoinToken;
 
-use crate::ctx::{read_stdin, stdin_is_terminal, text_editor, Ctx};
+use crate::ctx::{read_stdin, stdin_is_terminal, Ctx};
 use crate::format::{
     date, order, parse_columns, parse_time, render_list, sort_rows, unquote_times, yaml, Doc, ListFormat,
     TIME_KEYS,
@@ -822,30 +822,14 @@ async fn edit(ctx: &Ctx, arg: &str) -> Result<()> {
     let (member, etag) = client.get_with_etag(&path).await?;
     let current = Doc::ordered(&writable(&member), order::CLUSTER_MEMBER_PUT);
     let text = yaml(&current).map_err(|e| anyhow!(e))?;
-    let mut content = text_editor(&format!("{EDIT_HEADER}\n\n{text}"))?;
-    loop {
-        let result = match parse_member_put(&content) {
-            Ok(body) => client
-                .call(
-                    Request::new(Method::PUT, &path)
-                        .json(&body)
-                        .if_match(etag.as_deref()),
-                )
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                eprintln!("Config parsing error: {e}");
-                println!("Press enter to open the editor again or ctrl+c to abort change");
-                crate::ctx::ask_line("")?;
-                content = text_editor(&content)?;
-            }
-        }
-    }
+    crate::ctx::edit_in_editor(
+        &client,
+        &path,
+        etag.as_deref(),
+        &format!("{EDIT_HEADER}\n\n{text}"),
+        parse_member_put,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -128,3 +128,38 @@ pub fn text_editor(content: &str) -> Result<String> {
     }
     Ok(std::fs::read_to_string(file.path())?)
 }
+
+/// The interactive edit loop of `... edit` commands: opens `initial` in the editor,
+/// parses the result into a request body with `parse`, and PUTs it to `path` with the
+/// ETag; on an error, says why and reopens the editor on the same text.
+pub async fn edit_in_editor(
+    client: &client::Client,
+    path: &str,
+    etag: Option<&str>,
+    initial: &str,
+    parse: impl Fn(&str) -> Result<serde_json::Value>,
+) -> Result<()> {
+    let mut content = text_editor(initial)?;
+    loop {
+        let result = match parse(&content) {
+            Ok(body) => client
+                .call(
+                    client::Request::new(client::Method::PUT, path)
+                        .json(&body)
+                        .if_match(etag),
+                )
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                eprintln!("Config parsing error: {e}");
+                ask_line("Press enter to open the editor again or ctrl+c to abort change")?;
+                content = text_editor(&content)?;
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use client::{Client, Method, Request};
 use serde_json::{json, Value};
 
-use crate::ctx::{read_stdin, stdin_is_terminal, text_editor, Ctx};
+use crate::ctx::{read_stdin, stdin_is_terminal, Ctx};
 use crate::format::{json_tabs, order, yaml, Doc};
 
 /// `GET /1.0` printed as `incus info` prints it.
@@ -327,29 +327,14 @@ async fn edit(ctx: &Ctx, remote: Option<&str>) -> Result<()> {
     let (server, etag) = client.server().await?;
     let brief = json!({ "config": server.get("config").cloned().unwrap_or(json!({})) });
     let header = "### This is a YAML representation of the server configuration.\n### Any line starting with a '# will be ignored.\n###\n### A sample configuration looks like:\n### config:\n###   core.https_address: 127.0.0.1:8443\n\n";
-    let mut content = text_editor(&format!("{header}{}", yaml(&brief).map_err(|e| anyhow!(e))?))?;
-    loop {
-        let result = match parse_server_put(&content) {
-            Ok(body) => client
-                .call(
-                    Request::new(Method::PUT, "/1.0")
-                        .json(&body)
-                        .if_match(etag.as_deref()),
-                )
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                eprintln!("Config parsing error: {e}");
-                crate::ctx::ask_line("Press enter to open the editor again or ctrl+c to abort change")?;
-                content = text_editor(&content)?;
-            }
-        }
-    }
+    crate::ctx::edit_in_editor(
+        &client,
+        "/1.0",
+        etag.as_deref(),
+        &&format!("{header}{}", yaml(&brief).map_err(|e| anyhow!(e))?),
+        parse_server_put,
+    )
+    .await
 }
 
 /// Parses the YAML of `config edit` into a `PUT /1.0` body (values as strings).

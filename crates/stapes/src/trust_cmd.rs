@@ -12,7 +12,7 @@ use client::{Client, Method, Request};
 use serde_json::{json, Value};
 use trust::token::TrustToken;
 
-use crate::ctx::{read_stdin, stdin_is_terminal, text_editor, Ctx};
+use crate::ctx::{read_stdin, stdin_is_terminal, Ctx};
 use crate::format::{
     date, is_zero_time, order, parse_columns, parse_time, render_list, sort_rows, unquote_times, yaml, Doc,
     ListFormat, TIME_KEYS,
@@ -378,29 +378,14 @@ async fn edit(ctx: &Ctx, arg: &str) -> Result<()> {
     let (cert, etag) = client.get_with_etag(&path).await?;
     let header = "### This is a YAML representation of the certificate.\n### Any line starting with a '# will be ignored.\n###\n### Note that the fingerprint is shown but cannot be changed\n\n";
     let text = yaml(&Doc::ordered(&cert, order::CERTIFICATE)).map_err(|e| anyhow!(e))?;
-    let mut content = text_editor(&format!("{header}{text}"))?;
-    loop {
-        let result = match parse_certificate_put(&content) {
-            Ok(body) => client
-                .call(
-                    Request::new(Method::PUT, &path)
-                        .json(&body)
-                        .if_match(etag.as_deref()),
-                )
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                eprintln!("Config parsing error: {e}");
-                crate::ctx::ask_line("Press enter to open the editor again or ctrl+c to abort change")?;
-                content = text_editor(&content)?;
-            }
-        }
-    }
+    crate::ctx::edit_in_editor(
+        &client,
+        &path,
+        etag.as_deref(),
+        &&format!("{header}{text}"),
+        parse_certificate_put,
+    )
+    .await
 }
 
 /// The YAML of `config trust edit` as a full `PUT` body: fields left out take their
