@@ -331,7 +331,7 @@ async fn edit(ctx: &Ctx, remote: Option<&str>) -> Result<()> {
         &client,
         "/1.0",
         etag.as_deref(),
-        &&format!("{header}{}", yaml(&brief).map_err(|e| anyhow!(e))?),
+        &format!("{header}{}", yaml(&brief).map_err(|e| anyhow!(e))?),
         parse_server_put,
     )
     .await
