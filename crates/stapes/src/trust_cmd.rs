@@ -382,7 +382,7 @@ async fn edit(ctx: &Ctx, arg: &str) -> Result<()> {
         &client,
         &path,
         etag.as_deref(),
-        &&format!("{header}{text}"),
+        &format!("{header}{text}"),
         parse_certificate_put,
     )
     .await
