@@ -96,8 +96,14 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     to_member(&ctx, &target, req).await
 }
 
-/// Forwards `req` to the member named `name`.
+/// Forwards `req` to the member named `name`, bounded by `cluster.forward_timeout`.
 pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
+    let timeout = forward_timeout(&ctx.store.state());
+    to_member_within(ctx, name, req, timeout).await
+}
+
+/// As [`to_member`], with an explicit bound (an operation wait asks for its own).
+pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Duration) -> Response {
     let state = ctx.store.state();
     let Some(member) = state.members.get(name) else {
         return error_response(&ApiError::not_found_msg("Cluster member not found"));
@@ -136,7 +142,6 @@ pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
             }
         }
     }
-    let timeout = forward_timeout(&state);
     match ctx.peers.send(&address, out, timeout).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();

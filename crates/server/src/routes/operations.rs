@@ -34,7 +34,12 @@ fn all(ctx: &Ctx) -> Vec<Operation> {
 
 /// Answers a request about an operation this member does not have by asking the
 /// others, unless the request already came from a member.
-async fn elsewhere(ctx: &Ctx, via: bool, req: axum::extract::Request) -> Result<Response> {
+async fn elsewhere(
+    ctx: &Ctx,
+    via: bool,
+    req: axum::extract::Request,
+    wait: Option<Duration>,
+) -> Result<Response> {
     if via || !ctx.store.clustered() {
         return Err(not_found());
     }
@@ -53,7 +58,8 @@ async fn elsewhere(ctx: &Ctx, via: bool, req: axum::extract::Request) -> Result<
         if let Some(id) = parts.extensions.get::<Identity>() {
             again.extensions_mut().insert(id.clone());
         }
-        let resp = crate::forward::to_member(ctx, &m.name, again).await;
+        let bound = crate::forward::forward_timeout(&state) + wait.unwrap_or_default();
+        let resp = crate::forward::to_member_within(ctx, &m.name, again, bound).await;
         if resp.status() != http::StatusCode::NOT_FOUND {
             return Ok(resp);
         }
@@ -146,7 +152,7 @@ pub async fn get(
     require_full(&id)?;
     match find(&ctx, &op_id) {
         Some(op) => Ok(sync(op)),
-        None => elsewhere(&ctx, via.is_some(), req).await,
+        None => elsewhere(&ctx, via.is_some(), req, None).await,
     }
 }
 
@@ -161,16 +167,15 @@ pub async fn wait(
     req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
-    if find(&ctx, &op_id).is_none() {
-        return elsewhere(&ctx, via.is_some(), req).await;
-    }
     let timeout = q
         .get("timeout")
         .and_then(|t| t.parse::<f64>().ok())
         .filter(|t| *t >= 0.0)
         .map(|t| Duration::from_secs_f64(t).min(MAX_WAIT))
         .unwrap_or(MAX_WAIT);
-    let mut op = find(&ctx, &op_id).ok_or_else(not_found)?;
+    let Some(mut op) = find(&ctx, &op_id) else {
+        return elsewhere(&ctx, via.is_some(), req, Some(timeout)).await;
+    };
     if op.status_code != status::RUNNING {
         return Ok(sync(op));
     }
