@@ -283,3 +283,17 @@ pub fn server_name(host: &str) -> ServerName<'static> {
 }
 
 pub use tokio_rustls::{client::TlsStream as ClientTlsStream, TlsAcceptor, TlsConnector};
+
+#[cfg(test)]
+mod tests {
+    /// aws-lc-rs is the only crypto provider: a second one in the build would make
+    /// rustls refuse to pick a default at run time.
+    #[test]
+    fn ring_is_not_in_the_build() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock")).unwrap();
+        assert!(
+            !lock.contains("name = \"ring\""),
+            "the ring crate entered Cargo.lock"
+        );
+    }
+}
