@@ -8,13 +8,26 @@
 # measures each case with oha in interleaved rounds and prints medians, RSS,
 # start-to-ready times and the targets as PASS/MISS lines. See docs/performance.md.
 #
-# usage: scripts/bench.sh            (as root)
+# usage: scripts/bench.sh                 (as root)
+#        MODE=cluster scripts/bench.sh    three-member clusters, side by side
+#
+# MODE=cluster starts a 3-member stapes cluster (127.0.0.1-3, CLUSTER_STAPES_PORT)
+# and a 3-member Incus cluster (127.0.0.1-3, CLUSTER_INCUS_PORT), formed over the
+# unix sockets (stapes: PATCH /1.0 + PUT /1.0/cluster + join tokens, as in
+# scripts/demo.sh; Incus: incus admin init --preseed, as in the lab recipe), and
+# measures formation and join time, RSS per member, the members list and
+# ?target= forwarding through node1 over TLS, and leader-loss recovery.
 #
 # Environment (all optional):
 #   DURATION=8         seconds per oha run
 #   ROUNDS=3           interleaved rounds; every figure is the median over them
 #   STARTS=3           restarts per daemon for start-to-ready
+#   FORMS=1            MODE=cluster: cluster formations per side (each from empty
+#                      state dirs); formation, join and RSS are medians over them
 #   CASES="tls unix"   which load cases to run, in order (also: tls_handshake)
+#                      MODE=cluster: CASES="members fwd direct" (the default there)
+#   MODE=single        single (one standalone daemon each) or cluster
+#   CLUSTER_STAPES_PORT=8444  CLUSTER_INCUS_PORT=8443   (MODE=cluster, on 127.0.0.1-3)
 #   STAPESD=path       use this stapesd binary (then SKIP_BUILD defaults to 1)
 #   STAPESD_ARGS="..." extra stapesd arguments, e.g. "--log-level warn"
 #   SKIP_BUILD=1       don't run cargo build (uses $CARGO_TARGET_DIR or target/)
@@ -40,7 +53,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 STARTS=${STARTS:-3}
-CASES=${CASES:-tls unix}
+FORMS=${FORMS:-1}
+MODE=${MODE:-single}
+if [[ $MODE == cluster ]]; then CASES=${CASES:-members fwd direct}; else CASES=${CASES:-tls unix}; fi
+CLUSTER_STAPES_PORT=${CLUSTER_STAPES_PORT:-8444}
+CLUSTER_INCUS_PORT=${CLUSTER_INCUS_PORT:-8443}
 STAPESD=${STAPESD:-}
 STAPESD_ARGS=${STAPESD_ARGS:-}
 if [[ -n $STAPESD ]]; then SKIP_BUILD=${SKIP_BUILD:-1}; else SKIP_BUILD=${SKIP_BUILD:-0}; fi
@@ -54,6 +71,8 @@ KEEP_DIR=${KEEP_DIR:-0}
 STRICT=${STRICT:-0}
 READY_TIMEOUT=30 # seconds, for a daemon to answer after start
 STOP_TIMEOUT=30  # seconds, after TERM before KILL
+JOIN_TIMEOUT=60  # seconds, for one bootstrap or join call (cluster mode)
+RECOVER_TIMEOUT=60 # seconds, for a write to succeed after the leader is killed
 
 SIDES=(stapes incus)
 declare -A PID=() EXE=() SOCK=() HTTPS=() M=()
@@ -333,33 +352,39 @@ start_timed() {
 # configure SIDE: listen on HTTPS (loopback), trust the client certificate,
 # check the certificate is seen as trusted.
 configure() {
-  local side=$1 code i pem size
+  local side=$1 code
   code=$(api "$side" PATCH /1.0 "{\"config\":{\"core.https_address\":\"${HTTPS[$side]}\"}}")
   [[ $code == 2* ]] || die "$side: PATCH /1.0 core.https_address -> $code $(cat "$DIR/resp.json")"
+  trust_cert "$side" "$side" "${HTTPS[$side]}"
+}
 
+# trust_cert KEY SIDE ADDR: trust the client certificate through KEY's unix
+# socket, check https://ADDR/1.0 sees it as trusted; body sizes into M[SIDE|...].
+trust_cert() {
+  local key=$1 side=$2 addr=$3 code i pem size
   # Incus wants base64 DER (what the incus CLI sends); fall back to PEM.
-  code=$(api "$side" POST /1.0/certificates "$(jq -cn --arg c "$CERT_B64" '{type: "client", name: "bench", certificate: $c}')")
+  code=$(api "$key" POST /1.0/certificates "$(jq -cn --arg c "$CERT_B64" '{type: "client", name: "bench", certificate: $c}')")
   if [[ $code != 2* ]]; then
     pem=$(jq -cn --rawfile c "$DIR/client.crt" '{type: "client", name: "bench", certificate: $c}')
-    code=$(api "$side" POST /1.0/certificates "$pem")
+    code=$(api "$key" POST /1.0/certificates "$pem")
   fi
-  [[ $code == 2* ]] || die "$side: POST /1.0/certificates -> $code $(cat "$DIR/resp.json")"
+  [[ $code == 2* ]] || die "$key: POST /1.0/certificates -> $code $(cat "$DIR/resp.json")"
 
   local deadline=$(($(now_us) + 10000000))
   for ((i = 0; i < 1000; i++)); do
     (($(now_us) < deadline)) || break
-    code=$(curl -sk --max-time 1 "${TLS_CURL[@]}" -o "$DIR/resp.json" -w '%{http_code}' "https://${HTTPS[$side]}/1.0" 2>/dev/null) || true
+    code=$(curl -sk --max-time 1 "${TLS_CURL[@]}" -o "$DIR/resp.json" -w '%{http_code}' "https://$addr/1.0" 2>/dev/null) || true
     [[ $code == 200 ]] && break
     sleep 0.01
   done
-  [[ $code == 200 ]] || die "$side: https://${HTTPS[$side]}/1.0 -> $code"
+  [[ $code == 200 ]] || die "$key: https://$addr/1.0 -> $code"
   [[ $(jq -r '.metadata.auth // empty' "$DIR/resp.json") == trusted ]] ||
-    die "$side: client certificate not trusted over TLS: $(head -c 300 "$DIR/resp.json")"
+    die "$key: client certificate not trusted over TLS: $(head -c 300 "$DIR/resp.json")"
   size=$(wc -c <"$DIR/resp.json")
   M[$side|body_tls]=$size
-  code=$(api "$side" GET /1.0)
+  code=$(api "$key" GET /1.0)
   M[$side|body_unix]=$(wc -c <"$DIR/resp.json")
-  [[ $code == 200 ]] || die "$side: GET /1.0 over the unix socket -> $code"
+  [[ $code == 200 ]] || die "$key: GET /1.0 over the unix socket -> $code"
 }
 
 # ---- cases -----------------------------------------------------------------
@@ -375,6 +400,10 @@ oha_run() {
 case_tls() { oha_run "$3" -c "$2" "${TLS_ARGS[@]}" "https://${HTTPS[$1]}/1.0"; }
 case_tls_handshake() { oha_run "$3" -c "$2" --disable-keepalive "${TLS_ARGS[@]}" "https://${HTTPS[$1]}/1.0"; }
 case_unix() { oha_run "$3" -c "$2" --unix-socket "${SOCK[$1]}" http://unix.socket/1.0; }
+# cluster mode: HTTPS[SIDE] is node1's address
+case_members() { oha_run "$3" -c "$2" "${TLS_ARGS[@]}" "https://${HTTPS[$1]}/1.0/cluster/members"; }
+case_fwd() { oha_run "$3" -c "$2" "${TLS_ARGS[@]}" "https://${HTTPS[$1]}/1.0?target=node2"; }
+case_direct() { case_tls "$@"; }
 
 declare -A CASE_LABEL=()
 RUNS=() # "name conc", in run order
@@ -393,7 +422,10 @@ register_cases() {
       tls) add_case tls "GET /1.0 TLS keep-alive" 1 32 ;;
       unix) add_case unix "GET /1.0 unix socket" 1 32 ;;
       tls_handshake) add_case tls_handshake "GET /1.0 TLS, new handshake each" 1 ;;
-      *) die "unknown case '$name' (known: tls unix tls_handshake)" ;;
+      members) add_case members "GET /1.0/cluster/members (node1)" 1 32 ;;
+      fwd) add_case fwd "GET /1.0?target=node2 via node1" 1 32 ;;
+      direct) add_case direct "GET /1.0 direct on node1" 1 ;;
+      *) die "unknown case '$name' (known: tls unix tls_handshake; cluster: members fwd direct)" ;;
     esac
   done
 }
@@ -465,14 +497,25 @@ measure_restarts() {
 # ---- report ----------------------------------------------------------------
 
 report() {
-  local run name c s i label
-
   echo "== stapes vs Incus: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r)"
   echo "   oha $("$OHA" --version | awk '{print $2}'), ${DURATION}s per run, median of $ROUNDS interleaved rounds"
   echo "   CPU busy just before the load, both daemons idle (2 s sample): ${BUSY_BEFORE}%"
+  if [[ $MODE == cluster ]]; then
+    echo "   MODE=cluster: two 3-member clusters on 127.0.0.1-3; all load through node1 over TLS with the client cert"
+  fi
   echo "   stapesd: $STAPESD${STAPESD_ARGS:+ $STAPESD_ARGS} on ${HTTPS[stapes]} (GET /1.0 body ${M[stapes|body_tls]} B TLS, ${M[stapes|body_unix]} B unix)"
   echo "   incusd:  $INCUSD $("$INCUSD" --version 2>/dev/null || echo '?') on ${HTTPS[incus]} (GET /1.0 body ${M[incus|body_tls]} B TLS, ${M[incus|body_unix]} B unix)"
   echo
+  report_loads
+  echo
+  if [[ $MODE == cluster ]]; then report_cluster_figures; else report_single_figures; fi
+  echo "   ratio = stapes / incus; latencies in ms; RSS is VmRSS of the daemon process"
+  report_non200
+}
+
+# report_loads: the per-case table (medians) and the per-round req/s ranges
+report_loads() {
+  local run name c s i
   printf '%-34s %4s %12s %12s %7s %19s %19s\n' case conc "stapes req/s" "incus req/s" ratio "stapes p50/p99" "incus p50/p99"
   for run in "${RUNS[@]}"; do
     read -r name c <<<"$run"
@@ -489,7 +532,10 @@ report() {
     read -r name c <<<"$run"
     printf '%-34s %4s %12s %12s\n' "${CASE_LABEL[$name]}" "$c" "${M[stapes|$name|$c|range]}" "${M[incus|$name|$c|range]}"
   done
-  echo
+}
+
+report_single_figures() {
+  local label
   printf '%-34s %12s %12s %7s\n' "" stapes incus ratio
   printf '%-34s %12.1f %12.1f %7s\n' "RSS after load (MB)" \
     "$(awk -v k="${M[stapes|rss_kb]}" 'BEGIN{print k/1024}')" "$(awk -v k="${M[incus|rss_kb]}" 'BEGIN{print k/1024}')" \
@@ -501,7 +547,10 @@ report() {
   printf '%-34s %12.1f %12.1f %7s\n' "$label" "${M[stapes|ready_ms]}" "${M[incus|ready_ms]}" \
     "$(ratio "${M[stapes|ready_ms]}" "${M[incus|ready_ms]}")"
   printf '%-34s %12.1f %12.1f\n' "first start, empty state dir (ms)" "${M[stapes|first_ms]}" "${M[incus|first_ms]}"
-  echo "   ratio = stapes / incus; latencies in ms; RSS is VmRSS of the daemon process"
+}
+
+report_non200() {
+  local run name c s
   for run in "${RUNS[@]}"; do
     read -r name c <<<"$run"
     for s in "${SIDES[@]}"; do
@@ -539,27 +588,343 @@ check_targets() {
   target_rss 0.25
 }
 
+# ---- cluster mode ----------------------------------------------------------
+# Members are keyed SIDEn (stapes1..3, incus1..3) in PID/SOCK/EXE; member n
+# listens on 127.0.0.n. HTTPS[SIDE] is node1's address, used by the cases.
+
+cl_addr() { # SIDE N -> 127.0.0.N:PORT
+  if [[ $1 == stapes ]]; then echo "127.0.0.$2:$CLUSTER_STAPES_PORT"; else echo "127.0.0.$2:$CLUSTER_INCUS_PORT"; fi
+}
+
+ms_since() { awk -v a="$1" -v b="$(now_us)" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }
+
+start_member() { # SIDE N
+  local side=$1 n=$2 key=$1$2 d="$DIR/$1$2" extra=()
+  mkdir -p "$d"
+  SOCK[$key]=$d/unix.socket
+  if [[ $side == stapes ]]; then
+    read -ra extra <<<"$STAPESD_ARGS"
+    spawn "$key" "$DIR/logs/$key.log" -- "$STAPESD" --state-dir "$d" "${extra[@]}"
+  else
+    spawn "$key" "$DIR/logs/$key.out" INCUS_DIR="$d" INCUS_CONF="$DIR/incus-conf" -- \
+      "$INCUSD" --group root --logfile "$DIR/logs/$key.log"
+  fi
+}
+
+# incus_cli N ARGS...: the incus client on member N's unix socket, bounded
+incus_cli() {
+  local n=$1
+  shift
+  INCUS_DIR="$DIR/incus$n" INCUS_CONF="$DIR/incus-conf" timeout "$JOIN_TIMEOUT" incus "$@"
+}
+
+# bootstrap_SIDE / join_SIDE N: the cluster calls of one side. join_SIDE sets
+# JOIN_MS to the duration of the join call itself (the token is issued before).
+bootstrap_stapes() {
+  local code
+  code=$(api stapes1 PATCH /1.0 "{\"config\":{\"core.https_address\":\"$(cl_addr stapes 1)\"}}")
+  [[ $code == 2* ]] || die "stapes1: PATCH /1.0 core.https_address -> $code $(cat "$DIR/resp.json")"
+  code=$(api stapes1 PUT /1.0/cluster '{"server_name":"node1","enabled":true}')
+  [[ $code == 2* ]] || die "stapes1: PUT /1.0/cluster (bootstrap) -> $code $(cat "$DIR/resp.json")"
+}
+
+join_stapes() {
+  local n=$1 code token body t1
+  code=$(api stapes1 POST /1.0/cluster/members "{\"server_name\":\"node$n\"}")
+  [[ $code == 2* ]] || die "stapes1: POST /1.0/cluster/members node$n -> $code $(cat "$DIR/resp.json")"
+  token=$(jq -r '.metadata.metadata | {server_name: .serverName, fingerprint, addresses, secret,
+    expires_at: (.expiresAt // "0001-01-01T00:00:00Z")} | tojson | @base64' "$DIR/resp.json")
+  body=$(jq -cn --arg n "node$n" --arg a "$(cl_addr stapes "$n")" --arg t "$token" \
+    '{server_name: $n, enabled: true, server_address: $a, cluster_token: $t}')
+  t1=$(now_us)
+  code=$(curl -sS --max-time "$JOIN_TIMEOUT" --unix-socket "${SOCK[stapes$n]}" -X PUT -o "$DIR/resp.json" \
+    -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "$body" http://x/1.0/cluster || true)
+  JOIN_MS=$(ms_since "$t1")
+  [[ $code == 202 ]] || die "stapes$n: PUT /1.0/cluster (join) -> $code $(cat "$DIR/resp.json")"
+}
+
+bootstrap_incus() {
+  cat >"$DIR/incus1/preseed.yaml" <<EOF
+config:
+  core.https_address: $(cl_addr incus 1)
+cluster:
+  server_name: node1
+  enabled: true
+storage_pools:
+- name: default
+  driver: dir
+profiles:
+- name: default
+  devices:
+    root:
+      path: /
+      pool: default
+      type: disk
+EOF
+  incus_cli 1 admin init --preseed <"$DIR/incus1/preseed.yaml" >>"$DIR/logs/incus-cli.log" 2>&1 ||
+    die "incus1: admin init --preseed (bootstrap) failed; see $DIR/logs/incus-cli.log"
+}
+
+join_incus() {
+  local n=$1 token t1
+  token=$(incus_cli 1 cluster add "node$n" --quiet 2>>"$DIR/logs/incus-cli.log" | tail -n1) ||
+    die "incus1: cluster add node$n failed"
+  cat >"$DIR/incus$n/preseed.yaml" <<EOF
+cluster:
+  enabled: true
+  server_name: node$n
+  server_address: $(cl_addr incus "$n")
+  cluster_token: $token
+  member_config:
+  - entity: storage-pool
+    name: default
+    key: source
+    value: ""
+EOF
+  t1=$(now_us)
+  incus_cli "$n" admin init --preseed <"$DIR/incus$n/preseed.yaml" >>"$DIR/logs/incus-cli.log" 2>&1 ||
+    die "incus$n: admin init --preseed (join) failed; see $DIR/logs/incus-cli.log"
+  JOIN_MS=$(ms_since "$t1")
+}
+
+# form_cluster SIDE: start 3 members at once, wait for each to answer, bootstrap
+# node1, join node2 and node3. The clock runs from just before the first spawn
+# until the third join returns.
+form_cluster() {
+  local side=$1 t0 n joins=()
+  t0=$(now_us)
+  for n in 1 2 3; do start_member "$side" "$n"; done
+  for n in 1 2 3; do wait_ready "$side$n" "$t0"; done
+  M[$side|up_ms]=$READY_MS
+  "bootstrap_$side"
+  for n in 2 3; do
+    "join_$side" "$n"
+    joins+=("$JOIN_MS")
+  done
+  M[$side|form_ms]=$(ms_since "$t0")
+  log "$side cluster formed in ${M[$side|form_ms]} ms (all 3 answering after ${M[$side|up_ms]} ms; joins ${joins[*]} ms)"
+  echo "${M[$side|form_ms]}" >>"$OUT/${side}_form_ms.txt"
+  echo "${M[$side|up_ms]}" >>"$OUT/${side}_up_ms.txt"
+  printf '%s\n' "${joins[@]}" >>"$OUT/${side}_join_ms.txt"
+}
+
+# stop_cluster SIDE: stop its members (by PID), remove their state dirs
+stop_cluster() {
+  local side=$1 n
+  for n in 1 2 3; do stop_daemon "$side$n"; done
+  for n in 1 2 3; do
+    unmount_under "$DIR/$side$n"
+    rm -rf -- "${DIR:?}/$side$n"
+  done
+}
+
+# cluster_medians SIDE: formation, join, RSS medians over the FORMS formations
+cluster_medians() {
+  local side=$1 f
+  M[$side|form_ms]=$(median <"$OUT/${side}_form_ms.txt")
+  M[$side|up_ms]=$(median <"$OUT/${side}_up_ms.txt")
+  M[$side|join_ms]=$(median <"$OUT/${side}_join_ms.txt")
+  M[$side|rss_kb]=$(median <"$OUT/${side}_rss_kb.txt")
+  for f in form_ms join_ms rss_kb; do
+    M[$side|$f|range]=$(sort -g "$OUT/${side}_$f.txt" | awk -v mb="$([[ $f == rss_kb ]] && echo 1)" '
+      { v = mb ? $1 / 1024 : $1 } NR == 1 { lo = v } { hi = v } END { printf "%.1f-%.1f", lo, hi }')
+  done
+}
+
+# check_cluster SIDE: 3 members listed through node1, ?target=node2 answered by node2
+check_cluster() {
+  local side=$1 code names
+  code=$(curl -sk --max-time 10 "${TLS_CURL[@]}" -o "$DIR/resp.json" -w '%{http_code}' \
+    "https://${HTTPS[$side]}/1.0/cluster/members?recursion=1" 2>/dev/null) || true
+  [[ $code == 200 ]] || die "$side: GET /1.0/cluster/members over TLS -> $code $(head -c 300 "$DIR/resp.json")"
+  names=$(jq -r '[.metadata[] | "\(.server_name)=\(.status)"] | sort | join(" ")' "$DIR/resp.json")
+  log "$side members: $names"
+  M[$side|members_body]=$(curl -sk --max-time 10 "${TLS_CURL[@]}" "https://${HTTPS[$side]}/1.0/cluster/members" | wc -c)
+  code=$(curl -sk --max-time 10 "${TLS_CURL[@]}" -o "$DIR/resp.json" -w '%{http_code}' \
+    "https://${HTTPS[$side]}/1.0?target=node2" 2>/dev/null) || true
+  [[ $code == 200 ]] || die "$side: GET /1.0?target=node2 -> $code $(head -c 300 "$DIR/resp.json")"
+  [[ $(jq -r '.metadata.environment.server_name // empty' "$DIR/resp.json") == node2 ]] ||
+    die "$side: GET /1.0?target=node2 was not answered by node2"
+  M[$side|fwd_body]=$(wc -c <"$DIR/resp.json")
+}
+
+measure_member_rss() { # SIDE
+  local side=$1 n v=()
+  for n in 1 2 3; do v+=("$(awk '/^VmRSS:/{print $2}' "/proc/${PID[$side$n]}/status")"); done
+  printf '%s\n' "${v[@]}" >>"$OUT/${side}_rss_kb.txt"
+  log "$side RSS per member after forming: $(printf '%s\n' "${v[@]}" | awk '{printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1024}') MB"
+}
+
+# leader_loss SIDE: SIGKILL the database-leader, then time until a PATCH /1.0
+# through a surviving member's unix socket succeeds (each try bounded to 5 s).
+leader_loss() {
+  local side=$1 leader n s survivor t0 i code deadline
+  code=$(api "${side}1" GET '/1.0/cluster/members?recursion=1')
+  [[ $code == 200 ]] || die "$side: GET /1.0/cluster/members?recursion=1 -> $code"
+  leader=$(jq -r '[.metadata[] | select(.roles | index("database-leader")) | .server_name][0] // empty' "$DIR/resp.json")
+  [[ $leader =~ ^node[123]$ ]] || die "$side: no database-leader in $(head -c 300 "$DIR/resp.json")"
+  n=${leader#node}
+  for s in 1 2 3; do
+    if [[ $s != "$n" ]]; then
+      survivor=$side$s
+      break
+    fi
+  done
+  is_ours "$side$n" || die "$side$n (pid ${PID[$side$n]:-}) is not the process this script started"
+  M[$side|leader]=$leader
+  M[$side|survivor]=node${survivor#"$side"}
+  # (stderr of this block is dropped: bash reports the KILLed job there)
+  {
+    t0=$(now_us)
+    kill -KILL "${PID[$side$n]}"
+    deadline=$((t0 + RECOVER_TIMEOUT * 1000000))
+    code=""
+    for ((i = 1; i <= RECOVER_TIMEOUT * 100; i++)); do
+      code=$(curl -s --max-time 5 --unix-socket "${SOCK[$survivor]}" -X PATCH -o "$DIR/resp.json" -w '%{http_code}' \
+        -H 'Content-Type: application/json' --data-binary "{\"config\":{\"core.remote_token_expiry\":\"$((i + 1))H\"}}" \
+        http://x/1.0 2>/dev/null) || true
+      [[ $code == 2* ]] && break
+      (($(now_us) < deadline)) || break
+      sleep 0.01
+    done
+    M[$side|recover_ms]=$(ms_since "$t0")
+    M[$side|recover_tries]=$i
+    wait "${PID[$side$n]}" || true
+  } 2>/dev/null
+  unset "PID[$side$n]"
+  [[ $code == 2* ]] || die "$side: no successful write through $survivor within ${RECOVER_TIMEOUT}s after killing $leader (last: $code $(head -c 200 "$DIR/resp.json"))"
+  log "$side: killed leader $leader; a write through ${M[$side|survivor]} succeeded after ${M[$side|recover_ms]} ms ($i tries)"
+}
+
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+report_cluster_figures() {
+  local s
+  printf '%-34s %12s %12s %7s\n' "median of $FORMS formation(s)" stapes incus ratio
+  printf '%-34s %12.1f %12.1f %7s\n' "form 3-member cluster (ms)" "${M[stapes|form_ms]}" "${M[incus|form_ms]}" \
+    "$(ratio "${M[stapes|form_ms]}" "${M[incus|form_ms]}")"
+  printf '%-34s %12.1f %12.1f %7s\n' "  of which: 3 daemons answer (ms)" "${M[stapes|up_ms]}" "${M[incus|up_ms]}" \
+    "$(ratio "${M[stapes|up_ms]}" "${M[incus|up_ms]}")"
+  printf '%-34s %12.1f %12.1f %7s\n' "join one member (ms)" "${M[stapes|join_ms]}" "${M[incus|join_ms]}" \
+    "$(ratio "${M[stapes|join_ms]}" "${M[incus|join_ms]}")"
+  printf '%-34s %12s %12s %7s\n' "RSS per member after forming (MB)" "$(mb "${M[stapes|rss_kb]}")" "$(mb "${M[incus|rss_kb]}")" \
+    "$(ratio "${M[stapes|rss_kb]}" "${M[incus|rss_kb]}")"
+  printf '%-34s %12s %12s\n' "  range: formation (ms)" "${M[stapes|form_ms|range]}" "${M[incus|form_ms|range]}"
+  printf '%-34s %12s %12s\n' "  range: joins (ms)" "${M[stapes|join_ms|range]}" "${M[incus|join_ms|range]}"
+  printf '%-34s %12s %12s\n' "  range: RSS, all members (MB)" "${M[stapes|rss_kb|range]}" "${M[incus|rss_kb|range]}"
+  for s in stapes incus; do
+    M[$s|fwd_over]=$(awk -v f="${M[$s|fwd|1|p50]:-nan}" -v d="${M[$s|direct|1|p50]:-nan}" 'BEGIN { printf "%.3f", f - d }')
+  done
+  printf '%-34s %12s %12s %7s\n' "forwarding overhead, p50 c=1 (ms)" "${M[stapes|fwd_over]}" "${M[incus|fwd_over]}" \
+    "$(ratio "${M[stapes|fwd_over]}" "${M[incus|fwd_over]}")"
+  printf '%-34s %12.1f %12.1f %7s\n' "leader SIGKILL -> write OK (ms)" "${M[stapes|recover_ms]}" "${M[incus|recover_ms]}" \
+    "$(ratio "${M[stapes|recover_ms]}" "${M[incus|recover_ms]}")"
+  printf '%-34s %12s %12s\n' "  leader killed -> write via" "${M[stapes|leader]}->${M[stapes|survivor]}" "${M[incus|leader]}->${M[incus|survivor]}"
+  echo "   forwarding overhead = p50 of GET /1.0?target=node2 minus p50 of GET /1.0 on node1, both c=1"
+  echo "   response bodies via node1: /1.0/cluster/members stapes ${M[stapes|members_body]} B, incus ${M[incus|members_body]} B;" \
+    "/1.0?target=node2 stapes ${M[stapes|fwd_body]} B, incus ${M[incus|fwd_body]} B"
+}
+
+# target_max LABEL VALUE LIMIT UNIT [INCUS]: VALUE < LIMIT
+target_max() {
+  local verdict=MISS
+  if awk -v v="$2" -v l="$3" 'BEGIN { exit !(v + 0 == v && v < l) }'; then verdict=PASS; fi
+  printf '%s  %s: stapes %s %s < %s %s%s\n' "$verdict" "$1" "$2" "$4" "$3" "$4" "${5:+ (incus $5 $4)}"
+}
+
+check_cluster_targets() {
+  echo
+  echo "== targets (cluster)"
+  target_max "form a 3-member cluster" "$(awk -v v="${M[stapes|form_ms]}" 'BEGIN{printf "%.3f", v / 1000}')" 1.5 s \
+    "$(awk -v v="${M[incus|form_ms]}" 'BEGIN{printf "%.3f", v / 1000}')"
+  target_max "RSS per member after forming (median)" "$(mb "${M[stapes|rss_kb]}")" 25 MB "$(mb "${M[incus|rss_kb]}")"
+  target_rps members 1 10
+  if [[ -n ${M[stapes|fwd|1|p50]:-} ]]; then
+    target_max "forwarded GET /1.0?target=node2 p50 c=1" "$(printf '%.3f' "${M[stapes|fwd|1|p50]}")" 0.5 ms \
+      "$(printf '%.3f' "${M[incus|fwd|1|p50]}")"
+  fi
+  target_rps fwd 1 20
+  target_max "leader SIGKILL -> write OK" "$(awk -v v="${M[stapes|recover_ms]}" 'BEGIN{printf "%.3f", v / 1000}')" 2 s \
+    "$(awk -v v="${M[incus|recover_ms]}" 'BEGIN{printf "%.3f", v / 1000}')"
+}
+
+main_cluster() {
+  local side n a
+  for side in stapes incus; do
+    for n in 1 2 3; do
+      a=$(cl_addr "$side" "$n")
+      if port_busy "$a"; then die "$a is already in use"; fi
+    done
+  done
+  HTTPS=([stapes]="$(cl_addr stapes 1)" [incus]="$(cl_addr incus 1)")
+  mkdir -p "$DIR/incus-conf"
+
+  local f order
+  for side in stapes incus; do
+    : >"$OUT/${side}_form_ms.txt"
+    : >"$OUT/${side}_up_ms.txt"
+    : >"$OUT/${side}_join_ms.txt"
+    : >"$OUT/${side}_rss_kb.txt"
+  done
+  for ((f = 1; f <= FORMS; f++)); do
+    if ((f > 1)); then for side in stapes incus; do stop_cluster "$side"; done; fi
+    if ((f % 2)); then order=(stapes incus); else order=(incus stapes); fi
+    for side in "${order[@]}"; do
+      log "formation $f/$FORMS: $side"
+      form_cluster "$side"
+    done
+    # RSS once both are formed, so both sides are read at the same point
+    for side in stapes incus; do measure_member_rss "$side"; done
+  done
+  for side in stapes incus; do cluster_medians "$side"; done
+  for side in stapes incus; do
+    trust_cert "${side}1" "$side" "${HTTPS[$side]}"
+    check_cluster "$side"
+  done
+
+  BUSY_BEFORE=$(cpu_busy 2)
+  if ((BUSY_BEFORE > 10)); then
+    log "warning: the machine is ${BUSY_BEFORE}% busy with both clusters idle; figures will be noisy"
+  fi
+  log "load: ${#RUNS[@]} runs x ${#SIDES[@]} sides x $ROUNDS rounds x ${DURATION}s"
+  run_rounds
+  summarize
+  for side in stapes incus; do leader_loss "$side"; done
+
+  {
+    report
+    check_cluster_targets
+  } | tee "$OUT/summary.txt"
+}
+
 # ---- main ------------------------------------------------------------------
 
 main() {
   [[ $(id -u) == 0 ]] || die "run as root (incusd needs it)"
   [[ -n ${EPOCHREALTIME:-} ]] || die "needs bash >= 5"
   local v
-  for v in DURATION ROUNDS STARTS; do
+  for v in DURATION ROUNDS STARTS FORMS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
   done
+  [[ $MODE == single || $MODE == cluster ]] || die "MODE must be single or cluster"
   is_loopback "$STAPES_HTTPS" || die "STAPES_HTTPS must be a loopback host:port"
   is_loopback "$INCUS_HTTPS" || die "INCUS_HTTPS must be a loopback host:port"
   [[ $STAPES_HTTPS != "$INCUS_HTTPS" ]] || die "STAPES_HTTPS and INCUS_HTTPS must differ"
+  for v in CLUSTER_STAPES_PORT CLUSTER_INCUS_PORT; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a port number"
+  done
+  [[ $CLUSTER_STAPES_PORT != "$CLUSTER_INCUS_PORT" ]] || die "CLUSTER_STAPES_PORT and CLUSTER_INCUS_PORT must differ"
 
   ensure_tools
   check_tools
   build_stapesd
   register_cases
 
-  for v in "$STAPES_HTTPS" "$INCUS_HTTPS"; do
-    if port_busy "$v"; then die "$v is already in use"; fi
-  done
+  if [[ $MODE == single ]]; then
+    for v in "$STAPES_HTTPS" "$INCUS_HTTPS"; do
+      if port_busy "$v"; then die "$v is already in use"; fi
+    done
+  fi
 
   trap cleanup EXIT
   trap 'exit 130' INT
@@ -575,6 +940,12 @@ main() {
   CERT_B64=$(openssl x509 -in "$DIR/client.crt" -outform DER | base64 -w0)
   TLS_CURL=(--cert "$DIR/client.crt" --key "$DIR/client.key")
   TLS_ARGS=(--insecure --cert "$DIR/client.crt" --key "$DIR/client.key")
+
+  if [[ $MODE == cluster ]]; then
+    main_cluster
+    finish
+    return
+  fi
 
   local side
   for side in "${SIDES[@]}"; do
@@ -598,6 +969,10 @@ main() {
     report
     check_targets
   } | tee "$OUT/summary.txt"
+  finish
+}
+
+finish() {
   if [[ -n $RESULTS_DIR ]]; then
     cp "$DIR"/logs/* "$OUT/" 2>/dev/null || true
     log "raw oha JSON and summary.txt in $OUT"
