@@ -14,6 +14,9 @@ use crate::host::HostInfo;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 
+/// How long a member may see no leader (an election) before it reports not-ready.
+pub const LEADERLESS_GRACE_MS: u64 = 3000;
+
 /// Shared daemon state, cheap to clone.
 pub type Ctx = Arc<Inner>;
 
@@ -26,6 +29,8 @@ pub struct Inner {
     pub peers: Arc<crate::peers::Peers>,
     /// Member name -> when it last answered a heartbeat.
     pub heartbeats: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When a Raft leader was last known, in milliseconds since start.
+    pub leader_seen_ms: std::sync::atomic::AtomicU64,
     /// Whether this member has seen itself in the member list since it joined.
     pub was_listed: AtomicBool,
     /// Operations that finished here, kept a while so they can be waited on.
@@ -115,7 +120,11 @@ impl Inner {
             return Err("shutting down".into());
         }
         if let Some(view) = self.store.raft_view() {
-            if view.leader.is_none() {
+            let now = self.started.elapsed().as_millis() as u64;
+            if view.leader.is_some() {
+                self.leader_seen_ms.store(now, Ordering::Relaxed);
+            } else if now.saturating_sub(self.leader_seen_ms.load(Ordering::Relaxed)) > LEADERLESS_GRACE_MS {
+                // An election takes about a second: only a longer absence means no quorum.
                 return Err("the cluster database has no leader (no quorum)".into());
             }
             if view.is_leader() && view.voters.len() > 1 && !self.store.leader_has_quorum() {

@@ -99,6 +99,7 @@ impl Daemon {
             peer_hints: Default::default(),
             finished_ops: Default::default(),
             was_listed: Default::default(),
+            leader_seen_ms: Default::default(),
             resolver,
             served: arc_swap::ArcSwap::from_pointee(served),
             events,
@@ -175,8 +176,11 @@ impl Daemon {
             tokio::time::sleep(self.drain).await;
         }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
-        let _ = self.ctx.closing.send(true);
         self.ctx.listeners.close().await;
+        // Connections accepted just before the listener closed get a moment to send
+        // their request: a graceful close would otherwise drop them unread.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let _ = self.ctx.closing.send(true);
         let _ = self.unix_task.await;
         self.ctx.store.shutdown().await;
         let _ = std::fs::remove_file(&self.socket);

@@ -407,6 +407,8 @@ pub async fn run(ctx: Ctx) {
         let state = ctx.store.state();
         let interval =
             (offline_threshold(&state) / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
+        // Keeps the last time a leader was seen current between readiness probes.
+        let _ = ctx.readiness();
         let leader = ctx.store.raft_view().is_some_and(|v| v.is_leader());
         if ctx.store.clustered() {
             heartbeat_round(&ctx, &state, interval).await;

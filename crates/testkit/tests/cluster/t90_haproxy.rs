@@ -13,7 +13,7 @@ async fn haproxy_takes_out_sick_members_and_a_rolling_restart_loses_nothing() {
         return;
     }
     let _slot = slot().await;
-    let mut c = Cluster::start_env(3, FAST, &[("STAPES_DRAIN", "1.5")]).await;
+    let mut c = Cluster::start_env(3, FAST, &[("STAPES_DRAIN", "3")]).await;
     c.wait_healthy(3, LONG).await;
     let cert = ClientCert::generate("lb-client");
     c.members[0].trust(&cert).await;
