@@ -7,7 +7,7 @@
 //!    query(...)        = call(...).metadata
 //! ```
 //!
-//! Every wait is bounded: each connection attempt by the connect timeout (10 s), each
+//! Every wait is bounded: each connection attempt by the connect timeout (3 s), each
 //! request by the request timeout (30 s unless changed), operation waits by the timeout
 //! they ask the server for plus a margin.
 
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::addr::Endpoint;
 use crate::config::Config;
-use crate::connect::{connect, Connected, DialSpec, ServerCheck, CONNECT_TIMEOUT};
+use crate::connect::{connect_then, record_failure, Connected, DialSpec, ServerCheck, CONNECT_TIMEOUT};
 use crate::ClientError;
 
 /// How long a whole request may take unless told otherwise.
@@ -223,8 +223,10 @@ impl Client {
                 check: ServerCheck::Pinned(pinned),
                 identity: Some(identity),
                 connect_timeout: CONNECT_TIMEOUT,
+                state_file: None,
             })
         };
+        client.dial.state_file = Some(config.remote_state_path(remote));
         client.name = remote.to_string();
         client.remote = Some(remote.to_string());
         if !r.project.is_empty() && r.project != "default" {
@@ -249,6 +251,7 @@ impl Client {
             check: ServerCheck::Record,
             identity: None,
             connect_timeout: CONNECT_TIMEOUT,
+            state_file: None,
         })
     }
 
@@ -315,7 +318,20 @@ impl Client {
 
     /// Opens a connection (the single dial step every request goes through).
     pub async fn connect(&self) -> Result<Connected, ClientError> {
-        connect(&self.dial).await.map_err(|e| self.name_remote(e))
+        self.connect_avoiding(&[]).await
+    }
+
+    /// Opens a connection, trying the endpoints in `avoid` last.
+    pub async fn connect_avoiding(&self, avoid: &[Endpoint]) -> Result<Connected, ClientError> {
+        connect_then(&self.dial, avoid, |c| async move { Ok(c) })
+            .await
+            .map_err(|e| self.name_remote(e))
+    }
+
+    /// Remembers that `endpoint` failed (e.g. a stream that broke), so the next
+    /// connection tries it last.
+    pub fn mark_failed(&self, endpoint: &Endpoint) {
+        record_failure(&self.dial, endpoint);
     }
 
     /// Puts the remote's name into a pin mismatch, so the user knows which to accept.
@@ -352,8 +368,41 @@ impl Client {
             })?
     }
 
+    /// Idempotent requests (GET, HEAD) other than operation waits race whole exchanges
+    /// across the remote's addresses, so a member that connects but never answers is
+    /// overtaken. Everything else races the connection only and then sends once; an
+    /// idempotent request whose connection breaks is retried once on another address, a
+    /// non-idempotent one is not ([`ClientError::MaybeApplied`]).
     async fn request_inner(&self, req: Request) -> Result<Response, ClientError> {
+        let idempotent = matches!(req.method, Method::GET | Method::HEAD);
+        let long_wait = req.path.starts_with("/1.0/operations/") && req.path.contains("/wait");
+        if idempotent && !long_wait {
+            return connect_then(&self.dial, &[], |conn| self.exchange(conn, &req))
+                .await
+                .map_err(|e| self.name_remote(e));
+        }
         let conn = self.connect().await?;
+        let endpoint = conn.endpoint.clone();
+        match self.exchange(conn, &req).await {
+            Err(e) if e.is_connection_level() && idempotent => {
+                tracing::debug!(endpoint = %endpoint.url(), error = %e, "retrying on another address");
+                self.mark_failed(&endpoint);
+                let conn = self.connect_avoiding(std::slice::from_ref(&endpoint)).await?;
+                self.exchange(conn, &req).await
+            }
+            Err(e) if e.is_connection_level() => {
+                self.mark_failed(&endpoint);
+                Err(ClientError::MaybeApplied {
+                    addr: endpoint.authority(),
+                    source: Box::new(e),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// One HTTP exchange on an open connection.
+    async fn exchange(&self, conn: Connected, req: &Request) -> Result<Response, ClientError> {
         let endpoint = conn.endpoint.clone();
         let peer_cert = conn.peer_cert.clone();
         let path = self.full_path(&req.path);
@@ -371,7 +420,7 @@ impl Client {
                 .map_err(|_| ClientError::Invalid(format!("Invalid value for header {name}")))?;
             builder = builder.header(name, value);
         }
-        let body = Full::new(Bytes::from(req.body.unwrap_or_default()));
+        let body = Full::new(Bytes::from(req.body.clone().unwrap_or_default()));
         let http_req = builder
             .body(body)
             .map_err(|e| ClientError::Invalid(format!("Invalid request {path:?}: {e}")))?;
@@ -487,6 +536,7 @@ pub async fn probe(
         check: ServerCheck::Record,
         identity,
         connect_timeout: CONNECT_TIMEOUT,
+        state_file: None,
     });
     let resp = client.request(Request::get("/1.0")).await?;
     let certificate_der = resp

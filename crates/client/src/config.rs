@@ -5,6 +5,7 @@
 //!   config.yml              default-remote, remotes: {name: {addr, auth_type, project, protocol, public}}
 //!   client.crt, client.key  this client's identity (ECDSA P-384, generated on first use; key 0600)
 //!   servercerts/<name>.crt  the pinned server certificate of each https remote
+//!   remote-state/<name>.json  the address that worked last, the ones that failed recently
 //! ```
 //!
 //! The `local` remote (the unix socket) is built in: it is always present, cannot be
@@ -286,6 +287,12 @@ impl Config {
                 .map_err(|e| ClientError::io(format!("Unable to rename {}", old.display()), e))?;
         }
         Ok(())
+    }
+
+    /// Where the connection state of a remote is remembered (the address that worked
+    /// last, the ones that failed recently): `remote-state/<name>.json`.
+    pub fn remote_state_path(&self, remote: &str) -> PathBuf {
+        self.dir.join("remote-state").join(format!("{remote}.json"))
     }
 
     pub fn client_cert_path(&self) -> PathBuf {

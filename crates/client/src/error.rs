@@ -69,6 +69,17 @@ pub enum ClientError {
     #[error("Timed out waiting for {what} after {secs}s")]
     Timeout { what: String, secs: u64 },
 
+    /// The connection broke during a request that is not safe to repeat: it may or may
+    /// not have been applied, so it was not retried.
+    #[error(
+        "The connection to {addr} broke during the request; it may or may not have been applied: {source}"
+    )]
+    MaybeApplied {
+        addr: String,
+        #[source]
+        source: Box<ClientError>,
+    },
+
     /// HTTP framing errors.
     #[error("HTTP error talking to {addr}: {source}")]
     Http {
@@ -141,6 +152,20 @@ impl ClientError {
         match self {
             ClientError::Api { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// Whether this is a failure to reach or talk to the server (connect, TLS, HTTP
+    /// framing), as opposed to an answer from it: such requests may be retried elsewhere.
+    pub fn is_connection_level(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::Tls { .. }
+            | ClientError::Http { .. }
+            | ClientError::DaemonNotRunning { .. } => true,
+            ClientError::AllFailed(errors) => errors.iter().all(ClientError::is_connection_level),
+            _ => false,
         }
     }
 

@@ -43,6 +43,7 @@ pub fn events_path(opts: &EventsOptions) -> String {
 /// A live event stream. Dropping it closes the connection.
 pub struct EventStream {
     ws: WebSocketStream<Stream>,
+    endpoint: crate::Endpoint,
     types: Vec<String>,
 }
 
@@ -56,8 +57,18 @@ impl Client {
     /// Opens the events websocket. The handshake is bounded by the request timeout; the
     /// stream then lasts until the server closes it or it is dropped.
     pub async fn events(&self, opts: &EventsOptions) -> Result<EventStream, ClientError> {
+        self.events_avoiding(opts, &[]).await
+    }
+
+    /// As [`Client::events`], trying the endpoints in `avoid` last (to reconnect to
+    /// another member after a stream broke).
+    pub async fn events_avoiding(
+        &self,
+        opts: &EventsOptions,
+        avoid: &[crate::Endpoint],
+    ) -> Result<EventStream, ClientError> {
         let limit = self.timeout();
-        tokio::time::timeout(limit, self.events_inner(opts))
+        tokio::time::timeout(limit, self.events_inner(opts, avoid))
             .await
             .map_err(|_| ClientError::Timeout {
                 what: "the events websocket handshake".into(),
@@ -65,8 +76,12 @@ impl Client {
             })?
     }
 
-    async fn events_inner(&self, opts: &EventsOptions) -> Result<EventStream, ClientError> {
-        let conn = self.connect().await?;
+    async fn events_inner(
+        &self,
+        opts: &EventsOptions,
+        avoid: &[crate::Endpoint],
+    ) -> Result<EventStream, ClientError> {
+        let conn = self.connect_avoiding(avoid).await?;
         let path = self.full_path(&events_path(opts));
         let scheme = if conn.endpoint.is_unix() { "ws" } else { "wss" };
         let url = format!("{scheme}://{}{path}", conn.endpoint.authority());
@@ -76,6 +91,7 @@ impl Client {
             USER_AGENT,
             http::HeaderValue::from_str(&crate::client::user_agent()).expect("ascii user agent"),
         );
+        let endpoint = conn.endpoint.clone();
         let (ws, _resp) = match tokio_tungstenite::client_async(req, conn.stream).await {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -93,12 +109,18 @@ impl Client {
         };
         Ok(EventStream {
             ws,
+            endpoint,
             types: opts.types.clone(),
         })
     }
 }
 
 impl EventStream {
+    /// The address the stream is connected to.
+    pub fn endpoint(&self) -> &crate::Endpoint {
+        &self.endpoint
+    }
+
     /// The next event; `None` when the server closed the stream. Events of types not
     /// asked for are skipped (the server filters too; this keeps older servers honest).
     pub async fn next(&mut self) -> Option<Result<api::types::Event, ClientError>> {

@@ -119,6 +119,7 @@ fn pinned(endpoints: Vec<Endpoint>, fp: &str, identity: Option<trust::CertPair>)
         check: ServerCheck::Pinned(fp.to_string()),
         identity,
         connect_timeout: Duration::from_secs(2),
+        state_file: None,
     })
 }
 
@@ -220,6 +221,7 @@ async fn t30_a_silent_server_costs_the_connect_timeout_only() {
         check: ServerCheck::Pinned("00".repeat(32)),
         identity: None,
         connect_timeout: Duration::from_millis(300),
+        state_file: None,
     });
     let started = std::time::Instant::now();
     let err = client.server().await.unwrap_err();
@@ -290,4 +292,72 @@ async fn t10_events_arrive_over_the_websocket_filtered_by_type() {
         seen_rx.await.unwrap(),
         "/1.0/events?type=lifecycle&all-projects=true"
     );
+}
+
+/// A listener that accepts and never answers (a hung member); kept open while held.
+async fn hung_listener() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn t30_a_hung_first_address_is_overtaken_by_the_next() {
+    let srv = tls_server().await;
+    let (hung, _task) = hung_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let client = Client::from_spec(DialSpec {
+        endpoints: vec![https(hung), https(srv.addr)],
+        check: ServerCheck::Pinned(srv.fingerprint.clone()),
+        identity: None,
+        connect_timeout: Duration::from_secs(3),
+        state_file: Some(state.clone()),
+    });
+    let started = std::time::Instant::now();
+    let resp = client.request(Request::get("/1.0")).await.unwrap();
+    let took = started.elapsed();
+    println!("hung first address: answered in {took:?}");
+    assert_eq!(resp.endpoint, https(srv.addr));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The winner is remembered and tried first next time; the hung one goes last.
+    let st = stapes_client::connect::AddrState::load(&state);
+    assert_eq!(st.last_ok, Some(https(srv.addr).url()));
+    assert!(st.failed.contains_key(&https(hung).url()), "{st:?}");
+    let order = stapes_client::connect::order_endpoints(
+        &client.dial_spec().endpoints,
+        &st,
+        &[],
+        stapes_client::connect::unix_now(),
+    );
+    assert_eq!(order, vec![https(srv.addr), https(hung)]);
+}
+
+#[tokio::test]
+async fn t30_every_address_failing_reports_each() {
+    let (hung, _task) = hung_listener().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = Client::from_spec(DialSpec {
+        endpoints: vec![https(hung), https(refused)],
+        check: ServerCheck::Pinned("00".repeat(32)),
+        identity: None,
+        connect_timeout: Duration::from_millis(500),
+        state_file: None,
+    });
+    let started = std::time::Instant::now();
+    let err = client.server().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    match err {
+        ClientError::AllFailed(errors) => assert_eq!(errors.len(), 2, "{errors:?}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -20,12 +20,21 @@ pub struct Globals {
 pub struct Ctx {
     pub config: Config,
     pub globals: Globals,
+    /// The remotes clients were made for, in order (for member discovery).
+    used: std::cell::RefCell<Vec<String>>,
 }
+
+/// The bound on member discovery after a command.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Ctx {
     pub fn load(globals: Globals) -> Result<Ctx> {
         let config = Config::load(client::config::default_dir())?;
-        Ok(Ctx { config, globals })
+        Ok(Ctx {
+            config,
+            globals,
+            used: Default::default(),
+        })
     }
 
     /// The request timeout (`--timeout`, default 30 s).
@@ -42,7 +51,65 @@ impl Ctx {
         if !r.is_unix() && !self.config.has_client_cert() {
             eprintln!("Generating a client certificate. This may take a minute...");
         }
-        Ok(Client::new(&self.config, remote)?.with_timeout(self.timeout()))
+        let client = Client::new(&self.config, remote)?.with_timeout(self.timeout());
+        let mut used = self.used.borrow_mut();
+        if !used.iter().any(|u| u == remote) {
+            used.push(remote.to_string());
+        }
+        Ok(client)
+    }
+
+    /// Member discovery, after a command succeeded: asks the first https remote the
+    /// command used for the cluster's members (`GET /1.0/cluster/members?recursion=1`,
+    /// bounded by [`DISCOVERY_TIMEOUT`]) and adds their URLs to the remote's addresses,
+    /// so the remote keeps working when the member it was added through is gone. Once
+    /// per invocation; never fails (a standalone server, an untrusted client or a slow
+    /// answer just means nothing is learnt).
+    pub async fn discover_members(&self) {
+        let Some(remote) = self.used.borrow().first().cloned() else {
+            return;
+        };
+        let Ok(r) = self.config.remote(&remote) else {
+            return;
+        };
+        if r.is_unix() || r.public || r.is_static {
+            return;
+        }
+        let Ok(client) = Client::new(&self.config, &remote) else {
+            return;
+        };
+        let client = client.with_timeout(DISCOVERY_TIMEOUT);
+        let Ok(Ok(members)) =
+            tokio::time::timeout(DISCOVERY_TIMEOUT, client.get("/1.0/cluster/members?recursion=1")).await
+        else {
+            return;
+        };
+        let found: Vec<String> = members
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|m| m["url"].as_str())
+                    .filter_map(|u| client::normalize_address(u).ok())
+                    .filter(|(_, unix)| !unix)
+                    .map(|(url, _)| url)
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Re-read the file: change only this remote's addresses.
+        let Ok(mut config) = Config::load(self.config.dir.clone()) else {
+            return;
+        };
+        let Some(stored) = config.remotes.get_mut(&remote) else {
+            return;
+        };
+        let merged = merge_addrs(&stored.addrs(), &found);
+        if merged != stored.addrs() {
+            if self.globals.debug {
+                eprintln!("Remote {remote} addresses: {}", merged.join(","));
+            }
+            stored.addr = merged.join(",");
+            let _ = config.save();
+        }
     }
 
     /// A client for a remote, with `--target` applied to every request.
@@ -74,6 +141,17 @@ impl Ctx {
     pub fn remote_arg(&self, arg: Option<&str>) -> Result<(String, String)> {
         self.parse_remote(arg.unwrap_or(""))
     }
+}
+
+/// The stored addresses followed by the discovered ones not already there (pure).
+pub fn merge_addrs(stored: &[String], found: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in stored.iter().chain(found) {
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 /// `environment.server_clustered` of a `GET /1.0`.
@@ -161,5 +239,23 @@ pub async fn edit_in_editor(
                 content = text_editor(&content)?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t10_discovered_addresses_are_appended_once() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            merge_addrs(
+                &s(&["https://a:1", "https://x:9"]),
+                &s(&["https://b:2", "https://a:1", "https://c:3"])
+            ),
+            s(&["https://a:1", "https://x:9", "https://b:2", "https://c:3"])
+        );
+        assert_eq!(merge_addrs(&s(&["https://a:1"]), &[]), s(&["https://a:1"]));
     }
 }

@@ -18,7 +18,12 @@
 //! - only TLS remotes (`--auth-type tls`) and only `admin init --preseed`/`--dump`;
 //! - `cluster update-certificate` re-pins every remote that pinned the old certificate,
 //!   not only the one used; `remote accept-certificate` pins a changed certificate;
-//! - `cluster` has no `evacuate`, `restore`, `group` or `role`.
+//! - `cluster` has no `evacuate`, `restore`, `group` or `role`;
+//! - a remote's addresses are raced (the client never waits on one sick member), and
+//!   after a successful command on a clustered https remote the members' URLs are added
+//!   to the remote's addresses (at most one extra request, bounded by 2 s, never failing
+//!   the command); `monitor` follows a remote with several addresses to another member
+//!   when its stream breaks.
 
 #![forbid(unsafe_code)]
 
@@ -129,7 +134,7 @@ async fn run(cli: Cli) -> Result<()> {
         timeout: cli.request_timeout,
     };
     let mut ctx = Ctx::load(globals)?;
-    match cli.command {
+    let result = match cli.command {
         Command::Remote(cmd) => remote::run(&mut ctx, cmd).await,
         Command::Info { remote } => server::info(&ctx, remote.as_deref()).await,
         Command::Query(args) => server::query(&ctx, args).await,
@@ -139,7 +144,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Operation(cmd) => operation::run(&ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&ctx, cmd).await,
         Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
+    };
+    if result.is_ok() {
+        ctx.discover_members().await;
     }
+    result
 }
 
 #[cfg(test)]

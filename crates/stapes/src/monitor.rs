@@ -139,17 +139,60 @@ pub async fn run(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
         all_projects: args.all_projects,
     };
     let mut events = client.events(&opts).await?;
+    // A remote with several addresses (a cluster) is followed across members: when the
+    // stream breaks, reconnect to another one, at most MAX_RECONNECTS times in a row.
+    let can_move = client.dial_spec().endpoints.len() > 1;
     let colour = std::io::stdout().is_terminal();
     let mut out = std::io::stdout();
-    while let Some(event) = events.next().await {
-        let event = event?;
-        if let Some(text) = render_event(&event, format, max_level, colour)? {
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
+    let mut reconnects = 0;
+    loop {
+        let mut broke = match events.next().await {
+            Some(Ok(event)) => {
+                reconnects = 0;
+                if let Some(text) = render_event(&event, format, max_level, colour)? {
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                }
+                continue;
+            }
+            Some(Err(e)) if !can_move => return Err(e.into()),
+            None if !can_move => return Ok(()),
+            Some(Err(e)) => e.to_string(),
+            None => "the server closed it".to_string(),
+        };
+        let lost = events.endpoint().clone();
+        client.mark_failed(&lost);
+        loop {
+            if reconnects >= MAX_RECONNECTS {
+                bail!(
+                    "The event stream from {} broke ({broke}); gave up after {MAX_RECONNECTS} reconnection attempts",
+                    lost.authority()
+                );
+            }
+            if reconnects > 0 {
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+            reconnects += 1;
+            eprintln!(
+                "The event stream from {} broke ({broke}); reconnecting to another member",
+                lost.authority()
+            );
+            match client.events_avoiding(&opts, std::slice::from_ref(&lost)).await {
+                Ok(s) => {
+                    eprintln!("Receiving events from {}", s.endpoint().authority());
+                    events = s;
+                    break;
+                }
+                Err(e) => broke = e.to_string(),
+            }
         }
     }
-    Ok(())
 }
+
+/// How many times in a row `monitor` reconnects before giving up.
+const MAX_RECONNECTS: u32 = 5;
+/// The pause between two failed reconnections.
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -134,6 +134,7 @@ fn remove(ctx: &mut Ctx, name: &str) -> Result<()> {
     }
     ctx.config.remotes.remove(name);
     ctx.config.remove_server_cert(name);
+    let _ = std::fs::remove_file(ctx.config.remote_state_path(name));
     Ok(ctx.config.save()?)
 }
 
@@ -146,6 +147,10 @@ fn rename(ctx: &mut Ctx, name: &str, new_name: &str) -> Result<()> {
         bail!("Remote names may not contain colons");
     }
     ctx.config.rename_server_cert(name, new_name)?;
+    let _ = std::fs::rename(
+        ctx.config.remote_state_path(name),
+        ctx.config.remote_state_path(new_name),
+    );
     ctx.config.remotes.remove(name);
     ctx.config.remotes.insert(new_name.to_string(), r);
     if ctx.config.default_remote == name {

@@ -1,0 +1,288 @@
+//! A client that never stalls on a sick member: `stapes` against a real three-member
+//! cluster (started by the testkit from the workspace's build directory: run
+//! `cargo build --bins` first) through a remote whose first address is refused, hung
+//! (accepts and never answers) or a stopped member (SIGSTOP); and member discovery,
+//! which keeps a remote working when the member it was added through is gone.
+//!
+//! Every wait is bounded: each command by [`COMMAND_LIMIT`], convergence by
+//! [`eventually`] polling; a stopped member is continued before its test ends.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use testkit::{eventually, free_port, Cluster};
+
+/// The bound on one `stapes` invocation.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+/// The bound on a cluster converging.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
+/// What one command may take with a sick first address: the per-attempt deadline (3 s)
+/// would be the worst case; racing should make it far less. Generous for slow CI.
+const SICK_LIMIT: Duration = Duration::from_secs(5);
+
+struct Out {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// The `stapes` CLI with its own configuration directory.
+struct Stapes {
+    conf: tempfile::TempDir,
+}
+
+impl Stapes {
+    fn new() -> Stapes {
+        Stapes {
+            conf: tempfile::Builder::new()
+                .prefix("stapes-cli-failover-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    async fn run(&self, socket: &Path, args: &[&str]) -> Out {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"));
+        cmd.args(args)
+            .env("STAPES_CONF", self.conf.path())
+            .env("STAPES_SOCKET", socket)
+            .env("HOME", self.conf.path())
+            .env_remove("STAPES_DIR")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("stapes starts");
+        let out = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("stapes {args:?} did not finish within {COMMAND_LIMIT:?}"))
+            .expect("stapes runs");
+        Out {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn ok(&self, socket: &Path, args: &[&str]) -> String {
+        let out = self.run(socket, args).await;
+        assert!(
+            out.success,
+            "stapes {args:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    /// Runs `args` with no remembered connection state, expecting success within
+    /// [`SICK_LIMIT`]; returns the time taken.
+    async fn ok_fresh_timed(&self, socket: &Path, args: &[&str], what: &str) -> Duration {
+        let _ = std::fs::remove_dir_all(self.conf.path().join("remote-state"));
+        let started = Instant::now();
+        self.ok(socket, args).await;
+        let took = started.elapsed();
+        println!("{what}: stapes {args:?} took {took:?}");
+        assert!(took < SICK_LIMIT, "{what}: {took:?}");
+        took
+    }
+
+    /// The stored addresses of a remote.
+    async fn addrs(&self, socket: &Path, remote: &str) -> Vec<String> {
+        let json = self.ok(socket, &["remote", "list", "--format", "json"]).await;
+        let v: serde_json::Value = serde_json::from_str(&json).expect("remote list JSON");
+        v[remote]["Addr"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Waits until the first member lists `n` members online; returns their URLs in name
+/// order.
+async fn member_urls(cluster: &Cluster, n: usize) -> Vec<String> {
+    eventually(CONVERGE_LIMIT, "every member online", || async {
+        let mut list = cluster.members[0].members().await;
+        if list.len() != n || list.iter().any(|m| m["status"] != "Online") {
+            return None;
+        }
+        list.sort_by_key(|m| m["server_name"].as_str().unwrap_or_default().to_string());
+        Some(
+            list.iter()
+                .map(|m| m["url"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+}
+
+/// Adds remote `name` at `url` pinning what it presents, trusting the client with a
+/// token issued over `socket`. Retried until the trust has reached that member.
+async fn add_remote(cli: &Stapes, socket: &Path, name: &str, url: &str) {
+    eventually(CONVERGE_LIMIT, "remote added", || async {
+        let token = cli
+            .ok(socket, &["config", "trust", "add", &format!("{name}-cli"), "-q"])
+            .await;
+        let out = cli
+            .run(
+                socket,
+                &[
+                    "remote",
+                    "add",
+                    name,
+                    url,
+                    "--accept-certificate",
+                    "--token",
+                    token.trim(),
+                ],
+            )
+            .await;
+        out.success.then_some(())
+    })
+    .await;
+}
+
+/// A TCP listener that accepts and never answers: a hung member.
+async fn hung_member() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (format!("https://{addr}"), task)
+}
+
+#[tokio::test]
+async fn t30_a_sick_first_address_never_stalls_the_client() {
+    let cluster = Cluster::start(3).await;
+    let urls = member_urls(&cluster, 3).await;
+    let s1 = cluster.members[0].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s1, "c", &urls[0]).await;
+    let info = ["info", "c:"];
+
+    // (a) Nothing listens on the first address: refused at once.
+    let refused = format!("https://127.0.0.1:{}", free_port());
+    let mut set_url = vec!["remote", "set-url", "c", refused.as_str()];
+    set_url.extend(urls.iter().map(String::as_str));
+    cli.ok(&s1, &set_url).await;
+    for _ in 0..3 {
+        cli.ok_fresh_timed(&s1, &info, "refused first address").await;
+    }
+
+    // (b) The first address accepts and never answers.
+    let (hung, task) = hung_member().await;
+    set_url[3] = hung.as_str();
+    cli.ok(&s1, &set_url).await;
+    for _ in 0..3 {
+        cli.ok_fresh_timed(&s1, &info, "hung first address").await;
+    }
+    // Remembered: the next run goes to the member that answered, and does not wait.
+    let again = Instant::now();
+    cli.ok(&s1, &info).await;
+    println!("hung first address, remembered: {:?}", again.elapsed());
+    task.abort();
+
+    // (c) The first address is a real member, stopped with SIGSTOP.
+    let mut set_url = vec!["remote", "set-url", "c"];
+    set_url.extend(urls.iter().map(String::as_str));
+    cli.ok(&s1, &set_url).await;
+    cluster.members[0].signal(Signal::SIGSTOP);
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
+        let started = Instant::now();
+        let out = cli.run(&s1, &info).await;
+        results.push((out.success, started.elapsed(), out.stderr));
+    }
+    cluster.members[0].signal(Signal::SIGCONT);
+    for (success, took, stderr) in &results {
+        println!("stopped first member: stapes {info:?} took {took:?}");
+        assert!(*success, "{stderr}");
+        assert!(*took < SICK_LIMIT, "{took:?}");
+    }
+}
+
+#[tokio::test]
+async fn t20_discovered_members_keep_a_remote_working_without_its_first_member() {
+    let mut cluster = Cluster::start(3).await;
+    let urls = member_urls(&cluster, 3).await;
+    let s2 = cluster.members[1].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s2, "d", &urls[0]).await;
+    cli.ok(&s2, &["info", "d:"]).await;
+    let stored = cli.addrs(&s2, "d").await;
+    println!("stored addresses of d: {stored:?}");
+    assert_eq!(stored[0], urls[0], "the given address stays first");
+    for url in &urls {
+        assert!(stored.contains(url), "{url} missing from {stored:?}");
+    }
+
+    // node1 is gone for good: the remote still works, through the other members.
+    cluster.members[0].kill9();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let out = cli.ok(&s2, &["info", "d:"]).await;
+        println!("without node1: {:?}", started.elapsed());
+        assert!(out.contains("server_clustered: true"), "{out}");
+        assert!(started.elapsed() < SICK_LIMIT);
+    }
+}
+
+#[tokio::test]
+async fn t30_monitor_moves_to_another_member_when_its_stream_breaks() {
+    use tokio::io::AsyncBufReadExt;
+    let mut cluster = Cluster::start(3).await;
+    let urls = member_urls(&cluster, 3).await;
+    let s2 = cluster.members[1].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s2, "m", &urls[0]).await;
+    let mut set_url = vec!["remote", "set-url", "m"];
+    set_url.extend(urls.iter().map(String::as_str));
+    cli.ok(&s2, &set_url).await;
+    let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"))
+        .args(["monitor", "m:", "--type", "lifecycle"])
+        .env("STAPES_CONF", cli.conf.path())
+        .env("STAPES_SOCKET", &s2)
+        .env("HOME", cli.conf.path())
+        .env_remove("STAPES_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("stapes monitor starts");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Let the monitor connect (to node1, the first address), then kill node1.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.members[0].kill9();
+    let mut seen = Vec::new();
+    let reconnected = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            seen.push(line.clone());
+            if line.starts_with("Receiving events from") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    println!("monitor stderr: {seen:#?}");
+    assert_eq!(reconnected, Ok(true), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("broke") && l.contains("reconnecting to another member")),
+        "{seen:?}"
+    );
+}
