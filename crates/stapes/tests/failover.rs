@@ -286,3 +286,70 @@ async fn t30_monitor_moves_to_another_member_when_its_stream_breaks() {
         "{seen:?}"
     );
 }
+
+/// An nftables table of our own that silently drops TCP to one loopback address and
+/// port (a blackholed member: SYNs vanish). Deleted when dropped.
+struct Blackhole {
+    table: String,
+}
+
+impl Blackhole {
+    fn new(ip: &str, port: u16) -> Option<Blackhole> {
+        let table = format!("stapes_blackhole_{}", std::process::id());
+        let nft = |args: &[&str]| {
+            std::process::Command::new("nft")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let rule = format!("ip daddr {ip} tcp dport {port} drop");
+        let made = nft(&["add", "table", "inet", &table])
+            && nft(&[
+                "add",
+                "chain",
+                "inet",
+                &table,
+                "input",
+                "{ type filter hook input priority -10; }",
+            ])
+            && nft(&["add", "rule", "inet", &table, "input", &rule]);
+        let guard = Blackhole { table };
+        made.then_some(guard)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn t30_a_blackholed_first_address_never_stalls_the_client() {
+    let root = nix::unistd::geteuid().is_root();
+    if !root || !testkit::have_tool("nft") {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "blackhole test needs root and nft under CI=true"
+        );
+        eprintln!("SKIP: the blackhole test needs root and nft");
+        return;
+    }
+    let cluster = Cluster::start(3).await;
+    let urls = member_urls(&cluster, 3).await;
+    let s1 = cluster.members[0].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s1, "c", &urls[0]).await;
+    let port = free_port();
+    let _hole = Blackhole::new("127.0.0.4", port).expect("nftables rule in place");
+    let sick = format!("https://127.0.0.4:{port}");
+    let mut set_url = vec!["remote", "set-url", "c", sick.as_str()];
+    set_url.extend(urls.iter().map(String::as_str));
+    cli.ok(&s1, &set_url).await;
+    for _ in 0..3 {
+        cli.ok_fresh_timed(&s1, &["info", "c:"], "blackholed first address")
+            .await;
+    }
+}
