@@ -353,3 +353,76 @@ async fn t30_a_blackholed_first_address_never_stalls_the_client() {
             .await;
     }
 }
+
+/// A member that completes TLS with the real member's certificate (so the pin
+/// matches), reads the request, and hangs up without answering: a member failing in
+/// the middle of a command.
+async fn member_that_dies_mid_request(member: &testkit::Member) -> (String, tokio::task::JoinHandle<()>) {
+    let cert = std::fs::read_to_string(member.dir.join("server.crt")).expect("server.crt");
+    let key = std::fs::read_to_string(member.dir.join("server.key")).expect("server.key");
+    let resolver =
+        transport::tls::CertResolver::new(transport::tls::certified_key(&cert, &key).expect("key pair"));
+    let acceptor =
+        transport::tls::TlsAcceptor::from(transport::tls::server_config(resolver).expect("tls config"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let task = tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                    // Hang up without a word.
+                }
+            });
+        }
+    });
+    (format!("https://{addr}"), task)
+}
+
+#[tokio::test]
+async fn t30_a_member_failing_mid_request_is_retried_for_reads_only() {
+    let mut member = testkit::Member::start().await;
+    let url = format!("https://{}", member.listen().await);
+    let s1 = member.socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s1, "c", &url).await;
+    let (dying, task) = member_that_dies_mid_request(&member).await;
+    cli.ok(&s1, &["remote", "set-url", "c", &dying, &url]).await;
+
+    // A read is answered by the healthy member.
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
+        let started = Instant::now();
+        let out = cli.run(&s1, &["query", "c:/1.0"]).await;
+        assert!(out.success, "{}", out.stderr);
+        assert!(out.stdout.contains("\"auth\": \"trusted\""), "{}", out.stdout);
+        assert!(started.elapsed() < SICK_LIMIT);
+    }
+    // A write is not resent blindly, and the error says what may have happened.
+    let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
+    let out = cli
+        .run(
+            &s1,
+            &[
+                "query",
+                "-X",
+                "PATCH",
+                "c:/1.0",
+                "-d",
+                r#"{"config":{"core.remote_token_expiry":"2H"}}"#,
+            ],
+        )
+        .await;
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("may or may not have been applied"),
+        "{}",
+        out.stderr
+    );
+    task.abort();
+}
