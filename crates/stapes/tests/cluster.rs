@@ -2,110 +2,18 @@
 //! the workspace's build directory: run `cargo build --bins` first), each reached over
 //! its own unix socket with `STAPES_SOCKET`, with a throwaway `STAPES_CONF`.
 //!
-//! Every wait is bounded: each command by [`COMMAND_LIMIT`], convergence by
+//! Every wait is bounded: each command by [`common::COMMAND_LIMIT`], convergence by
 //! [`eventually`] polling.
 
-use std::path::Path;
-use std::time::Duration;
+mod common;
 
+use std::path::Path;
+
+use common::{Stapes, CONVERGE_LIMIT};
 use serde_json::Value;
 use testkit::{eventually, free_port, Member};
-use tokio::io::AsyncWriteExt;
-
-/// The bound on one `stapes` invocation.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-/// The bound on a cluster converging (joins, heartbeats, renames, removals).
-const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
-
-/// What one `stapes` run left behind.
-struct Out {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// The `stapes` CLI with its own configuration directory.
-struct Stapes {
-    conf: tempfile::TempDir,
-}
 
 impl Stapes {
-    fn new() -> Stapes {
-        Stapes {
-            conf: tempfile::Builder::new()
-                .prefix("stapes-cli-test-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    /// Runs `stapes ARGS` against the daemon at `socket`, feeding `stdin` when given
-    /// (stdin is then a pipe, not a terminal, as for `edit` and `--preseed`).
-    async fn run(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"));
-        cmd.args(args)
-            .env("STAPES_CONF", self.conf.path())
-            .env("STAPES_SOCKET", socket)
-            .env("HOME", self.conf.path())
-            .env_remove("STAPES_DIR")
-            .env_remove("XDG_CONFIG_HOME")
-            .env_remove("VISUAL")
-            .env_remove("EDITOR")
-            .stdin(if stdin.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("stapes starts");
-        if let Some(text) = stdin {
-            let mut pipe = child.stdin.take().expect("piped stdin");
-            pipe.write_all(text.as_bytes()).await.expect("write stdin");
-            drop(pipe);
-        }
-        let out = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("stapes {args:?} did not finish within {COMMAND_LIMIT:?}"))
-            .expect("stapes runs");
-        Out {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Runs and expects success; returns stdout.
-    async fn ok(&self, socket: &Path, args: &[&str]) -> String {
-        self.ok_stdin(socket, args, None).await
-    }
-
-    async fn ok_stdin(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(socket, args, stdin).await;
-        assert!(
-            out.success,
-            "stapes {args:?} failed:\n{}\n{}",
-            out.stdout, out.stderr
-        );
-        out.stdout
-    }
-
-    /// Runs and expects failure; returns stderr.
-    async fn fails(&self, socket: &Path, args: &[&str]) -> String {
-        self.fails_stdin(socket, args, None).await
-    }
-
-    async fn fails_stdin(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(socket, args, stdin).await;
-        assert!(
-            !out.success,
-            "stapes {args:?} should have failed:\n{}",
-            out.stdout
-        );
-        out.stderr
-    }
-
     /// `cluster list --format csv` lines.
     async fn members_csv(&self, socket: &Path) -> Vec<String> {
         self.ok(socket, &["cluster", "list", "--format", "csv"])

@@ -3,41 +3,18 @@
 //! `cargo build --bins` first), reached over loopback HTTPS through remotes pinned to
 //! the cluster certificate.
 //!
-//! Every wait is bounded: each command by [`COMMAND_LIMIT`], convergence by
+//! Every wait is bounded: each command by [`common::COMMAND_LIMIT`], convergence by
 //! [`eventually`] polling.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use testkit::{eventually, Cluster};
-
-/// The bound on one `stapes` invocation.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-/// The bound on a cluster converging (joins, trust and certificate replication).
-const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
-
-struct Out {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// The `stapes` CLI with its own configuration directory.
-struct Stapes {
-    conf: tempfile::TempDir,
-}
+use common::{add_remote, member_urls, Stapes, CONVERGE_LIMIT};
+use testkit::eventually;
+use testkit::Cluster;
 
 impl Stapes {
-    fn new() -> Stapes {
-        Stapes {
-            conf: tempfile::Builder::new()
-                .prefix("stapes-cli-cert-test-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    /// Another client with a copy of this one's configuration (remotes, pins, identity).
     fn copy(&self) -> Stapes {
         let other = Stapes::new();
         copy_dir(self.conf.path(), other.conf.path());
@@ -51,60 +28,6 @@ impl Stapes {
     fn pinned_fingerprint(&self, remote: &str) -> String {
         let pem = std::fs::read_to_string(self.pin_path(remote)).expect("pinned certificate");
         trust::fingerprint(&trust::cert::pem_to_der(&pem).expect("PEM"))
-    }
-
-    async fn run(&self, socket: &Path, args: &[&str], stdin: Option<&str>) -> Out {
-        use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"));
-        cmd.args(args)
-            .env("STAPES_CONF", self.conf.path())
-            .env("STAPES_SOCKET", socket)
-            .env("HOME", self.conf.path())
-            .env_remove("STAPES_DIR")
-            .env_remove("XDG_CONFIG_HOME")
-            .stdin(if stdin.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("stapes starts");
-        if let Some(text) = stdin {
-            let mut pipe = child.stdin.take().expect("piped stdin");
-            pipe.write_all(text.as_bytes()).await.expect("write stdin");
-            drop(pipe);
-        }
-        let out = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("stapes {args:?} did not finish within {COMMAND_LIMIT:?}"))
-            .expect("stapes runs");
-        Out {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn ok(&self, socket: &Path, args: &[&str]) -> String {
-        let out = self.run(socket, args, None).await;
-        assert!(
-            out.success,
-            "stapes {args:?} failed:\n{}\n{}",
-            out.stdout, out.stderr
-        );
-        out.stdout
-    }
-
-    async fn fails(&self, socket: &Path, args: &[&str]) -> String {
-        let out = self.run(socket, args, None).await;
-        assert!(
-            !out.success,
-            "stapes {args:?} should have failed:\n{}",
-            out.stdout
-        );
-        out.stderr
     }
 }
 
@@ -135,52 +58,6 @@ fn new_pair() -> trust::CertPair {
 
 fn fingerprint_of(pair: &trust::CertPair) -> String {
     trust::fingerprint(&trust::cert::pem_to_der(&pair.cert_pem).unwrap())
-}
-
-/// Waits until the first member lists `n` members online; returns their URLs in name
-/// order.
-async fn member_urls(cluster: &Cluster, n: usize) -> Vec<String> {
-    eventually(CONVERGE_LIMIT, "every member online", || async {
-        let mut list = cluster.members[0].members().await;
-        if list.len() != n || list.iter().any(|m| m["status"] != "Online") {
-            return None;
-        }
-        list.sort_by_key(|m| m["server_name"].as_str().unwrap_or_default().to_string());
-        Some(
-            list.iter()
-                .map(|m| m["url"].as_str().unwrap_or_default().to_string())
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await
-}
-
-/// Adds remote `name` at `url` pinning what it presents, trusting the client with a
-/// token issued over `socket` when the server doesn't trust it yet. Retried until the
-/// trust the cluster replicates has reached that member.
-async fn add_remote(cli: &Stapes, socket: &Path, name: &str, url: &str) {
-    eventually(CONVERGE_LIMIT, "remote added", || async {
-        let token = cli
-            .ok(socket, &["config", "trust", "add", &format!("{name}-cli"), "-q"])
-            .await;
-        let out = cli
-            .run(
-                socket,
-                &[
-                    "remote",
-                    "add",
-                    name,
-                    url,
-                    "--accept-certificate",
-                    "--token",
-                    token.trim(),
-                ],
-                None,
-            )
-            .await;
-        out.success.then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -4,78 +4,22 @@
 //! (accepts and never answers) or a stopped member (SIGSTOP); and member discovery,
 //! which keeps a remote working when the member it was added through is gone.
 //!
-//! Every wait is bounded: each command by [`COMMAND_LIMIT`], convergence by
-//! [`eventually`] polling; a stopped member is continued before its test ends.
+//! Every wait is bounded: each command by [`common::COMMAND_LIMIT`], convergence by
+//! [`testkit::eventually`] polling; a stopped member is continued before its test ends.
+
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{add_remote, member_urls, Stapes};
 use nix::sys::signal::Signal;
-use testkit::{eventually, free_port, Cluster};
-
-/// The bound on one `stapes` invocation.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-/// The bound on a cluster converging.
-const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
+use testkit::{free_port, Cluster};
 /// What one command may take with a sick first address: the per-attempt deadline (3 s)
 /// would be the worst case; racing should make it far less. Generous for slow CI.
 const SICK_LIMIT: Duration = Duration::from_secs(5);
 
-struct Out {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// The `stapes` CLI with its own configuration directory.
-struct Stapes {
-    conf: tempfile::TempDir,
-}
-
 impl Stapes {
-    fn new() -> Stapes {
-        Stapes {
-            conf: tempfile::Builder::new()
-                .prefix("stapes-cli-failover-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    async fn run(&self, socket: &Path, args: &[&str]) -> Out {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"));
-        cmd.args(args)
-            .env("STAPES_CONF", self.conf.path())
-            .env("STAPES_SOCKET", socket)
-            .env("HOME", self.conf.path())
-            .env_remove("STAPES_DIR")
-            .env_remove("XDG_CONFIG_HOME")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("stapes starts");
-        let out = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("stapes {args:?} did not finish within {COMMAND_LIMIT:?}"))
-            .expect("stapes runs");
-        Out {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn ok(&self, socket: &Path, args: &[&str]) -> String {
-        let out = self.run(socket, args).await;
-        assert!(
-            out.success,
-            "stapes {args:?} failed:\n{}\n{}",
-            out.stdout, out.stderr
-        );
-        out.stdout
-    }
-
     /// Runs `args` with no remembered connection state, expecting success within
     /// [`SICK_LIMIT`]; returns the time taken.
     async fn ok_fresh_timed(&self, socket: &Path, args: &[&str], what: &str) -> Duration {
@@ -99,50 +43,6 @@ impl Stapes {
             .map(str::to_string)
             .collect()
     }
-}
-
-/// Waits until the first member lists `n` members online; returns their URLs in name
-/// order.
-async fn member_urls(cluster: &Cluster, n: usize) -> Vec<String> {
-    eventually(CONVERGE_LIMIT, "every member online", || async {
-        let mut list = cluster.members[0].members().await;
-        if list.len() != n || list.iter().any(|m| m["status"] != "Online") {
-            return None;
-        }
-        list.sort_by_key(|m| m["server_name"].as_str().unwrap_or_default().to_string());
-        Some(
-            list.iter()
-                .map(|m| m["url"].as_str().unwrap_or_default().to_string())
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await
-}
-
-/// Adds remote `name` at `url` pinning what it presents, trusting the client with a
-/// token issued over `socket`. Retried until the trust has reached that member.
-async fn add_remote(cli: &Stapes, socket: &Path, name: &str, url: &str) {
-    eventually(CONVERGE_LIMIT, "remote added", || async {
-        let token = cli
-            .ok(socket, &["config", "trust", "add", &format!("{name}-cli"), "-q"])
-            .await;
-        let out = cli
-            .run(
-                socket,
-                &[
-                    "remote",
-                    "add",
-                    name,
-                    url,
-                    "--accept-certificate",
-                    "--token",
-                    token.trim(),
-                ],
-            )
-            .await;
-        out.success.then_some(())
-    })
-    .await;
 }
 
 /// A TCP listener that accepts and never answers: a hung member.
@@ -198,7 +98,7 @@ async fn t30_a_sick_first_address_never_stalls_the_client() {
     for _ in 0..3 {
         let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
         let started = Instant::now();
-        let out = cli.run(&s1, &info).await;
+        let out = cli.run(&s1, &info, None).await;
         results.push((out.success, started.elapsed(), out.stderr));
     }
     cluster.members[0].signal(Signal::SIGCONT);
@@ -398,7 +298,7 @@ async fn t30_a_member_failing_mid_request_is_retried_for_reads_only() {
     for _ in 0..3 {
         let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
         let started = Instant::now();
-        let out = cli.run(&s1, &["query", "c:/1.0"]).await;
+        let out = cli.run(&s1, &["query", "c:/1.0"], None).await;
         assert!(out.success, "{}", out.stderr);
         assert!(out.stdout.contains("\"auth\": \"trusted\""), "{}", out.stdout);
         assert!(started.elapsed() < SICK_LIMIT);
@@ -416,6 +316,7 @@ async fn t30_a_member_failing_mid_request_is_retried_for_reads_only() {
                 "-d",
                 r#"{"config":{"core.remote_token_expiry":"2H"}}"#,
             ],
+            None,
         )
         .await;
     assert!(!out.success);
