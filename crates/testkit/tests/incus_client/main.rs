@@ -9,18 +9,41 @@ use stapes_testkit::{have_tool, ClientCert, Member};
 
 /// Runs `incus ARGS` with its own config directory; `socket` sets `INCUS_SOCKET`.
 async fn incus(conf: &Path, socket: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    incus_stdin(conf, socket, args, None).await
+}
+
+/// As [`incus`], writing `stdin` to it (a pipe, not a terminal: how `--preseed` and
+/// `edit` read their input).
+async fn incus_stdin(
+    conf: &Path,
+    socket: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new("incus");
     cmd.args(args)
         .env("INCUS_CONF", conf)
         .env("HOME", conf)
         .env_remove("INCUS_SOCKET")
         .env_remove("INCUS_DIR")
-        .stdin(std::process::Stdio::null())
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     if let Some(s) = socket {
         cmd.env("INCUS_SOCKET", s);
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+    let mut child = cmd.spawn().expect("incus runs");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(text.as_bytes()).await.expect("write stdin");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("incus finished within 30 s")
         .expect("incus runs");
@@ -218,34 +241,15 @@ async fn t40_cluster_enable_add_preseed_join_list_tokens_remove() {
     let preseed = format!(
         "cluster:\n  enabled: true\n  server_name: node2\n  server_address: {addr2}\n  cluster_token: {token}\n"
     );
-    let mut child = tokio::process::Command::new("incus")
-        .args(["admin", "init", "--preseed"])
-        .env("INCUS_CONF", c)
-        .env("HOME", c)
-        .env("INCUS_SOCKET", n2.socket())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(preseed.as_bytes())
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "preseed join: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let n2_socket = n2.socket();
+    let (success, _, stderr) = incus_stdin(
+        c,
+        Some(&n2_socket),
+        &["admin", "init", "--preseed"],
+        Some(&preseed),
+    )
+    .await;
+    assert!(success, "preseed join: {stderr}");
 
     // node3 joins through the API; then a fourth token is revoked.
     let token3 = n1.join_token("node3").await;
@@ -429,34 +433,14 @@ async fn t70_cluster_edit_with_the_official_client() {
     let shown = ok(conf.path(), Some(&s1), &["cluster", "show", "node2"]).await;
     let edited = shown.replace("description: \"\"", "description: rack two");
     assert_ne!(shown, edited, "{shown}");
-    let mut child = tokio::process::Command::new("incus")
-        .args(["cluster", "edit", "node2"])
-        .env("INCUS_CONF", conf.path())
-        .env("HOME", conf.path())
-        .env("INCUS_SOCKET", &s1)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(edited.as_bytes())
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cluster edit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (success, _, stderr) = incus_stdin(
+        conf.path(),
+        Some(&s1),
+        &["cluster", "edit", "node2"],
+        Some(&edited),
+    )
+    .await;
+    assert!(success, "cluster edit: {stderr}");
     let shown = ok(conf.path(), Some(&s1), &["cluster", "show", "node2"]).await;
     assert!(shown.contains("description: rack two"), "{shown}");
 }
