@@ -30,8 +30,7 @@ use trust::token::JoinToken;
 
 use crate::ctx::{read_stdin, stdin_is_terminal, Ctx};
 use crate::format::{
-    date, order, parse_columns, parse_time, render_list, sort_rows, unquote_times, yaml, Doc, ListFormat,
-    TIME_KEYS,
+    order, parse_columns, parse_time, render_list, render_tokens, sort_rows, yaml, Doc, ListFormat, TokenRow,
 };
 
 #[derive(Debug, Subcommand)]
@@ -629,29 +628,18 @@ async fn list_tokens(ctx: &Ctx, args: TokenListArgs) -> Result<()> {
     let ops = client.get("/1.0/operations?recursion=1").await?;
     let cols = parse_columns(&args.columns, "ntE").map_err(|e| anyhow!(e))?;
     let tokens: Vec<JoinToken> = join_token_operations(&ops).into_iter().map(|(_, t)| t).collect();
-    let mut rows: Vec<Vec<String>> = tokens
+    let rows: Vec<TokenRow> = tokens
         .iter()
-        .map(|t| {
-            cols.iter()
-                .map(|c| match c {
-                    'n' => t.server_name.clone(),
-                    't' => trust::token::encode(t),
-                    _ => parse_time(&t.expires_at).map(date).unwrap_or_default(),
-                })
-                .collect()
+        .map(|t| TokenRow {
+            name: t.server_name.clone(),
+            token: trust::token::encode(t),
+            expires_at: t.expires_at.clone(),
         })
         .collect();
-    sort_rows(&mut rows);
-    let headers: Vec<&str> = cols
-        .iter()
-        .map(|c| match c {
-            'n' => "NAME",
-            't' => "TOKEN",
-            _ => "EXPIRES AT",
-        })
-        .collect();
-    let text = render_list(format, &headers, &rows, &tokens).map_err(|e| anyhow!(e))?;
-    print!("{}", unquote_times(&text, TIME_KEYS));
+    print!(
+        "{}",
+        render_tokens(format, &cols, &rows, &tokens, false).map_err(|e| anyhow!(e))?
+    );
     Ok(())
 }
 

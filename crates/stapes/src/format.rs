@@ -499,6 +499,48 @@ pub fn parse_columns(spec: &str, known: &str) -> Result<Vec<char>, String> {
     Ok(out)
 }
 
+/// One row of a `list-tokens` table.
+pub struct TokenRow {
+    pub name: String,
+    pub token: String,
+    pub expires_at: String,
+}
+
+/// Renders `list-tokens` (columns `n` NAME, `t` TOKEN, `E` EXPIRES AT), for trust and
+/// join tokens alike. `blank_no_expiry` shows a token that never expires as blank.
+pub fn render_tokens<T: Serialize>(
+    format: ListFormat,
+    cols: &[char],
+    rows: &[TokenRow],
+    objects: &[T],
+    blank_no_expiry: bool,
+) -> Result<String, String> {
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| match c {
+                    'n' => r.name.clone(),
+                    't' => r.token.clone(),
+                    _ if blank_no_expiry && is_zero_time(&r.expires_at) => " ".to_string(),
+                    _ => parse_time(&r.expires_at).map(date).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .collect();
+    sort_rows(&mut table);
+    let headers: Vec<&str> = cols
+        .iter()
+        .map(|c| match c {
+            'n' => "NAME",
+            't' => "TOKEN",
+            _ => "EXPIRES AT",
+        })
+        .collect();
+    let text = render_list(format, &headers, &table, &objects)?;
+    Ok(unquote_times(&text, TIME_KEYS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
