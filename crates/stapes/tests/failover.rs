@@ -93,7 +93,7 @@ async fn t30_a_sick_first_address_never_stalls_the_client() {
     let mut set_url = vec!["remote", "set-url", "c"];
     set_url.extend(urls.iter().map(String::as_str));
     cli.ok(&s1, &set_url).await;
-    cluster.members[0].signal(Signal::SIGSTOP);
+    cluster.members[0].stop_process().await;
     let mut results = Vec::new();
     for _ in 0..3 {
         let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));

@@ -430,6 +430,24 @@ impl Member {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
     }
 
+    /// SIGSTOP, and waits (bounded) until the kernel reports the process stopped: the
+    /// signal is asynchronous, and a request sent right after it could still be served.
+    pub async fn stop_process(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.pid());
+        eventually(Duration::from_secs(5), "the member stopped", || {
+            let stopped = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false);
+            async move { stopped.then_some(()) }
+        })
+        .await;
+    }
+
     /// Starts the process again on the same state directory.
     pub async fn restart(&mut self) {
         self.kill9();

@@ -185,7 +185,7 @@ async fn sick_members_never_stall_the_cluster() {
     let name = |i: usize| format!("node{}", i + 1);
 
     // Hung: accepts TCP, answers nothing.
-    c.members[hung].signal(nix::sys::signal::Signal::SIGSTOP);
+    c.members[hung].stop_process().await;
     let u = c.members[front].unix();
     let hung_path = format!("/1.0?target={}", name(hung));
     let started = Instant::now();
