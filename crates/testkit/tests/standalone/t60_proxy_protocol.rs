@@ -34,12 +34,10 @@ fn v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
 
 async fn requestor_of_next_change(m: &Member, via: &Target) -> Value {
     let mut ws = events_unix(&m.socket(), "type=lifecycle").await.unwrap();
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 90
-        + 1;
+    // A value that differs from the last one: an unchanged value is no change and
+    // emits no event.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let r = via
         .send_json(
             "PATCH",
