@@ -2,13 +2,26 @@
 # Installs what the test suite needs on Debian bookworm: the official incus client from
 # bookworm-backports (added beside the machine's Debian source), pebble and dnsmasq for
 # the ACME tests, haproxy for the load-balancer tests, nftables for the blackholed-member
-# test, and curl.
+# test, keepalived and bird2 (with iproute2) for the VRRP and ECMP tests in network
+# namespaces, and curl.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
 else
     SUDO=
+fi
+
+# The test OpenID provider (crates/testkit/oidc) runs on node, with its packages from
+# the npm registry as pinned by package-lock.json (oidc-provider 9 wants node 20 or later).
+if ! command -v node >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+oidc_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/testkit/oidc"
+if [ ! -f "$oidc_dir/node_modules/oidc-provider/package.json" ] ||
+    [ "$oidc_dir/package-lock.json" -nt "$oidc_dir/node_modules/.package-lock.json" ]; then
+    (cd "$oidc_dir" && npm ci --no-audit --no-fund)
 fi
 
 need=()
@@ -19,6 +32,9 @@ command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
+command -v bird >/dev/null 2>&1 || [ -x /usr/sbin/bird ] || need+=(bird2)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then

@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
 pub mod acme;
+pub mod netns;
+pub mod oidc;
 
 pub use transport::tls::{PeerRecorder, ServerTrust};
 
@@ -218,6 +220,47 @@ impl Target {
     }
 }
 
+/// An HTTP/1.1 connection kept open for several requests (to see whether it survives).
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    /// A TLS connection to `addr` presenting `cert`, accepting any server certificate.
+    pub async fn open(addr: &str, cert: Option<&ClientCert>) -> anyhow::Result<KeepAlive> {
+        let Target::Tls { addr, config } = Target::tls(addr, cert) else {
+            unreachable!()
+        };
+        let tcp = TcpStream::connect(&addr).await?;
+        tcp.set_nodelay(true)?;
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+        let tls = transport::tls::TlsConnector::from(config)
+            .connect(transport::tls::server_name(host), tcp)
+            .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(KeepAlive { sender })
+    }
+
+    /// `GET path` on this connection.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Resp> {
+        self.sender.ready().await?;
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", "stapes.test")
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
 async fn send<S>(
     stream: S,
     method: &str,
@@ -230,10 +273,10 @@ where
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "stapes.test");
+    let mut req = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "stapes.test");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -261,6 +304,8 @@ pub struct Member {
     /// `127.0.0.1:PORT` once [`Member::listen`] ran.
     pub https: Option<String>,
     env: Vec<(String, String)>,
+    /// The network namespace the daemon runs in (`ip netns exec`), if not the test's.
+    netns: Option<String>,
 }
 
 impl Member {
@@ -271,6 +316,12 @@ impl Member {
 
     /// As [`Member::start`], with extra environment variables for the daemon.
     pub async fn start_env(env: &[(&str, &str)]) -> Member {
+        Self::start_in(None, env).await
+    }
+
+    /// As [`Member::start_env`], the daemon running in network namespace `netns`. The
+    /// unix socket is a path, so the test still reaches it from its own namespace.
+    pub async fn start_in(netns: Option<&str>, env: &[(&str, &str)]) -> Member {
         let tmp = tempfile::Builder::new()
             .prefix("stapes-test-")
             .tempdir()
@@ -283,6 +334,7 @@ impl Member {
             child: None,
             https: None,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            netns: netns.map(str::to_string),
         };
         m.spawn().await;
         m
@@ -311,7 +363,16 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(bin("stapesd"))
+        // `ip netns exec` execs the daemon in place: the child's PID is the daemon's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new(netns::IP);
+                c.args(["netns", "exec", ns]).arg(bin("stapesd"));
+                c
+            }
+            None => Command::new(bin("stapesd")),
+        };
+        let child = cmd
             .arg("--state-dir")
             .arg(&self.dir)
             .env_remove("STAPES_SOCKET")
@@ -446,6 +507,12 @@ impl Member {
             async move { stopped.then_some(()) }
         })
         .await;
+    }
+
+    /// Sets an environment variable for the daemon's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts the process again on the same state directory.
