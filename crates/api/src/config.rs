@@ -44,6 +44,8 @@ pub enum Kind {
     ListenAddress,
     /// Comma-separated IP addresses or CIDR ranges.
     AddressList,
+    /// One IP address for this host alone: `ADDR`, `ADDR/32` (IPv4) or `ADDR/128` (IPv6).
+    HostAddress,
     /// An Incus expiry expression: `<n>(S|M|H|d|w|m|y)` fields separated by spaces.
     Expiry,
     /// An `http://` or `https://` URL.
@@ -160,6 +162,13 @@ pub const KEYS: &[Key] = &[
         description: "Threshold when an unresponsive member is considered offline (seconds)",
     },
     Key {
+        name: "core.anycast_address",
+        scope: Scope::Local,
+        kind: Kind::HostAddress,
+        default: None,
+        description: "Address (/32 or /128) this member holds on `lo` while it is ready, for a routing daemon to announce (stapes)",
+    },
+    Key {
         name: "core.https_address",
         scope: Scope::Local,
         kind: Kind::ListenAddress,
@@ -269,6 +278,7 @@ fn check_kind(kind: Kind, value: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        Kind::HostAddress => parse_host_address(value).map(|_| ()),
         Kind::Expiry => parse_expiry(value).map(|_| ()),
         Kind::Url => {
             if value.starts_with("https://") || value.starts_with("http://") {
@@ -410,6 +420,30 @@ pub fn parse_cidr(value: &str) -> Result<Cidr, String> {
     Ok(Cidr { addr, bits })
 }
 
+/// Parses a single host address, `ADDR`, `ADDR/32` or `ADDR/128`: one that can be put
+/// on an interface and routed to (not unspecified, loopback, multicast or link-local).
+pub fn parse_host_address(value: &str) -> Result<IpAddr, String> {
+    let cidr = parse_cidr(value)?;
+    let single = if cidr.addr.is_ipv4() { 32 } else { 128 };
+    if cidr.bits != single {
+        return Err(format!("{value:?} is a range: expected one address (/{single})"));
+    }
+    let unusable = match cidr.addr {
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() || a.is_link_local()
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_unicast_link_local()
+        }
+    };
+    if unusable {
+        return Err(format!(
+            "{value:?} cannot be announced: expected a unicast address that is not loopback or link-local"
+        ));
+    }
+    Ok(cidr.addr)
+}
+
 /// Parses an Incus expiry expression (`"3H"`, `"1d 12H"`). Months count 30 days and
 /// years 365; an empty expression means no expiry (`None`).
 pub fn parse_expiry(value: &str) -> Result<Option<Duration>, String> {
@@ -495,6 +529,7 @@ pub fn markdown() -> String {
             Kind::Integer { min, max } => format!("integer ({min} to {max})"),
             Kind::ListenAddress => "address".into(),
             Kind::AddressList => "addresses/CIDRs".into(),
+            Kind::HostAddress => "IP address (/32, /128)".into(),
             Kind::Expiry => "expiry (e.g. `3H`, `1d 12H`)".into(),
             Kind::Url => "URL".into(),
             Kind::OneOf(v) => format!("one of {}", v.join(", ")),
@@ -609,6 +644,48 @@ mod tests {
             .contains("203.0.113.1".parse().unwrap()));
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("nope").is_err());
+    }
+
+    #[test]
+    fn host_addresses() {
+        assert_eq!(
+            parse_host_address("203.0.113.10").unwrap().to_string(),
+            "203.0.113.10"
+        );
+        assert_eq!(
+            parse_host_address("203.0.113.10/32").unwrap().to_string(),
+            "203.0.113.10"
+        );
+        assert_eq!(
+            parse_host_address("2001:db8::10/128").unwrap().to_string(),
+            "2001:db8::10"
+        );
+        // An IPv4-mapped address is the IPv4 address.
+        assert_eq!(
+            parse_host_address("::ffff:203.0.113.10").unwrap().to_string(),
+            "203.0.113.10"
+        );
+        for bad in [
+            "203.0.113.0/24",
+            "2001:db8::/64",
+            "203.0.113.10/33",
+            "0.0.0.0",
+            "::",
+            "127.0.0.5",
+            "::1",
+            "224.0.0.1",
+            "ff02::1",
+            "169.254.1.1",
+            "fe80::1",
+            "255.255.255.255",
+            "nope",
+            "203.0.113.10 lo",
+        ] {
+            assert!(parse_host_address(bad).is_err(), "{bad}");
+        }
+        let err = validate_value("core.anycast_address", "203.0.113.0/24").unwrap_err();
+        assert!(err.to_string().contains("core.anycast_address"), "{err}");
+        assert!(validate_value("core.anycast_address", "").is_ok());
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! ```text
 //! start:    state dir (0700) ─> server.crt/key (made once) ─> store (replay) ─> unix socket
 //!           ─> HTTPS listener if core.https_address is set ─> ready
-//! shutdown: not ready ─> listeners close ─> open connections finish in-flight requests
-//!           (bounded by DRAIN_TIMEOUT) ─> exit
+//!           (─> core.anycast_address on `lo` while ready)
+//! shutdown: not ready, anycast address removed ─> drain period ─> listeners close
+//!           ─> open connections finish in-flight requests (bounded by DRAIN_TIMEOUT) ─> exit
 //! ```
 
 use std::os::unix::fs::PermissionsExt;
@@ -57,6 +58,7 @@ pub struct Daemon {
     ctx: Ctx,
     socket: PathBuf,
     unix_task: JoinHandle<()>,
+    anycast_task: JoinHandle<()>,
     drain: std::time::Duration,
 }
 
@@ -141,6 +143,7 @@ impl Daemon {
                 .await
                 .map_err(StartError::Https)?;
         }
+        let anycast_task = tokio::spawn(crate::anycast::run(ctx.clone()));
         tracing::info!(
             dir = %dir.display(),
             socket = %socket.display(),
@@ -152,6 +155,7 @@ impl Daemon {
             ctx,
             socket,
             unix_task,
+            anycast_task,
             drain: config.drain,
         })
     }
@@ -171,6 +175,8 @@ impl Daemon {
         let mut stop = self.ctx.shutdown_tx.subscribe();
         let _ = stop.wait_for(|s| *s).await;
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        // The anycast task removes the address as soon as shutdown is asked for.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.anycast_task).await;
         if !self.drain.is_zero() {
             tracing::info!(drain = ?self.drain, "shutting down: not ready, still serving while traffic moves away");
             tokio::time::sleep(self.drain).await;

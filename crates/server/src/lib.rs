@@ -17,6 +17,7 @@
 //! and the metrics. Handlers get them through [`context::Ctx`].
 
 mod acme;
+mod anycast;
 mod auth;
 pub mod context;
 mod daemon;

@@ -7,7 +7,10 @@ use crate::{slot, FAST, LONG};
 /// haproxy in TCP mode with PROXY v2 in front of three members, health-checking
 /// `/ready`: a dead member is taken out, and a rolling restart with drain loses no
 /// request.
-#[tokio::test]
+// Two workers: `terminate` blocks its thread until the member has drained and exited,
+// and the client task must keep running meanwhile. On one thread it would stall with a
+// connection half open to the draining member, which closes it when the drain ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_takes_out_sick_members_and_a_rolling_restart_loses_nothing() {
     if !have_tool("haproxy") {
         return;
@@ -118,14 +121,9 @@ async fn haproxy_takes_out_sick_members_and_a_rolling_restart_loses_nothing() {
         failed.len()
     );
     assert!(ok > 50, "the client kept running ({ok})");
-    // The target is zero. A rare TLS handshake EOF (one request in ~140, in about one
-    // run in five) is not explained yet: tolerate at most 1% here, and report it.
-    if !failed.is_empty() {
-        eprintln!("requests failed during the rolling restart: {failed:?}");
-    }
     assert!(
-        failed.len() * 100 <= ok as usize,
-        "too many requests failed during the rolling restart: {failed:?}"
+        failed.is_empty(),
+        "requests failed during the rolling restart: {failed:?}"
     );
 
     // A dead member is taken out of rotation.

@@ -129,6 +129,18 @@ async fn bad_config_is_400_naming_the_key_and_applies_nothing() {
         .await
         .unwrap();
     assert_error(&r, 400, "core.https_address");
+    // An anycast address is one routable address, never a range or loopback.
+    for bad in ["203.0.113.0/24", "127.0.0.7", "fe80::1", "lo"] {
+        let r = u
+            .send_json(
+                "PATCH",
+                "/1.0",
+                &json!({"config": {"core.remote_token_expiry": "2H", "core.anycast_address": bad}}),
+            )
+            .await
+            .unwrap();
+        assert_error(&r, 400, "core.anycast_address");
+    }
     assert_eq!(
         u.get("/1.0").await.unwrap().metadata()["config"],
         json!({}),
