@@ -41,4 +41,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "cluster_member_state",
     "clustering_update_cert",
     "clustering_edit_roles",
+    "oidc",
+    "oidc_claim",
+    "oidc_scopes",
+    "oidc_allowed_subnets",
 ];

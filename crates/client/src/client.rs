@@ -11,6 +11,7 @@
 //! request by the request timeout (30 s unless changed), operation waits by the timeout
 //! they ask the server for plus a margin.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use serde_json::Value;
 use crate::addr::Endpoint;
 use crate::config::Config;
 use crate::connect::{connect_then, record_failure, Connected, DialSpec, ServerCheck, CONNECT_TIMEOUT};
+use crate::oidc::{Challenge, LoginPrompt, OidcAuth, Prompt};
 use crate::ClientError;
 
 /// How long a whole request may take unless told otherwise.
@@ -196,6 +198,11 @@ pub struct Client {
     target: Option<String>,
     project: Option<String>,
     user_agent: String,
+    /// OpenID tokens, for `auth_type: oidc` remotes (shared by clones).
+    oidc: Option<Arc<OidcAuth>>,
+    /// Whether a 401 may start a device login (otherwise only a refresh is tried).
+    interactive_login: bool,
+    prompt: Prompt,
 }
 
 impl Client {
@@ -208,6 +215,7 @@ impl Client {
         }
         let endpoints = r.endpoints()?;
         let unix = endpoints.iter().all(Endpoint::is_unix);
+        let oidc = !unix && r.is_oidc();
         let mut client = if unix {
             Client::unix_endpoints(endpoints)
         } else {
@@ -217,11 +225,17 @@ impl Client {
                     remote: remote.to_string(),
                     path: config.server_cert_path(remote),
                 })?;
-            let (identity, _) = config.ensure_client_cert()?;
+            // OpenID remotes are reached without a client certificate: the server then
+            // looks at the bearer token.
+            let identity = if oidc {
+                None
+            } else {
+                Some(config.ensure_client_cert()?.0)
+            };
             Client::from_spec(DialSpec {
                 endpoints,
                 check: ServerCheck::Pinned(pinned),
-                identity: Some(identity),
+                identity,
                 connect_timeout: CONNECT_TIMEOUT,
                 state_file: None,
             })
@@ -229,6 +243,9 @@ impl Client {
         client.dial.state_file = Some(config.remote_state_path(remote));
         client.name = remote.to_string();
         client.remote = Some(remote.to_string());
+        if oidc {
+            client.oidc = Some(Arc::new(OidcAuth::from_file(config.oidc_tokens_path(remote))));
+        }
         if !r.project.is_empty() && r.project != "default" {
             client.project = Some(r.project.clone());
         }
@@ -266,7 +283,35 @@ impl Client {
             target: None,
             project: None,
             user_agent: user_agent(),
+            oidc: None,
+            interactive_login: true,
+            prompt: Prompt::default(),
         }
+    }
+
+    /// Authenticates with OpenID tokens from `auth` (a client made with [`Client::new`]
+    /// for an `oidc` remote has them already, stored in the configuration directory).
+    pub fn with_oidc(mut self, auth: Arc<OidcAuth>) -> Client {
+        self.oidc = Some(auth);
+        self
+    }
+
+    /// The OpenID tokens in use, for `oidc` remotes.
+    pub fn oidc(&self) -> Option<&Arc<OidcAuth>> {
+        self.oidc.as_ref()
+    }
+
+    /// How a device login is shown to the user (by default [`crate::oidc::StderrPrompt`]).
+    pub fn with_login_prompt(mut self, prompt: Arc<dyn LoginPrompt>) -> Client {
+        self.prompt = Prompt(prompt);
+        self
+    }
+
+    /// Whether a 401 may start a device login (the default); when not, only the refresh
+    /// token is tried and otherwise the request fails with [`ClientError::Login`].
+    pub fn with_interactive_login(mut self, interactive: bool) -> Client {
+        self.interactive_login = interactive;
+        self
     }
 
     /// The remote's name (or its first URL for ad-hoc clients).
@@ -356,8 +401,46 @@ impl Client {
         }
     }
 
-    /// Sends one request and returns the raw response, whatever its status.
+    /// Sends one request and returns the raw response, whatever its status. For `oidc`
+    /// remotes, a 401 that names an OpenID provider is answered by a refresh or a device
+    /// login and the request is sent once more (the login itself is not bounded by the
+    /// request timeout: it waits for the user, up to the provider's code lifetime).
     pub async fn request(&self, req: Request) -> Result<Response, ClientError> {
+        let Some(auth) = &self.oidc else {
+            return self.request_bounded(req).await;
+        };
+        let token = auth.fresh_token().await;
+        let resp = self.request_bounded(with_bearer(&req, &token)).await?;
+        let Some(challenge) = Challenge::from_response(resp.status.as_u16(), &resp.headers) else {
+            return Ok(resp);
+        };
+        let token = self.reauthenticate(&challenge, &token).await?;
+        self.request_bounded(with_bearer(&req, &token)).await
+    }
+
+    /// After a 401 with `challenge` for `rejected`: the access token to retry with.
+    pub(crate) async fn reauthenticate(
+        &self,
+        challenge: &Challenge,
+        rejected: &str,
+    ) -> Result<String, ClientError> {
+        let auth = self
+            .oidc
+            .as_ref()
+            .ok_or_else(|| ClientError::Login("this client has no OpenID tokens".into()))?;
+        tracing::debug!(issuer = %challenge.issuer, "the server asks for an OpenID login");
+        auth.reauthenticate(
+            &self.name,
+            challenge,
+            rejected,
+            self.interactive_login,
+            self.prompt.0.as_ref(),
+        )
+        .await
+    }
+
+    /// One request under the request timeout.
+    async fn request_bounded(&self, req: Request) -> Result<Response, ClientError> {
         let limit = self.timeout;
         let what = format!("{} {}", req.method, req.path);
         tokio::time::timeout(limit, self.request_inner(req))
@@ -487,6 +570,15 @@ impl Client {
         let waiter = self.clone().with_timeout(timeout + Duration::from_secs(10));
         waiter.get(&path).await
     }
+}
+
+/// The request with `Authorization: Bearer <token>` (replacing any it had).
+fn with_bearer(req: &Request, token: &str) -> Request {
+    let mut r = req.clone();
+    r.headers.retain(|(name, _)| name != http::header::AUTHORIZATION);
+    r.headers
+        .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
+    r
 }
 
 /// The operation id of an id or an operation URL (`/1.0/operations/ID?project=p`).

@@ -6,6 +6,7 @@
 //!   client.crt, client.key  this client's identity (ECDSA P-384, generated on first use; key 0600)
 //!   servercerts/<name>.crt  the pinned server certificate of each https remote
 //!   remote-state/<name>.json  the address that worked last, the ones that failed recently
+//!   oidc-tokens/<name>.json   OpenID tokens of an `auth_type: oidc` remote (0600)
 //! ```
 //!
 //! The `local` remote (the unix socket) is built in: it is always present, cannot be
@@ -24,12 +25,17 @@ use crate::ClientError;
 /// The name of the built-in unix-socket remote.
 pub const LOCAL_REMOTE: &str = "local";
 
+/// The `auth_type` of remotes that log in with OpenID Connect.
+pub const AUTH_OIDC: &str = "oidc";
+/// The `auth_type` of remotes that present the client certificate.
+pub const AUTH_TLS: &str = "tls";
+
 /// One remote, as stored in config.yml.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remote {
     /// One URL, or several separated by commas (tried in order).
     pub addr: String,
-    /// `tls` for https remotes; empty for unix ones.
+    /// `tls` or `oidc` for https remotes; empty for unix ones.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth_type: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -66,6 +72,11 @@ impl Remote {
             public: false,
             is_static: false,
         }
+    }
+
+    /// Whether requests carry an OpenID access token (`auth_type: oidc`).
+    pub fn is_oidc(&self) -> bool {
+        self.auth_type == AUTH_OIDC
     }
 
     /// The addresses, in the order they are tried.
@@ -295,6 +306,26 @@ impl Config {
         self.dir.join("remote-state").join(format!("{remote}.json"))
     }
 
+    /// Where the OpenID tokens of a remote are stored: `oidc-tokens/<name>.json`.
+    pub fn oidc_tokens_path(&self, remote: &str) -> PathBuf {
+        self.dir.join("oidc-tokens").join(format!("{remote}.json"))
+    }
+
+    /// Forgets a remote's OpenID tokens, if any.
+    pub fn remove_oidc_tokens(&self, remote: &str) {
+        let _ = std::fs::remove_file(self.oidc_tokens_path(remote));
+    }
+
+    /// Moves a remote's OpenID tokens along with a rename.
+    pub fn rename_oidc_tokens(&self, from: &str, to: &str) -> Result<(), ClientError> {
+        let old = self.oidc_tokens_path(from);
+        if old.exists() {
+            std::fs::rename(&old, self.oidc_tokens_path(to))
+                .map_err(|e| ClientError::io(format!("Unable to rename {}", old.display()), e))?;
+        }
+        Ok(())
+    }
+
     pub fn client_cert_path(&self) -> PathBuf {
         self.dir.join("client.crt")
     }
@@ -356,7 +387,7 @@ fn default_common_name() -> String {
 }
 
 /// Writes a file with the given mode (set at creation and enforced after).
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ClientError> {
+pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ClientError> {
     use std::os::unix::fs::PermissionsExt;
     let ctx = || format!("Unable to write {}", path.display());
     let mut f = std::fs::OpenOptions::new()

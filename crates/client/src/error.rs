@@ -112,6 +112,11 @@ pub enum ClientError {
     #[error("Unable to decode the configuration: {0}")]
     ConfigDecode(String),
 
+    /// An OpenID Connect login or refresh failed (the provider refused, could not be
+    /// reached, or a login was needed where none may be started).
+    #[error("OpenID Connect login failed: {0}")]
+    Login(String),
+
     /// Certificates: generation or parsing.
     #[error(transparent)]
     Cert(#[from] trust::CertError),

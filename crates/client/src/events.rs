@@ -12,6 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::client::{encode_query_value, Client};
 use crate::connect::Stream;
+use crate::oidc::Challenge;
 use crate::ClientError;
 
 /// Which events to receive.
@@ -67,8 +68,36 @@ impl Client {
         opts: &EventsOptions,
         avoid: &[crate::Endpoint],
     ) -> Result<EventStream, ClientError> {
+        // For `oidc` remotes, a refused handshake that names the OpenID provider is
+        // answered by a refresh or a device login (outside the handshake bound) and one
+        // more handshake, as for requests.
+        let token = match self.oidc() {
+            Some(auth) => Some(auth.fresh_token().await),
+            None => None,
+        };
+        match self.events_bounded(opts, avoid, token.as_deref()).await? {
+            Handshake::Open(stream) => Ok(stream),
+            Handshake::Refused(e, challenge) => match (challenge, &token) {
+                (Some(challenge), Some(rejected)) => {
+                    let token = self.reauthenticate(&challenge, rejected).await?;
+                    match self.events_bounded(opts, avoid, Some(&token)).await? {
+                        Handshake::Open(stream) => Ok(stream),
+                        Handshake::Refused(e, _) => Err(e),
+                    }
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    async fn events_bounded(
+        &self,
+        opts: &EventsOptions,
+        avoid: &[crate::Endpoint],
+        bearer: Option<&str>,
+    ) -> Result<Handshake, ClientError> {
         let limit = self.timeout();
-        tokio::time::timeout(limit, self.events_inner(opts, avoid))
+        tokio::time::timeout(limit, self.events_inner(opts, avoid, bearer))
             .await
             .map_err(|_| ClientError::Timeout {
                 what: "the events websocket handshake".into(),
@@ -80,7 +109,8 @@ impl Client {
         &self,
         opts: &EventsOptions,
         avoid: &[crate::Endpoint],
-    ) -> Result<EventStream, ClientError> {
+        bearer: Option<&str>,
+    ) -> Result<Handshake, ClientError> {
         let conn = self.connect_avoiding(avoid).await?;
         let path = self.full_path(&events_path(opts));
         let scheme = if conn.endpoint.is_unix() { "ws" } else { "wss" };
@@ -91,28 +121,43 @@ impl Client {
             USER_AGENT,
             http::HeaderValue::from_str(&crate::client::user_agent()).expect("ascii user agent"),
         );
+        if let Some(token) = bearer {
+            let value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Login("the stored access token is not a valid header value".into())
+            })?;
+            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
         let endpoint = conn.endpoint.clone();
         let (ws, _resp) = match tokio_tungstenite::client_async(req, conn.stream).await {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
+                let challenge = Challenge::from_response(status, resp.headers());
                 let body = resp.body().clone().unwrap_or_default();
-                return Err(match crate::client::decode_envelope(status, &body) {
+                let e = match crate::client::decode_envelope(status, &body) {
                     Err(e) => e,
                     Ok(_) => ClientError::Api {
                         status,
                         message: format!("websocket upgrade refused ({status})"),
                     },
-                });
+                };
+                return Ok(Handshake::Refused(e, challenge));
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(EventStream {
+        Ok(Handshake::Open(EventStream {
             ws,
             endpoint,
             types: opts.types.clone(),
-        })
+        }))
     }
+}
+
+/// How a websocket handshake ended: open, or refused by the server (with where to log
+/// in, when it said).
+enum Handshake {
+    Open(EventStream),
+    Refused(ClientError, Option<Challenge>),
 }
 
 impl EventStream {

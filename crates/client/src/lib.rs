@@ -14,6 +14,10 @@
 //!   probe(endpoints) : first contact, records the server certificate for `remote add`
 //! ```
 //!
+//! A remote with `auth_type: oidc` presents no client certificate; its requests carry an
+//! OpenID access token, and a 401 from the server leads to a refresh or a device login
+//! and one retry ([`oidc`]).
+//!
 //! # A client that never stalls on a sick member
 //!
 //! A remote may have several addresses (config.yml `addr: https://a:8443,https://b:8443`;
@@ -74,12 +78,14 @@ pub mod connect;
 pub mod error;
 pub mod events;
 mod http;
+pub mod oidc;
 
 pub use addr::{normalize_address, Endpoint};
 pub use client::{probe, ApiResponse, Client, Probe, Request, Response};
 pub use config::{Config, Remote};
 pub use error::ClientError;
 pub use events::{EventStream, EventsOptions};
+pub use oidc::{DeviceLoginInfo, LoginPrompt};
 
 /// Re-exported so callers can name methods and headers without their own `http` dependency.
 pub use ::http::{header, Method, StatusCode};

@@ -85,6 +85,11 @@ pub enum Command {
         cert_pem: String,
         key_pem: String,
     },
+    /// Sets the cluster-wide secret (hex) that keys browser-login cookies, unless one is
+    /// set already: the first proposal wins, so racing members agree.
+    SetSecret {
+        secret: String,
+    },
 }
 
 impl Command {
@@ -107,6 +112,7 @@ impl Command {
             Command::RenameMember { .. } => "rename_member",
             Command::RemoveMember { .. } => "remove_member",
             Command::SetClusterCertificate { .. } => "set_cluster_certificate",
+            Command::SetSecret { .. } => "set_secret",
             Command::SetAcmeChallenge { .. } => "set_acme_challenge",
             Command::SetAcmeAccount { .. } => "set_acme_account",
         }

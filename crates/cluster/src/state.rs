@@ -118,6 +118,9 @@ pub struct State {
     /// ACME account credentials (JSON).
     #[serde(default)]
     pub acme_account: Option<String>,
+    /// The cluster-wide secret (hex) that browser-login state and cookies derive from.
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 impl State {
@@ -276,6 +279,11 @@ impl State {
                 }
             },
             Command::SetAcmeAccount { credentials } => self.acme_account = Some(credentials.clone()),
+            Command::SetSecret { secret } => {
+                if self.secret.is_none() {
+                    self.secret = Some(secret.clone());
+                }
+            }
         }
         Ok(())
     }

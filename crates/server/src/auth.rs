@@ -26,13 +26,22 @@ pub const FWD_ADDRESS: &str = "x-incus-forwarded-address";
 pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
     let facts = req.extensions().get::<ConnFacts>().cloned().unwrap_or_default();
     let state = ctx.store.state();
-    let direct = trust::identity::decide(&facts, |fp| {
+    let mut direct = trust::identity::decide(&facts, |fp| {
         if ctx.is_member(&state, fp) {
             Some("member".to_string())
         } else {
             state.certificate_type(fp)
         }
     });
+    // Not a trusted certificate nor the socket: an OpenID access token, if it has one.
+    // (The browser-login pages themselves never require one.)
+    if direct.method == AuthMethod::Untrusted && !req.uri().path().starts_with("/oidc/") {
+        match crate::oidc::authenticate(&ctx, req.headers(), &direct.address).await {
+            Ok(Some(id)) => direct = id,
+            Ok(None) => {}
+            Err(refusal) => return refusal,
+        }
+    }
     // A member speaking for a client: the client's identity, or nobody if it does not
     // check out here. Never the member's own rights.
     let identity = if direct.method == AuthMethod::Cluster && req.headers().contains_key(FWD_PROTOCOL) {
@@ -50,7 +59,14 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
     }
     strip_reserved_headers(req.headers_mut());
     req.extensions_mut().insert(identity);
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // Refused callers learn where to log in.
+    if matches!(resp.status().as_u16(), 401 | 403) {
+        if let Some(config) = crate::oidc::config(&state) {
+            crate::oidc::write_headers(resp.headers_mut(), &config);
+        }
+    }
+    resp
 }
 
 /// Marks a request that arrived from another member (forwarded or its own): it is
@@ -77,6 +93,8 @@ fn forwarded_identity(
         "unix" => (AuthMethod::Unix, None),
         "tls" => (AuthMethod::Tls, Some(cert_type(&username)?)),
         "cluster" => (AuthMethod::Cluster, None),
+        // The forwarding member verified the token; there is nothing to look up here.
+        "oidc" => (AuthMethod::Oidc, None),
         _ => return None,
     };
     Some(Identity {

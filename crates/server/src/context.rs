@@ -57,6 +57,8 @@ pub struct Inner {
     pub handler: std::sync::OnceLock<crate::http::ConnHandler>,
     /// Bumped after every state change, so waiters (operation wait) wake up.
     pub state_changed: watch::Sender<u64>,
+    /// The OpenID token verifier for the current `oidc.*` settings.
+    pub oidc: crate::oidc::Oidc,
 }
 
 impl Inner {

@@ -113,6 +113,7 @@ impl Daemon {
             closing: watch::channel(false).0,
             handler: Default::default(),
             state_changed: watch::channel(0).0,
+            oidc: Default::default(),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::context::on_state_change(&ctx);

@@ -123,7 +123,9 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Dura
         .method(parts.method.clone())
         .uri(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     for (k, v) in parts.headers.iter() {
-        if !is_hop_by_hop(k.as_str()) {
+        // Credentials stay with the member that checked them; the identity travels in
+        // the forwarded-identity headers.
+        if !is_hop_by_hop(k.as_str()) && k != http::header::AUTHORIZATION && k != http::header::COOKIE {
             out = out.header(k, v);
         }
     }

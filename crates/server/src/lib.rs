@@ -29,6 +29,7 @@ mod listeners;
 mod log;
 mod membership;
 mod metrics;
+mod oidc;
 mod operations;
 mod peers;
 mod relay;

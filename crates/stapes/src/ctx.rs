@@ -48,7 +48,7 @@ impl Ctx {
     /// A client for a remote, without `--target`.
     pub fn client_untargeted(&self, remote: &str) -> Result<Client> {
         let r = self.config.remote(remote)?;
-        if !r.is_unix() && !self.config.has_client_cert() {
+        if !r.is_unix() && !r.is_oidc() && !self.config.has_client_cert() {
             eprintln!("Generating a client certificate. This may take a minute...");
         }
         let client = Client::new(&self.config, remote)?.with_timeout(self.timeout());
@@ -78,7 +78,10 @@ impl Ctx {
         let Ok(client) = Client::new(&self.config, &remote) else {
             return;
         };
-        let client = client.with_timeout(DISCOVERY_TIMEOUT);
+        // Never a device login here: the command itself has just succeeded.
+        let client = client
+            .with_timeout(DISCOVERY_TIMEOUT)
+            .with_interactive_login(false);
         let Ok(Ok(members)) =
             tokio::time::timeout(DISCOVERY_TIMEOUT, client.get("/1.0/cluster/members?recursion=1")).await
         else {

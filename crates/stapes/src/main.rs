@@ -15,7 +15,11 @@
 //! - `remote add NAME TOKEN` records every address of the token (the one that answered
 //!   first), as Incus 7.1 does; Incus 6.0 keeps only the first that answers;
 //! - `monitor --pretty` skips events that are not log records instead of failing;
-//! - only TLS remotes (`--auth-type tls`) and only `admin init --preseed`/`--dump`;
+//! - remotes authenticate by TLS certificate or OpenID Connect (`--auth-type tls|oidc`);
+//!   OpenID tokens are kept in `oidc-tokens/<remote>.json` (Incus: `oidctokens/`), with
+//!   the issuer, so an expired access token is refreshed before it is sent; the device
+//!   login's URL and code go to stderr, and no browser is opened;
+//! - only `admin init --preseed`/`--dump`;
 //! - `cluster update-certificate` re-pins every remote that pinned the old certificate,
 //!   not only the one used; `remote accept-certificate` pins a changed certificate;
 //! - `cluster` has no `evacuate`, `restore`, `group` or `role`;

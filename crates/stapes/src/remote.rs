@@ -3,7 +3,10 @@
 //!
 //! ```text
 //!  remote add NAME URL      probe (record cert) -> ask fingerprint -> pin -> GET /1.0
-//!                           -> untrusted? POST /1.0/certificates {trust_token} -> trusted?
+//!                           -> auth type: --auth-type, else oidc when the server offers it, else tls
+//!                           tls:  untrusted? POST /1.0/certificates {trust_token} -> trusted?
+//!                           oidc: GET /1.0 with the (empty) bearer token -> 401 -> device login
+//!                                 (URL and code on stderr) -> tokens stored -> trusted?
 //!  remote add NAME TOKEN    for each token address: probe -> cert must match token fingerprint
 //!                           -> pin -> POST /1.0/certificates {trust_token}
 //!  remote accept-certificate NAME
@@ -14,6 +17,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use client::config::{AUTH_OIDC, AUTH_TLS};
 use client::{normalize_address, probe, Endpoint, Method, Remote, Request};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -74,7 +78,7 @@ pub struct AddArgs {
     /// Server protocol
     #[arg(long, default_value = "incus")]
     pub protocol: String,
-    /// Server authentication type (tls)
+    /// Server authentication type (tls or oidc)
     #[arg(long)]
     pub auth_type: Option<String>,
     /// Project to use for the remote
@@ -134,6 +138,7 @@ fn remove(ctx: &mut Ctx, name: &str) -> Result<()> {
     }
     ctx.config.remotes.remove(name);
     ctx.config.remove_server_cert(name);
+    ctx.config.remove_oidc_tokens(name);
     let _ = std::fs::remove_file(ctx.config.remote_state_path(name));
     Ok(ctx.config.save()?)
 }
@@ -147,6 +152,7 @@ fn rename(ctx: &mut Ctx, name: &str, new_name: &str) -> Result<()> {
         bail!("Remote names may not contain colons");
     }
     ctx.config.rename_server_cert(name, new_name)?;
+    ctx.config.rename_oidc_tokens(name, new_name)?;
     let _ = std::fs::rename(
         ctx.config.remote_state_path(name),
         ctx.config.remote_state_path(new_name),
@@ -174,8 +180,12 @@ async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool) -> Result<()> {
     if r.is_unix() {
         bail!("Remote {name} is a unix socket and has no certificate");
     }
-    let identity = ensure_identity(ctx)?;
-    let presented = probe(r.endpoints()?, Some(identity)).await?;
+    let identity = if r.is_oidc() {
+        None
+    } else {
+        Some(ensure_identity(ctx)?)
+    };
+    let presented = probe(r.endpoints()?, identity).await?;
     let pinned = ctx.config.pinned_fingerprint(name)?;
     if pinned.as_deref() == Some(presented.fingerprint.as_str()) {
         if !ctx.globals.quiet {
@@ -368,10 +378,15 @@ async fn add(ctx: &mut Ctx, args: AddArgs) -> Result<()> {
         bail!("Invalid protocol: {}", args.protocol);
     }
     match args.auth_type.as_deref() {
-        None | Some("") | Some("tls") => {}
+        None | Some("") | Some(AUTH_TLS) | Some(AUTH_OIDC) => {}
         Some(other) => bail!("Authentication type '{other}' isn't supported by this client"),
     }
+    // Tokens left behind by an earlier remote of this name belong to nobody now.
+    ctx.config.remove_oidc_tokens(&name);
     match add_target(&name, &args.addrs)? {
+        AddTarget::Token(_) if args.auth_type.as_deref() == Some(AUTH_OIDC) => {
+            bail!("A trust token adds a TLS remote; it cannot be used with --auth-type oidc")
+        }
         AddTarget::Token(token) => {
             let raw = args.addrs.first().cloned().unwrap_or_else(|| name.clone());
             add_from_token(ctx, &args, &token, raw.trim()).await
@@ -413,8 +428,12 @@ fn endpoints(urls: &[String]) -> Result<Vec<Endpoint>> {
 }
 
 async fn add_https(ctx: &mut Ctx, args: &AddArgs, urls: Vec<String>) -> Result<()> {
-    let identity = ensure_identity(ctx)?;
-    let first = probe(endpoints(&urls)?, Some(identity)).await?;
+    // An OpenID remote never presents the client certificate, so none is made for it.
+    let identity = match args.auth_type.as_deref() {
+        Some(AUTH_OIDC) => None,
+        _ => Some(ensure_identity(ctx)?),
+    };
+    let first = probe(endpoints(&urls)?, identity).await?;
     if !args.accept_certificate {
         println!("Certificate fingerprint: {}", first.fingerprint);
         let answer = ask_line("ok (y/n/[fingerprint])? ")?;
@@ -425,17 +444,49 @@ async fn add_https(ctx: &mut Ctx, args: &AddArgs, urls: Vec<String>) -> Result<(
     remote.project = args.project.clone().unwrap_or_default();
     ctx.config.save_server_cert(&name, &first.certificate_der)?;
     ctx.config.remotes.insert(name.clone(), remote);
-    let result = finish_https(ctx, args, &name).await;
+    let result = finish_https(ctx, args, &name, &first.server).await;
     if result.is_err() {
         ctx.config.remotes.remove(&name);
         ctx.config.remove_server_cert(&name);
+        ctx.config.remove_oidc_tokens(&name);
         return result;
     }
     Ok(ctx.config.save()?)
 }
 
-/// With the certificate pinned: check the server, get trusted if needed.
-async fn finish_https(ctx: &mut Ctx, args: &AddArgs, name: &str) -> Result<()> {
+/// The authentication type of a new remote, as Incus 6.0 picks it: the one asked for,
+/// else OpenID Connect when a private server offers it, else TLS (pure).
+pub fn choose_auth_type<'a>(asked: Option<&'a str>, public: bool, methods: &[String]) -> &'a str {
+    match asked {
+        Some(t) if !t.is_empty() => t,
+        _ if !public && methods.iter().any(|m| m == AUTH_OIDC) => AUTH_OIDC,
+        _ => AUTH_TLS,
+    }
+}
+
+/// With the certificate pinned: check the server, get trusted if needed (a trust token
+/// for TLS, a device login for OpenID Connect).
+async fn finish_https(ctx: &mut Ctx, args: &AddArgs, name: &str, probed: &Value) -> Result<()> {
+    let public = probed["public"].as_bool().unwrap_or(false) || args.public;
+    let methods: Vec<String> = probed["auth_methods"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if !public && choose_auth_type(args.auth_type.as_deref(), public, &methods) == AUTH_OIDC {
+        if !methods.iter().any(|m| m == AUTH_OIDC) {
+            bail!("Authentication type '{AUTH_OIDC}' not supported by server");
+        }
+        if let Some(r) = ctx.config.remotes.get_mut(name) {
+            r.auth_type = AUTH_OIDC.into();
+        }
+        // The first request carries no token yet: the server's 401 starts the login.
+        let client = ctx.client_untargeted(name)?;
+        let (server, _) = client.server().await?;
+        if server["auth"] != "trusted" {
+            bail!("Server doesn't trust us after authentication");
+        }
+        return Ok(());
+    }
     let client = ctx.client_untargeted(name)?;
     let (server, _) = client.server().await?;
     if server["public"].as_bool().unwrap_or(false) || args.public {
@@ -568,6 +619,19 @@ mod tests {
             AddTarget::Urls(vec!["https://h.example:8443".into()], false)
         );
         assert!(add_target("x", &["https://a".into(), "unix://".into()]).is_err());
+    }
+
+    #[test]
+    fn t10_auth_type_like_incus() {
+        let both = vec!["tls".to_string(), "oidc".to_string()];
+        let tls = vec!["tls".to_string()];
+        assert_eq!(choose_auth_type(None, false, &both), "oidc");
+        assert_eq!(choose_auth_type(Some(""), false, &both), "oidc");
+        assert_eq!(choose_auth_type(None, true, &both), "tls");
+        assert_eq!(choose_auth_type(None, false, &tls), "tls");
+        assert_eq!(choose_auth_type(None, false, &[]), "tls");
+        assert_eq!(choose_auth_type(Some("tls"), false, &both), "tls");
+        assert_eq!(choose_auth_type(Some("oidc"), false, &tls), "oidc");
     }
 
     #[test]

@@ -18,5 +18,6 @@ pub mod proxy;
 pub mod testing;
 pub mod tls;
 pub mod unix;
+pub mod web;
 
 pub use listen::{Conn, ConnStream};

@@ -19,6 +19,8 @@ pub enum AuthMethod {
     Tls,
     /// Another member of the cluster, by its own server certificate.
     Cluster,
+    /// An access token from the configured OpenID provider.
+    Oidc,
     /// Nothing that is trusted: the caller may only reach public endpoints.
     Untrusted,
 }
@@ -30,6 +32,7 @@ impl AuthMethod {
             AuthMethod::Unix => "unix",
             AuthMethod::Tls => "tls",
             AuthMethod::Cluster => "cluster",
+            AuthMethod::Oidc => "oidc",
             AuthMethod::Untrusted => "",
         }
     }
@@ -52,7 +55,7 @@ pub struct ConnFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub method: AuthMethod,
-    /// The user name: the unix user, or the certificate fingerprint.
+    /// The user name: the unix user, the certificate fingerprint, or the OpenID claim.
     pub username: String,
     /// Where the request came from: `@` for the unix socket (as Incus), else the IP.
     pub address: String,
@@ -68,7 +71,9 @@ impl Identity {
     /// A trusted caller that may do everything (not a metrics-only certificate).
     pub fn full_access(&self) -> bool {
         match self.method {
-            AuthMethod::Unix | AuthMethod::Cluster => true,
+            // Without a finer authorization model, OpenID users are administrators, as
+            // in Incus.
+            AuthMethod::Unix | AuthMethod::Cluster | AuthMethod::Oidc => true,
             AuthMethod::Tls => matches!(self.cert_type.as_deref(), Some("client") | Some("server")),
             AuthMethod::Untrusted => false,
         }

@@ -8,6 +8,7 @@
 
 pub mod cert;
 pub mod identity;
+pub mod seal;
 pub mod token;
 
 pub use cert::{fingerprint, sha256_hex, CertError, CertPair};

@@ -444,3 +444,92 @@ async fn t70_cluster_edit_with_the_official_client() {
     let shown = ok(conf.path(), Some(&s1), &["cluster", "show", "node2"]).await;
     assert!(shown.contains("description: rack two"), "{shown}");
 }
+
+/// The official client's OpenID login: `remote add --auth-type oidc` meets the 401 and
+/// its login headers, runs the device flow against the real provider (approved here as
+/// a user would in a browser), and from then on its requests carry the access token.
+#[tokio::test]
+async fn t80_oidc_login_with_the_official_client() {
+    use tokio::io::AsyncBufReadExt;
+    if !have_tool("incus") || !stapes_testkit::oidc::available() {
+        return;
+    }
+    let p = stapes_testkit::oidc::Provider::start(&[]).await;
+    let ca = p.ca_file().display().to_string();
+    let mut m = Member::start_env(&[("SSL_CERT_FILE", &ca)]).await;
+    let addr = m.listen().await;
+    let r = m
+        .unix()
+        .send_json(
+            "PATCH",
+            "/1.0",
+            &json!({"config": {
+                "oidc.issuer": p.issuer(),
+                "oidc.client.id": p.client_id(),
+                "oidc.audience": p.audience(),
+            }}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    let conf = tempfile::tempdir().unwrap();
+    let url = format!("https://{addr}");
+    let mut child = tokio::process::Command::new("incus")
+        .args([
+            "remote",
+            "add",
+            "idp",
+            &url,
+            "--accept-certificate",
+            "--auth-type",
+            "oidc",
+        ])
+        .env("INCUS_CONF", conf.path())
+        .env("HOME", conf.path())
+        .env("SSL_CERT_FILE", &ca)
+        .env("BROWSER", "none")
+        .env_remove("INCUS_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("incus runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(code) = line.strip_prefix("Code: ") {
+                return Some(code.trim().to_string());
+            }
+        }
+        None
+    })
+    .await
+    .expect("incus prints a code within 30 s");
+    let Some(code) = code else {
+        let out = child.wait_with_output().await.unwrap();
+        panic!("no code printed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    p.approve_device(&code, "dave").await;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("remote add finishes within 30 s")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "remote add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let q: Value = serde_json::from_str(&ok(conf.path(), None, &["query", "idp:/1.0"]).await).unwrap();
+    assert_eq!(q["auth"], "trusted");
+    assert_eq!(q["auth_user_method"], "oidc");
+    assert_eq!(q["auth_user_name"], "dave@stapes.test");
+    ok(
+        conf.path(),
+        None,
+        &["config", "set", "idp:", "core.remote_token_expiry", "2H"],
+    )
+    .await;
+}
