@@ -202,6 +202,10 @@ pub fn authorize_url(
     if let Some(a) = audience {
         q.append_pair("audience", a);
     }
+    // OpenID Connect Core §11: offline access is asked for with consent.
+    if scopes.iter().any(|s| s == "offline_access") {
+        q.append_pair("prompt", "consent");
+    }
     let sep = if base.contains('?') { '&' } else { '?' };
     Ok(format!("{base}{sep}{}", q.finish()))
 }
@@ -273,6 +277,10 @@ mod tests {
                 && u.contains("state=st")
                 && u.contains("code_challenge_method=S256")
         );
+        assert!(!u.contains("prompt="));
+        let offline = ["openid".to_string(), "offline_access".to_string()];
+        let u = authorize_url(&d, "cli", "r", &offline, "s", "c", None).unwrap();
+        assert!(u.contains("prompt=consent"), "{u}");
         assert!(authorize_url(
             &Discovery {
                 authorization_endpoint: None,

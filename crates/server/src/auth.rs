@@ -35,9 +35,13 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
     });
     // Not a trusted certificate nor the socket: an OpenID access token, if it has one.
     // (The browser-login pages themselves never require one.)
+    let mut set_cookies = Vec::new();
     if direct.method == AuthMethod::Untrusted && !req.uri().path().starts_with("/oidc/") {
         match crate::oidc::authenticate(&ctx, req.headers(), &direct.address).await {
-            Ok(Some(id)) => direct = id,
+            Ok(Some(a)) => {
+                direct = a.identity;
+                set_cookies = a.set_cookies;
+            }
             Ok(None) => {}
             Err(refusal) => return refusal,
         }
@@ -60,6 +64,11 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
     strip_reserved_headers(req.headers_mut());
     req.extensions_mut().insert(identity);
     let mut resp = next.run(req).await;
+    for c in set_cookies {
+        if let Ok(v) = http::HeaderValue::from_str(&c) {
+            resp.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+    }
     // Refused callers learn where to log in.
     if matches!(resp.status().as_u16(), 401 | 403) {
         if let Some(config) = crate::oidc::config(&state) {

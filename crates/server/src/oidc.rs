@@ -93,17 +93,60 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Where a request's access token came from.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    Header,
+    Cookie,
+}
+
 /// The access token a request presents: `Some(Err)` for an `Authorization` header that
 /// is not a bearer token.
-fn presented(headers: &HeaderMap) -> Option<Result<String, &'static str>> {
+fn presented(headers: &HeaderMap) -> Option<Result<(String, Source), &'static str>> {
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         let text = auth.to_str().unwrap_or("");
         return Some(match text.get(..7) {
-            Some(p) if p.eq_ignore_ascii_case("bearer ") => Ok(text[7..].trim().to_string()),
+            Some(p) if p.eq_ignore_ascii_case("bearer ") => {
+                Ok((text[7..].trim().to_string(), Source::Header))
+            }
             _ => Err("Bad authorization token, expected a Bearer token"),
         });
     }
-    cookie(headers, "oidc_access").map(|t| Ok(t.to_string()))
+    cookie(headers, "oidc_access").map(|t| Ok((t.to_string(), Source::Cookie)))
+}
+
+/// A caller authenticated by an access token, and the cookies to send back when a
+/// browser's tokens were refreshed on the way.
+pub struct Authenticated {
+    pub identity: Identity,
+    pub set_cookies: Vec<String>,
+}
+
+/// A browser whose access cookie no longer verifies but which holds a refresh cookie:
+/// new tokens from the provider, verified, and the cookies that carry them.
+async fn refresh_cookies(
+    verifier: &Verifier,
+    refresh_token: &str,
+) -> Result<(oidc::Verified, Vec<String>), String> {
+    let discovery = verifier.discovery().await.map_err(|e| e.to_string())?;
+    let tokens = oidc::flow::refresh(&discovery, &verifier.config().client_id, refresh_token)
+        .await
+        .map_err(|e| e.to_string())?;
+    let verified = verifier
+        .verify(&tokens.access_token, oidc::flow::now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut cookies = vec![cookie_header(
+        "oidc_access",
+        &tokens.access_token,
+        "/",
+        "Strict",
+        None,
+    )];
+    if let Some(r) = tokens.refresh_token.as_deref().filter(|r| *r != refresh_token) {
+        cookies.push(cookie_header("oidc_refresh", r, "/", "Strict", None));
+    }
+    Ok((verified, cookies))
 }
 
 /// Authenticates an otherwise untrusted request by its access token. `Ok(None)`: it
@@ -112,7 +155,7 @@ pub async fn authenticate(
     ctx: &Ctx,
     headers: &HeaderMap,
     address: &str,
-) -> Result<Option<Identity>, Response> {
+) -> Result<Option<Authenticated>, Response> {
     let state = ctx.store.state();
     let Some(verifier) = ctx.oidc.verifier(&state) else {
         return Ok(None);
@@ -125,23 +168,33 @@ pub async fn authenticate(
         write_headers(r.headers_mut(), verifier.config());
         r
     };
-    let token = token.map_err(|why| refuse(401, why.to_string()))?;
-    let verified = match verifier.verify(&token, oidc::flow::now()).await {
-        Ok(v) => v,
+    let (token, source) = token.map_err(|why| refuse(401, why.to_string()))?;
+    let (verified, set_cookies) = match verifier.verify(&token, oidc::flow::now()).await {
+        Ok(v) => (v, Vec::new()),
         Err(VerifyError::Provider(e)) => {
             tracing::warn!(error = %e, "cannot verify an OpenID token");
             return Err(refuse(503, format!("the OpenID provider cannot be used: {e}")));
         }
-        Err(e) => return Err(refuse(401, e.to_string())),
+        // A browser with a refresh cookie gets new tokens instead of a new login.
+        Err(e) => match (source, cookie(headers, "oidc_refresh")) {
+            (Source::Cookie, Some(refresh)) => refresh_cookies(&verifier, refresh).await.map_err(|why| {
+                tracing::debug!(error = %why, "cannot refresh a browser's OpenID tokens");
+                refuse(401, e.to_string())
+            })?,
+            _ => return Err(refuse(401, e.to_string())),
+        },
     };
     if let Ok(ip) = address.parse() {
         oidc::check_subnets(&verified.claims, ip).map_err(|e| refuse(403, e.to_string()))?;
     }
-    Ok(Some(Identity {
-        method: AuthMethod::Oidc,
-        username: verified.username,
-        address: address.to_string(),
-        cert_type: None,
+    Ok(Some(Authenticated {
+        identity: Identity {
+            method: AuthMethod::Oidc,
+            username: verified.username,
+            address: address.to_string(),
+            cert_type: None,
+        },
+        set_cookies,
     }))
 }
 
@@ -181,6 +234,11 @@ fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request("The request has no usable Host header"))
 }
 
+fn cookie_header(name: &str, value: &str, path: &str, same_site: &str, max_age: Option<i64>) -> String {
+    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
+    format!("{name}={value}; Path={path}; Secure; HttpOnly; SameSite={same_site}{age}")
+}
+
 fn set_cookie(
     resp: &mut Response,
     name: &str,
@@ -189,9 +247,7 @@ fn set_cookie(
     same_site: &str,
     max_age: Option<i64>,
 ) {
-    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
-    let c = format!("{name}={value}; Path={path}; Secure; HttpOnly; SameSite={same_site}{age}");
-    if let Ok(v) = HeaderValue::from_str(&c) {
+    if let Ok(v) = HeaderValue::from_str(&cookie_header(name, value, path, same_site, max_age)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
 }
@@ -373,26 +429,24 @@ mod tests {
 
     #[test]
     fn tokens_come_from_the_bearer_header_or_the_cookie() {
+        let header = |t: &str| Some(Ok((t.to_string(), Source::Header)));
         assert_eq!(
             presented(&headers(&[("authorization", "Bearer abc")])),
-            Some(Ok("abc".into()))
+            header("abc")
         );
         assert_eq!(
             presented(&headers(&[("authorization", "bearer abc")])),
-            Some(Ok("abc".into()))
+            header("abc")
         );
         // The official client sends an empty bearer token to ask for the login details.
-        assert_eq!(
-            presented(&headers(&[("authorization", "Bearer ")])),
-            Some(Ok("".into()))
-        );
+        assert_eq!(presented(&headers(&[("authorization", "Bearer ")])), header(""));
         assert!(matches!(
             presented(&headers(&[("authorization", "Basic eDp5")])),
             Some(Err(_))
         ));
         assert_eq!(
             presented(&headers(&[("cookie", "a=1; oidc_access=tok; b=2")])),
-            Some(Ok("tok".into()))
+            Some(Ok(("tok".into(), Source::Cookie)))
         );
         assert_eq!(presented(&headers(&[("cookie", "oidc_accessx=1")])), None);
         assert_eq!(presented(&HeaderMap::new()), None);

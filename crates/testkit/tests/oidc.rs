@@ -509,6 +509,33 @@ async fn a_browser_login_can_start_on_one_member_and_finish_on_another() {
             .unwrap();
         assert_eq!(r.metadata()["auth_user_name"], "bob@stapes.test");
     }
+    // An expired access cookie with a refresh cookie: new tokens, no new login.
+    let refresh = cookie_value(&done, "oidc_refresh").expect("a refresh cookie (offline_access)");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(access.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let mut expired = claims.clone();
+    expired["exp"] = json!(claims["iat"].as_i64().unwrap() - 60);
+    expired["iat"] = json!(claims["iat"].as_i64().unwrap() - 3660);
+    let stale = p.sign(&expired).await;
+    let r = at_b
+        .request(
+            "GET",
+            "/1.0",
+            None,
+            &[("cookie", &format!("oidc_access={stale}"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401, "an expired cookie alone is refused");
+    let both = format!("oidc_access={stale}; oidc_refresh={refresh}");
+    let r = at_a
+        .request("GET", "/1.0", None, &[("cookie", &both)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.metadata()["auth_user_name"], "bob@stapes.test");
+    let renewed = cookie_value(&r, "oidc_access").expect("a renewed access cookie");
+    assert_ne!(renewed, stale);
     // The same code cannot be used twice.
     let again = at_a
         .request("GET", &path, None, &[("host", &a), ("cookie", &cookie)])
