@@ -139,9 +139,17 @@ pub async fn run(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
         all_projects: args.all_projects,
     };
     let mut events = client.events(&opts).await?;
-    // A remote with several addresses (a cluster) is followed across members: when the
-    // stream breaks, reconnect to another one, at most MAX_RECONNECTS times in a row.
-    let can_move = client.dial_spec().endpoints.len() > 1;
+    // A network remote is followed when its stream breaks, at most MAX_RECONNECTS times
+    // in a row: to another member when it has several addresses, or through its one
+    // address, which may be a virtual IP, an anycast address or a load balancer with
+    // another member behind it by now.
+    let endpoints = &client.dial_spec().endpoints;
+    let can_move = endpoints.iter().any(|e| !e.is_unix());
+    let whither = if endpoints.len() > 1 {
+        " to another member"
+    } else {
+        ""
+    };
     let colour = std::io::stdout().is_terminal();
     let mut out = std::io::stdout();
     let mut reconnects = 0;
@@ -174,7 +182,7 @@ pub async fn run(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
             }
             reconnects += 1;
             eprintln!(
-                "The event stream from {} broke ({broke}); reconnecting to another member",
+                "The event stream from {} broke ({broke}); reconnecting{whither}",
                 lost.authority()
             );
             match client.events_avoiding(&opts, std::slice::from_ref(&lost)).await {

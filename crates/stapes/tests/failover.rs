@@ -187,6 +187,97 @@ async fn t30_monitor_moves_to_another_member_when_its_stream_breaks() {
     );
 }
 
+/// A remote with one address (a virtual IP, an anycast address, a load balancer) is
+/// followed too: when the stream breaks, `monitor` reconnects through that address,
+/// where another member (here: the same one, restarted) answers.
+#[tokio::test]
+async fn t30_monitor_reconnects_through_a_single_address() {
+    use tokio::io::AsyncBufReadExt;
+    let mut m = testkit::Member::start().await;
+    let url = format!("https://{}", m.listen().await);
+    let socket = m.socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &socket, "one", &url).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"))
+        .args(["monitor", "one:", "--type", "lifecycle", "--format", "json"])
+        .env("STAPES_CONF", cli.conf.path())
+        .env("HOME", cli.conf.path())
+        .env_remove("STAPES_DIR")
+        .env_remove("STAPES_SOCKET")
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("stapes monitor starts");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Changes are made until the monitor shows one: then it is connected.
+    let unix = m.unix();
+    let mut n = 0;
+    let mut seen_event = || {
+        n += 1;
+        let unix = unix.clone();
+        let value = format!("{n}H");
+        async move {
+            let body = serde_json::json!({"config": {"core.remote_token_expiry": value}});
+            let _ = unix.send_json("PATCH", "/1.0", &body).await;
+        }
+    };
+    let connected = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            seen_event().await;
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(300), stdout.next_line()).await
+            {
+                if line.contains("config-updated") {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(connected.is_ok(), "the monitor never showed an event");
+
+    m.restart().await;
+    let mut seen = Vec::new();
+    let reconnected = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            seen.push(line.clone());
+            if line.starts_with("Receiving events from") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    println!("monitor stderr: {seen:#?}");
+    assert_eq!(reconnected, Ok(true), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("broke") && l.contains("reconnecting")),
+        "{seen:?}"
+    );
+    // And events flow again.
+    let flowing = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            seen_event().await;
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(300), stdout.next_line()).await
+            {
+                if line.contains("config-updated") {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    assert!(flowing.is_ok(), "no event after reconnecting");
+}
+
 /// An nftables table of our own that silently drops TCP to one loopback address and
 /// port (a blackholed member: SYNs vanish). Deleted when dropped.
 struct Blackhole {
