@@ -323,3 +323,44 @@ async fn operations_are_reachable_through_any_member() {
     .await;
     assert_eq!(r.metadata()["class"], "token");
 }
+
+/// Forwarded requests share a kept connection per member; when the member behind it
+/// restarts, the first request after it is back still succeeds (the stale connection
+/// is not used for it), and so do concurrent ones.
+#[tokio::test]
+async fn forwarding_survives_a_restarted_target_and_concurrency() {
+    let _slot = slot().await;
+    let (mut c, cert) = trusted_cluster().await;
+    let via = Target::tls(&c.members[0].address().await, Some(&cert));
+    let burst = |n: usize| {
+        let via = via.clone();
+        async move {
+            let calls = (0..n).map(|_| {
+                let via = via.clone();
+                async move { via.get("/1.0?target=node2").await.map(|r| r.status) }
+            });
+            futures_util::future::join_all(calls).await
+        }
+    };
+    for r in burst(12).await {
+        assert_eq!(r.unwrap(), 200);
+    }
+    c.members[1].restart().await;
+    let direct = Target::tls(&c.members[1].address().await, Some(&cert));
+    eventually(LONG, "node2 serving again", || {
+        let direct = direct.clone();
+        async move { (direct.get("/1.0").await.ok()?.status == 200).then_some(()) }
+    })
+    .await;
+    eventually(LONG, "node2 online for node1", || async {
+        let list = c.members[0].members().await;
+        list.iter().all(|m| m["status"] == "Online").then_some(())
+    })
+    .await;
+    let r = via.get("/1.0?target=node2").await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.metadata()["environment"]["server_pid"], c.members[1].pid());
+    for r in burst(12).await {
+        assert_eq!(r.unwrap(), 200);
+    }
+}
