@@ -216,29 +216,10 @@ async fn t30_monitor_reconnects_through_a_single_address() {
     // Changes are made until the monitor shows one: then it is connected.
     let unix = m.unix();
     let mut n = 0;
-    let mut seen_event = || {
-        n += 1;
-        let unix = unix.clone();
-        let value = format!("{n}H");
-        async move {
-            let body = serde_json::json!({"config": {"core.remote_token_expiry": value}});
-            let _ = unix.send_json("PATCH", "/1.0", &body).await;
-        }
-    };
-    let connected = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            seen_event().await;
-            if let Ok(Ok(Some(line))) =
-                tokio::time::timeout(Duration::from_millis(300), stdout.next_line()).await
-            {
-                if line.contains("config-updated") {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    assert!(connected.is_ok(), "the monitor never showed an event");
+    assert!(
+        monitor_shows_a_change(&unix, &mut stdout, &mut n).await,
+        "the monitor never showed an event"
+    );
 
     m.restart().await;
     let mut seen = Vec::new();
@@ -260,9 +241,24 @@ async fn t30_monitor_reconnects_through_a_single_address() {
         "{seen:?}"
     );
     // And events flow again.
-    let flowing = tokio::time::timeout(Duration::from_secs(20), async {
+    let flowing = monitor_shows_a_change(&unix, &mut stdout, &mut n).await;
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    assert!(flowing, "no event after reconnecting");
+}
+
+/// Changes the configuration (value number `n`, counting on: an unchanged value is no
+/// event) until the monitor's `stdout` shows a `config-updated` event; false after 20 s.
+async fn monitor_shows_a_change(
+    unix: &testkit::Target,
+    stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    n: &mut u32,
+) -> bool {
+    let shown = async {
         loop {
-            seen_event().await;
+            *n += 1;
+            let body = serde_json::json!({"config": {"core.remote_token_expiry": format!("{n}H")}});
+            let _ = unix.send_json("PATCH", "/1.0", &body).await;
             if let Ok(Ok(Some(line))) =
                 tokio::time::timeout(Duration::from_millis(300), stdout.next_line()).await
             {
@@ -271,11 +267,8 @@ async fn t30_monitor_reconnects_through_a_single_address() {
                 }
             }
         }
-    })
-    .await;
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-    assert!(flowing.is_ok(), "no event after reconnecting");
+    };
+    tokio::time::timeout(Duration::from_secs(20), shown).await.is_ok()
 }
 
 /// An nftables table of our own that silently drops TCP to one loopback address and

@@ -40,23 +40,7 @@ impl Lab {
             return None;
         }
         let provider = Provider::start(&[]).await;
-        let ca = provider.ca_file().display().to_string();
-        let mut member = Member::start_env(&[("SSL_CERT_FILE", &ca)]).await;
-        let addr = member.listen().await;
-        let r = member
-            .unix()
-            .send_json(
-                "PATCH",
-                "/1.0",
-                &json!({"config": {
-                    "oidc.issuer": provider.issuer(),
-                    "oidc.client.id": provider.client_id(),
-                    "oidc.audience": provider.audience(),
-                }}),
-            )
-            .await
-            .expect("PATCH /1.0");
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let (member, addr) = provider.member().await;
         Some(Lab {
             provider,
             member,

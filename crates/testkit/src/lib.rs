@@ -552,6 +552,44 @@ pub async fn events_unix(
     Ok(ws)
 }
 
+/// The next lifecycle event with `action` on an event stream; panics after 10 s.
+pub async fn next_lifecycle<S>(ws: &mut S, action: &str) -> Value
+where
+    S: futures_util::Stream<
+            Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    let wait = async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("events are JSON");
+                if v["metadata"]["action"] == action {
+                    return v;
+                }
+            }
+        }
+        panic!("the event stream ended before a {action} event");
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {action} event within 10 s"))
+}
+
+/// Starts haproxy in the foreground on `config`, its output discarded; killed when
+/// dropped.
+pub fn haproxy(config: &Path) -> tokio::process::Child {
+    tokio::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(config)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy starts")
+}
+
 /// The join token text for the operation `POST /1.0/cluster/members` returned.
 pub fn join_token_from(op: &Value) -> String {
     let md = &op["metadata"];

@@ -301,6 +301,35 @@ impl Provider {
     }
 
     /// The provider's output so far: one line per request, grants, errors.
+    /// Points `member` at this provider (`oidc.issuer`, `oidc.client.id`,
+    /// `oidc.audience`: global keys, so a whole cluster through one member).
+    pub async fn configure(&self, member: &crate::Member) {
+        let r = member
+            .unix()
+            .send_json(
+                "PATCH",
+                "/1.0",
+                &json!({"config": {
+                    "oidc.issuer": self.issuer(),
+                    "oidc.client.id": self.client_id(),
+                    "oidc.audience": self.audience(),
+                }}),
+            )
+            .await
+            .expect("PATCH /1.0");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    /// A member that trusts this provider's CA (`SSL_CERT_FILE`), listening on HTTPS
+    /// and configured for the provider; and its address.
+    pub async fn member(&self) -> (crate::Member, String) {
+        let ca = self.ca_file().display().to_string();
+        let mut m = crate::Member::start_env(&[("SSL_CERT_FILE", &ca)]).await;
+        let addr = m.listen().await;
+        self.configure(&m).await;
+        (m, addr)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

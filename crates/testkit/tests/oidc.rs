@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use stapes_testkit::oidc::{self, Provider};
 use stapes_testkit::{
-    events_unix, eventually, free_port, have_tool, ClientCert, Cluster, Member, Resp, Target,
+    events_unix, eventually, free_port, have_tool, next_lifecycle, ClientCert, Cluster, Member, Resp, Target,
 };
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
@@ -24,23 +23,6 @@ async fn slot() -> SemaphorePermit<'static> {
 }
 
 const LONG: Duration = Duration::from_secs(30);
-
-async fn configure(m: &Member, p: &Provider) {
-    let r = m
-        .unix()
-        .send_json(
-            "PATCH",
-            "/1.0",
-            &json!({"config": {
-                "oidc.issuer": p.issuer(),
-                "oidc.client.id": p.client_id(),
-                "oidc.audience": p.audience(),
-            }}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-}
 
 async fn with_token(t: &Target, method: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
     let auth = format!("Bearer {token}");
@@ -58,22 +40,13 @@ fn error_of(r: &Resp) -> String {
     r.json()["error"].as_str().unwrap_or_default().to_string()
 }
 
-/// A member started trusting the provider's CA, listening, configured for it.
-async fn member_for(p: &Provider) -> (Member, String) {
-    let ca = p.ca_file().display().to_string();
-    let mut m = Member::start_env(&[("SSL_CERT_FILE", &ca)]).await;
-    let addr = m.listen().await;
-    configure(&m, p).await;
-    (m, addr)
-}
-
 #[tokio::test]
 async fn a_member_accepts_provider_tokens_and_says_where_to_log_in() {
     if !oidc::available() {
         return;
     }
     let p = Provider::start(&[]).await;
-    let (m, addr) = member_for(&p).await;
+    let (m, addr) = p.member().await;
     let anon = Target::tls(&addr, None);
 
     let r = anon.get("/1.0").await.unwrap();
@@ -135,22 +108,11 @@ async fn a_member_accepts_provider_tokens_and_says_where_to_log_in() {
     assert_eq!(requestor["address"], "127.0.0.1");
 }
 
-async fn next_config_update<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+async fn next_config_update<S>(ws: &mut S) -> Value
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Ok(Message::Text(t))) = ws.next().await {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["metadata"]["action"] == "config-updated" {
-                    return v["metadata"]["requestor"].clone();
-                }
-            }
-        }
-    })
-    .await
-    .expect("a config-updated event")
+    next_lifecycle(ws, "config-updated").await["metadata"]["requestor"].clone()
 }
 
 fn b64(v: &Value) -> String {
@@ -163,7 +125,7 @@ async fn bad_tokens_are_refused_with_401_saying_why() {
         return;
     }
     let p = Provider::start(&[]).await;
-    let (_m, addr) = member_for(&p).await;
+    let (_m, addr) = p.member().await;
     let anon = Target::tls(&addr, None);
     let good = p.device_login("mallory").await.access_token;
     let parts: Vec<&str> = good.split('.').collect();
@@ -262,7 +224,7 @@ async fn allowed_subnets_are_checked_against_the_real_client_address() {
         ..Default::default()
     })
     .await;
-    let (m, addr) = member_for(&p).await;
+    let (m, addr) = p.member().await;
     let anon = Target::tls(&addr, None);
     let local = p.device_login("local").await.access_token;
     let remote = p.device_login("remote").await.access_token;
@@ -304,7 +266,7 @@ async fn every_member_verifies_and_forwarding_carries_the_identity() {
     let ca = p.ca_file().display().to_string();
     let c = Cluster::start_env(3, &[], &[("SSL_CERT_FILE", &ca)]).await;
     c.wait_healthy(3, LONG).await;
-    configure(&c.members[0], &p).await;
+    p.configure(&c.members[0]).await;
     let token = p.device_login("alice").await.access_token;
     for m in &c.members {
         let t = Target::tls(&m.address().await, None);
@@ -370,7 +332,7 @@ async fn key_rotation_at_the_provider_is_followed() {
         return;
     }
     let p = Provider::start(&[]).await;
-    let (_m, addr) = member_for(&p).await;
+    let (_m, addr) = p.member().await;
     let anon = Target::tls(&addr, None);
     let before = p.device_login("alice").await.access_token;
     assert_eq!(with_token(&anon, "GET", "/1.0", &before, None).await.status, 200);
@@ -444,7 +406,7 @@ async fn a_browser_login_can_start_on_one_member_and_finish_on_another() {
         m.restart().await;
     }
     c.wait_healthy(1, LONG).await;
-    configure(&c.members[0], &p).await;
+    p.configure(&c.members[0]).await;
     let (at_a, at_b) = (Target::tls(&a, None), Target::tls(&b, None));
 
     let start = at_a
@@ -609,7 +571,7 @@ async fn haproxy_terminating_tls_passes_oidc_users() {
     )
     .await;
     c.wait_healthy(1, LONG).await;
-    configure(&c.members[0], &p).await;
+    p.configure(&c.members[0]).await;
     let cert = ClientCert::generate("behind-lb");
     c.members[0].trust(&cert).await;
 
@@ -641,15 +603,7 @@ async fn haproxy_terminating_tls_passes_oidc_users() {
         ),
     )
     .unwrap();
-    let _haproxy = tokio::process::Command::new("haproxy")
-        .arg("-f")
-        .arg(&cfg)
-        .arg("-db")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _haproxy = stapes_testkit::haproxy(&cfg);
     let token = p.device_login("carol").await.access_token;
     let via = Target::tls(&front, Some(&cert));
     let names = eventually(

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use stapes_testkit::{events_unix, eventually, ClientCert, Cluster, Member, Target};
+use stapes_testkit::{events_unix, eventually, next_lifecycle, ClientCert, Cluster, Member, Target};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{slot, FAST, LONG};
@@ -138,26 +138,6 @@ async fn forwarded_identity_cannot_be_forged() {
     assert_eq!(e["metadata"]["requestor"]["protocol"], "tls");
     assert_eq!(e["metadata"]["requestor"]["username"], cert.fingerprint);
     assert_eq!(e["metadata"]["requestor"]["address"], "127.0.0.1");
-}
-
-async fn next_lifecycle<S>(ws: &mut S, action: &str) -> Value
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    let wait = async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Text(t) = msg {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["metadata"]["action"] == action {
-                    return v;
-                }
-            }
-        }
-        panic!("event stream ended");
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .expect("the event within 10 s")
 }
 
 /// A dead member fails at once; a hung one within the forward timeout; healthy members

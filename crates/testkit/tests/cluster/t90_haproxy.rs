@@ -50,15 +50,7 @@ async fn haproxy_takes_out_sick_members_and_a_rolling_restart_loses_nothing() {
         ),
     )
     .unwrap();
-    let mut haproxy = tokio::process::Command::new("haproxy")
-        .arg("-f")
-        .arg(&cfg)
-        .arg("-db")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut haproxy = stapes_testkit::haproxy(&cfg);
     let via = Target::tls(&front, Some(&cert));
     eventually(
         Duration::from_secs(10),

@@ -456,22 +456,7 @@ async fn t80_oidc_login_with_the_official_client() {
     }
     let p = stapes_testkit::oidc::Provider::start(&[]).await;
     let ca = p.ca_file().display().to_string();
-    let mut m = Member::start_env(&[("SSL_CERT_FILE", &ca)]).await;
-    let addr = m.listen().await;
-    let r = m
-        .unix()
-        .send_json(
-            "PATCH",
-            "/1.0",
-            &json!({"config": {
-                "oidc.issuer": p.issuer(),
-                "oidc.client.id": p.client_id(),
-                "oidc.audience": p.audience(),
-            }}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    let (_m, addr) = p.member().await;
 
     let conf = tempfile::tempdir().unwrap();
     let url = format!("https://{addr}");

@@ -1,9 +1,7 @@
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use stapes_testkit::{events_unix, eventually, have_tool, ClientCert, Member, Target};
-use tokio_tungstenite::tungstenite::Message;
+use stapes_testkit::{events_unix, eventually, have_tool, next_lifecycle, ClientCert, Member, Target};
 
 fn v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
@@ -47,19 +45,7 @@ async fn requestor_of_next_change(m: &Member, via: &Target) -> Value {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let e = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Ok(Message::Text(t))) = ws.next().await {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["metadata"]["action"] == "config-updated" {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
-    e["metadata"]["requestor"].clone()
+    next_lifecycle(&mut ws, "config-updated").await["metadata"]["requestor"].clone()
 }
 
 #[tokio::test]
@@ -169,15 +155,7 @@ async fn haproxy_send_proxy_v2() {
         ),
     )
     .unwrap();
-    let mut haproxy = tokio::process::Command::new("haproxy")
-        .arg("-f")
-        .arg(&cfg)
-        .arg("-db")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut haproxy = stapes_testkit::haproxy(&cfg);
     let via = Target::tls(&front, Some(&cert));
     let r = eventually(Duration::from_secs(10), "haproxy forwarding", || async {
         let r = via.get("/1.0").await.ok()?;
