@@ -316,13 +316,7 @@ impl OidcAuth {
         match oidc::flow::refresh(&discovery, &challenge.client_id, refresh_token).await {
             Ok(tokens) => {
                 tracing::debug!(issuer = %challenge.issuer, "refreshed the OpenID access token");
-                let access = tokens.access_token.clone();
-                self.store(StoredTokens {
-                    tokens,
-                    issuer: challenge.issuer.clone(),
-                    client_id: challenge.client_id.clone(),
-                })?;
-                Ok(Some(access))
+                self.keep(challenge, tokens).map(Some)
             }
             Err(oidc::OidcError::Refused(why)) => {
                 tracing::debug!(reason = %why, "the OpenID refresh token was refused");
@@ -406,6 +400,11 @@ impl OidcAuth {
         let tokens = oidc::flow::finish_device_login(&discovery, &challenge.client_id, &login)
             .await
             .map_err(failed)?;
+        self.keep(challenge, tokens)
+    }
+
+    /// Stores `tokens` from the provider `challenge` names; their access token.
+    fn keep(&self, challenge: &Challenge, tokens: oidc::flow::Tokens) -> Result<String, ClientError> {
         let access = tokens.access_token.clone();
         self.store(StoredTokens {
             tokens,

@@ -165,21 +165,11 @@ async fn t30_monitor_moves_to_another_member_when_its_stream_breaks() {
     // Let the monitor connect (to node1, the first address), then kill node1.
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.members[0].kill9();
-    let mut seen = Vec::new();
-    let reconnected = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            seen.push(line.clone());
-            if line.starts_with("Receiving events from") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
+    let (reconnected, seen) = monitor_reconnects(&mut stderr).await;
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     println!("monitor stderr: {seen:#?}");
-    assert_eq!(reconnected, Ok(true), "{seen:?}");
+    assert!(reconnected, "{seen:?}");
     assert!(
         seen.iter()
             .any(|l| l.contains("broke") && l.contains("reconnecting to another member")),
@@ -222,6 +212,26 @@ async fn t30_monitor_reconnects_through_a_single_address() {
     );
 
     m.restart().await;
+    let (reconnected, seen) = monitor_reconnects(&mut stderr).await;
+    println!("monitor stderr: {seen:#?}");
+    assert!(reconnected, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("broke") && l.contains("reconnecting")),
+        "{seen:?}"
+    );
+    // And events flow again.
+    let flowing = monitor_shows_a_change(&unix, &mut stdout, &mut n).await;
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    assert!(flowing, "no event after reconnecting");
+}
+
+/// Reads a monitor's `stderr` until it says it receives events again: whether it did
+/// within 20 s, and the lines it printed.
+async fn monitor_reconnects(
+    stderr: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) -> (bool, Vec<String>) {
     let mut seen = Vec::new();
     let reconnected = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = stderr.next_line().await {
@@ -233,18 +243,7 @@ async fn t30_monitor_reconnects_through_a_single_address() {
         false
     })
     .await;
-    println!("monitor stderr: {seen:#?}");
-    assert_eq!(reconnected, Ok(true), "{seen:?}");
-    assert!(
-        seen.iter()
-            .any(|l| l.contains("broke") && l.contains("reconnecting")),
-        "{seen:?}"
-    );
-    // And events flow again.
-    let flowing = monitor_shows_a_change(&unix, &mut stdout, &mut n).await;
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-    assert!(flowing, "no event after reconnecting");
+    (reconnected == Ok(true), seen)
 }
 
 /// Changes the configuration (value number `n`, counting on: an unchanged value is no
