@@ -164,6 +164,7 @@ pub async fn authenticate(
         return Ok(None);
     };
     let refuse = |status: u16, why: String| {
+        tracing::info!(address, status, reason = %why, "refused an OpenID access token");
         let mut r = error_response(&ApiError::new(status, format!("Failed to authenticate: {why}")));
         write_headers(r.headers_mut(), verifier.config());
         r

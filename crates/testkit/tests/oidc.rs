@@ -125,7 +125,7 @@ async fn bad_tokens_are_refused_with_401_saying_why() {
         return;
     }
     let p = Provider::start(&[]).await;
-    let (_m, addr) = p.member().await;
+    let (m, addr) = p.member().await;
     let anon = Target::tls(&addr, None);
     let good = p.device_login("mallory").await.access_token;
     let parts: Vec<&str> = good.split('.').collect();
@@ -209,6 +209,15 @@ async fn bad_tokens_are_refused_with_401_saying_why() {
         with_token(&anon, "GET", "/1.0", &good, None).await.metadata()["auth_user_method"],
         "oidc"
     );
+    // Refusals are logged, with the reason.
+    eventually(Duration::from_secs(5), "refusals in the log", || {
+        let log = m.log();
+        async move {
+            (log.contains("refused an OpenID access token") && log.contains("token has expired"))
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
