@@ -60,6 +60,55 @@ async fn ok(conf: &Path, socket: Option<&Path>, args: &[&str]) -> String {
     stdout
 }
 
+/// Runs `incus monitor REMOTE --type lifecycle` and changes the configuration through
+/// `on`'s unix socket until the monitor prints an event `wanted` accepts; that event.
+async fn incus_monitor_sees(
+    conf: &Path,
+    remote: &str,
+    on: &Member,
+    limit: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut monitor = tokio::process::Command::new("incus")
+        .args(["monitor", remote, "--type", "lifecycle", "--format", "json"])
+        .env("INCUS_CONF", conf)
+        .env("HOME", conf)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("incus monitor runs");
+    let stdout = monitor.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let event = tokio::time::timeout(limit, async {
+        for i in 0u32.. {
+            // Keep changing config until the monitor, once connected, reports it.
+            let value = format!("{}H", i % 2 + 5);
+            let _ = on
+                .unix()
+                .send_json(
+                    "PATCH",
+                    "/1.0",
+                    &json!({"config": {"core.remote_token_expiry": value}}),
+                )
+                .await;
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+            {
+                let v: Value = serde_json::from_str(&line).unwrap_or_default();
+                if wanted(&v) {
+                    return v;
+                }
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("incus monitor {remote} reported no matching event within {limit:?}"));
+    let _ = monitor.kill().await;
+    event
+}
+
 #[tokio::test]
 async fn t10_local_socket_info_query_and_config() {
     if !have_tool("incus") {
@@ -174,44 +223,11 @@ async fn t30_remote_add_accept_certificate_and_monitor() {
     assert!(remotes.contains(&format!("s,https://{addr}")), "{remotes}");
 
     // `incus monitor` sees a lifecycle event caused by someone else.
-    let mut monitor = tokio::process::Command::new("incus")
-        .args(["monitor", "s:", "--type", "lifecycle", "--format", "json"])
-        .env("INCUS_CONF", conf.path())
-        .env("HOME", conf.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = monitor.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let event = tokio::time::timeout(Duration::from_secs(15), async {
-        for i in 0u32.. {
-            // Keep changing config until the monitor, once connected, reports it.
-            let value = format!("{}H", i % 2 + 5);
-            let _ = m
-                .unix()
-                .send_json(
-                    "PATCH",
-                    "/1.0",
-                    &json!({"config": {"core.remote_token_expiry": value}}),
-                )
-                .await;
-            if let Ok(Ok(Some(line))) =
-                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
-            {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                if v["metadata"]["action"] == "config-updated" {
-                    return v;
-                }
-            }
-        }
-        unreachable!()
+    let event = incus_monitor_sees(conf.path(), "s:", &m, Duration::from_secs(15), |v| {
+        v["metadata"]["action"] == "config-updated"
     })
-    .await
-    .expect("incus monitor reported the change");
+    .await;
     assert_eq!(event["metadata"]["requestor"]["protocol"], "unix");
-    let _ = monitor.kill().await;
 }
 
 #[tokio::test]
@@ -329,43 +345,11 @@ async fn t50_target_and_monitor_across_members() {
     assert!(!success && err.contains("Cluster member not found"), "{err}");
 
     // `incus monitor` on node1 sees a lifecycle event that happened on node3.
-    let mut monitor = tokio::process::Command::new("incus")
-        .args(["monitor", "n1:", "--type", "lifecycle", "--format", "json"])
-        .env("INCUS_CONF", conf.path())
-        .env("HOME", conf.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = monitor.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let event = tokio::time::timeout(Duration::from_secs(20), async {
-        for i in 0u32.. {
-            let value = format!("{}H", i % 2 + 5);
-            let _ = c.members[2]
-                .unix()
-                .send_json(
-                    "PATCH",
-                    "/1.0",
-                    &serde_json::json!({"config": {"core.remote_token_expiry": value}}),
-                )
-                .await;
-            if let Ok(Ok(Some(line))) =
-                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
-            {
-                let v: Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["location"] == "node3" {
-                    return v;
-                }
-            }
-        }
-        unreachable!()
+    let event = incus_monitor_sees(conf.path(), "n1:", &c.members[2], Duration::from_secs(20), |v| {
+        v["location"] == "node3"
     })
-    .await
-    .expect("incus monitor on node1 reported node3's event");
+    .await;
     assert_eq!(event["metadata"]["action"], "config-updated");
-    let _ = monitor.kill().await;
 }
 
 #[tokio::test]
