@@ -136,6 +136,8 @@ impl Inner {
         Ok(())
     }
 
+    /// Wakes the waiters on `state_changed`, once what derives from the state has
+    /// caught up (`daemon::watch_state`, on every change the store publishes).
     pub fn notify_state_changed(&self) {
         self.state_changed.send_modify(|v| *v += 1);
     }

@@ -171,7 +171,6 @@ async fn add(ctx: &Ctx, id: &Identity, cert: Certificate) -> Result<Response> {
     ctx.store
         .apply(Command::AddCertificate { certificate: cert })
         .await?;
-    ctx.notify_state_changed();
     tracing::info!(fingerprint = %fp, name = %name, kind = %kind, by = %id.username, "certificate trusted");
     let source = format!("/1.0/certificates/{fp}");
     ctx.events
@@ -199,7 +198,6 @@ async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> R
     ctx.store
         .apply(Command::CreateToken { token: token.clone() })
         .await?;
-    ctx.notify_state_changed();
     tracing::info!(client = %req.name, by = %id.username, "trust token issued");
     let op = token_operation(ctx, &token, &addresses);
     ctx.events.send(
@@ -267,7 +265,6 @@ async fn redeem_trust_token(
             }
             other => response::Error::from(other),
         })?;
-    ctx.notify_state_changed();
     tracing::info!(fingerprint = %fp, client = %client_name, address = %id.address, "certificate trusted by token");
     let done = crate::operations::finished(op, api::types::status::SUCCESS);
     ctx.events.send(
@@ -350,7 +347,6 @@ async fn edit(
             certificate: new.clone(),
         })
         .await?;
-    ctx.notify_state_changed();
     tracing::info!(fingerprint = %old.fingerprint, by = %id.username, "trusted certificate updated");
     ctx.events.lifecycle(
         "certificate-updated",
@@ -374,7 +370,6 @@ pub async fn delete(
             fingerprint: fingerprint.clone(),
         })
         .await?;
-    ctx.notify_state_changed();
     tracing::info!(fingerprint = %fingerprint, by = %id.username, "certificate removed from the trust store");
     ctx.events.lifecycle(
         "certificate-deleted",

@@ -206,7 +206,6 @@ pub async fn delete(
         })
         .await
         .map_err(|_| not_found())?;
-    ctx.notify_state_changed();
     tracing::info!(operation = %op_id, by = %id.username, "token revoked");
     let cancelled = finished(op, status::CANCELLED);
     ctx.events.send(

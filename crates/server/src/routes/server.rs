@@ -159,7 +159,6 @@ async fn update(
             })
             .await?;
     }
-    ctx.notify_state_changed();
     let keys: Vec<&String> = local.keys().chain(global.keys()).collect();
     tracing::info!(keys = ?keys, user = %id.username, "server configuration changed");
     ctx.events.lifecycle("config-updated", "/1.0", Some(&id), None);

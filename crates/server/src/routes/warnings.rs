@@ -53,7 +53,6 @@ pub async fn put(
             status: req.status,
         })
         .await?;
-    ctx.notify_state_changed();
     ctx.events.lifecycle(
         "warning-updated",
         &format!("/1.0/warnings/{uuid}"),
@@ -72,7 +71,6 @@ pub async fn delete(
     ctx.store
         .apply(Command::DeleteWarning { uuid: uuid.clone() })
         .await?;
-    ctx.notify_state_changed();
     ctx.events.lifecycle(
         "warning-deleted",
         &format!("/1.0/warnings/{uuid}"),
