@@ -250,14 +250,7 @@ impl KeepAlive {
             .header("host", "stapes.test")
             .body(Full::new(Bytes::new()))?;
         let resp = self.sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        read(resp).await
     }
 }
 
@@ -285,6 +278,11 @@ where
     }
     let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let resp = sender.send_request(req).await?;
+    read(resp).await
+}
+
+/// Reads a whole response.
+async fn read(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Resp> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes();
