@@ -57,10 +57,10 @@ pub const AUDIENCE: &str = "https://stapes.test";
 /// The scopes the helpers ask for.
 pub const SCOPES: &str = "openid profile email offline_access";
 
-/// How long the provider may take to answer discovery after it is spawned: about a
-/// second on an idle machine, but over 15 s has been seen on a busy one (the log says
-/// when node had loaded its modules and when it listened).
-const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long one provider process may take to answer discovery: about a second even on
+/// a busy machine. A process that stalls (seen rarely: modules loaded, never listening)
+/// is replaced, with its log and scheduler state printed.
+const START_LIMIT: Duration = Duration::from_secs(15);
 
 /// The node project: `package.json`, `package-lock.json`, `provider.mjs`.
 pub fn project_dir() -> PathBuf {
@@ -155,7 +155,8 @@ pub struct Provider {
 
 impl Provider {
     /// Starts a provider whose client accepts `redirect_uris` (may be empty) and waits
-    /// until discovery answers. Panics, with the log, when it does not within 30 s.
+    /// until discovery answers. Panics, with the log, when three processes in a row do
+    /// not answer within [`START_LIMIT`] each.
     pub async fn start(redirect_uris: &[String]) -> Provider {
         Self::start_with(Options {
             redirect_uris: redirect_uris.to_vec(),
@@ -215,15 +216,21 @@ impl Provider {
             log,
             tls,
         };
-        // The port is probed then released, so another process may take it first: retry.
+        // The port is probed then released, so another process may take it first; and
+        // on a loaded machine node has, rarely, stalled after loading its modules and
+        // never listened. Either way: a new process on a new port, three times at most.
         for attempt in 0..3 {
             let port = crate::free_port();
             provider.issuer = format!("https://127.0.0.1:{port}");
             provider.spawn(port, &env);
             match provider.wait_ready().await {
                 Ok(()) => return provider,
-                Err(e) if attempt < 2 && provider.log().contains("EADDRINUSE") => {
-                    eprintln!("oidc provider: port {port} taken ({e}), retrying");
+                Err(e) if attempt < 2 => {
+                    eprintln!(
+                        "oidc provider on port {port} did not start ({e:#}; process state: {}), retrying\nlog:\n{}",
+                        provider.process_state(),
+                        provider.log()
+                    );
                     provider.kill();
                 }
                 Err(e) => panic!(
@@ -272,6 +279,20 @@ impl Provider {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The node process's scheduler state and wait channel, for diagnosing a stall.
+    fn process_state(&self) -> String {
+        let Some(pid) = self.pid() else {
+            return "no process".into();
+        };
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("State: ?")
+            .to_string();
+        format!("{state}, wchan {}", read("wchan"))
     }
 
     fn kill(&mut self) {
