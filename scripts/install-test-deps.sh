@@ -24,6 +24,12 @@ if [ ! -f "$oidc_dir/node_modules/oidc-provider/package.json" ] ||
     (cd "$oidc_dir" && npm ci --no-audit --no-fund)
 fi
 
+# cargo-deny checks deny.toml (bans, licenses, sources) in scripts/test.sh. Built from
+# crates.io when missing: about 5-10 minutes of CI on 2 cores, once per machine.
+if ! cargo deny --version >/dev/null 2>&1; then
+    cargo install cargo-deny --version 0.20.2 --locked
+fi
+
 need=()
 command -v incus >/dev/null 2>&1 || need+=(incus-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)

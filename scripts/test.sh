@@ -9,6 +9,8 @@ bash scripts/install-test-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Dependency policy (deny.toml). Advisories are left out: their database is on GitHub.
+cargo deny --locked check bans licenses sources
 # Integration tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked
 

@@ -149,21 +149,27 @@ async fn t30_monitor_moves_to_another_member_when_its_stream_breaks() {
     let _ = std::fs::remove_dir_all(cli.conf.path().join("remote-state"));
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stapes"))
-        .args(["monitor", "m:", "--type", "lifecycle"])
+        .args(["monitor", "m:", "--type", "lifecycle", "--format", "json"])
         .env("STAPES_CONF", cli.conf.path())
         .env("STAPES_SOCKET", &s2)
         .env("HOME", cli.conf.path())
         .env_remove("STAPES_DIR")
         .env_remove("XDG_CONFIG_HOME")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("stapes monitor starts");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // Let the monitor connect (to node1, the first address), then kill node1.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once the monitor shows a change (made through node2, relayed to every member), it
+    // is connected: to node1, the first address. Then node1 is killed.
+    let mut n = 0;
+    assert!(
+        monitor_shows_a_change(&cluster.members[1].unix(), &mut stdout, &mut n).await,
+        "the monitor never showed an event"
+    );
     cluster.members[0].kill9();
     let (reconnected, seen) = monitor_reconnects(&mut stderr).await;
     let _ = child.start_kill();

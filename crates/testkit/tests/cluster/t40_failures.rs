@@ -30,8 +30,10 @@ async fn leader_killed_a_new_leader_takes_writes() {
         },
     )
     .await;
+    // How fast is the benchmark's business (stapes-bench cluster mode, "leader SIGKILL
+    // -> write OK", target under 2 s); here only the 15 s bound is asserted.
     println!(
-        "writes resumed {:?} after the leader was killed (target: under 2 s)",
+        "writes resumed {:?} after the leader was killed",
         killed.elapsed()
     );
     let dead = format!("node{}", leader + 1);

@@ -67,16 +67,42 @@ async fn target_reaches_each_member_through_any_member() {
         .await
         .unwrap();
     assert_eq!(list.metadata().as_array().unwrap().len(), 3);
-    // A write to a member-local view lands on the target.
+    // A write of a member-local key lands on the target and nowhere else: node2's
+    // listener widens to every address on its port (so the cluster still reaches it at
+    // its address), while node1, which relayed the write, and node3 keep their own.
+    let own = |i: usize| {
+        let u = c.members[i].unix();
+        async move { u.get("/1.0").await.unwrap().metadata()["config"]["core.https_address"].clone() }
+    };
+    let before = [own(0).await, own(1).await, own(2).await];
+    let port = before[1]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    let wider = format!("0.0.0.0:{port}");
     let r = Target::tls(&a1, Some(&cert))
         .send_json(
             "PATCH",
             "/1.0?target=node2",
-            &json!({"config": {"core.remote_token_expiry": "2H"}}),
+            &json!({"config": {"core.https_address": wider}}),
         )
         .await
         .unwrap();
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(own(1).await, json!(wider), "the target has it");
+    assert_eq!(
+        [own(0).await, own(2).await],
+        [before[0].clone(), before[2].clone()],
+        "nobody else"
+    );
+    let seen = Target::tls(&a1, Some(&cert))
+        .get("/1.0?target=node2")
+        .await
+        .unwrap();
+    assert_eq!(seen.metadata()["config"]["core.https_address"], json!(wider));
 }
 
 #[tokio::test]
@@ -135,6 +161,8 @@ async fn forwarded_identity_cannot_be_forged() {
         .unwrap();
     assert_eq!(r.status, 200);
     let e = next_lifecycle(&mut ws, "config-updated").await;
+    // Made by node2 (the relay also carries node1's and node3's events to this stream).
+    assert_eq!(e["location"], "node2", "{e}");
     assert_eq!(e["metadata"]["requestor"]["protocol"], "tls");
     assert_eq!(e["metadata"]["requestor"]["username"], cert.fingerprint);
     assert_eq!(e["metadata"]["requestor"]["address"], "127.0.0.1");
