@@ -51,7 +51,8 @@ async fn t10_device_login_gives_a_jwt_for_the_audience_and_refresh_works() {
     let t = p.device_login("alice").await;
     let took = started.elapsed();
     eprintln!("device login took {took:?}");
-    assert!(took < Duration::from_secs(5), "device login took {took:?}");
+    // A bound against a stuck login, not a speed target: CI machines are busy.
+    assert!(took < Duration::from_secs(20), "device login took {took:?}");
 
     let (h, c) = decode_jwt(&t.access_token);
     assert_eq!(h["typ"], "at+jwt", "{h}");

@@ -345,7 +345,7 @@ async fn t50_target_and_monitor_across_members() {
     assert!(!success && err.contains("Cluster member not found"), "{err}");
 
     // `incus monitor` on node1 sees a lifecycle event that happened on node3.
-    let event = incus_monitor_sees(conf.path(), "n1:", &c.members[2], Duration::from_secs(20), |v| {
+    let event = incus_monitor_sees(conf.path(), "n1:", &c.members[2], Duration::from_secs(60), |v| {
         v["location"] == "node3"
     })
     .await;
