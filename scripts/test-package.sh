@@ -42,6 +42,9 @@ group_made=
 getent group stapes-admin >/dev/null || group_made=yes
 work=$(mktemp -d /tmp/stapes-package-test.XXXXXX)
 chmod 0711 "$work"
+# The installed programs get the package's defaults, and the client keeps its files here.
+unset STAPES_DIR STAPES_SOCKET STAPES_DRAIN
+export STAPES_CONF=$work/root-conf
 pid=
 installed=
 
