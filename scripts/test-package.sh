@@ -48,6 +48,21 @@ export STAPES_CONF=$work/root-conf
 pid=
 installed=
 
+# dpkg, waiting (at most 2 minutes) while another package manager holds its lock.
+run_dpkg() {
+    local out
+    for _ in $(seq 1 120); do
+        if out=$(dpkg "$@" 2>&1); then
+            printf '%s\n' "$out"
+            return 0
+        fi
+        grep -q 'locked by another process' <<<"$out" || break
+        sleep 1
+    done
+    printf '%s\n' "$out"
+    return 1
+}
+
 cleanup() {
     status=$?
     set +e
@@ -57,7 +72,7 @@ cleanup() {
     fi
     if [ -n "$installed" ]; then
         [ -d /run/systemd/system ] && systemctl stop stapesd.service 2>/dev/null
-        dpkg --purge stapes >/dev/null 2>&1
+        run_dpkg --purge stapes >/dev/null
     fi
     [ -n "$group_made" ] && getent group stapes-admin >/dev/null && groupdel stapes-admin
     if [ "$status" -ne 0 ] && [ -f "$work/stapesd.log" ]; then
@@ -106,7 +121,7 @@ grep -v 'running with root privileges' "$work/lintian" || true
 
 say "install (dpkg -i)"
 installed=yes
-dpkg -i "$deb1" >"$work/dpkg.log" 2>&1 || fail "dpkg -i: $(cat "$work/dpkg.log")"
+run_dpkg -i "$deb1" >"$work/dpkg.log" || fail "dpkg -i: $(cat "$work/dpkg.log")"
 grep -q 'systemctl enable --now stapesd' "$work/dpkg.log" || fail "no first-install message"
 getent group stapes-admin >/dev/null || fail "the stapes-admin group was not created"
 [ "$(stat -c %a /var/lib/stapes)" = 711 ] || fail "/var/lib/stapes is $(stat -c %a /var/lib/stapes), not 711"
@@ -183,7 +198,7 @@ stop
 
 say "upgrade (revision 2), with a changed /etc/default/stapes"
 echo 'STAPES_OPTS="--log-format json"' >>/etc/default/stapes
-dpkg -i "$deb2" >"$work/dpkg.log" 2>&1 || fail "upgrade: $(cat "$work/dpkg.log")"
+run_dpkg -i "$deb2" >"$work/dpkg.log" || fail "upgrade: $(cat "$work/dpkg.log")"
 [ "$(dpkg-query -W -f='${Version}' stapes)" = "$(dpkg-deb -f "$deb2" Version)" ] || fail "not upgraded"
 grep -q -- '--log-format json' /etc/default/stapes || fail "the upgrade replaced a changed /etc/default/stapes"
 start
@@ -198,7 +213,7 @@ crt=$(sha256sum </var/lib/stapes/server.crt)
 # What an administrator does; purge must remove the link.
 systemctl --quiet enable stapesd.service || fail "systemctl enable"
 [ -L /etc/systemd/system/multi-user.target.wants/stapesd.service ] || fail "systemctl enable made no link"
-dpkg -r stapes >"$work/dpkg.log" 2>&1 || fail "dpkg -r: $(cat "$work/dpkg.log")"
+run_dpkg -r stapes >"$work/dpkg.log" || fail "dpkg -r: $(cat "$work/dpkg.log")"
 [ ! -e /usr/bin/stapesd ] || fail "/usr/bin/stapesd is still there after remove"
 [ -f /var/lib/stapes/server.crt ] && [ -d /var/lib/stapes/database ] ||
     fail "remove did not keep /var/lib/stapes: $(ls -la /var/lib/stapes 2>&1)"
@@ -206,7 +221,7 @@ dpkg -r stapes >"$work/dpkg.log" 2>&1 || fail "dpkg -r: $(cat "$work/dpkg.log")"
     fail "the member's certificate changed"
 
 say "purge removes /var/lib/stapes, /etc/default/stapes and the unit's links"
-dpkg -P stapes >"$work/dpkg.log" 2>&1 || fail "dpkg -P: $(cat "$work/dpkg.log")"
+run_dpkg -P stapes >"$work/dpkg.log" || fail "dpkg -P: $(cat "$work/dpkg.log")"
 installed=
 for gone in /var/lib/stapes /etc/default/stapes /etc/systemd/system/multi-user.target.wants/stapesd.service; do
     [ ! -e "$gone" ] && [ ! -L "$gone" ] || fail "$gone is still there after purge"
