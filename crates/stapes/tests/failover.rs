@@ -162,8 +162,14 @@ async fn t30_monitor_moves_to_another_member_when_its_stream_breaks() {
         .spawn()
         .expect("stapes monitor starts");
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // Let the monitor connect (to node1, the first address), then kill node1.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once the monitor is connected to node1 (the first address), kill node1. Members
+    // relay events to one another on /internal/events, so this request is the monitor's.
+    let first = &cluster.members[0];
+    testkit::eventually(Duration::from_secs(20), "the monitor connected to node1", || {
+        let connected = first.log().contains("path=/1.0/events");
+        async move { connected.then_some(()) }
+    })
+    .await;
     cluster.members[0].kill9();
     let (reconnected, seen) = monitor_reconnects(&mut stderr).await;
     let _ = child.start_kill();
