@@ -30,6 +30,19 @@ if ! cargo deny --version >/dev/null 2>&1; then
     cargo install cargo-deny --version 0.20.2 --locked
 fi
 
+# The package test (scripts/test-package.sh), from bookworm itself: lintian, dpkg-dev
+# (dpkg-shlibdeps), lxc (a dependency of the package), and systemd for systemd-analyze
+# and systemd-sysusers (installed, not started).
+base=()
+command -v lintian >/dev/null 2>&1 || base+=(lintian)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || base+=(dpkg-dev)
+command -v lxc-start >/dev/null 2>&1 || base+=(lxc)
+command -v systemd-analyze >/dev/null 2>&1 || base+=(systemd)
+if [ ${#base[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${base[@]}"
+fi
+
 need=()
 command -v incus >/dev/null 2>&1 || need+=(incus-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)

@@ -21,4 +21,6 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run: cargo prints one per test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+# The Debian package, from the debug binaries built above.
+bash scripts/test-package.sh || status=$?
 exit "$status"

@@ -1,7 +1,7 @@
 //! Start-up and shutdown of one member.
 //!
 //! ```text
-//! start:    state dir (0700) ─> server.crt/key (made once) ─> store (replay) ─> unix socket
+//! start:    state dir (0711) ─> server.crt/key (made once) ─> store (replay) ─> unix socket
 //!           ─> HTTPS listener if core.https_address is set ─> ready
 //!           (─> core.anycast_address on `lo` while ready)
 //! shutdown: not ready, anycast address removed ─> drain period ─> listeners close
@@ -65,7 +65,10 @@ pub struct Daemon {
 impl Daemon {
     pub async fn start(config: DaemonConfig, events: EventHub) -> Result<Daemon, StartError> {
         let dir = &config.state_dir;
-        prepare_dir(dir)?;
+        // Others may pass through to the socket (its mode and group decide who may use
+        // it) but not list the directory, as /var/lib/incus; what is secret inside is 0600
+        // or in a 0700 directory.
+        prepare_dir(dir, 0o711)?;
         let cert = load_or_create_cert(dir)?;
         let key = tls::certified_key(&cert.cert_pem, &cert.key_pem)
             .map_err(|e| StartError::Certificate(e.to_string()))?;
@@ -76,7 +79,7 @@ impl Daemon {
         let served = (trust::cert::der_to_pem(&der), trust::fingerprint(&der));
 
         let db_dir = dir.join("database");
-        prepare_dir(&db_dir)?;
+        prepare_dir(&db_dir, 0o700)?;
         let peers = crate::peers::Peers::new(cert.cert_pem.clone(), cert.key_pem.clone());
         let store = Store::open(&db_dir, Arc::new(crate::peers::RaftRpc(peers.clone()))).await?;
 
@@ -217,13 +220,13 @@ async fn watch_state(ctx: Ctx) {
     }
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), StartError> {
+fn prepare_dir(dir: &Path, mode: u32) -> Result<(), StartError> {
     let err = |source| StartError::StateDir {
         path: dir.to_path_buf(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)
 }
 
 /// `server.crt`/`server.key`, created on first start. The key is written to a temporary

@@ -35,6 +35,7 @@ mod admin;
 mod cluster;
 mod ctx;
 mod format;
+mod generate;
 mod monitor;
 mod operation;
 mod remote;
@@ -91,9 +92,27 @@ enum Command {
     /// Manage cluster members
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Generate the autocompletion script for the specified shell
+    Completion {
+        #[arg(value_enum)]
+        shell: generate::Shell,
+    },
 }
 
 fn main() {
+    // `stapes manpage DIR`, for packaging as `incus manpage` is. It stays out of the clap
+    // definition so that neither help nor completions offer it.
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let [_, cmd, dir] = &argv[..] {
+        if cmd == "manpage" {
+            use clap::CommandFactory as _;
+            if let Err(e) = generate::manpages(Cli::command(), std::path::Path::new(dir)) {
+                eprintln!("Error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -131,6 +150,10 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    use clap::CommandFactory as _;
+    if let Command::Completion { shell } = &cli.command {
+        return generate::completion(Cli::command(), *shell, &mut std::io::stdout().lock());
+    }
     let globals = Globals {
         target: cli.target,
         quiet: cli.quiet,
@@ -148,6 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Operation(cmd) => operation::run(&ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&ctx, cmd).await,
         Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
+        Command::Completion { .. } => Ok(()),
     };
     if result.is_ok() {
         ctx.discover_members().await;
@@ -163,6 +187,44 @@ mod tests {
     #[test]
     fn t10_cli_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// Completions and man pages come from the same definition as the parser, so every
+    /// command is in them.
+    #[test]
+    fn t10_completion_and_manpages_cover_every_command() {
+        for shell in [generate::Shell::Bash, generate::Shell::Zsh, generate::Shell::Fish] {
+            let mut out = Vec::new();
+            generate::completion(Cli::command(), shell, &mut out).unwrap();
+            let script = String::from_utf8(out).unwrap();
+            for word in [
+                "accept-certificate",
+                "update-certificate",
+                "waitready",
+                "completion",
+            ] {
+                assert!(script.contains(word), "{shell:?} lacks {word}");
+            }
+            assert!(
+                !script.contains("manpage"),
+                "{shell:?} offers the packaging-only manpage"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        generate::manpages(Cli::command(), &dir.path().join("man1")).unwrap();
+        let page = std::fs::read_to_string(dir.path().join("man1/stapes-remote-add.1")).unwrap();
+        assert!(page.contains("accept\\-certificate"), "{page}");
+        let top = std::fs::read_to_string(dir.path().join("man1/stapes.1")).unwrap();
+        assert!(top.contains("stapes\\-cluster(1)"), "{top}");
+        assert!(!dir.path().join("man1/stapes-manpage.1").exists());
+        let cli = Cli::try_parse_from(["stapes", "completion", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completion {
+                shell: generate::Shell::Zsh
+            }
+        ));
+        assert!(Cli::try_parse_from(["stapes", "completion", "tcsh"]).is_err());
     }
 
     #[test]

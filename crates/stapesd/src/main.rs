@@ -1,9 +1,16 @@
 //! `stapesd`: one stapes member.
+//!
+//! Under systemd (`stapesd.service`, `Type=notify`) it reports readiness and stopping
+//! through `notify`. SIGTERM and SIGINT stop it (after `--drain`); SIGHUP is logged and
+//! ignored, because nothing it could re-read lives in a file: configuration changes
+//! through the API and applies at once, and flags need a restart.
+
+mod notify;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 use server::{Daemon, DaemonConfig, EventHub};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -17,8 +24,15 @@ enum LogFormat {
 }
 
 /// The stapes daemon: an Incus-API cluster member.
+///
+/// It serves the Incus API on a unix socket (STATE_DIR/unix.socket, for root and the
+/// --group) and, once core.https_address is set, over HTTPS. SIGTERM and SIGINT stop
+/// it: /ready answers 503 at once, the API is served for --drain seconds more, then
+/// requests in flight finish. SIGHUP is ignored: configuration changes through the API
+/// and applies at once. Under systemd (stapesd.service) it reports readiness with
+/// sd_notify.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
     /// Where the member keeps its state (certificates, database, socket).
     #[arg(long, env = "STAPES_DIR", default_value = "/var/lib/stapes")]
@@ -40,7 +54,50 @@ struct Args {
     drain: f64,
 }
 
+/// `stapesd completion SHELL` and `stapesd manpage DIR`, for packaging as `incusd
+/// manpage` is. They stay out of the clap definition so that neither help nor
+/// completions offer them. `None` when the command line is not one of them.
+fn packaging_command() -> Option<anyhow::Result<()>> {
+    let argv: Vec<_> = std::env::args_os().collect();
+    let [_, cmd, arg] = &argv[..] else { return None };
+    if cmd == "manpage" {
+        return Some(write_manpage(std::path::Path::new(arg)));
+    }
+    if cmd == "completion" {
+        let shell = arg.to_str().and_then(|s| s.parse::<clap_complete::Shell>().ok());
+        return Some(match shell {
+            Some(shell) => print_completion(shell),
+            None => Err(anyhow::anyhow!(
+                "unknown shell {arg:?}: bash, elvish, fish, powershell or zsh"
+            )),
+        });
+    }
+    None
+}
+
+/// The completion script on stdout.
+fn print_completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "stapesd", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &script).context("failed to write the script")
+}
+
+/// `DIR/stapesd.1`.
+fn write_manpage(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    clap_mangen::Man::new(Args::command())
+        .generate_to(dir)
+        .map(drop)
+        .with_context(|| format!("failed to write the manpage to {}", dir.display()))
+}
+
+/// What stopping takes beyond the drain, with room: see `server::daemon`.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn main() -> anyhow::Result<()> {
+    if let Some(done) = packaging_command() {
+        return done;
+    }
     let args = Args::parse();
     transport::tls::install_default_provider();
     let events = EventHub::new();
@@ -69,17 +126,39 @@ fn main() -> anyhow::Result<()> {
             group: args.group,
             drain: std::time::Duration::try_from_secs_f64(args.drain.clamp(0.0, 3600.0)).unwrap_or_default(),
         };
+        let drain = config.drain;
         let daemon = Daemon::start(config, events).await?;
         let trigger = daemon.shutdown_trigger();
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut stopping = trigger.subscribe();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: nothing to re-read (configuration changes through the API apply at once; flags need a restart)");
+                        continue;
+                    }
+                }
+                let _ = trigger.send(true);
+                return;
             }
-            let _ = trigger.send(true);
         });
+        if let Some(notifier) = notify::Notifier::from_env() {
+            let https = daemon.https_addr().await.map(|a| format!(", HTTPS on {a}")).unwrap_or_default();
+            notifier.send(&notify::ready(&format!("Serving the API on the unix socket{https}")));
+            tokio::spawn(async move {
+                if stopping.wait_for(|s| *s).await.is_ok() {
+                    // Shutdown takes the drain, then at most about 30 s to close (the
+                    // anycast address, connections finishing, the database).
+                    let status = format!("Stopping: not ready, draining for {} s", drain.as_secs_f64());
+                    notifier.send(&notify::stopping(drain + STOP_MARGIN, &status));
+                }
+            });
+        }
         daemon.run().await;
         anyhow::Ok(())
     })

@@ -8,5 +8,6 @@ mod t20_trust;
 mod t30_errors;
 mod t40_events;
 mod t50_durability;
+mod t52_service_manager;
 mod t60_proxy_protocol;
 mod t90_adversarial;

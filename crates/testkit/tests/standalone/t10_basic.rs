@@ -36,7 +36,9 @@ async fn state_dir_socket_and_certificate_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let m = Member::start().await;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&m.dir), 0o700);
+    // Traversable to reach the socket, not listable.
+    assert_eq!(mode(&m.dir), 0o711);
+    assert_eq!(mode(&m.dir.join("database")), 0o700);
     assert_eq!(mode(&m.socket()), 0o660);
     assert_eq!(mode(&m.dir.join("server.key")), 0o600);
     let pem = std::fs::read_to_string(m.dir.join("server.crt")).unwrap();

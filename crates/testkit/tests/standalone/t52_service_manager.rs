@@ -1,0 +1,57 @@
+//! stapesd under a service manager: systemd's readiness protocol (`Type=notify`) spoken
+//! to a datagram socket the test holds, and SIGHUP not stopping the member.
+
+use std::time::Duration;
+
+use stapes_testkit::Member;
+use tokio::net::UnixDatagram;
+
+async fn next_message(socket: &UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buf))
+        .await
+        .expect("a notification within 30 s")
+        .expect("recv");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// READY=1 comes once the API answers; SIGHUP is logged and changes nothing; SIGTERM
+/// sends STOPPING=1 and extends systemd's stop timeout to cover the drain.
+#[tokio::test]
+async fn t52_notify_ready_then_stopping_and_sighup_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    let mut m =
+        Member::start_env(&[("NOTIFY_SOCKET", path.to_str().unwrap()), ("STAPES_DRAIN", "1.5")]).await;
+
+    let ready = next_message(&notify).await;
+    assert!(ready.starts_with("READY=1\nSTATUS=Serving the API"), "{ready:?}");
+
+    m.signal(nix::sys::signal::Signal::SIGHUP);
+    stapes_testkit::eventually(Duration::from_secs(10), "SIGHUP logged", || {
+        let logged = m.log().contains("SIGHUP received");
+        async move { logged.then_some(()) }
+    })
+    .await;
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopping = next_message(&notify).await;
+    // 1.5 s of drain plus the 60 s allowed for closing.
+    assert!(
+        stopping.starts_with("STOPPING=1\nEXTEND_TIMEOUT_USEC=61500000\nSTATUS=Stopping"),
+        "{stopping:?}"
+    );
+    assert_eq!(m.terminate().unwrap(), 0);
+}
+
+/// Without NOTIFY_SOCKET (started by hand or by a script) nothing is sent, and a
+/// malformed one is reported but does not stop the member.
+#[tokio::test]
+async fn t52_bad_notify_socket_is_reported_not_fatal() {
+    let mut m = Member::start_env(&[("NOTIFY_SOCKET", "relative/notify")]).await;
+    assert!(m.log().contains("NOTIFY_SOCKET ignored"), "{}", m.log());
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+    assert_eq!(m.terminate().unwrap(), 0);
+}
