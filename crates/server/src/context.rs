@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cluster::Store;
+use host::HostInfo;
 use tokio::sync::watch;
 use transport::tls::CertResolver;
 
 use crate::events::EventHub;
-use crate::host::HostInfo;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 
@@ -88,7 +88,7 @@ impl Inner {
 
     /// Where clients can reach this member.
     pub fn addresses(&self) -> Vec<String> {
-        crate::host::listen_addresses(&self.https_address())
+        host::listen_addresses(&self.https_address(), crate::listeners::DEFAULT_PORT)
     }
 
     pub fn conn_handler(&self) -> crate::http::ConnHandler {

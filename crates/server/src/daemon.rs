@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cluster::Store;
+use host::HostInfo;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use transport::tls::{self, CertResolver, TlsAcceptor};
 
 use crate::context::{Ctx, Inner};
 use crate::events::EventHub;
-use crate::host::HostInfo;
 use crate::http::DRAIN_TIMEOUT;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
