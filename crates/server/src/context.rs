@@ -59,6 +59,8 @@ pub struct Inner {
     pub state_changed: watch::Sender<u64>,
     /// The OpenID token verifier for the current `oidc.*` settings.
     pub oidc: crate::oidc::Oidc,
+    /// The instance runtime this member drives.
+    pub driver: std::sync::Arc<dyn instance::Driver>,
 }
 
 impl Inner {

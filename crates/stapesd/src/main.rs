@@ -16,6 +16,15 @@ enum LogFormat {
     Json,
 }
 
+/// The instance runtime.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Driver {
+    /// System containers with Debian's LXC tools.
+    Lxc,
+    /// Simulated in this process, for tests (no root, no LXC).
+    Fake,
+}
+
 /// The stapes daemon: an Incus-API cluster member.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -38,9 +47,18 @@ struct Args {
     /// load balancers, VRRP and BGP move traffic away before the member stops.
     #[arg(long, env = "STAPES_DRAIN", default_value_t = 0.0)]
     drain: f64,
+    /// The instance runtime.
+    #[arg(long, env = "STAPES_DRIVER", value_enum, default_value = "lxc")]
+    driver: Driver,
 }
 
 fn main() -> anyhow::Result<()> {
+    // `stapesd forkfile`: the helper the LXC driver starts for file access inside a
+    // running container. It must enter the container's namespaces while single-threaded,
+    // so it runs before anything else starts a thread.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "forkfile") {
+        std::process::exit(instance::forkfile::main());
+    }
     let args = Args::parse();
     transport::tls::install_default_provider();
     let events = EventHub::new();
@@ -68,6 +86,10 @@ fn main() -> anyhow::Result<()> {
             socket: args.socket,
             group: args.group,
             drain: std::time::Duration::try_from_secs_f64(args.drain.clamp(0.0, 3600.0)).unwrap_or_default(),
+            driver: match args.driver {
+                Driver::Lxc => instance::DriverKind::Lxc,
+                Driver::Fake => instance::DriverKind::Fake,
+            },
         };
         let daemon = Daemon::start(config, events).await?;
         let trigger = daemon.shutdown_trigger();
