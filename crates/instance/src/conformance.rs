@@ -771,6 +771,17 @@ pub fn t15_adopted_after_restart(env: Env) -> BoxFuture<'static, ()> {
         env.running("c1").await;
         env.create("c2").await;
         let pid = env.driver.state("c1").await.expect("state").pid;
+        if env.real() {
+            // What keeps the container is not the daemon's child, nor in its session: the
+            // daemon can die or be restarted under it.
+            let me = std::process::id();
+            let keepers = keepers_of(pid.expect("init pid"));
+            assert!(!keepers.is_empty(), "the init has a parent");
+            for (keeper, parent, session) in keepers {
+                assert_ne!(parent, me, "{keeper} is the daemon's child");
+                assert_ne!(session, own_session(), "{keeper} is in the daemon's session");
+            }
+        }
         let again = env.backend.reopen();
         let listed = again.list().await.expect("list");
         assert_eq!(
@@ -798,6 +809,26 @@ pub fn t15_adopted_after_restart(env: Env) -> BoxFuture<'static, ()> {
         step("stop", again.stop("c1", Stop::Force)).await.expect("stop");
         assert_eq!(env.status("c1").await, Status::Stopped);
     })
+}
+
+/// `(pid, parent, session)` of `pid`'s parent (the runtime's monitor).
+fn keepers_of(pid: u32) -> Vec<(u32, u32, u32)> {
+    stat_fields(pid)
+        .and_then(|(parent, _)| stat_fields(parent).map(|(pp, session)| vec![(parent, pp, session)]))
+        .unwrap_or_default()
+}
+
+fn own_session() -> u32 {
+    stat_fields(std::process::id()).map_or(0, |(_, session)| session)
+}
+
+/// The parent and session of a process, from `/proc/PID/stat` (after the command name).
+fn stat_fields(pid: u32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // state ppid pgrp session ...
+    Some((fields.get(1)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
 /// The runtime log and the console log can be read; the console has what init printed.
@@ -925,6 +956,13 @@ pub fn t24_exec_signal(env: Env) -> BoxFuture<'static, ()> {
             let left = env.run("c1", &["sh", "-c", "ps | grep -c '[s]leep 600'"]).await;
             assert_eq!(left.stdout.trim(), "0", "the sleep itself is gone: {left:?}");
         }
+        // The same on a terminal, where the runtime sits behind a session leader.
+        let mut s = Session::open(&env, "c1", &["sleep", "600"], WindowSize { cols: 80, rows: 24 }).await;
+        s.control.signal(15).expect("signal");
+        let code = step("the signalled command ends", &mut s.exit)
+            .await
+            .expect("exit");
+        assert_eq!(code, 128 + 15);
     })
 }
 
