@@ -888,6 +888,8 @@ pub fn t22_exec_exit_codes(env: Env) -> BoxFuture<'static, ()> {
         assert_eq!(env.run("c1", &["false"]).await.code, 1);
         assert_eq!(env.run("c1", &["/nonexistent"]).await.code, 127);
         assert_eq!(env.run("c1", &["sh", "-c", "exit 42"]).await.code, 42);
+        let nothing = env.driver.exec("c1", spec(&[])).await;
+        assert!(matches!(nothing, Err(Error::InvalidConfig { .. })), "no command");
     })
 }
 

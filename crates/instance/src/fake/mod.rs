@@ -292,6 +292,13 @@ impl Driver for FakeDriver {
                 Status::Frozen => return Err(Error::Frozen(name.into())),
                 _ => return Err(Error::NotRunning(name.into())),
             }
+            if spec.command.is_empty() {
+                return Err(Error::InvalidConfig {
+                    key: "command".into(),
+                    value: String::new(),
+                    reason: "a command is needed".into(),
+                });
+            }
             let (signals_tx, signals) = watch::channel(0);
             self.execs
                 .lock()
