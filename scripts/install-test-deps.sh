@@ -3,7 +3,8 @@
 # bookworm-backports (added beside the machine's Debian source), pebble and dnsmasq for
 # the ACME tests, haproxy for the load-balancer tests, nftables for the blackholed-member
 # test, keepalived and bird2 (with iproute2) for the VRRP and ECMP tests in network
-# namespaces, and curl.
+# namespaces, curl, and for the LXC driver's tests Debian's lxc tools and busybox-static
+# (the test containers' root file systems are built from it, offline).
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,6 +29,16 @@ fi
 # crates.io when missing: about 5-10 minutes of CI on 2 cores, once per machine.
 if ! cargo deny --version >/dev/null 2>&1; then
     cargo install cargo-deny --version 0.20.2 --locked
+fi
+
+# The LXC driver's tests: lxc's tools alone (no lxc-net, dnsmasq or templates), and a
+# static busybox that runs in a root file system without a C library.
+lxc_need=()
+command -v lxc-attach >/dev/null 2>&1 || lxc_need+=(lxc)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || lxc_need+=(busybox-static)
+if [ ${#lxc_need[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lxc_need[@]}"
 fi
 
 # The package test (scripts/test-package.sh), from bookworm itself: lintian, dpkg-dev

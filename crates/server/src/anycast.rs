@@ -11,10 +11,10 @@
 //!               connections away while established ones are still served
 //! ```
 //!
-//! The address is changed with the `ip` command (iproute2): it is on every host that
-//! runs a routing daemon, and it keeps netlink out of this crate. A failed `ip` command is
-//! logged and retried after [`RETRY`]; a failed add leaves the address absent, which is
-//! the safe side (the route is not announced).
+//! The address is changed with the `ip` command (iproute2, run by `host::ip`): it is on
+//! every host that runs a routing daemon, and it keeps netlink out of the daemon. A failed
+//! `ip` command is logged and retried after [`RETRY`]; a failed add leaves the address
+//! absent, which is the safe side (the route is not announced).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -27,8 +27,6 @@ pub const INTERFACE: &str = "lo";
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long to wait before trying again after an `ip` command failed.
 pub const RETRY: Duration = Duration::from_secs(5);
-/// How long one `ip` command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One change to the host's addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,48 +56,12 @@ pub fn plan(held: Option<IpAddr>, want: Option<IpAddr>) -> Vec<Step> {
         .collect()
 }
 
-/// `ADDR/32` or `ADDR/128`.
-fn prefix(addr: IpAddr) -> String {
-    let bits = if addr.is_ipv4() { 32 } else { 128 };
-    format!("{addr}/{bits}")
-}
-
-/// The `ip` binary: where iproute2 installs it, else from `PATH` (a daemon's `PATH` may
-/// lack sbin).
-fn ip_command() -> &'static str {
-    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("ip")
-}
-
 /// Runs one step. Removing an address that is not there succeeds.
-async fn apply(step: Step) -> Result<(), String> {
-    let (verb, addr) = match step {
-        Step::Add(a) => ("replace", a),
-        Step::Remove(a) => ("del", a),
-    };
-    let run = tokio::process::Command::new(ip_command())
-        .args(["addr", verb, &prefix(addr), "dev", INTERFACE])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, run)
-        .await
-        .map_err(|_| format!("`ip addr {verb}` timed out"))?
-        .map_err(|e| format!("cannot run `ip`: {e}"))?;
-    if out.status.success() {
-        return Ok(());
+async fn apply(step: Step) -> Result<(), host::ip::IpError> {
+    match step {
+        Step::Add(a) => host::ip::add_address(a, INTERFACE).await,
+        Step::Remove(a) => host::ip::remove_address(a, INTERFACE).await,
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    // "Cannot assign requested address": it was not there.
-    if matches!(step, Step::Remove(_)) && stderr.contains("Cannot assign requested address") {
-        return Ok(());
-    }
-    Err(format!(
-        "`ip addr {verb} {} dev {INTERFACE}`: {stderr}",
-        prefix(addr)
-    ))
 }
 
 /// Follows readiness until shutdown begins, then removes the address and returns.
@@ -198,11 +160,5 @@ mod tests {
         assert_eq!(plan(None, Some(a)), vec![Step::Add(a)]);
         assert_eq!(plan(Some(a), None), vec![Step::Remove(a)]);
         assert_eq!(plan(Some(a), Some(b)), vec![Step::Remove(a), Step::Add(b)]);
-    }
-
-    #[test]
-    fn prefixes_are_single_addresses() {
-        assert_eq!(prefix(ip("203.0.113.10")), "203.0.113.10/32");
-        assert_eq!(prefix(ip("2001:db8::10")), "2001:db8::10/128");
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cluster::Store;
+use host::HostInfo;
 use tokio::sync::watch;
 use transport::tls::CertResolver;
 
 use crate::events::EventHub;
-use crate::host::HostInfo;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 
@@ -59,6 +59,8 @@ pub struct Inner {
     pub state_changed: watch::Sender<u64>,
     /// The OpenID token verifier for the current `oidc.*` settings.
     pub oidc: crate::oidc::Oidc,
+    /// The instance runtime this member drives.
+    pub driver: std::sync::Arc<dyn instance::Driver>,
 }
 
 impl Inner {
@@ -88,7 +90,7 @@ impl Inner {
 
     /// Where clients can reach this member.
     pub fn addresses(&self) -> Vec<String> {
-        crate::host::listen_addresses(&self.https_address())
+        host::listen_addresses(&self.https_address(), crate::listeners::DEFAULT_PORT)
     }
 
     pub fn conn_handler(&self) -> crate::http::ConnHandler {

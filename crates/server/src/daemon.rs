@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cluster::Store;
+use host::HostInfo;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use transport::tls::{self, CertResolver, TlsAcceptor};
 
 use crate::context::{Ctx, Inner};
 use crate::events::EventHub;
-use crate::host::HostInfo;
 use crate::http::DRAIN_TIMEOUT;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     /// After a shutdown request, how long to keep serving while not ready, so load
     /// balancers, VRRP and routing daemons move traffic away first.
     pub drain: std::time::Duration,
+    /// The instance runtime: LXC, or the in-process fake for tests.
+    pub driver: instance::DriverKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,7 @@ impl Daemon {
             handler: Default::default(),
             state_changed: watch::channel(0).0,
             oidc: Default::default(),
+            driver: instance::open(config.driver, dir),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::context::on_state_change(&ctx);
@@ -153,6 +156,7 @@ impl Daemon {
             socket = %socket.display(),
             https = %https,
             fingerprint = %ctx.served_certificate().1,
+            driver = ctx.driver.kind(),
             "stapesd ready"
         );
         Ok(Daemon {

@@ -23,7 +23,6 @@ pub mod context;
 mod daemon;
 pub mod events;
 mod forward;
-mod host;
 mod http;
 mod listeners;
 mod log;
@@ -33,7 +32,6 @@ mod oidc;
 mod operations;
 mod peers;
 mod relay;
-mod resources;
 mod response;
 mod routes;
 

@@ -23,6 +23,15 @@ enum LogFormat {
     Json,
 }
 
+/// The instance runtime.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Driver {
+    /// System containers with Debian's LXC tools.
+    Lxc,
+    /// Simulated in this process, for tests (no root, no LXC).
+    Fake,
+}
+
 /// The stapes daemon: an Incus-API cluster member.
 ///
 /// It serves the Incus API on a unix socket (STATE_DIR/unix.socket, for root and the
@@ -52,6 +61,9 @@ struct Args {
     /// load balancers, VRRP and BGP move traffic away before the member stops.
     #[arg(long, env = "STAPES_DRAIN", default_value_t = 0.0)]
     drain: f64,
+    /// The instance runtime.
+    #[arg(long, env = "STAPES_DRIVER", value_enum, default_value = "lxc")]
+    driver: Driver,
 }
 
 /// `stapesd completion SHELL` and `stapesd manpage DIR`, for packaging as `incusd
@@ -95,6 +107,12 @@ fn write_manpage(dir: &std::path::Path) -> anyhow::Result<()> {
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> anyhow::Result<()> {
+    // `stapesd forkfile`: the helper the LXC driver starts for file access inside a
+    // running container. It must enter the container's namespaces while single-threaded,
+    // so it runs before anything else starts a thread.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "forkfile") {
+        std::process::exit(instance::forkfile::main());
+    }
     if let Some(done) = packaging_command() {
         return done;
     }
@@ -125,6 +143,10 @@ fn main() -> anyhow::Result<()> {
             socket: args.socket,
             group: args.group,
             drain: std::time::Duration::try_from_secs_f64(args.drain.clamp(0.0, 3600.0)).unwrap_or_default(),
+            driver: match args.driver {
+                Driver::Lxc => instance::DriverKind::Lxc,
+                Driver::Fake => instance::DriverKind::Fake,
+            },
         };
         let drain = config.drain;
         let daemon = Daemon::start(config, events).await?;

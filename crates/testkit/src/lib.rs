@@ -39,6 +39,10 @@ pub fn bin(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
+/// The environment that makes a daemon use the in-process instance driver (no root, no
+/// LXC), for `Member::start_env` and `Cluster::start_env`.
+pub const FAKE_DRIVER: (&str, &str) = ("STAPES_DRIVER", "fake");
+
 /// Whether an external tool is available. Missing locally: the caller skips with a
 /// message. Missing under `CI=true`: a failure, never a skip.
 pub fn have_tool(tool: &str) -> bool {

@@ -332,7 +332,7 @@ pub async fn member_state(
     if name != ctx.server_name() {
         return Ok(crate::forward::to_member(&ctx, &name, req).await);
     }
-    let sysinfo = tokio::task::spawn_blocking(crate::host::sysinfo)
+    let sysinfo = tokio::task::spawn_blocking(host::sysinfo)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(sync(json!({ "sysinfo": sysinfo, "storage_pools": {} })))

@@ -12,7 +12,7 @@ use crate::response::{sync, ApiError, Result};
 
 pub async fn resources(State(_ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Result<Response> {
     require_full(&id)?;
-    let facts = tokio::task::spawn_blocking(crate::resources::gather)
+    let facts = tokio::task::spawn_blocking(host::resources::gather)
         .await
         .map_err(|e| ApiError::internal(format!("Failed to read host resources: {e}")))?;
     Ok(sync(facts))

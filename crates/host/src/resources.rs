@@ -55,8 +55,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-/// Upper bound on what is read from one procfs, sysfs or udev file.
-const MAX_READ: u64 = 64 * 1024;
+use crate::read::{read_bounded, read_trimmed, read_u64, MAX_READ};
+
 /// `/proc/cpuinfo` grows by a couple of KiB per thread, so it gets its own bound.
 const MAX_CPUINFO: u64 = 8 * 1024 * 1024;
 /// Upper bound on how much of the `pci.ids` database (about 1.5 MiB) is scanned.
@@ -423,23 +423,8 @@ pub struct Load {
 // Bounded, failure-tolerant file access.
 // ---------------------------------------------------------------------------------------------
 
-fn read_bounded(path: &Path, limit: u64) -> Option<String> {
-    let file = fs::File::open(path).ok()?;
-    let mut buf = Vec::new();
-    file.take(limit).read_to_end(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf).into_owned())
-}
-
-fn read_trimmed(path: &Path) -> Option<String> {
-    read_bounded(path, MAX_READ).map(|text| text.trim().to_string())
-}
-
 fn read_text(path: &Path) -> String {
     read_trimmed(path).unwrap_or_default()
-}
-
-fn read_u64(path: &Path) -> Option<u64> {
-    read_trimmed(path)?.parse().ok()
 }
 
 fn read_i64(path: &Path) -> Option<i64> {

@@ -1,0 +1,131 @@
+//! Running Debian's `lxc-*` tools: each run bounded in time, its stderr kept for the
+//! error, and `lxc-info`'s output read by a pure parser.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::driver::Status;
+use crate::error::{Error, Result};
+
+/// How long a quick tool (`lxc-info`, `lxc-freeze`) may take.
+pub const QUICK: Duration = Duration::from_secs(30);
+/// The most of a tool's output kept.
+const MAX_OUTPUT: usize = 64 * 1024;
+
+/// What `lxc-info -s -p` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub status: Status,
+    pub pid: Option<u32>,
+}
+
+/// Parses `lxc-info -s -p` (`State:   RUNNING`, `PID:   1234`).
+pub fn parse_info(text: &str) -> Option<Info> {
+    let mut status = None;
+    let mut pid = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "State" => status = parse_status(value.trim()),
+            "PID" => pid = value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    status.map(|status| Info { status, pid })
+}
+
+fn parse_status(text: &str) -> Option<Status> {
+    Some(match text {
+        "STOPPED" => Status::Stopped,
+        "STARTING" => Status::Starting,
+        "RUNNING" => Status::Running,
+        "STOPPING" => Status::Stopping,
+        "ABORTING" => Status::Aborting,
+        "FREEZING" => Status::Freezing,
+        "FROZEN" => Status::Frozen,
+        "THAWED" => Status::Thawed,
+        _ => return None,
+    })
+}
+
+/// Runs `program args` (no stdin), at most `limit`; stdout on success, else an error
+/// with stderr.
+pub async fn run<I, S>(program: &str, args: I, limit: Duration) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(limit, child)
+        .await
+        .map_err(|_| Error::Timeout {
+            what: program.to_string(),
+            after: limit,
+        })?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Unsupported(format!(
+                "{program} is not installed: the lxc driver needs Debian's lxc package"
+            )),
+            _ => Error::io(format!("running {program}"))(e),
+        })?;
+    let text = |b: &[u8]| {
+        String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)])
+            .trim()
+            .to_string()
+    };
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(Error::Tool {
+            command: program.to_string(),
+            detail: text(&out.stderr),
+        })
+    }
+}
+
+/// The last lines of a container's `lxc.log` at error level, for a failed start.
+pub fn log_errors(log: &Path) -> String {
+    let text = host::read::read_bounded(log, 1 << 20).unwrap_or_default();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ")).collect();
+    let start = errors.len().saturating_sub(5);
+    errors[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_output() {
+        assert_eq!(
+            parse_info("State:          RUNNING\nPID:            15280\n"),
+            Some(Info {
+                status: Status::Running,
+                pid: Some(15280)
+            })
+        );
+        assert_eq!(
+            parse_info("State:          STOPPED\n"),
+            Some(Info {
+                status: Status::Stopped,
+                pid: None
+            })
+        );
+        assert_eq!(
+            parse_info("State: FROZEN\nPID: 1\n").map(|i| i.status),
+            Some(Status::Frozen)
+        );
+        assert_eq!(parse_info("garbage"), None);
+    }
+}
