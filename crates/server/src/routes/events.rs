@@ -69,7 +69,7 @@ pub async fn internal(
 }
 
 async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
-    let mut events = ctx.events.subscribe();
+    let (mut events, _interest) = ctx.events.subscribe_for(&filter);
     let mut stop = ctx.closing.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;

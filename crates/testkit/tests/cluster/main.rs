@@ -9,6 +9,7 @@ mod t20_tokens;
 mod t30_replication;
 mod t40_failures;
 mod t50_membership;
+mod t55_logs;
 mod t60_any_member;
 mod t70_certificate;
 mod t80_acme;

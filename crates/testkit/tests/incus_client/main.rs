@@ -1,6 +1,8 @@
 //! The official `incus` client (Debian's incus-client) driving stapesd. Skipped with a
 //! message when `incus` is not installed; under `CI=true` its absence is a failure.
 
+mod t55_quiet_monitor;
+
 use std::path::Path;
 use std::time::Duration;
 
