@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod error;
 pub mod extensions;
 pub mod types;
+pub mod unsupported;
 
 pub use envelope::Envelope;
 pub use error::ApiError;

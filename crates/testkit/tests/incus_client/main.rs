@@ -2,6 +2,7 @@
 //! message when `incus` is not installed; under `CI=true` its absence is a failure.
 
 mod t55_quiet_monitor;
+mod t75_not_yet;
 
 use std::path::Path;
 use std::time::Duration;
