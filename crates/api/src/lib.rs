@@ -8,6 +8,7 @@
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod expiry;
 pub mod extensions;
 pub mod types;
 pub mod unsupported;

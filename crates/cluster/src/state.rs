@@ -8,6 +8,10 @@ use time::OffsetDateTime;
 
 use crate::Command;
 
+/// How many tokens of one kind (trust, join) may be pending at once: each is kept in
+/// the replicated state until it is used, revoked or expires.
+pub const MAX_PENDING_TOKENS: usize = 1000;
+
 /// What a pending token is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -22,6 +26,16 @@ pub enum TokenKind {
     },
     /// `incus cluster add NAME`: lets a new member join once, under that name.
     Join { server_name: String },
+}
+
+impl TokenKind {
+    /// `trust` or `join`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TokenKind::Trust { .. } => "trust",
+            TokenKind::Join { .. } => "join",
+        }
+    }
 }
 
 /// A cluster member.
@@ -91,6 +105,8 @@ pub enum StateError {
     MemberExists(String),
     #[error("Cluster member not found")]
     MemberNotFound,
+    #[error("Too many pending {0} tokens (at most {MAX_PENDING_TOKENS}): revoke some, or let them expire")]
+    TooManyTokens(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -165,6 +181,14 @@ impl State {
                     .ok_or(StateError::CertificateNotFound)?;
             }
             Command::CreateToken { token } => {
+                let pending = self
+                    .tokens
+                    .values()
+                    .filter(|t| t.kind.name() == token.kind.name())
+                    .count();
+                if pending >= MAX_PENDING_TOKENS && !self.tokens.contains_key(&token.id) {
+                    return Err(StateError::TooManyTokens(token.kind.name().into()));
+                }
                 self.tokens.insert(token.id.clone(), token.clone());
             }
             Command::RedeemTrustToken {
@@ -395,6 +419,35 @@ mod tests {
         s.apply(&redeem).unwrap();
         assert!(s.certificates.contains_key("f"));
         assert_eq!(s.apply(&redeem), Err(StateError::TokenNotFound));
+    }
+
+    #[test]
+    fn pending_tokens_are_capped_per_kind() {
+        let mut s = State::default();
+        for i in 0..MAX_PENDING_TOKENS {
+            s.apply(&Command::CreateToken {
+                token: token(&format!("t{i}"), &format!("s{i}"), None),
+            })
+            .unwrap();
+        }
+        let before = s.clone();
+        let one_more = Command::CreateToken {
+            token: token("extra", "x", None),
+        };
+        assert_eq!(s.apply(&one_more), Err(StateError::TooManyTokens("trust".into())));
+        assert_eq!(s, before);
+        // Join tokens are counted apart.
+        let mut join = token("j", "j", None);
+        join.kind = TokenKind::Join {
+            server_name: "node9".into(),
+        };
+        s.apply(&Command::CreateToken { token: join }).unwrap();
+        // A spent one makes room.
+        s.apply(&Command::DeleteToken {
+            token_id: "t0".into(),
+        })
+        .unwrap();
+        s.apply(&one_more).unwrap();
     }
 
     #[test]

@@ -107,9 +107,11 @@ pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry_key: &str) -> Result<Token, 
     let now = time::OffsetDateTime::now_utc();
     let state = ctx.store.state();
     let expiry = api::config::effective(&state.config, expiry_key);
-    let expires_at = api::config::parse_expiry(expiry)
-        .map_err(api::ApiError::internal)?
-        .map(|d| now + d);
+    // Checked when set; a value that is wrong anyway (an older member's state) fails
+    // here, and a large one saturates rather than overflowing.
+    let expires_at = api::expiry::parse(expiry)
+        .map_err(|e| api::ApiError::internal(format!("{expiry_key} {expiry:?}: {e}")))?
+        .map(|e| e.after(now));
     Ok(Token {
         id: new_uuid(),
         kind,

@@ -3,6 +3,7 @@
 
 mod t55_quiet_monitor;
 mod t75_not_yet;
+mod t90_validation;
 
 use std::path::Path;
 use std::time::Duration;
