@@ -207,6 +207,7 @@ pub async fn delete(
     ctx.store
         .apply(cluster::Command::DeleteToken {
             token_id: op_id.clone(),
+            how: cluster::Spent::Revoked,
         })
         .await
         .map_err(|_| not_found())?;

@@ -6,6 +6,7 @@
 
 mod t10_form;
 mod t20_tokens;
+mod t25_join_by_certificate;
 mod t30_replication;
 mod t40_failures;
 mod t50_membership;

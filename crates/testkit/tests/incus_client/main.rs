@@ -1,6 +1,7 @@
 //! The official `incus` client (Debian's incus-client) driving stapesd. Skipped with a
 //! message when `incus` is not installed; under `CI=true` its absence is a failure.
 
+mod t45_interactive_join;
 mod t55_quiet_monitor;
 mod t75_not_yet;
 mod t90_validation;
