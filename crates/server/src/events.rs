@@ -91,6 +91,11 @@ impl EventHub {
         let _ = self.tx.send(event);
     }
 
+    /// Whether `e` originated on this member (its location is this member's name now).
+    pub fn is_own(&self, e: &Event) -> bool {
+        **self.location.load() == e.location
+    }
+
     /// This member's name as stamped on its own events.
     pub fn location(&self) -> String {
         (**self.location.load()).clone()
@@ -194,8 +199,10 @@ pub struct Filter {
     pub types: Vec<String>,
     pub project: String,
     pub all_projects: bool,
-    /// Only events that originated on this member (for relays between members).
-    pub only_location: Option<String>,
+    /// Only events that originated on this member (for relays between members): checked
+    /// against the member's name when each event is sent, since a member that has just
+    /// joined may be asked for its events before it knows its name.
+    pub only_own: bool,
 }
 
 impl Filter {
@@ -218,7 +225,7 @@ impl Filter {
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "default".into()),
             all_projects: q.get("all-projects").is_some_and(|v| v == "true" || v == "1"),
-            only_location: None,
+            only_own: false,
         }
     }
 
@@ -229,9 +236,6 @@ impl Filter {
 
     pub fn accepts(&self, e: &Event) -> bool {
         if !self.takes(&e.kind) {
-            return false;
-        }
-        if self.only_location.as_ref().is_some_and(|l| l != &e.location) {
             return false;
         }
         self.all_projects || e.project.is_empty() || e.project == self.project
