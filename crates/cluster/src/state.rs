@@ -249,41 +249,16 @@ impl State {
             Command::RedeemTrustToken {
                 token_id,
                 certificate,
-            } => {
-                if !matches!(
-                    self.tokens.get(token_id).map(|t| &t.kind),
-                    Some(TokenKind::Trust { .. })
-                ) {
-                    return Err(StateError::TokenNotFound);
-                }
-                if self.certificates.contains_key(&certificate.fingerprint) {
-                    return Err(StateError::CertificateExists);
-                }
-                if let Some(token) = self.tokens.remove(token_id) {
-                    self.remember(&token, Spent::Used);
-                }
-                self.certificates
-                    .insert(certificate.fingerprint.clone(), certificate.clone());
-            }
+            } => self.redeem(token_id, certificate, |kind| {
+                matches!(kind, TokenKind::Trust { .. })
+            })?,
             Command::RedeemJoinToken {
                 token_id,
                 certificate,
-            } => {
-                if !matches!(
-                    (self.tokens.get(token_id).map(|t| &t.kind), certificate.kind.as_str()),
-                    (Some(TokenKind::Join { server_name }), "server") if server_name == &certificate.name
-                ) {
-                    return Err(StateError::TokenNotFound);
-                }
-                if self.certificates.contains_key(&certificate.fingerprint) {
-                    return Err(StateError::CertificateExists);
-                }
-                if let Some(token) = self.tokens.remove(token_id) {
-                    self.remember(&token, Spent::Used);
-                }
-                self.certificates
-                    .insert(certificate.fingerprint.clone(), certificate.clone());
-            }
+            } => self.redeem(token_id, certificate, |kind| {
+                matches!(kind, TokenKind::Join { server_name }
+                    if server_name == &certificate.name && certificate.kind == "server")
+            })?,
             Command::DeleteToken { token_id, how } => {
                 let token = self.tokens.remove(token_id).ok_or(StateError::TokenNotFound)?;
                 self.remember(&token, *how);
@@ -403,6 +378,27 @@ impl State {
 
     pub fn member_by_id(&self, id: u64) -> Option<&Member> {
         self.members.values().find(|m| m.id == id)
+    }
+
+    /// Spends the pending token `token_id`, if `fits` its kind, and trusts `certificate`.
+    fn redeem(
+        &mut self,
+        token_id: &str,
+        certificate: &Certificate,
+        fits: impl Fn(&TokenKind) -> bool,
+    ) -> Result<(), StateError> {
+        if !self.tokens.get(token_id).is_some_and(|t| fits(&t.kind)) {
+            return Err(StateError::TokenNotFound);
+        }
+        if self.certificates.contains_key(&certificate.fingerprint) {
+            return Err(StateError::CertificateExists);
+        }
+        if let Some(token) = self.tokens.remove(token_id) {
+            self.remember(&token, Spent::Used);
+        }
+        self.certificates
+            .insert(certificate.fingerprint.clone(), certificate.clone());
+        Ok(())
     }
 
     /// Records how `token` stopped being pending, forgetting the oldest record beyond

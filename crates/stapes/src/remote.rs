@@ -202,6 +202,15 @@ async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool, token: Option<&str
              and run: stapes remote accept-certificate {name} --token TOKEN"
         );
     };
+    redeem_trust_token(&client, token).await?;
+    if !ctx.globals.quiet {
+        println!("Client certificate now trusted by server: {name}");
+    }
+    Ok(())
+}
+
+/// Presents a trust token; the server must trust us afterwards.
+async fn redeem_trust_token(client: &client::Client, token: &str) -> Result<()> {
     client
         .call(Request::new(Method::POST, "/1.0/certificates").json(&token_request(token)))
         .await
@@ -209,9 +218,6 @@ async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool, token: Option<&str
     let (server, _) = client.server().await?;
     if server["auth"] != "trusted" {
         bail!("Server doesn't trust us after authentication");
-    }
-    if !ctx.globals.quiet {
-        println!("Client certificate now trusted by server: {name}");
     }
     Ok(())
 }
@@ -602,14 +608,7 @@ async fn add_from_token(ctx: &mut Ctx, args: &AddArgs, token: &TrustToken, raw: 
         let client = ctx.client_untargeted(&name)?;
         let (server, _) = client.server().await?;
         if server["auth"] != "trusted" {
-            client
-                .call(Request::new(Method::POST, "/1.0/certificates").json(&token_request(raw)))
-                .await
-                .map_err(|e| anyhow!("Failed to create certificate: {e}"))?;
-            let (server, _) = client.server().await?;
-            if server["auth"] != "trusted" {
-                bail!("Server doesn't trust us after authentication");
-            }
+            redeem_trust_token(&client, raw).await?;
         }
         Ok(())
     }

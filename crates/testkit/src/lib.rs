@@ -816,6 +816,22 @@ impl Member {
             .ok()
     }
 
+    /// Waits (bounded by `limit`) until this member has at least `n` connections open,
+    /// counting the one that asks: e.g. until a request sent elsewhere is in flight.
+    pub async fn wait_for_open_connections(&self, n: u64, limit: Duration) {
+        eventually(limit, &format!("{n} connections open"), || async {
+            let r = self.unix().get("/1.0/metrics").await.ok()?;
+            let open: u64 = String::from_utf8_lossy(&r.body)
+                .lines()
+                .find_map(|l| l.strip_prefix("stapes_open_connections "))?
+                .trim()
+                .parse()
+                .ok()?;
+            (open >= n).then_some(())
+        })
+        .await;
+    }
+
     /// Waits (bounded by `limit`) until this member has answered at least `n` requests
     /// besides the metrics reads made here to count them: in an idle cluster, the
     /// members' own traffic (Raft appends, heartbeats, event relays).

@@ -260,13 +260,7 @@ async fn redeem_trust_token(
         }
     };
     let state = ctx.store.state();
-    let token = match state.find_token("trust", &secret, OffsetDateTime::now_utc()) {
-        Ok(token) => token,
-        Err(refusal) => {
-            tracing::info!(address = %id.address, ?refusal, "refused a trust token");
-            return Err(crate::operations::token_refusal("trust", refusal).into());
-        }
-    };
+    let token = pending(&state, "trust", &secret, id)?;
     let Some(der) = &facts.cert_der else {
         return Err(ApiError::bad_request("No client certificate provided").into());
     };
@@ -295,6 +289,21 @@ async fn redeem_trust_token(
     tracing::info!(fingerprint = %fp, client = %client_name, address = %id.address, "certificate trusted by token");
     token_redeemed(ctx, id, op, &fp);
     Ok(created(&format!("/1.0/certificates/{fp}")))
+}
+
+/// The pending token of `kind` with `secret`, or the refusal that says why not.
+fn pending<'a>(
+    state: &'a ClusterState,
+    kind: &str,
+    secret: &str,
+    id: &Identity,
+) -> Result<&'a cluster::Token> {
+    state
+        .find_token(kind, secret, OffsetDateTime::now_utc())
+        .map_err(|refusal| {
+            tracing::info!(address = %id.address, kind, ?refusal, "refused a token");
+            crate::operations::token_refusal(kind, refusal).into()
+        })
 }
 
 /// A token that was pending a moment ago and is gone now was spent by someone else.
@@ -338,13 +347,7 @@ async fn redeem_join_token(
         .into());
     }
     let state = ctx.store.state();
-    let token = match state.find_token("join", &join.secret, OffsetDateTime::now_utc()) {
-        Ok(token) => token,
-        Err(refusal) => {
-            tracing::info!(address = %id.address, ?refusal, "refused a join token offered for trust");
-            return Err(crate::operations::token_refusal("join", refusal).into());
-        }
-    };
+    let token = pending(&state, "join", &join.secret, id)?;
     let TokenKind::Join { server_name } = &token.kind else {
         return Err(crate::operations::token_refusal("join", cluster::TokenRefusal::Unknown).into());
     };

@@ -132,21 +132,9 @@ async fn odd_values_never_crash_a_member() {
         let path = format!("/1.0/operations/{id}/wait?timeout=1e20");
         tokio::spawn(async move { u.get(&path).await })
     };
-    // The waiter is parked once a second request is open besides ours.
-    stapes_testkit::eventually(
-        std::time::Duration::from_secs(10),
-        "the wait in flight",
-        || async {
-            let text = String::from_utf8(m.unix().get("/1.0/metrics").await.ok()?.body.to_vec()).ok()?;
-            let open: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("stapes_open_connections "))?
-                .parse()
-                .ok()?;
-            (open >= 2).then_some(())
-        },
-    )
-    .await;
+    // The waiter is parked once a second connection is open besides ours.
+    m.wait_for_open_connections(2, std::time::Duration::from_secs(10))
+        .await;
     let r = m
         .unix()
         .request("DELETE", &format!("/1.0/operations/{id}"), None, &[])

@@ -102,23 +102,8 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
     // A request in flight (a long wait) when SIGTERM arrives still gets its answer.
     let u = m.unix();
     let waiter = tokio::spawn(async move { u.get(&format!("/1.0/operations/{op}/wait?timeout=1")).await });
-    stapes_testkit::eventually(
-        std::time::Duration::from_secs(5),
-        "the wait request in flight",
-        || {
-            let u = m.unix();
-            async move {
-                let text = String::from_utf8(u.get("/1.0/metrics").await.ok()?.body.to_vec()).ok()?;
-                let open: u64 = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("stapes_open_connections "))?
-                    .parse()
-                    .ok()?;
-                (open >= 2).then_some(())
-            }
-        },
-    )
-    .await;
+    m.wait_for_open_connections(2, std::time::Duration::from_secs(5))
+        .await;
     let code = m.terminate().unwrap();
     assert_eq!(code, 0);
     let r = waiter.await.unwrap().expect("in-flight request answered");
