@@ -255,8 +255,9 @@ async fn redeem_trust_token(
     let secret = match presented(&req.trust_token) {
         Presented::Trust(secret) => secret,
         Presented::Join(join) => return redeem_join_token(ctx, id, facts, req, &join).await,
+        // 403 as for any token that opens nothing (and as Incus answers it).
         Presented::Malformed(e) => {
-            return Err(ApiError::bad_request(format!("Invalid trust token: {e}")).into());
+            return Err(ApiError::new(403, format!("Invalid trust token: {e}")).into());
         }
     };
     let state = ctx.store.state();

@@ -262,7 +262,7 @@ async fn refused_trust_tokens_say_why() {
     let r = post(json!({"trust_token": "f".repeat(64)})).await;
     assert_eq!(r.status, 403, "a bare secret that matches nothing");
     let r = post(json!({"trust_token": "this is not a token"})).await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 403);
     assert!(
         r.json()["error"]
             .as_str()
