@@ -41,6 +41,13 @@ running() {
     return 1
 }
 
+# Whether process $1 has exited (a zombie waiting to be reaped counts as exited).
+gone() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    [ "$(echo "${stat##*) }" | cut -c1)" = "Z" ]
+}
+
 stop() {
     local n pid pids=() names=() i waited
     for n in 1 2 3; do
@@ -53,16 +60,22 @@ stop() {
     done
     for i in "${!pids[@]}"; do
         waited=0
-        while kill -0 "${pids[$i]}" 2>/dev/null && [ "$waited" -lt $((STOP_TIMEOUT * 10)) ]; do
+        while ! gone "${pids[$i]}" && [ "$waited" -lt $((STOP_TIMEOUT * 10)) ]; do
             sleep 0.1
             waited=$((waited + 1))
         done
-        if kill -0 "${pids[$i]}" 2>/dev/null; then
-            kill -KILL "${pids[$i]}" 2>/dev/null || true
-            echo "${names[$i]} (pid ${pids[$i]}) did not stop within ${STOP_TIMEOUT}s of SIGTERM: killed"
-        else
+        if gone "${pids[$i]}"; then
             echo "stopped ${names[$i]} (pid ${pids[$i]})"
+            continue
         fi
+        kill -KILL "${pids[$i]}" 2>/dev/null || true
+        # SIGKILL is delivered asynchronously: wait (bounded) until it has taken effect.
+        waited=0
+        while ! gone "${pids[$i]}" && [ "$waited" -lt 100 ]; do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        echo "${names[$i]} (pid ${pids[$i]}) did not stop within ${STOP_TIMEOUT}s of SIGTERM: killed"
     done
 }
 
