@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on Debian bookworm: the official incus client from
-# bookworm-backports (added beside the machine's Debian source), pebble and dnsmasq for
-# the ACME tests, haproxy for the load-balancer tests, nftables for the blackholed-member
-# test, keepalived and bird2 (with iproute2) for the VRRP and ECMP tests in network
-# namespaces, curl, and for the LXC driver's tests Debian's lxc tools and busybox-static
-# (the test containers' root file systems are built from it, offline).
+# Installs what the test suite needs on Debian bookworm: the rustfmt and clippy
+# components (with rustup), a C compiler (build-essential), Node.js 20 or later for the
+# test OpenID provider, the official incus client from bookworm-backports (added beside
+# the machine's Debian source), pebble and dnsmasq for the ACME tests, haproxy for the
+# load-balancer tests, nftables for the blackholed-member test, keepalived and bird2
+# (with iproute2) for the VRRP and ECMP tests in network namespaces, curl, cargo-deny,
+# Debian's lxc tools and busybox-static for the LXC driver's tests (the test containers'
+# root file systems are built from it, offline), and lintian, dpkg-dev and systemd for
+# the package test.
 set -euo pipefail
+# A node installed from npm lands in /usr/local/bin, which must come first.
+export PATH="/usr/local/bin:$PATH"
 
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
@@ -13,11 +18,39 @@ else
     SUDO=
 fi
 
+# cargo fmt and cargo clippy: components of the toolchain (for the user running this).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        rustup component add rustfmt clippy
+    else
+        echo "cargo fmt and cargo clippy are needed: install the rustfmt and clippy components of your Rust toolchain" >&2
+        exit 1
+    fi
+fi
+
 # The test OpenID provider (crates/testkit/oidc) runs on node, with its packages from
-# the npm registry as pinned by package-lock.json (oidc-provider 9 wants node 20 or later).
-if ! command -v node >/dev/null 2>&1; then
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+# the npm registry as pinned by package-lock.json. oidc-provider 9 needs Node.js 20 or
+# later, and Debian bookworm's is 18: then Node.js itself comes from the npm registry,
+# where it is published as the `node` package (installed globally: /usr/local/bin).
+node_major() {
+    local v
+    v=$(node --version 2>/dev/null) || { echo 0; return; }
+    v=${v#v}
+    echo "${v%%.*}"
+}
+if [ "$(node_major)" -lt 20 ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    if [ "$(node_major)" -lt 20 ]; then
+        $SUDO npm install --global --no-audit --no-fund node@22
+        hash -r
+    fi
+    if [ "$(node_major)" -lt 20 ]; then
+        echo "The test OpenID provider needs Node.js 20 or later; found $(node --version 2>/dev/null || echo none) at $(command -v node || echo nowhere): put a newer node first on PATH" >&2
+        exit 1
+    fi
 fi
 oidc_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/testkit/oidc"
 if [ ! -f "$oidc_dir/node_modules/oidc-provider/package.json" ] ||
@@ -55,6 +88,8 @@ if [ ${#base[@]} -gt 0 ]; then
 fi
 
 need=()
+# The build compiles C (aws-lc-rs): a C compiler and the usual tools, no cmake.
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v incus >/dev/null 2>&1 || need+=(incus-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)

@@ -2,8 +2,14 @@
 # The one command that installs the test dependencies and runs every check and test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# dnsmasq and haproxy install to /usr/sbin.
-export PATH="$PATH:/usr/sbin:/sbin"
+# dnsmasq and haproxy install to /usr/sbin; a node from npm to /usr/local/bin, ahead of
+# Debian's.
+export PATH="/usr/local/bin:$PATH:/usr/sbin:/sbin"
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "scripts/test.sh needs a Rust toolchain, 1.90 or later (rustup: https://rustup.rs)" >&2
+    exit 1
+fi
 
 bash scripts/install-test-deps.sh
 

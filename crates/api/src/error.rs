@@ -46,6 +46,11 @@ impl ApiError {
         Self::new(501, "not implemented")
     }
 
+    /// A part of the Incus API that this server does not implement yet.
+    pub fn not_implemented_yet(feature: &str) -> Self {
+        Self::new(501, format!("{feature} are not supported by this server yet"))
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, message)
     }

@@ -8,8 +8,10 @@
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod expiry;
 pub mod extensions;
 pub mod types;
+pub mod unsupported;
 
 pub use envelope::Envelope;
 pub use error::ApiError;

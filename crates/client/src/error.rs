@@ -143,10 +143,42 @@ fn pin_mismatch_text(addr: &str, remote: Option<&str>, pinned: &str, presented: 
     )
 }
 
+/// One line per failed address, except that the addresses of one remote that all
+/// present the same changed certificate make one notice, naming them all.
 fn join_errors(errors: &[ClientError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
+    // (remote, pinned, presented, addresses), in order of first appearance.
+    type Notice<'a> = (Option<&'a str>, &'a str, &'a str, Vec<&'a str>);
+    let mut notices: Vec<Notice<'_>> = Vec::new();
+    let mut lines: Vec<Result<String, usize>> = Vec::new();
+    for e in errors {
+        if let ClientError::PinMismatch {
+            addr,
+            remote,
+            pinned,
+            presented,
+        } = e
+        {
+            let key = (remote.as_deref(), pinned.as_str(), presented.as_str());
+            match notices.iter().position(|(r, p, q, _)| (*r, *p, *q) == key) {
+                Some(i) => notices[i].3.push(addr),
+                None => {
+                    lines.push(Err(notices.len()));
+                    notices.push((key.0, key.1, key.2, vec![addr]));
+                }
+            }
+        } else {
+            lines.push(Ok(e.to_string()));
+        }
+    }
+    lines
+        .into_iter()
+        .map(|line| match line {
+            Ok(text) => text,
+            Err(i) => {
+                let (remote, pinned, presented, addrs) = &notices[i];
+                pin_mismatch_text(&addrs.join(", "), *remote, pinned, presented)
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -194,5 +226,49 @@ impl From<api::ApiError> for ClientError {
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
         ClientError::WebSocket(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mismatch(addr: &str, remote: &str, presented: &str) -> ClientError {
+        ClientError::PinMismatch {
+            addr: addr.into(),
+            remote: Some(remote.into()),
+            pinned: "old".into(),
+            presented: presented.into(),
+        }
+    }
+
+    /// A remote with three addresses that all present the new certificate: one notice.
+    #[test]
+    fn a_changed_certificate_is_told_once_per_remote() {
+        let refused = ClientError::ConnectTimeout {
+            addr: "10.0.0.9:8443".into(),
+            secs: 3,
+        };
+        let all = ClientError::AllFailed(vec![
+            mismatch("10.0.0.1:8443", "c1", "new"),
+            refused,
+            mismatch("10.0.0.2:8443", "c1", "new"),
+            mismatch("10.0.0.3:8443", "c1", "new"),
+        ]);
+        let text = all.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with(
+                "The server certificate of remote c1 (10.0.0.1:8443, 10.0.0.2:8443, 10.0.0.3:8443) has changed"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines[0].matches("stapes remote accept-certificate c1").count(), 1);
+        assert_eq!(lines[1], "Timed out connecting to 10.0.0.9:8443 after 3s");
+        // Two different certificates are two notices.
+        let split =
+            ClientError::AllFailed(vec![mismatch("a:1", "c1", "new"), mismatch("b:1", "c1", "other")]);
+        assert_eq!(split.to_string().lines().count(), 2);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use api::types::{Certificate, Warning};
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Member, State, Token};
+use crate::state::{Member, Spent, State, Token};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -35,8 +35,18 @@ pub enum Command {
         token_id: String,
         certificate: Certificate,
     },
+    /// Consumes a join token and trusts `certificate` (type `server`, named as the
+    /// token's member) in one step: the first half of an interactive join, after which
+    /// the new member joins by that certificate.
+    RedeemJoinToken {
+        token_id: String,
+        certificate: Certificate,
+    },
+    /// Removes a pending token, remembering how it ended.
     DeleteToken {
         token_id: String,
+        #[serde(default)]
+        how: Spent,
     },
     /// Records a warning, or bumps the count of the one with the same type and location.
     RecordWarning {
@@ -102,6 +112,7 @@ impl Command {
             Command::DeleteCertificate { .. } => "delete_certificate",
             Command::CreateToken { .. } => "create_token",
             Command::RedeemTrustToken { .. } => "redeem_trust_token",
+            Command::RedeemJoinToken { .. } => "redeem_join_token",
             Command::DeleteToken { .. } => "delete_token",
             Command::RecordWarning { .. } => "record_warning",
             Command::UpdateWarningStatus { .. } => "update_warning_status",

@@ -21,5 +21,5 @@ pub mod state;
 pub mod store;
 
 pub use command::Command;
-pub use state::{Member, State, StateError, Token, TokenKind};
+pub use state::{Member, Spent, State, StateError, Token, TokenKind, TokenRefusal};
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

@@ -1,12 +1,16 @@
 //! The state machine: plain data and a pure `apply`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use api::types::{Certificate, Warning};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::Command;
+
+/// How many tokens of one kind (trust, join) may be pending at once: each is kept in
+/// the replicated state until it is used, revoked or expires.
+pub const MAX_PENDING_TOKENS: usize = 1000;
 
 /// What a pending token is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +26,54 @@ pub enum TokenKind {
     },
     /// `incus cluster add NAME`: lets a new member join once, under that name.
     Join { server_name: String },
+}
+
+impl TokenKind {
+    /// `trust` or `join`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TokenKind::Trust { .. } => "trust",
+            TokenKind::Join { .. } => "join",
+        }
+    }
+}
+
+/// How a token stopped being pending.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spent {
+    /// Redeemed: a client was trusted, or a member joined.
+    Used,
+    /// Removed by the leader once past its expiry.
+    Expired,
+    /// Deleted by an administrator (`revoke-token`).
+    #[default]
+    Revoked,
+    /// A newer join token was issued for the same member name.
+    Replaced,
+}
+
+/// What is remembered of a token that is no longer pending: enough to tell someone who
+/// presents it again what became of it, and nothing that would make it usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpentToken {
+    /// SHA-256 (hex) of its secret.
+    pub digest: String,
+    /// `trust` or `join`.
+    pub kind: String,
+    pub how: Spent,
+}
+
+/// How many spent tokens are remembered (the oldest are forgotten first).
+pub const SPENT_REMEMBERED: usize = 256;
+
+/// Why a presented token secret does not open anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No pending token has this secret, and none that was spent recently had it.
+    Unknown,
+    /// It was pending once and is no longer: how it ended.
+    Spent(Spent),
 }
 
 /// A cluster member.
@@ -91,6 +143,8 @@ pub enum StateError {
     MemberExists(String),
     #[error("Cluster member not found")]
     MemberNotFound,
+    #[error("Too many pending {0} tokens (at most {MAX_PENDING_TOKENS}): revoke some, or let them expire")]
+    TooManyTokens(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -121,6 +175,9 @@ pub struct State {
     /// The cluster-wide secret (hex) that browser-login state and cookies derive from.
     #[serde(default)]
     pub secret: Option<String>,
+    /// The last [`SPENT_REMEMBERED`] tokens that stopped being pending, oldest first.
+    #[serde(default)]
+    pub spent: VecDeque<SpentToken>,
 }
 
 impl State {
@@ -165,27 +222,46 @@ impl State {
                     .ok_or(StateError::CertificateNotFound)?;
             }
             Command::CreateToken { token } => {
+                // A new join token for a name replaces the pending one, as in Incus.
+                if let TokenKind::Join { server_name } = &token.kind {
+                    let replaced: Vec<Token> = self
+                        .tokens
+                        .values()
+                        .filter(|t| matches!(&t.kind, TokenKind::Join { server_name: n } if n == server_name))
+                        .filter(|t| t.id != token.id)
+                        .cloned()
+                        .collect();
+                    for old in replaced {
+                        self.tokens.remove(&old.id);
+                        self.remember(&old, Spent::Replaced);
+                    }
+                }
+                let pending = self
+                    .tokens
+                    .values()
+                    .filter(|t| t.kind.name() == token.kind.name())
+                    .count();
+                if pending >= MAX_PENDING_TOKENS && !self.tokens.contains_key(&token.id) {
+                    return Err(StateError::TooManyTokens(token.kind.name().into()));
+                }
                 self.tokens.insert(token.id.clone(), token.clone());
             }
             Command::RedeemTrustToken {
                 token_id,
                 certificate,
-            } => {
-                if !matches!(
-                    self.tokens.get(token_id).map(|t| &t.kind),
-                    Some(TokenKind::Trust { .. })
-                ) {
-                    return Err(StateError::TokenNotFound);
-                }
-                if self.certificates.contains_key(&certificate.fingerprint) {
-                    return Err(StateError::CertificateExists);
-                }
-                self.tokens.remove(token_id);
-                self.certificates
-                    .insert(certificate.fingerprint.clone(), certificate.clone());
-            }
-            Command::DeleteToken { token_id } => {
-                self.tokens.remove(token_id).ok_or(StateError::TokenNotFound)?;
+            } => self.redeem(token_id, certificate, |kind| {
+                matches!(kind, TokenKind::Trust { .. })
+            })?,
+            Command::RedeemJoinToken {
+                token_id,
+                certificate,
+            } => self.redeem(token_id, certificate, |kind| {
+                matches!(kind, TokenKind::Join { server_name }
+                    if server_name == &certificate.name && certificate.kind == "server")
+            })?,
+            Command::DeleteToken { token_id, how } => {
+                let token = self.tokens.remove(token_id).ok_or(StateError::TokenNotFound)?;
+                self.remember(&token, *how);
             }
             Command::RecordWarning { warning } => {
                 let existing = self
@@ -234,7 +310,9 @@ impl State {
                         Some(TokenKind::Join { server_name }) if server_name == &member.name => {}
                         _ => return Err(StateError::TokenNotFound),
                     }
-                    self.tokens.remove(id);
+                    if let Some(token) = self.tokens.remove(id) {
+                        self.remember(&token, Spent::Used);
+                    }
                 }
                 self.certificates
                     .insert(member.fingerprint.clone(), member.server_certificate());
@@ -302,31 +380,63 @@ impl State {
         self.members.values().find(|m| m.id == id)
     }
 
-    /// Finds the pending join token whose secret matches, in constant time per token.
-    pub fn find_join_token(&self, secret: &str, now: OffsetDateTime) -> Option<&Token> {
-        let mut found = None;
-        for token in self.tokens.values() {
-            let live = token.expires_at.is_none_or(|at| at > now);
-            let is_join = matches!(token.kind, TokenKind::Join { .. });
-            if trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) && live && is_join {
-                found = Some(token);
-            }
+    /// Spends the pending token `token_id`, if `fits` its kind, and trusts `certificate`.
+    fn redeem(
+        &mut self,
+        token_id: &str,
+        certificate: &Certificate,
+        fits: impl Fn(&TokenKind) -> bool,
+    ) -> Result<(), StateError> {
+        if !self.tokens.get(token_id).is_some_and(|t| fits(&t.kind)) {
+            return Err(StateError::TokenNotFound);
         }
-        found
+        if self.certificates.contains_key(&certificate.fingerprint) {
+            return Err(StateError::CertificateExists);
+        }
+        if let Some(token) = self.tokens.remove(token_id) {
+            self.remember(&token, Spent::Used);
+        }
+        self.certificates
+            .insert(certificate.fingerprint.clone(), certificate.clone());
+        Ok(())
     }
 
-    /// Finds the pending trust token whose secret matches, comparing every secret in
-    /// constant time. Expired tokens never match.
-    pub fn find_trust_token(&self, secret: &str, now: OffsetDateTime) -> Option<&Token> {
+    /// Records how `token` stopped being pending, forgetting the oldest record beyond
+    /// [`SPENT_REMEMBERED`].
+    fn remember(&mut self, token: &Token, how: Spent) {
+        self.spent.push_back(SpentToken {
+            digest: trust::sha256_hex(token.secret.as_bytes()),
+            kind: token.kind.name().into(),
+            how,
+        });
+        while self.spent.len() > SPENT_REMEMBERED {
+            self.spent.pop_front();
+        }
+    }
+
+    /// The pending token of `kind` (`trust` or `join`) whose secret is `secret`,
+    /// comparing every pending secret in constant time; else why there is none: expired,
+    /// spent (and how, while remembered), or unknown.
+    pub fn find_token(&self, kind: &str, secret: &str, now: OffsetDateTime) -> Result<&Token, TokenRefusal> {
         let mut found = None;
         for token in self.tokens.values() {
-            let live = token.expires_at.is_none_or(|at| at > now);
-            let is_trust = matches!(token.kind, TokenKind::Trust { .. });
-            if trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) && live && is_trust {
+            let same = trust::constant_time_eq(token.secret.as_bytes(), secret.as_bytes());
+            if same && token.kind.name() == kind {
                 found = Some(token);
             }
         }
-        found
+        if let Some(token) = found {
+            return match token.expires_at {
+                Some(at) if at <= now => Err(TokenRefusal::Spent(Spent::Expired)),
+                _ => Ok(token),
+            };
+        }
+        let digest = trust::sha256_hex(secret.as_bytes());
+        self.spent
+            .iter()
+            .rev()
+            .find(|s| s.kind == kind && s.digest == digest)
+            .map_or(Err(TokenRefusal::Unknown), |s| Err(TokenRefusal::Spent(s.how)))
     }
 }
 
@@ -386,8 +496,15 @@ mod tests {
         })
         .unwrap();
         let now = OffsetDateTime::now_utc();
-        assert_eq!(s.find_trust_token("sec", now).unwrap().id, "t1");
-        assert!(s.find_trust_token("sed", now).is_none());
+        assert_eq!(s.find_token("trust", "sec", now).unwrap().id, "t1");
+        assert_eq!(
+            s.find_token("trust", "sed", now).unwrap_err(),
+            TokenRefusal::Unknown
+        );
+        assert_eq!(
+            s.find_token("join", "sec", now).unwrap_err(),
+            TokenRefusal::Unknown
+        );
         let redeem = Command::RedeemTrustToken {
             token_id: "t1".into(),
             certificate: cert("f"),
@@ -395,6 +512,40 @@ mod tests {
         s.apply(&redeem).unwrap();
         assert!(s.certificates.contains_key("f"));
         assert_eq!(s.apply(&redeem), Err(StateError::TokenNotFound));
+        assert_eq!(
+            s.find_token("trust", "sec", now).unwrap_err(),
+            TokenRefusal::Spent(Spent::Used)
+        );
+    }
+
+    #[test]
+    fn pending_tokens_are_capped_per_kind() {
+        let mut s = State::default();
+        for i in 0..MAX_PENDING_TOKENS {
+            s.apply(&Command::CreateToken {
+                token: token(&format!("t{i}"), &format!("s{i}"), None),
+            })
+            .unwrap();
+        }
+        let before = s.clone();
+        let one_more = Command::CreateToken {
+            token: token("extra", "x", None),
+        };
+        assert_eq!(s.apply(&one_more), Err(StateError::TooManyTokens("trust".into())));
+        assert_eq!(s, before);
+        // Join tokens are counted apart.
+        let mut join = token("j", "j", None);
+        join.kind = TokenKind::Join {
+            server_name: "node9".into(),
+        };
+        s.apply(&Command::CreateToken { token: join }).unwrap();
+        // A spent one makes room.
+        s.apply(&Command::DeleteToken {
+            token_id: "t0".into(),
+            how: Spent::Revoked,
+        })
+        .unwrap();
+        s.apply(&one_more).unwrap();
     }
 
     #[test]
@@ -405,7 +556,120 @@ mod tests {
             token: token("t", "sec", Some(past)),
         })
         .unwrap();
-        assert!(s.find_trust_token("sec", OffsetDateTime::now_utc()).is_none());
+        assert_eq!(
+            s.find_token("trust", "sec", OffsetDateTime::now_utc())
+                .unwrap_err(),
+            TokenRefusal::Spent(Spent::Expired)
+        );
+    }
+
+    fn join(id: &str, secret: &str, name: &str) -> Token {
+        let mut t = token(id, secret, None);
+        t.kind = TokenKind::Join {
+            server_name: name.into(),
+        };
+        t
+    }
+
+    /// A token presented after it stopped being pending is told what became of it,
+    /// for the last SPENT_REMEMBERED tokens.
+    #[test]
+    fn spent_tokens_are_remembered_by_digest() {
+        let mut s = State::default();
+        let now = OffsetDateTime::now_utc();
+        s.apply(&Command::CreateToken {
+            token: token("r", "revoked", None),
+        })
+        .unwrap();
+        s.apply(&Command::DeleteToken {
+            token_id: "r".into(),
+            how: Spent::Revoked,
+        })
+        .unwrap();
+        s.apply(&Command::CreateToken {
+            token: token("e", "expired", None),
+        })
+        .unwrap();
+        s.apply(&Command::DeleteToken {
+            token_id: "e".into(),
+            how: Spent::Expired,
+        })
+        .unwrap();
+        s.apply(&Command::CreateToken {
+            token: join("j1", "first", "node2"),
+        })
+        .unwrap();
+        s.apply(&Command::CreateToken {
+            token: join("j2", "second", "node2"),
+        })
+        .unwrap();
+        assert_eq!(
+            s.find_token("trust", "revoked", now).unwrap_err(),
+            TokenRefusal::Spent(Spent::Revoked)
+        );
+        assert_eq!(
+            s.find_token("trust", "expired", now).unwrap_err(),
+            TokenRefusal::Spent(Spent::Expired)
+        );
+        assert_eq!(
+            s.find_token("join", "first", now).unwrap_err(),
+            TokenRefusal::Spent(Spent::Replaced)
+        );
+        assert_eq!(s.find_token("join", "second", now).unwrap().id, "j2");
+        assert!(s
+            .spent
+            .iter()
+            .all(|t| !t.digest.contains("revoked") && t.digest.len() == 64));
+        for i in 0..SPENT_REMEMBERED {
+            s.apply(&Command::CreateToken {
+                token: token(&format!("t{i}"), &format!("s{i}"), None),
+            })
+            .unwrap();
+            s.apply(&Command::DeleteToken {
+                token_id: format!("t{i}"),
+                how: Spent::Revoked,
+            })
+            .unwrap();
+        }
+        assert_eq!(s.spent.len(), SPENT_REMEMBERED);
+        assert_eq!(
+            s.find_token("trust", "revoked", now).unwrap_err(),
+            TokenRefusal::Unknown,
+            "forgotten"
+        );
+    }
+
+    #[test]
+    fn a_join_token_trusts_one_server_certificate_under_its_name() {
+        let mut s = State::default();
+        s.apply(&Command::CreateToken {
+            token: join("j", "sec", "node2"),
+        })
+        .unwrap();
+        let mut c = cert("f");
+        c.kind = "server".into();
+        c.name = "node3".into();
+        let redeem = |c: &Certificate| Command::RedeemJoinToken {
+            token_id: "j".into(),
+            certificate: c.clone(),
+        };
+        assert_eq!(
+            s.apply(&redeem(&c)),
+            Err(StateError::TokenNotFound),
+            "another name"
+        );
+        c.name = "node2".into();
+        c.kind = "client".into();
+        assert_eq!(
+            s.apply(&redeem(&c)),
+            Err(StateError::TokenNotFound),
+            "another type"
+        );
+        c.kind = "server".into();
+        s.apply(&redeem(&c)).unwrap();
+        assert_eq!(s.certificate_type("f").as_deref(), Some("server"));
+        assert!(s.tokens.is_empty());
+        assert_eq!(s.apply(&redeem(&c)), Err(StateError::TokenNotFound), "spent");
     }
 
     #[test]

@@ -38,7 +38,10 @@ impl Tokens {
             access_token,
             refresh_token: text("refresh_token"),
             id_token: text("id_token"),
-            expires_at: v.get("expires_in").and_then(Value::as_i64).map(|s| now() + s),
+            expires_at: v
+                .get("expires_in")
+                .and_then(Value::as_i64)
+                .map(|s| now().saturating_add(s)),
         })
     }
 }

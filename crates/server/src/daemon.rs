@@ -1,14 +1,20 @@
 //! Start-up and shutdown of one member.
 //!
 //! ```text
-//! start:    state dir (0711) ─> server.crt/key (made once) ─> store (replay) ─> unix socket
-//!           ─> HTTPS listener if core.https_address is set ─> ready
-//!           (─> core.anycast_address on `lo` while ready)
+//! start:    state dir (0711) ─> stapesd.lock (flock, our pid) ─> server.crt/key (made once)
+//!           ─> store (replay) ─> unix socket ─> HTTPS listener if core.https_address is set
+//!           ─> ready (─> core.anycast_address on `lo` while ready)
 //! shutdown: not ready, anycast address removed ─> drain period ─> listeners close
-//!           ─> open connections finish in-flight requests (bounded by DRAIN_TIMEOUT) ─> exit
+//!           ─> open connections finish in-flight requests (bounded by DRAIN_TIMEOUT)
+//!           ─> our socket file removed (only if it is still the one we bound) ─> exit
 //! ```
+//!
+//! The lock makes "one daemon per state directory" a fact rather than a hope: a second
+//! daemon stops at once and names the holder. The socket check matters when a stopping
+//! daemon overlaps with its successor (a restart that did not wait): the path may by
+//! then hold the successor's socket, which must survive.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +51,8 @@ pub struct DaemonConfig {
 pub enum StartError {
     #[error("Failed to prepare the state directory {path}: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
+    #[error("State directory {} is in use by stapesd ({}): stop that daemon first", path.display(), holder_text(*pid))]
+    InUse { path: PathBuf, pid: Option<u32> },
     #[error("Failed to load or create the server certificate: {0}")]
     Certificate(String),
     #[error("Failed to open the state database: {0}")]
@@ -55,10 +63,21 @@ pub enum StartError {
     Https(String),
 }
 
+fn holder_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".into(),
+    }
+}
+
 /// A running member.
 pub struct Daemon {
     ctx: Ctx,
     socket: PathBuf,
+    /// Device and inode of the socket file this daemon bound.
+    socket_id: Option<(u64, u64)>,
+    /// Held (flock) for as long as the daemon runs.
+    _lock: std::fs::File,
     unix_task: JoinHandle<()>,
     anycast_task: JoinHandle<()>,
     drain: std::time::Duration,
@@ -71,6 +90,7 @@ impl Daemon {
         // it) but not list the directory, as /var/lib/incus; what is secret inside is 0600
         // or in a 0700 directory.
         prepare_dir(dir, 0o711)?;
+        let lock = lock_state_dir(dir)?;
         let cert = load_or_create_cert(dir)?;
         let key = tls::certified_key(&cert.cert_pem, &cert.key_pem)
             .map_err(|e| StartError::Certificate(e.to_string()))?;
@@ -127,12 +147,24 @@ impl Daemon {
         let handler = crate::http::handler(&ctx, router);
         let _ = ctx.handler.set(handler.clone());
 
+        // HTTPS first: once the unix socket answers, the member is fully up (what
+        // `admin waitready` and the tests wait for).
+        let https = ctx.https_address();
+        if !https.is_empty() {
+            ctx.listeners
+                .set_https(&https, ctx.conn_handler())
+                .await
+                .map_err(StartError::Https)?;
+        }
         let socket = config.socket.clone().unwrap_or_else(|| dir.join("unix.socket"));
         let unix =
             transport::unix::bind(&socket, config.group.as_deref()).map_err(|source| StartError::Socket {
                 path: socket.clone(),
                 source,
             })?;
+        let socket_id = std::fs::symlink_metadata(&socket)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         let unix_task = tokio::spawn(transport::listen::serve_unix(
             unix,
             ctx.closing.subscribe(),
@@ -143,13 +175,6 @@ impl Daemon {
         tokio::spawn(crate::membership::run(ctx.clone()));
         tokio::spawn(crate::relay::run(ctx.clone()));
         tokio::spawn(crate::acme::run(ctx.clone()));
-        let https = ctx.https_address();
-        if !https.is_empty() {
-            ctx.listeners
-                .set_https(&https, ctx.conn_handler())
-                .await
-                .map_err(StartError::Https)?;
-        }
         let anycast_task = tokio::spawn(crate::anycast::run(ctx.clone()));
         tracing::info!(
             dir = %dir.display(),
@@ -162,6 +187,8 @@ impl Daemon {
         Ok(Daemon {
             ctx,
             socket,
+            socket_id,
+            _lock: lock,
             unix_task,
             anycast_task,
             drain: config.drain,
@@ -197,7 +224,7 @@ impl Daemon {
         let _ = self.ctx.closing.send(true);
         let _ = self.unix_task.await;
         self.ctx.store.shutdown().await;
-        let _ = std::fs::remove_file(&self.socket);
+        remove_own_socket(&self.socket, self.socket_id);
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.ctx.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -222,6 +249,57 @@ async fn watch_state(ctx: Ctx) {
             _ = transport::listen::stopped(&mut stop) => return,
         }
     }
+}
+
+/// Removes the socket file at `path` only if it is still the one this daemon bound.
+fn remove_own_socket(path: &Path, bound: Option<(u64, u64)>) {
+    let now = std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    match now {
+        Some(id) if Some(id) == bound => {
+            let _ = std::fs::remove_file(path);
+        }
+        Some(_) => {
+            tracing::info!(socket = %path.display(), "the socket path now holds another socket; left in place")
+        }
+        None => {}
+    }
+}
+
+/// Takes `DIR/stapesd.lock` (an exclusive flock, released by the kernel when the
+/// process ends, however it ends) and writes our pid into it.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("stapesd.lock");
+    let err = |source| StartError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StartError::InUse {
+                path: dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    file.rewind().map_err(err)?;
+    writeln!(file, "{}", std::process::id()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    Ok(file)
 }
 
 fn prepare_dir(dir: &Path, mode: u32) -> Result<(), StartError> {

@@ -3,9 +3,18 @@
 //!
 //! Senders never wait: a listener that falls behind by more than [`BACKLOG`] events
 //! loses the oldest ones (and is told so in the log) rather than slowing the daemon.
+//!
+//! Log lines become `logging` events only while some listener takes that type: the
+//! hub counts such listeners ([`EventHub::subscribe_for`]), and the logging layer
+//! returns before building anything when there are none. Which lines are logging
+//! events at all is decided by the filter the layer is given, the same `--log-level`
+//! filter as the log output, so `tracing` never enables a call site for the events'
+//! sake that the log does not want.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use api::types::{Event, EventLifecycle, EventLifecycleRequestor, EventLogging};
 use serde_json::Value;
@@ -23,6 +32,22 @@ pub const BACKLOG: usize = 1024;
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
     location: std::sync::Arc<arc_swap::ArcSwap<String>>,
+    /// How many open listeners take `logging` events.
+    logging_listeners: Arc<AtomicUsize>,
+}
+
+/// Held by a listener for as long as it listens: while it lives and its filter takes
+/// `logging` events, log lines are turned into events.
+pub struct Interest {
+    logging: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        if let Some(count) = &self.logging {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Default for EventHub {
@@ -36,6 +61,7 @@ impl EventHub {
         EventHub {
             tx: broadcast::channel(BACKLOG).0,
             location: Default::default(),
+            logging_listeners: Default::default(),
         }
     }
 
@@ -50,9 +76,24 @@ impl EventHub {
         self.tx.subscribe()
     }
 
+    /// Subscribes a listener with `filter`, registering its interest in `logging`
+    /// events; keep the [`Interest`] for as long as the listener listens.
+    pub fn subscribe_for(&self, filter: &Filter) -> (broadcast::Receiver<Event>, Interest) {
+        let logging = filter.takes("logging").then(|| {
+            self.logging_listeners.fetch_add(1, Ordering::Relaxed);
+            self.logging_listeners.clone()
+        });
+        (self.tx.subscribe(), Interest { logging })
+    }
+
     /// Re-publishes an event that originated on another member, as it was.
     pub fn relay(&self, event: Event) {
         let _ = self.tx.send(event);
+    }
+
+    /// Whether `e` originated on this member (its location is this member's name now).
+    pub fn is_own(&self, e: &Event) -> bool {
+        **self.location.load() == e.location
     }
 
     /// This member's name as stamped on its own events.
@@ -97,8 +138,8 @@ impl EventHub {
         );
     }
 
-    /// A `tracing` layer that turns log records at info level and above into
-    /// `logging` events.
+    /// A `tracing` layer that turns log records into `logging` events. Give it the
+    /// same filter as the log output (`--log-level`): it logs what it is given.
     pub fn logging_layer(&self) -> LoggingLayer {
         LoggingLayer { hub: self.clone() }
     }
@@ -111,10 +152,10 @@ pub struct LoggingLayer {
 
 impl<S: tracing::Subscriber> Layer<S> for LoggingLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let level = *event.metadata().level();
-        if level > tracing::Level::INFO || self.hub.tx.receiver_count() == 0 {
+        if self.hub.logging_listeners.load(Ordering::Relaxed) == 0 {
             return;
         }
+        let level = *event.metadata().level();
         let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
         let meta = EventLogging {
@@ -158,8 +199,10 @@ pub struct Filter {
     pub types: Vec<String>,
     pub project: String,
     pub all_projects: bool,
-    /// Only events that originated on this member (for relays between members).
-    pub only_location: Option<String>,
+    /// Only events that originated on this member (for relays between members): checked
+    /// against the member's name when each event is sent, since a member that has just
+    /// joined may be asked for its events before it knows its name.
+    pub only_own: bool,
 }
 
 impl Filter {
@@ -182,15 +225,17 @@ impl Filter {
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "default".into()),
             all_projects: q.get("all-projects").is_some_and(|v| v == "true" || v == "1"),
-            only_location: None,
+            only_own: false,
         }
     }
 
+    /// Whether this listener wants events of type `kind` at all.
+    pub fn takes(&self, kind: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t == kind)
+    }
+
     pub fn accepts(&self, e: &Event) -> bool {
-        if !self.types.is_empty() && !self.types.iter().any(|t| t == &e.kind) {
-            return false;
-        }
-        if self.only_location.as_ref().is_some_and(|l| l != &e.location) {
+        if !self.takes(&e.kind) {
             return false;
         }
         self.all_projects || e.project.is_empty() || e.project == self.project
@@ -222,6 +267,53 @@ mod tests {
         assert!(all.accepts(&event("lifecycle", "p1")));
         let p1 = Filter::from_query(&q(&[("project", "p1")]));
         assert!(p1.accepts(&event("lifecycle", "p1")) && !p1.accepts(&event("lifecycle", "default")));
+    }
+
+    fn listener(types: &str) -> Filter {
+        let q = [("type".to_string(), types.to_string())].into();
+        Filter::from_query(&q)
+    }
+
+    /// Log lines become events only for listeners that take `logging`, and only at
+    /// the levels the layer's filter lets through.
+    #[test]
+    fn logging_events_follow_listeners_and_the_filter() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::Layer as _;
+        let hub = EventHub::new();
+        let filter = tracing_subscriber::filter::LevelFilter::INFO;
+        let subscriber = tracing_subscriber::registry().with(hub.logging_layer().with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            let (mut lifecycle_only, interest) = hub.subscribe_for(&listener("lifecycle"));
+            assert_eq!(hub.logging_listeners.load(Ordering::Relaxed), 0);
+            tracing::info!("nobody takes this");
+            assert!(lifecycle_only.try_recv().is_err(), "no event built");
+
+            let (mut all, all_interest) = hub.subscribe_for(&listener(""));
+            let (mut logging, logging_interest) = hub.subscribe_for(&listener("logging"));
+            assert_eq!(hub.logging_listeners.load(Ordering::Relaxed), 2);
+            tracing::debug!("below the filter");
+            tracing::info!(key = "v", "wanted");
+            let e = logging.try_recv().expect("a logging event");
+            assert_eq!(e.kind, "logging");
+            assert_eq!(e.metadata["message"], "wanted");
+            assert_eq!(e.metadata["level"], "info");
+            assert_eq!(e.metadata["context"]["key"], "v");
+            assert!(logging.try_recv().is_err(), "the debug line made no event");
+            assert_eq!(
+                all.try_recv().expect("the same event").metadata["message"],
+                "wanted"
+            );
+
+            drop((all_interest, logging_interest, interest));
+            assert_eq!(hub.logging_listeners.load(Ordering::Relaxed), 0);
+            tracing::info!("nobody listens again");
+            assert!(logging.try_recv().is_err());
+            // The broadcast reaches every receiver (filters apply when sending on the
+            // websocket): only the line made while someone took `logging` is there.
+            assert_eq!(lifecycle_only.try_recv().unwrap().metadata["message"], "wanted");
+            assert!(lifecycle_only.try_recv().is_err());
+        });
     }
 
     #[tokio::test]

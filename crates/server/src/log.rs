@@ -1,11 +1,17 @@
 //! One log line and one metrics sample per request.
+//!
+//! Client requests are logged at INFO with the client's address (a request another
+//! member forwards carries its client's identity, so it is logged as the client's).
+//! What members send each other on their own behalf (Raft appends, heartbeats, event
+//! relays) is logged at DEBUG: an idle cluster exchanges several such requests a second,
+//! and they are neither user traffic nor anything an auditor needs.
 
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use trust::Identity;
+use trust::{AuthMethod, Identity};
 
 use crate::context::Ctx;
 
@@ -22,16 +28,26 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
         .as_ref()
         .map(|i| (i.username.as_str(), i.method.as_str(), i.address.as_str()))
         .unwrap_or_default();
-    tracing::info!(
-        method = %method,
-        path = %path,
-        status,
-        duration_us = elapsed.as_micros() as u64,
-        address,
-        protocol,
-        user,
-        "request"
-    );
+    let duration_us = elapsed.as_micros() as u64;
+    macro_rules! request_line {
+        ($level:ident) => {
+            tracing::$level!(
+                method = %method,
+                path = %path,
+                status,
+                duration_us,
+                address,
+                protocol,
+                user,
+                "request"
+            )
+        };
+    }
+    if identity.as_ref().is_some_and(|i| i.method == AuthMethod::Cluster) {
+        request_line!(debug);
+    } else {
+        request_line!(info);
+    }
     if status == 403 && identity.as_ref().is_some_and(|i| !i.trusted()) {
         tracing::info!(address, path = %path, "refused an untrusted caller");
     }

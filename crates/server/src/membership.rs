@@ -3,12 +3,19 @@
 //! ```text
 //!  joiner                         any member                         leader
 //!  PUT /1.0/cluster {token} ─POST /internal/cluster/join {secret, own cert}─>
-//!                                 find_join_token (constant time)
+//!                                 find_token (constant time)
 //!                                 AddMember (spends the token) ────────────> commit
 //!                                 add_learner(joiner) ─────────────────────> replicate
 //!  <── {members, cluster cert} ──
 //!  start Raft (empty), serve the cluster certificate, wait for the log to arrive
 //! ```
+//!
+//! The interactive `incus admin init` joins in two steps instead: its client first
+//! presents the join token as a trust token, which trusts the joiner's own certificate
+//! as `type: server` under the token's member name (and spends the token, as in Incus);
+//! then `PUT /1.0/cluster` carries `cluster_address` and `cluster_certificate` but no
+//! token, and the joiner asks to join with an empty secret: its certificate, trusted as
+//! a server of that name, is the authorisation.
 //!
 //! Liveness comes from heartbeats: every member asks every other member for
 //! `/internal/ready` a few times per `cluster.offline_threshold`. The leader uses that
@@ -211,19 +218,60 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The joining side of `PUT /1.0/cluster` with a `cluster_token`.
+/// What authorises a join.
+#[derive(Debug)]
+pub enum JoinBy<'a> {
+    /// A join token (`cluster_token`).
+    Token(&'a str),
+    /// This member's own certificate, already trusted by the cluster as a server of
+    /// this name; the member at `address` presents `certificate` (the cluster's).
+    Certificate { address: &'a str, certificate: &'a str },
+}
+
+/// Decodes a join token, saying so when it is a trust token instead.
+fn decode_join_token(text: &str) -> Result<trust::token::JoinToken, ApiError> {
+    trust::token::decode(text).map_err(|e| {
+        if trust::token::decode::<trust::token::TrustToken>(text).is_ok() {
+            ApiError::bad_request(
+                "This is a trust token (for adding a client, as incus remote add does), not a cluster join token: get one with `cluster add NAME` on a member",
+            )
+        } else {
+            ApiError::bad_request(format!("Invalid cluster join token: {e}"))
+        }
+    })
+}
+
+/// The joining side of `PUT /1.0/cluster` with a `cluster_token` or, after the
+/// interactive trust step, a `cluster_address`.
 pub async fn join(
     ctx: &Ctx,
     server_name: &str,
     server_address: &str,
-    token_text: &str,
+    by: JoinBy<'_>,
 ) -> Result<(), ApiError> {
     if ctx.store.clustered() {
         return Err(ApiError::bad_request("This server is already clustered"));
     }
     validate_name(server_name)?;
-    let token: trust::token::JoinToken = trust::token::decode(token_text)
-        .map_err(|e| ApiError::bad_request(format!("Invalid cluster join token: {e}")))?;
+    let token = match by {
+        JoinBy::Token(text) => decode_join_token(text)?,
+        JoinBy::Certificate { address, certificate } => {
+            let der = trust::cert::pem_to_der(certificate)
+                .map_err(|e| ApiError::bad_request(format!("Invalid cluster_certificate: {e}")))?;
+            let address = api::config::parse_listen_address(address, crate::listeners::DEFAULT_PORT)
+                .ok()
+                .filter(|a| a.host.is_some())
+                .map(|a| a.bind_string())
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid cluster_address {address:?}")))?;
+            trust::token::JoinToken {
+                server_name: server_name.to_string(),
+                fingerprint: trust::fingerprint(&der),
+                addresses: vec![address],
+                secret: String::new(),
+                expires_at: trust::token::NO_EXPIRY.into(),
+            }
+        }
+    };
     if token.server_name != server_name {
         return Err(ApiError::bad_request(format!(
             "The join token is for a member named {:?}, not {server_name:?}",
@@ -348,18 +396,52 @@ async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> R
     Ok(())
 }
 
-/// The member side of a join: checks the secret and admits the joiner.
+/// The member side of a join: checks the secret (or, with none, that the joiner's
+/// certificate is trusted as a server of that name) and admits the joiner.
 pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
     let state = ctx.store.state();
     let Some((cert, key)) = state.cluster_certificate.clone() else {
         return Err(ApiError::bad_request("This server is not clustered"));
     };
-    let Some(token) = state.find_join_token(&req.secret, OffsetDateTime::now_utc()) else {
-        tracing::info!(name = %req.server_name, "refused a join with no matching token");
-        return Err(ApiError::new(403, "No matching cluster join operation found"));
-    };
     validate_name(&req.server_name)?;
     let der = trust::cert::pem_to_der(&req.certificate).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let token_id = if req.secret.is_empty() {
+        // The handler checked that this is the certificate of the TLS session.
+        let trusted = state
+            .certificates
+            .get(&trust::fingerprint(&der))
+            .is_some_and(|c| c.kind == "server" && c.name == req.server_name);
+        if !trusted {
+            tracing::info!(name = %req.server_name, "refused a join by a certificate not trusted as that server");
+            return Err(ApiError::new(
+                403,
+                format!(
+                    "This server's certificate is not trusted as cluster member {:?}: join with a join token",
+                    req.server_name
+                ),
+            ));
+        }
+        None
+    } else {
+        match state.find_token("join", &req.secret, OffsetDateTime::now_utc()) {
+            Ok(token) => match &token.kind {
+                cluster::TokenKind::Join { server_name } if server_name != &req.server_name => {
+                    return Err(ApiError::new(
+                        403,
+                        format!(
+                            "The join token is for a member named {server_name:?}, not {:?}",
+                            req.server_name
+                        ),
+                    ));
+                }
+                _ => Some(token.id.clone()),
+            },
+            Err(refusal) => {
+                tracing::info!(name = %req.server_name, ?refusal, "refused a join token");
+                return Err(crate::operations::token_refusal("join", refusal));
+            }
+        }
+    };
     let member = Member {
         name: req.server_name.clone(),
         id: req.id,
@@ -370,14 +452,19 @@ pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
         failure_domain: "default".into(),
         architecture: req.architecture.clone(),
     };
-    let token_id = token.id.clone();
     ctx.store
         .apply(Command::AddMember {
             member: member.clone(),
-            token_id: Some(token_id),
+            token_id,
         })
         .await
-        .map_err(|e| crate::response::Error::from(e).0)?;
+        .map_err(|e| match e {
+            // Another join spent it first.
+            cluster::StoreError::State(cluster::StateError::TokenNotFound) => {
+                crate::operations::token_refusal("join", cluster::TokenRefusal::Spent(cluster::Spent::Used))
+            }
+            other => crate::response::Error::from(other).0,
+        })?;
     crate::context::on_state_change(ctx);
     ctx.store
         .add_learner(member.id, &member.address)
@@ -438,6 +525,7 @@ async fn prune_expired_tokens(ctx: &Ctx, state: &State) {
             .store
             .apply(Command::DeleteToken {
                 token_id: t.id.clone(),
+                how: cluster::Spent::Expired,
             })
             .await
             .is_ok()

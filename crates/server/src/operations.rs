@@ -107,9 +107,11 @@ pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry_key: &str) -> Result<Token, 
     let now = time::OffsetDateTime::now_utc();
     let state = ctx.store.state();
     let expiry = api::config::effective(&state.config, expiry_key);
-    let expires_at = api::config::parse_expiry(expiry)
-        .map_err(api::ApiError::internal)?
-        .map(|d| now + d);
+    // Checked when set; a value that is wrong anyway (an older member's state) fails
+    // here, and a large one saturates rather than overflowing.
+    let expires_at = api::expiry::parse(expiry)
+        .map_err(|e| api::ApiError::internal(format!("{expiry_key} {expiry:?}: {e}")))?
+        .map(|e| e.after(now));
     Ok(Token {
         id: new_uuid(),
         kind,
@@ -118,6 +120,25 @@ pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry_key: &str) -> Result<Token, 
         created_at: now,
         expires_at,
     })
+}
+
+/// Why a presented token opens nothing, as the API says it: Incus's words first (clients
+/// may look for them), then what became of the token when that is known. Telling a
+/// holder of a spent secret how it was spent helps nobody who does not hold it.
+pub fn token_refusal(kind: &str, refusal: cluster::TokenRefusal) -> api::ApiError {
+    use cluster::{Spent, TokenRefusal};
+    let what = match kind {
+        "join" => "No matching cluster join operation found",
+        _ => "No matching certificate add operation found",
+    };
+    let why = match refusal {
+        TokenRefusal::Unknown => "the token is unknown, already used or expired",
+        TokenRefusal::Spent(Spent::Used) => "this token was already used",
+        TokenRefusal::Spent(Spent::Expired) => "this token has expired",
+        TokenRefusal::Spent(Spent::Revoked) => "this token was revoked",
+        TokenRefusal::Spent(Spent::Replaced) => "this token was replaced by a newer one for the same member",
+    };
+    api::ApiError::new(403, format!("{what}: {why}"))
 }
 
 /// A random (version 4) UUID.

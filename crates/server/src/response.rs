@@ -35,6 +35,7 @@ impl From<cluster::StoreError> for Error {
             | StoreError::State(StateError::TokenNotFound)
             | StoreError::State(StateError::WarningNotFound) => ApiError::not_found_msg(e.to_string()),
             StoreError::State(StateError::Invalid(m)) => ApiError::bad_request(m),
+            StoreError::State(StateError::TooManyTokens(_)) => ApiError::bad_request(e.to_string()),
             StoreError::Db(_) | StoreError::Corrupt(_) => ApiError::internal(e.to_string()),
         })
     }

@@ -9,8 +9,9 @@
 //!                                 (URL and code on stderr) -> tokens stored -> trusted?
 //!  remote add NAME TOKEN    for each token address: probe -> cert must match token fingerprint
 //!                           -> pin -> POST /1.0/certificates {trust_token}
-//!  remote accept-certificate NAME
+//!  remote accept-certificate NAME [--token TOKEN]
 //!                           probe (record cert) -> show fingerprint -> ask (or --yes) -> pin
+//!                           -> GET /1.0: untrusted? redeem --token, else say what is needed
 //! ```
 
 use std::collections::BTreeMap;
@@ -50,6 +51,10 @@ pub enum RemoteCmd {
         /// Don't ask for confirmation
         #[arg(short, long)]
         yes: bool,
+        /// A trust token, for when the server no longer trusts this client (a cluster
+        /// that was re-created)
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Set the URL(s) for the remote
     #[command(alias = "set-urls")]
@@ -115,7 +120,9 @@ pub async fn run(ctx: &mut Ctx, cmd: RemoteCmd) -> Result<()> {
             Ok(())
         }
         RemoteCmd::SetUrl { name, urls } => set_url(ctx, &name, &urls),
-        RemoteCmd::AcceptCertificate { name, yes } => accept_certificate(ctx, &name, yes).await,
+        RemoteCmd::AcceptCertificate { name, yes, token } => {
+            accept_certificate(ctx, &name, yes, token.as_deref()).await
+        }
     }
 }
 
@@ -174,8 +181,49 @@ fn set_url(ctx: &mut Ctx, name: &str, urls: &[String]) -> Result<()> {
     Ok(ctx.config.save()?)
 }
 
-/// Pins the certificate the remote presents now, after showing its fingerprint.
-async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool) -> Result<()> {
+/// Pins the certificate the remote presents now, after showing its fingerprint; then
+/// makes sure the remote works: a TLS remote the server no longer trusts (a cluster
+/// re-created under the same addresses) redeems `token`, or is told that it needs one.
+async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool, token: Option<&str>) -> Result<()> {
+    let pinned = pin_presented(ctx, name, yes).await?;
+    let r = mutable_remote(ctx, name)?;
+    if r.is_oidc() || r.public {
+        return Ok(());
+    }
+    let client = ctx.client_untargeted(name)?;
+    let (server, _) = client.server().await?;
+    if server["auth"] == "trusted" {
+        return Ok(());
+    }
+    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+        bail!(
+            "Remote {name} pins certificate {pinned}, but the server does not trust this client \
+             (was the cluster re-created?): get a trust token there (stapes config trust add NAME) \
+             and run: stapes remote accept-certificate {name} --token TOKEN"
+        );
+    };
+    redeem_trust_token(&client, token).await?;
+    if !ctx.globals.quiet {
+        println!("Client certificate now trusted by server: {name}");
+    }
+    Ok(())
+}
+
+/// Presents a trust token; the server must trust us afterwards.
+async fn redeem_trust_token(client: &client::Client, token: &str) -> Result<()> {
+    client
+        .call(Request::new(Method::POST, "/1.0/certificates").json(&token_request(token)))
+        .await
+        .map_err(|e| anyhow!("Failed to create certificate: {e}"))?;
+    let (server, _) = client.server().await?;
+    if server["auth"] != "trusted" {
+        bail!("Server doesn't trust us after authentication");
+    }
+    Ok(())
+}
+
+/// The pinning half of `accept-certificate`; returns the fingerprint pinned now.
+async fn pin_presented(ctx: &Ctx, name: &str, yes: bool) -> Result<String> {
     let r = mutable_remote(ctx, name)?.clone();
     if r.is_unix() {
         bail!("Remote {name} is a unix socket and has no certificate");
@@ -194,7 +242,7 @@ async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool) -> Result<()> {
                 presented.fingerprint
             );
         }
-        return Ok(());
+        return Ok(presented.fingerprint);
     }
     if let Some(old) = &pinned {
         println!("Pinned certificate fingerprint: {old}");
@@ -208,7 +256,7 @@ async fn accept_certificate(ctx: &Ctx, name: &str, yes: bool) -> Result<()> {
     if !ctx.globals.quiet {
         println!("Remote {name} now pins certificate {}", presented.fingerprint);
     }
-    Ok(())
+    Ok(presented.fingerprint)
 }
 
 /// Normalises every address; all must be https or all unix.
@@ -505,6 +553,13 @@ async fn finish_https(ctx: &mut Ctx, args: &AddArgs, name: &str, probed: &Value)
             Some(t) => t.clone(),
             None => ask_line(&format!("Trust token for {name}: "))?,
         };
+        if token.trim().is_empty() {
+            bail!(
+                "No trust token given for {name}: the server does not trust this client yet. \
+                 Get a token there (stapes config trust add NAME) and pass it with --token, \
+                 or add the remote with the token alone: stapes remote add {name} TOKEN"
+            );
+        }
         client
             .call(Request::new(Method::POST, "/1.0/certificates").json(&token_request(token.trim())))
             .await?;
@@ -553,14 +608,7 @@ async fn add_from_token(ctx: &mut Ctx, args: &AddArgs, token: &TrustToken, raw: 
         let client = ctx.client_untargeted(&name)?;
         let (server, _) = client.server().await?;
         if server["auth"] != "trusted" {
-            client
-                .call(Request::new(Method::POST, "/1.0/certificates").json(&token_request(raw)))
-                .await
-                .map_err(|e| anyhow!("Failed to create certificate: {e}"))?;
-            let (server, _) = client.server().await?;
-            if server["auth"] != "trusted" {
-                bail!("Server doesn't trust us after authentication");
-            }
+            redeem_trust_token(&client, raw).await?;
         }
         Ok(())
     }

@@ -128,6 +128,8 @@ async fn t20_update_certificate_repins_every_remote_of_the_cluster() {
                 && err.contains(&format!("stapes remote accept-certificate {remote}")),
             "{err}"
         );
+        // The remote knows both members' addresses: still one notice.
+        assert_eq!(err.matches("has changed").count(), 1, "{err}");
     }
 
     // Accepting: a "no" changes nothing; --yes pins what is presented now.
@@ -202,4 +204,95 @@ async fn t30_update_certificate_refusals_change_nothing() {
         "through the unix socket too"
     );
     cli.ok(&s1, &["info", "c1:"]).await;
+}
+
+/// A cluster re-created at the same address: `accept-certificate` pins the new
+/// certificate and says that a trust token is needed; with `--token` the remote works.
+#[tokio::test]
+async fn t40_accept_certificate_after_the_cluster_was_recreated() {
+    let mut old = Cluster::start(1).await;
+    let urls = member_urls(&old, 1).await;
+    let s_old = old.members[0].socket();
+    let cli = Stapes::new();
+    add_remote(&cli, &s_old, "c1", &urls[0]).await;
+    cli.ok(&s_old, &["info", "c1:"]).await;
+    let address = old.members[0].address().await;
+    old.members[0].kill9();
+
+    let mut new = testkit::Member::start().await;
+    let s_new = new.socket();
+    let r = new
+        .unix()
+        .send_json(
+            "PATCH",
+            "/1.0",
+            &serde_json::json!({"config": {"core.https_address": address}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    new.https = Some(address.clone());
+    new.enable_cluster("node1").await;
+
+    let err = cli.fails(&s_new, &["info", "c1:"]).await;
+    assert!(err.contains("has changed"), "{err}");
+    let out = cli
+        .run(&s_new, &["remote", "accept-certificate", "c1", "--yes"], None)
+        .await;
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Remote c1 now pins certificate"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("the server does not trust this client (was the cluster re-created?)")
+            && out
+                .stderr
+                .contains("stapes remote accept-certificate c1 --token TOKEN"),
+        "{}",
+        out.stderr
+    );
+
+    let token = cli
+        .ok(&s_new, &["config", "trust", "add", "c1-again", "-q"])
+        .await;
+    let out = cli
+        .ok(
+            &s_new,
+            &[
+                "remote",
+                "accept-certificate",
+                "c1",
+                "--yes",
+                "--token",
+                token.trim(),
+            ],
+        )
+        .await;
+    assert!(out.contains("is unchanged"), "{out}");
+    assert!(
+        out.contains("Client certificate now trusted by server: c1"),
+        "{out}"
+    );
+    cli.ok(&s_new, &["info", "c1:"]).await;
+}
+
+/// `remote add` to a server that does not trust us, with no token and nothing on stdin.
+#[tokio::test]
+async fn t50_remote_add_without_a_token_says_so() {
+    let cluster = Cluster::start(1).await;
+    let urls = member_urls(&cluster, 1).await;
+    let s1 = cluster.members[0].socket();
+    let cli = Stapes::new();
+    let err = cli
+        .fails(&s1, &["remote", "add", "c1", &urls[0], "--accept-certificate"])
+        .await;
+    assert!(
+        err.contains("\nError: No trust token given for c1: the server does not trust this client yet."),
+        "{err}"
+    );
+    let remotes = cli.ok(&s1, &["remote", "list", "--format", "csv"]).await;
+    assert!(!remotes.contains("c1"), "nothing half-added: {remotes}");
 }

@@ -119,8 +119,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     transport::tls::install_default_provider();
     let events = EventHub::new();
-    let filter = EnvFilter::try_new(&args.log_level)
-        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    // One filter for the log output and one, alike, for `logging` events: no call site
+    // is enabled for the events that the log level does not want.
+    let filter = || {
+        EnvFilter::try_new(&args.log_level)
+            .with_context(|| format!("invalid --log-level {:?}", args.log_level))
+    };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -129,8 +133,8 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
     tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(events.logging_layer())
+        .with(fmt.with_filter(filter()?))
+        .with(events.logging_layer().with_filter(filter()?))
         .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

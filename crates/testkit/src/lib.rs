@@ -806,3 +806,47 @@ impl Member {
         self.child.is_some()
     }
 }
+
+impl Member {
+    /// Requests this member answered with 2xx so far, from its own metrics (read over
+    /// its socket, which counts as one more).
+    pub async fn requests_answered(&self) -> Option<u64> {
+        let r = self.unix().get("/1.0/metrics").await.ok()?;
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find_map(|l| l.strip_prefix("stapes_api_requests_total{code=\"2xx\"} "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits (bounded by `limit`) until this member has at least `n` connections open,
+    /// counting the one that asks: e.g. until a request sent elsewhere is in flight.
+    pub async fn wait_for_open_connections(&self, n: u64, limit: Duration) {
+        eventually(limit, &format!("{n} connections open"), || async {
+            let r = self.unix().get("/1.0/metrics").await.ok()?;
+            let open: u64 = String::from_utf8_lossy(&r.body)
+                .lines()
+                .find_map(|l| l.strip_prefix("stapes_open_connections "))?
+                .trim()
+                .parse()
+                .ok()?;
+            (open >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits (bounded by `limit`) until this member has answered at least `n` requests
+    /// besides the metrics reads made here to count them: in an idle cluster, the
+    /// members' own traffic (Raft appends, heartbeats, event relays).
+    pub async fn wait_for_requests(&self, n: u64, limit: Duration) {
+        let start = self.requests_answered().await.expect("metrics over the socket");
+        let polls = std::sync::atomic::AtomicU64::new(0);
+        eventually(limit, &format!("{n} more requests answered"), || async {
+            let now = self.requests_answered().await?;
+            let mine = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            (now.saturating_sub(start).saturating_sub(mine) >= n).then_some(())
+        })
+        .await;
+    }
+}

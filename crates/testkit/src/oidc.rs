@@ -109,6 +109,21 @@ pub struct Options {
     pub audience: Option<String>,
     /// Access token lifetime (whole seconds, at least 1); one hour when `None`.
     pub access_token_ttl: Option<Duration>,
+    /// The certificate the provider serves.
+    pub certificate: ProviderCertificate,
+}
+
+/// The certificate the provider serves, and so what [`Provider::ca_file`] holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProviderCertificate {
+    /// A leaf for 127.0.0.1 and `localhost`, signed by a test CA (the CA file).
+    #[default]
+    CaSigned,
+    /// One self-signed certificate for 127.0.0.1 and `localhost`, marked as a CA, as
+    /// `openssl req -x509` makes it; the CA file is that certificate.
+    SelfSignedCa,
+    /// A leaf signed by the test CA for another name (`wrong.example`) only.
+    WrongName,
 }
 
 /// Tokens from the token endpoint.
@@ -176,14 +191,24 @@ impl Provider {
             .prefix("stapes-oidc-")
             .tempdir()
             .expect("temp dir");
-        let (ca_pem, leaf) = test_ca().expect("test CA and certificate");
+        let (ca_pem, leaf) = provider_certificate(options.certificate).expect("test certificates");
         let ca_file = tmp.path().join("ca.pem");
         let cert_file = tmp.path().join("provider.pem");
         let key_file = tmp.path().join("provider.key");
         std::fs::write(&ca_file, &ca_pem).expect("write ca.pem");
         std::fs::write(&cert_file, &leaf.cert_pem).expect("write provider.pem");
         std::fs::write(&key_file, &leaf.key_pem).expect("write provider.key");
-        let tls = transport::tls::client_config_trusting(&ca_pem, &[b"http/1.1"]).expect("client TLS config");
+        // The harness talks to the provider whatever its certificate; what the member
+        // makes of it is the test's business.
+        let tls = match options.certificate {
+            ProviderCertificate::WrongName => transport::tls::client_config(
+                crate::ServerTrust::Record(Default::default()),
+                None,
+                &[b"http/1.1"],
+            ),
+            _ => transport::tls::client_config_trusting(&ca_pem, &[b"http/1.1"]),
+        }
+        .expect("client TLS config");
 
         let subnets: serde_json::Map<String, Value> = options
             .allowed_subnets
@@ -591,8 +616,40 @@ impl Drop for Provider {
     }
 }
 
-/// The test CA (PEM) and a leaf it signed for 127.0.0.1 and `localhost`.
-fn test_ca() -> anyhow::Result<(String, trust::CertPair)> {
+/// The bundle to trust (PEM) and the provider's certificate and key.
+fn provider_certificate(which: ProviderCertificate) -> anyhow::Result<(String, trust::CertPair)> {
+    match which {
+        ProviderCertificate::CaSigned => test_ca(&["127.0.0.1", "localhost"]),
+        ProviderCertificate::WrongName => test_ca(&["wrong.example"]),
+        ProviderCertificate::SelfSignedCa => {
+            use rcgen::{
+                BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType, PKCS_ECDSA_P256_SHA256,
+            };
+            let now = time::OffsetDateTime::now_utc();
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.subject_alt_names = vec![
+                SanType::IpAddress([127, 0, 0, 1].into()),
+                SanType::DnsName("localhost".try_into()?),
+            ];
+            params.not_before = now - time::Duration::days(1);
+            params.not_after = now + time::Duration::days(30);
+            let pem = params.self_signed(&key)?.pem();
+            Ok((
+                pem.clone(),
+                trust::CertPair {
+                    cert_pem: pem,
+                    key_pem: key.serialize_pem(),
+                },
+            ))
+        }
+    }
+}
+
+/// The test CA (PEM) and a leaf it signed for `names` (IP addresses or DNS names).
+fn test_ca(names: &[&str]) -> anyhow::Result<(String, trust::CertPair)> {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
         Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
@@ -617,10 +674,13 @@ fn test_ca() -> anyhow::Result<(String, trust::CertPair)> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut leaf = CertificateParams::default();
     leaf.distinguished_name = name("127.0.0.1");
-    leaf.subject_alt_names = vec![
-        SanType::IpAddress([127, 0, 0, 1].into()),
-        SanType::DnsName("localhost".try_into()?),
-    ];
+    leaf.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+        })
+        .collect::<anyhow::Result<_>>()?;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = now - time::Duration::days(1);

@@ -661,3 +661,51 @@ async fn haproxy_terminating_tls_passes_oidc_users() {
     assert_eq!(requestor["username"], "carol@stapes.test");
     assert_eq!(requestor["address"], "127.0.0.1");
 }
+
+/// A device login of `user` at a provider serving `certificate`, then `GET /1.0` with
+/// the access token at a member whose trust bundle is the provider's CA file.
+async fn get_with_provider_certificate(certificate: oidc::ProviderCertificate, user: &str) -> Resp {
+    let p = Provider::start_with(oidc::Options {
+        certificate,
+        ..Default::default()
+    })
+    .await;
+    let (_m, addr) = p.member().await;
+    let tokens = p.device_login(user).await;
+    with_token(
+        &Target::tls(&addr, None),
+        "GET",
+        "/1.0",
+        &tokens.access_token,
+        None,
+    )
+    .await
+}
+
+/// A provider serving a self-signed certificate marked as a CA (`openssl req -x509`),
+/// with that certificate as the member's trust bundle: accepted, as Incus accepts it.
+#[tokio::test]
+async fn a_self_signed_provider_certificate_in_the_bundle_is_accepted() {
+    if !oidc::available() {
+        return;
+    }
+    let r = get_with_provider_certificate(oidc::ProviderCertificate::SelfSignedCa, "grace").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.metadata()["auth_user_name"], "grace@stapes.test");
+}
+
+/// A CA-signed provider certificate for another name is refused, and the member says why
+/// in plain words.
+#[tokio::test]
+async fn a_provider_certificate_for_another_name_is_refused_in_plain_words() {
+    if !oidc::available() {
+        return;
+    }
+    let r = get_with_provider_certificate(oidc::ProviderCertificate::WrongName, "heidi").await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        error_of(&r).contains("its certificate is not valid for the name or address in the URL"),
+        "{}",
+        error_of(&r)
+    );
+}

@@ -12,6 +12,7 @@
 //! place a `CryptoProvider` is built ([`tls::provider`]). The rest of the workspace deals
 //! in PEM, DER and fingerprints.
 
+pub mod bundle;
 pub mod listen;
 pub mod proxy;
 #[cfg(feature = "testing")]

@@ -276,27 +276,20 @@ pub fn client_config(
 }
 
 /// A client that verifies the server the ordinary way: chained to one of the PEM
-/// certificates in `roots_pem`, for the host name or IP address dialled. No client
+/// certificates in `roots_pem` (or being one of them, self-signed), for the host name or
+/// IP address dialled, as [`crate::web`] does with the system bundle. No client
 /// certificate. For a web service with a private CA (a test OpenID provider).
 pub fn client_config_trusting(
     roots_pem: &str,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(|_| TlsError::BadCertificatePem)?)
-            .map_err(TlsError::Config)?;
-    }
-    if roots.is_empty() {
+    let bundle = rustls_pemfile::certs(&mut roots_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::BadCertificatePem)?;
+    if bundle.is_empty() {
         return Err(TlsError::BadCertificatePem);
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    crate::bundle::BundleVerifier::new(bundle)?.client_config(alpn)
 }
 
 /// Server name for a dial; a placeholder when the host is not a valid name, since names

@@ -1,7 +1,10 @@
 //! A small HTTPS client for talking to third-party web services (an OpenID provider):
 //! the server is verified the ordinary way, against the system's roots (the
 //! `SSL_CERT_FILE` and `SSL_CERT_DIR` variables are honoured) and by host name, never by
-//! pin. One request per connection, every step under a deadline, every body bounded.
+//! pin; a self-signed certificate marked as a CA is accepted when that very certificate
+//! is in the bundle, as Incus accepts it ([`crate::bundle`]). Certificate failures are
+//! reported in plain words. One request per connection, every step under a deadline,
+//! every body bounded.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,7 +14,7 @@ use http::{header, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpStream;
 
-use crate::tls::provider;
+use crate::bundle::{plain_words, BundleVerifier};
 
 /// The largest body read from a web service.
 pub const MAX_BODY: usize = 1 << 20;
@@ -53,25 +56,17 @@ fn web_tls() -> Result<Arc<rustls::ClientConfig>, WebError> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
+            if found.certs.is_empty() {
                 return Err(found
                     .errors
                     .first()
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "none found".into()));
             }
-            let mut config = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Ok(Arc::new(config))
+            BundleVerifier::new(found.certs)
+                .and_then(|v| v.client_config(&[b"http/1.1"]))
+                .map_err(|e| e.to_string())
         })
         .clone()
         .map_err(WebError::Roots)
@@ -157,7 +152,7 @@ async fn send_inner(
         let stream = tokio_rustls::TlsConnector::from(web_tls()?)
             .connect(name, tcp)
             .await
-            .map_err(|e| WebError::Connect(authority.clone(), e.to_string()))?;
+            .map_err(|e| WebError::Connect(authority.clone(), tls_failure(&e)))?;
         exchange(stream, req).await.map_err(|e| http_err(&e))?
     } else {
         exchange(tcp, req).await.map_err(|e| http_err(&e))?
@@ -173,6 +168,15 @@ async fn send_inner(
         headers: parts.headers,
         body,
     })
+}
+
+/// A failed handshake, with a certificate problem said in plain words.
+fn tls_failure(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(plain_words)
+        .map(|words| format!("the TLS handshake failed: {words}"))
+        .unwrap_or_else(|| e.to_string())
 }
 
 async fn exchange<S>(

@@ -177,6 +177,18 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, CertError> {
     })
 }
 
+/// Whether a certificate may authenticate a TLS server: it has no extended key usage
+/// (no restriction), or its extended key usage allows server authentication.
+pub fn allows_server_auth(der: &[u8]) -> Result<bool, CertError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| CertError::Invalid(e.to_string()))?;
+    match cert.extended_key_usage() {
+        Ok(None) => Ok(true),
+        Ok(Some(eku)) => Ok(eku.value.server_auth || eku.value.any),
+        Err(e) => Err(CertError::Invalid(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

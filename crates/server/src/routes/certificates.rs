@@ -208,46 +208,74 @@ async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> R
     Ok(response::operation(&op))
 }
 
+/// What an untrusted caller put in `trust_token`.
+#[derive(Debug, PartialEq)]
+enum Presented {
+    /// A trust token, or only its secret.
+    Trust(String),
+    /// A cluster join token.
+    Join(trust::token::JoinToken),
+    /// Neither.
+    Malformed(String),
+}
+
+fn presented(text: &str) -> Presented {
+    use trust::token::{decode, JoinToken, TrustToken};
+    let text = text.trim();
+    match decode::<TrustToken>(text) {
+        Ok(t) => Presented::Trust(t.secret),
+        Err(e) => match decode::<JoinToken>(text) {
+            Ok(j) => Presented::Join(j),
+            // A bare secret: what `trust add` shows as the token's secret.
+            Err(_)
+                if !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Presented::Trust(text.to_string())
+            }
+            Err(_) => Presented::Malformed(e.to_string()),
+        },
+    }
+}
+
 /// An untrusted client presents a trust token: it is trusted with the certificate of
-/// its TLS session, once.
+/// its TLS session, once. A join token presented by a server that is joining trusts that
+/// server's certificate instead (the first step of the interactive `admin init`).
 async fn redeem_trust_token(
     ctx: &Ctx,
     id: &Identity,
     facts: &ConnFacts,
     req: &CertificatesPost,
 ) -> Result<Response> {
-    if req.token || req.trust_token.is_empty() {
+    if req.token {
         return Err(ApiError::forbidden().into());
     }
-    // The whole token, or only its secret.
-    let secret = trust::token::decode::<trust::token::TrustToken>(&req.trust_token)
-        .map(|t| t.secret)
-        .unwrap_or_else(|_| req.trust_token.trim().to_string());
-    let state = ctx.store.state();
-    let Some(token) = state.find_trust_token(&secret, OffsetDateTime::now_utc()) else {
-        tracing::info!(address = %id.address, "refused a trust token that matches no pending token");
-        return Err(ApiError::new(403, "No matching certificate add operation found").into());
+    if req.trust_token.trim().is_empty() {
+        return Err(ApiError::new(403, "not authorized: no trust token given").into());
+    }
+    let secret = match presented(&req.trust_token) {
+        Presented::Trust(secret) => secret,
+        Presented::Join(join) => return redeem_join_token(ctx, id, facts, req, &join).await,
+        // 403 as for any token that opens nothing (and as Incus answers it).
+        Presented::Malformed(e) => {
+            return Err(ApiError::new(403, format!("Invalid trust token: {e}")).into());
+        }
     };
+    let state = ctx.store.state();
+    let token = pending(&state, "trust", &secret, id)?;
     let Some(der) = &facts.cert_der else {
         return Err(ApiError::bad_request("No client certificate provided").into());
     };
-    let TokenKind::Trust {
-        client_name,
-        restricted,
-        projects,
-    } = &token.kind
-    else {
-        return Err(ApiError::new(403, "No matching certificate add operation found").into());
+    let (client_name, restricted, projects) = match &token.kind {
+        TokenKind::Trust {
+            client_name,
+            restricted,
+            projects,
+        } => (client_name.clone(), *restricted, projects.clone()),
+        TokenKind::Join { .. } => {
+            return Err(crate::operations::token_refusal("trust", cluster::TokenRefusal::Unknown).into());
+        }
     };
-    let cert = build_certificate(
-        der,
-        client_name,
-        "client",
-        *restricted,
-        Some(projects.clone()),
-        "",
-        id,
-    )?;
+    let cert = build_certificate(der, &client_name, "client", restricted, Some(projects), "", id)?;
     let fp = cert.fingerprint.clone();
     let token_id = token.id.clone();
     let addresses = ctx.addresses();
@@ -258,24 +286,92 @@ async fn redeem_trust_token(
             certificate: cert,
         })
         .await
-        .map_err(|e| match e {
-            // Another request spent it first.
-            cluster::StoreError::State(cluster::StateError::TokenNotFound) => {
-                ApiError::new(403, "No matching certificate add operation found").into()
-            }
-            other => response::Error::from(other),
-        })?;
+        .map_err(|e| spent_first("trust", e))?;
     tracing::info!(fingerprint = %fp, client = %client_name, address = %id.address, "certificate trusted by token");
+    token_redeemed(ctx, id, op, &fp);
+    Ok(created(&format!("/1.0/certificates/{fp}")))
+}
+
+/// The pending token of `kind` with `secret`, or the refusal that says why not.
+fn pending<'a>(
+    state: &'a ClusterState,
+    kind: &str,
+    secret: &str,
+    id: &Identity,
+) -> Result<&'a cluster::Token> {
+    state
+        .find_token(kind, secret, OffsetDateTime::now_utc())
+        .map_err(|refusal| {
+            tracing::info!(address = %id.address, kind, ?refusal, "refused a token");
+            crate::operations::token_refusal(kind, refusal).into()
+        })
+}
+
+/// A token that was pending a moment ago and is gone now was spent by someone else.
+fn spent_first(kind: &str, e: cluster::StoreError) -> response::Error {
+    match e {
+        cluster::StoreError::State(cluster::StateError::TokenNotFound) => {
+            crate::operations::token_refusal(kind, cluster::TokenRefusal::Spent(cluster::Spent::Used)).into()
+        }
+        other => response::Error::from(other),
+    }
+}
+
+/// Tells listeners the token operation finished and the certificate was added.
+fn token_redeemed(ctx: &Ctx, id: &Identity, op: api::types::Operation, fingerprint: &str) {
     let done = crate::operations::finished(op, api::types::status::SUCCESS);
     ctx.events.send(
         "operation",
         "default",
         serde_json::to_value(&done).expect("operations serialize"),
     );
-    let source = format!("/1.0/certificates/{fp}");
+    let source = format!("/1.0/certificates/{fingerprint}");
     ctx.events
         .lifecycle("certificate-created", &source, Some(id), None);
-    Ok(created(&source))
+}
+
+/// A join token as a trust token, from a server that is joining (`type: server`, its
+/// certificate in the body or the TLS session): that certificate is trusted as a server
+/// under the token's member name, and the token is spent. From anyone else, a message
+/// that says what the token is for.
+async fn redeem_join_token(
+    ctx: &Ctx,
+    id: &Identity,
+    facts: &ConnFacts,
+    req: &CertificatesPost,
+    join: &trust::token::JoinToken,
+) -> Result<Response> {
+    if req.kind != "server" {
+        return Err(ApiError::bad_request(
+            "This is a cluster join token (for a new member, with admin init), not a trust token for adding a client",
+        )
+        .into());
+    }
+    let state = ctx.store.state();
+    let token = pending(&state, "join", &join.secret, id)?;
+    let TokenKind::Join { server_name } = &token.kind else {
+        return Err(crate::operations::token_refusal("join", cluster::TokenRefusal::Unknown).into());
+    };
+    let der = if !req.certificate.is_empty() {
+        decode_certificate(&req.certificate)?
+    } else if let Some(der) = &facts.cert_der {
+        der.to_vec()
+    } else {
+        return Err(ApiError::bad_request("No client certificate provided").into());
+    };
+    let cert = build_certificate(&der, server_name, "server", false, None, "", id)?;
+    let fp = cert.fingerprint.clone();
+    let op = crate::membership::join_token_operation(ctx, token, server_name);
+    ctx.store
+        .apply(Command::RedeemJoinToken {
+            token_id: token.id.clone(),
+            certificate: cert,
+        })
+        .await
+        .map_err(|e| spent_first("join", e))?;
+    tracing::info!(fingerprint = %fp, member = %server_name, address = %id.address, "server certificate trusted by join token");
+    token_redeemed(ctx, id, op, &fp);
+    Ok(created(&format!("/1.0/certificates/{fp}")))
 }
 
 pub async fn put(
@@ -378,4 +474,36 @@ pub async fn delete(
         None,
     );
     Ok(sync(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trust::token::{encode, JoinToken, TrustToken, NO_EXPIRY};
+
+    #[test]
+    fn presented_tokens_are_told_apart() {
+        let trust = encode(&TrustToken {
+            client_name: "c".into(),
+            fingerprint: "f".into(),
+            addresses: vec![],
+            secret: "s1".into(),
+            expires_at: NO_EXPIRY.into(),
+        });
+        let join = JoinToken {
+            server_name: "node2".into(),
+            fingerprint: "f".into(),
+            addresses: vec![],
+            secret: "s2".into(),
+            expires_at: NO_EXPIRY.into(),
+        };
+        assert_eq!(presented(&trust), Presented::Trust("s1".into()));
+        assert_eq!(presented(&format!(" {trust}\n")), Presented::Trust("s1".into()));
+        assert_eq!(presented(&encode(&join)), Presented::Join(join));
+        let secret = "ab".repeat(32);
+        assert_eq!(presented(&secret), Presented::Trust(secret.clone()));
+        for junk in ["not a token", "eyJhIjoxfQ==", "!!", &"a".repeat(200)] {
+            assert!(matches!(presented(junk), Presented::Malformed(_)), "{junk}");
+        }
+    }
 }

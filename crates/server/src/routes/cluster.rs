@@ -24,6 +24,7 @@ pub struct ClusterPut {
     pub server_address: String,
     pub cluster_token: String,
     pub cluster_address: String,
+    pub cluster_certificate: String,
     pub member_config: Option<Vec<serde_json::Value>>,
 }
 
@@ -52,12 +53,27 @@ pub async fn put(State(ctx): State<Ctx>, Extension(id): Extension<Identity>, bod
     if req.server_name.is_empty() {
         return Err(ApiError::bad_request("A server_name is required").into());
     }
-    if req.cluster_token.is_empty() {
+    let joining = !req.cluster_token.is_empty() || !req.cluster_address.is_empty();
+    if !joining {
         membership::bootstrap(&ctx, &req.server_name).await?;
         ctx.events
             .lifecycle("cluster-enabled", "/1.0/cluster", Some(&id), None);
     } else {
-        membership::join(&ctx, &req.server_name, &req.server_address, &req.cluster_token).await?;
+        let by = if req.cluster_token.is_empty() {
+            if req.cluster_certificate.trim().is_empty() {
+                return Err(ApiError::bad_request(
+                    "Joining by cluster_address needs the cluster's certificate (cluster_certificate), or give a cluster_token",
+                )
+                .into());
+            }
+            membership::JoinBy::Certificate {
+                address: &req.cluster_address,
+                certificate: &req.cluster_certificate,
+            }
+        } else {
+            membership::JoinBy::Token(&req.cluster_token)
+        };
+        membership::join(&ctx, &req.server_name, &req.server_address, by).await?;
         ctx.events.lifecycle(
             "cluster-member-added",
             &format!("/1.0/cluster/members/{}", req.server_name),
@@ -65,10 +81,10 @@ pub async fn put(State(ctx): State<Ctx>, Extension(id): Extension<Identity>, bod
             None,
         );
     }
-    let description = if req.cluster_token.is_empty() {
-        "Enabling clustering"
-    } else {
+    let description = if joining {
         "Joining cluster"
+    } else {
+        "Enabling clustering"
     };
     let op = crate::operations::record_finished(&ctx, description);
     Ok(response::operation(&op))

@@ -61,7 +61,7 @@ pub async fn internal(
         types: vec!["lifecycle".into(), "operation".into()],
         project: String::new(),
         all_projects: true,
-        only_location: Some(ctx.events.location()),
+        only_own: true,
     };
     Ok(upgrade
         .on_upgrade(move |socket| pump(ctx, socket, filter))
@@ -69,14 +69,14 @@ pub async fn internal(
 }
 
 async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
-    let mut events = ctx.events.subscribe();
+    let (mut events, _interest) = ctx.events.subscribe_for(&filter);
     let mut stop = ctx.closing.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
         tokio::select! {
             e = events.recv() => match e {
-                Ok(event) if filter.accepts(&event) => {
+                Ok(event) if filter.accepts(&event) && (!filter.only_own || ctx.events.is_own(&event)) => {
                     let text = serde_json::to_string(&event).expect("events serialize");
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         return;

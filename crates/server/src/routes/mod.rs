@@ -1,11 +1,13 @@
 //! The route table. Unknown paths answer 404 `not found` and known paths with a wrong
-//! method 501 `not implemented`, as Incus does.
+//! method 501 `not implemented`, as Incus does; the parts of Incus's API that stapes
+//! does not serve yet answer 501 naming the feature ([`not_yet::NOT_YET`]).
 
 mod certificates;
 mod cluster;
 pub use cluster::validate_certificate_pair;
 mod events;
 mod internal;
+pub mod not_yet;
 mod operations;
 mod server;
 mod system;
@@ -20,6 +22,17 @@ use crate::context::Ctx;
 use crate::response::{error_response, ApiError};
 
 pub fn router(ctx: Ctx) -> Router {
+    not_yet::add(served())
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_implemented)
+        .layer(from_fn_with_state(ctx.clone(), crate::forward::layer))
+        .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
+        .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
+        .with_state(ctx)
+}
+
+/// What stapes serves.
+fn served() -> Router<Ctx> {
     Router::new()
         .route("/", get(server::root))
         .route("/1.0", get(server::get).put(server::put).patch(server::patch))
@@ -80,12 +93,6 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/oidc/callback", get(crate::oidc::callback))
         .route("/oidc/logout", get(crate::oidc::logout))
         .route("/internal/shutdown", put(internal::shutdown))
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_implemented)
-        .layer(from_fn_with_state(ctx.clone(), crate::forward::layer))
-        .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
-        .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
-        .with_state(ctx)
 }
 
 /// HTTP-01 answers on the HTTPS listener too (no authentication: the CA asks).

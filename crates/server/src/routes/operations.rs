@@ -167,12 +167,7 @@ pub async fn wait(
     req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
-    let timeout = q
-        .get("timeout")
-        .and_then(|t| t.parse::<f64>().ok())
-        .filter(|t| *t >= 0.0)
-        .map(|t| Duration::from_secs_f64(t).min(MAX_WAIT))
-        .unwrap_or(MAX_WAIT);
+    let timeout = wait_timeout(q.get("timeout").map(String::as_str));
     let Some(mut op) = find(&ctx, &op_id) else {
         return elsewhere(&ctx, via.is_some(), req, Some(timeout)).await;
     };
@@ -193,6 +188,15 @@ pub async fn wait(
     }
 }
 
+/// `?timeout=` in seconds, bounded by [`MAX_WAIT`]: absent, negative (Incus's -1 is
+/// "no limit"), not a number or too large to represent all mean [`MAX_WAIT`].
+fn wait_timeout(text: Option<&str>) -> Duration {
+    text.and_then(|t| t.trim().parse::<f64>().ok())
+        .filter(|t| *t >= 0.0)
+        .and_then(|t| Duration::try_from_secs_f64(t).ok())
+        .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
+}
+
 pub async fn delete(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
@@ -203,6 +207,7 @@ pub async fn delete(
     ctx.store
         .apply(cluster::Command::DeleteToken {
             token_id: op_id.clone(),
+            how: cluster::Spent::Revoked,
         })
         .await
         .map_err(|_| not_found())?;
@@ -214,4 +219,29 @@ pub async fn delete(
         serde_json::to_value(&cancelled).expect("operations serialize"),
     );
     Ok(sync(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeouts_are_bounded_whatever_is_asked() {
+        assert_eq!(wait_timeout(Some("1.5")), Duration::from_millis(1500));
+        assert_eq!(wait_timeout(Some("0")), Duration::ZERO);
+        for text in [
+            None,
+            Some("-1"),
+            Some("1e20"),
+            Some("1e308"),
+            Some("inf"),
+            Some("NaN"),
+            Some("-inf"),
+            Some("soon"),
+            Some(""),
+            Some("3601"),
+        ] {
+            assert_eq!(wait_timeout(text), MAX_WAIT, "{text:?}");
+        }
+    }
 }

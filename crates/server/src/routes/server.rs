@@ -124,7 +124,7 @@ async fn update(
     let before = current_config(&ctx);
     check_if_match(&headers, &before)?;
     let proposed = to_strings(req.config)?;
-    api::config::validate(&proposed).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let proposed = api::config::check(&proposed).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     // What changes: every proposed key, plus (for PUT) every set key left out.
     let mut changes: BTreeMap<String, String> = proposed.clone();
@@ -139,7 +139,7 @@ async fn update(
     }
     let (local, global): (BTreeMap<_, _>, BTreeMap<_, _>) = changes
         .into_iter()
-        .partition(|(k, _)| api::config::key(k).is_some_and(|key| key.scope == api::config::Scope::Local));
+        .partition(|(k, _)| api::config::scope(k) == Some(api::config::Scope::Local));
 
     // Side effects that can fail come first, so a refused change persists nothing.
     if let Some(addr) = local.get("core.https_address") {

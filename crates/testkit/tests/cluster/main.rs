@@ -6,9 +6,11 @@
 
 mod t10_form;
 mod t20_tokens;
+mod t25_join_by_certificate;
 mod t30_replication;
 mod t40_failures;
 mod t50_membership;
+mod t55_logs;
 mod t60_any_member;
 mod t70_certificate;
 mod t80_acme;

@@ -29,10 +29,10 @@ async fn token_is_listed_single_use_and_redeemable_through_any_member() {
     // Spent: another server cannot use it.
     let late = Member::start().await;
     let r = late.try_join("node3", &token).await;
-    assert!(
-        r.status == 403 || r.status == 409,
-        "{}",
-        String::from_utf8_lossy(&r.body)
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["error"],
+        "No matching cluster join operation found: this token was already used"
     );
     still_standalone(&late).await;
 }
@@ -49,7 +49,10 @@ async fn wrong_expired_and_revoked_tokens_leave_the_joiner_unchanged() {
     decoded.secret = "0".repeat(64);
     let r = joiner.try_join("node2", &trust::token::encode(&decoded)).await;
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["error"], "No matching cluster join operation found");
+    assert_eq!(
+        r.json()["error"],
+        "No matching cluster join operation found: the token is unknown, already used or expired"
+    );
     still_standalone(&joiner).await;
 
     // The wrong name for the token.
@@ -77,6 +80,10 @@ async fn wrong_expired_and_revoked_tokens_leave_the_joiner_unchanged() {
         .await;
     let r = joiner.try_join("node2", &good).await;
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["error"],
+        "No matching cluster join operation found: this token has expired"
+    );
     still_standalone(&joiner).await;
 
     // Revoked.
@@ -117,7 +124,76 @@ async fn wrong_expired_and_revoked_tokens_leave_the_joiner_unchanged() {
     assert_eq!(r.status, 200);
     let r = joiner.try_join("node2", &token).await;
     assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error"],
+        "No matching cluster join operation found: this token was revoked"
+    );
     still_standalone(&joiner).await;
+
+    // Replaced by a newer token for the same name, as in Incus.
+    let older = c.members[0].join_token("node2").await;
+    let newer = c.members[0].join_token("node2").await;
+    let r = joiner.try_join("node2", &older).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error"],
+        "No matching cluster join operation found: this token was replaced by a newer one for the same member"
+    );
+    still_standalone(&joiner).await;
+
+    // A trust token where a join token belongs, and the other way round.
+    let addr = c.members[0].address().await;
+    let trust_token = {
+        let r = c.members[0]
+            .unix()
+            .send_json(
+                "POST",
+                "/1.0/certificates",
+                &json!({"name": "c", "type": "client", "token": true}),
+            )
+            .await
+            .unwrap();
+        let md = r.metadata()["metadata"].clone();
+        trust::token::encode(&trust::token::TrustToken {
+            client_name: "c".into(),
+            fingerprint: md["fingerprint"].as_str().unwrap().into(),
+            addresses: vec![addr.clone()],
+            secret: md["secret"].as_str().unwrap().into(),
+            expires_at: trust::token::NO_EXPIRY.into(),
+        })
+    };
+    let r = joiner.try_join("node2", &trust_token).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("This is a trust token (for adding a client"),
+        "{}",
+        r.json()
+    );
+    still_standalone(&joiner).await;
+    let client = stapes_testkit::ClientCert::generate("laptop");
+    let r = stapes_testkit::Target::tls(&addr, Some(&client))
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"type": "client", "trust_token": newer}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("This is a cluster join token (for a new member"),
+        "{}",
+        r.json()
+    );
+    // Neither token was spent by the mistakes.
+    let r = joiner.try_join("node2", &newer).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
 }
 
 #[tokio::test]

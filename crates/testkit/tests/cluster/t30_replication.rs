@@ -152,3 +152,49 @@ async fn internal_endpoints_refuse_non_members() {
         .unwrap();
     assert_eq!(r.status, 403);
 }
+
+/// `user.*` keys are global like in Incus: set on one member, seen on every member; the
+/// voter rules are checked wherever a value is set.
+#[tokio::test]
+async fn user_keys_replicate_and_voter_rules_hold_on_every_member() {
+    let _slot = slot().await;
+    let c = Cluster::start(3).await;
+    let r = c.members[1]
+        .unix()
+        .send_json("PATCH", "/1.0", &json!({"config": {"user.owner": "team-a"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for m in &c.members {
+        eventually(Duration::from_secs(10), "user.owner everywhere", || async {
+            let cfg = m.unix().get("/1.0").await.ok()?.metadata()["config"].clone();
+            (cfg["user.owner"] == "team-a").then_some(())
+        })
+        .await;
+    }
+    for m in &c.members {
+        let r = m
+            .unix()
+            .send_json("PATCH", "/1.0", &json!({"config": {"cluster.max_voters": "4"}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.json()["error"],
+            "cannot set 'cluster.max_voters' to '4': Value must be an odd number equal to or higher than 3"
+        );
+    }
+    let r = c.members[2]
+        .unix()
+        .send_json("PATCH", "/1.0", &json!({"config": {"cluster.max_voters": "5"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    eventually(Duration::from_secs(10), "max_voters on node1", || async {
+        let cfg = c.members[0].unix().get("/1.0").await.ok()?.metadata()["config"].clone();
+        (cfg["cluster.max_voters"] == "5").then_some(())
+    })
+    .await;
+    // Three members still make three voters.
+    c.wait_healthy(3, crate::LONG).await;
+}

@@ -1,6 +1,11 @@
 //! The official `incus` client (Debian's incus-client) driving stapesd. Skipped with a
 //! message when `incus` is not installed; under `CI=true` its absence is a failure.
 
+mod t45_interactive_join;
+mod t55_quiet_monitor;
+mod t75_not_yet;
+mod t90_validation;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,6 +65,75 @@ async fn ok(conf: &Path, socket: Option<&Path>, args: &[&str]) -> String {
     stdout
 }
 
+/// What `incus monitor --format json` prints, line by line.
+type MonitorLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `incus monitor ARGS --format json` (through `socket` when given); the process
+/// (killed when dropped) and its output lines.
+fn monitor(conf: &Path, socket: Option<&Path>, args: &[&str]) -> (tokio::process::Child, MonitorLines) {
+    let mut cmd = tokio::process::Command::new("incus");
+    cmd.arg("monitor")
+        .args(args)
+        .args(["--format", "json"])
+        .env("INCUS_CONF", conf)
+        .env("HOME", conf)
+        .env_remove("INCUS_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(s) = socket {
+        cmd.env("INCUS_SOCKET", s);
+    }
+    let mut child = cmd.spawn().expect("incus monitor runs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    (
+        child,
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+    )
+}
+
+/// Changes `core.remote_token_expiry` through `on`'s unix socket (between `hours` and one
+/// more, so every change is one) until the monitor printing `lines` shows an event
+/// `wanted` accepts; returns every event read until then, that one last.
+async fn change_config_until(
+    on: &Member,
+    hours: u32,
+    lines: &mut MonitorLines,
+    limit: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(limit, async {
+        for i in 0u32.. {
+            let value = format!("{}H", hours + i % 2);
+            let _ = on
+                .unix()
+                .send_json(
+                    "PATCH",
+                    "/1.0",
+                    &json!({"config": {"core.remote_token_expiry": value}}),
+                )
+                .await;
+            while let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+            {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&line).unwrap_or_default();
+                let done = wanted(&v);
+                seen.push(v);
+                if done {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("incus monitor showed no matching event within {limit:?}"));
+    seen
+}
+
 /// Runs `incus monitor REMOTE --type lifecycle` and changes the configuration through
 /// `on`'s unix socket until the monitor prints an event `wanted` accepts; that event.
 async fn incus_monitor_sees(
@@ -69,44 +143,10 @@ async fn incus_monitor_sees(
     limit: Duration,
     wanted: impl Fn(&Value) -> bool,
 ) -> Value {
-    let mut monitor = tokio::process::Command::new("incus")
-        .args(["monitor", remote, "--type", "lifecycle", "--format", "json"])
-        .env("INCUS_CONF", conf)
-        .env("HOME", conf)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("incus monitor runs");
-    let stdout = monitor.stdout.take().expect("piped stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let event = tokio::time::timeout(limit, async {
-        for i in 0u32.. {
-            // Keep changing config until the monitor, once connected, reports it.
-            let value = format!("{}H", i % 2 + 5);
-            let _ = on
-                .unix()
-                .send_json(
-                    "PATCH",
-                    "/1.0",
-                    &json!({"config": {"core.remote_token_expiry": value}}),
-                )
-                .await;
-            if let Ok(Ok(Some(line))) =
-                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
-            {
-                let v: Value = serde_json::from_str(&line).unwrap_or_default();
-                if wanted(&v) {
-                    return v;
-                }
-            }
-        }
-        unreachable!()
-    })
-    .await
-    .unwrap_or_else(|_| panic!("incus monitor {remote} reported no matching event within {limit:?}"));
+    let (mut monitor, mut lines) = monitor(conf, None, &[remote, "--type", "lifecycle"]);
+    let mut seen = change_config_until(on, 5, &mut lines, limit, wanted).await;
     let _ = monitor.kill().await;
-    event
+    seen.pop().expect("the matching event")
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 mod t10_basic;
 mod t20_trust;
 mod t30_errors;
+mod t35_validation;
 mod t40_events;
 mod t50_durability;
 mod t52_service_manager;

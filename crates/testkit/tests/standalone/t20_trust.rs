@@ -166,7 +166,10 @@ async fn trust_token_is_single_use() {
         .await
         .unwrap();
     assert_eq!(r.status, 403);
-    assert_eq!(r.json()["error"], "No matching certificate add operation found");
+    assert_eq!(
+        r.json()["error"],
+        "No matching certificate add operation found: this token was already used"
+    );
     assert_eq!(
         m.unix().get("/1.0/operations").await.unwrap().metadata(),
         json!({})
@@ -190,6 +193,10 @@ async fn revoked_and_expired_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error"],
+        "No matching certificate add operation found: this token was revoked"
+    );
 
     // Tokens expire per core.remote_token_expiry.
     let r = m
@@ -222,6 +229,55 @@ async fn revoked_and_expired_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error"],
+        "No matching certificate add operation found: this token has expired"
+    );
+}
+
+/// Tokens that open nothing are told apart where that helps the holder and nobody else:
+/// a forged secret learns only Incus's words and that the token is unknown.
+#[tokio::test]
+async fn refused_trust_tokens_say_why() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let (_, token) = issue_token(&m, "frank").await;
+    let t = Target::tls(&addr, Some(&ClientCert::generate("frank")));
+    let post = |body: serde_json::Value| {
+        let t = t.clone();
+        async move { t.send_json("POST", "/1.0/certificates", &body).await.unwrap() }
+    };
+    let mut forged: trust::token::TrustToken = trust::token::decode(&token).unwrap();
+    forged.secret = "0".repeat(64);
+    let r = post(json!({"trust_token": trust::token::encode(&forged)})).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (
+            403,
+            json!(
+                "No matching certificate add operation found: the token is unknown, already used or expired"
+            )
+        )
+    );
+    let r = post(json!({"trust_token": "f".repeat(64)})).await;
+    assert_eq!(r.status, 403, "a bare secret that matches nothing");
+    let r = post(json!({"trust_token": "this is not a token"})).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid trust token: "),
+        "{}",
+        r.json()
+    );
+    let r = post(json!({"type": "client"})).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (403, json!("not authorized: no trust token given"))
+    );
+    // None of that spent the real token.
+    assert_eq!(post(json!({"trust_token": token})).await.status, 201);
 }
 
 #[tokio::test]

@@ -226,3 +226,55 @@ async fn unknown_things_are_404_with_their_name() {
         .unwrap();
     assert_error(&r, 400, "Unknown certificate type");
 }
+
+/// Every path of Incus's API that stapes does not serve yet names its feature with 501,
+/// after the trust check; paths Incus does not have stay 404.
+#[tokio::test]
+async fn areas_not_served_yet_answer_501_naming_the_feature() {
+    use api::unsupported::{Methods, NOT_YET};
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let u = m.unix();
+    let stranger = Target::tls(&addr, None);
+    assert!(NOT_YET.len() > 80, "the table covers Incus's areas");
+    for &(methods, pattern, feature) in NOT_YET {
+        let path: String = pattern
+            .split('/')
+            .map(|seg| match seg {
+                s if s.starts_with("{*") => "a/b",
+                s if s.starts_with('{') => "x",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = match methods {
+            Methods::All => "GET",
+            Methods::Post => "POST",
+        };
+        let r = u.request(method, &path, None, &[]).await.unwrap();
+        assert_error(
+            &r,
+            501,
+            &format!("{feature} are not supported by this server yet"),
+        );
+        if methods == Methods::All {
+            let r = u.request("DELETE", &path, None, &[]).await.unwrap();
+            assert_error(&r, 501, feature);
+        }
+        let r = stranger.request(method, &path, None, &[]).await.unwrap();
+        assert_error(&r, 403, "not authorized");
+    }
+    for path in [
+        "/1.0/instances/x/nonsense",
+        "/1.0/instance",
+        "/1.0/storage-pools/x/volumes/custom/y/z/w",
+    ] {
+        assert_error(&u.get(path).await.unwrap(), 404, "not found");
+    }
+    // What stapes serves at a path with a row for another method is untouched.
+    let r = u
+        .request("DELETE", "/1.0/cluster/members/x/state", None, &[])
+        .await
+        .unwrap();
+    assert_error(&r, 501, "not implemented");
+}

@@ -102,23 +102,8 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
     // A request in flight (a long wait) when SIGTERM arrives still gets its answer.
     let u = m.unix();
     let waiter = tokio::spawn(async move { u.get(&format!("/1.0/operations/{op}/wait?timeout=1")).await });
-    stapes_testkit::eventually(
-        std::time::Duration::from_secs(5),
-        "the wait request in flight",
-        || {
-            let u = m.unix();
-            async move {
-                let text = String::from_utf8(u.get("/1.0/metrics").await.ok()?.body.to_vec()).ok()?;
-                let open: u64 = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("stapes_open_connections "))?
-                    .parse()
-                    .ok()?;
-                (open >= 2).then_some(())
-            }
-        },
-    )
-    .await;
+    m.wait_for_open_connections(2, std::time::Duration::from_secs(5))
+        .await;
     let code = m.terminate().unwrap();
     assert_eq!(code, 0);
     let r = waiter.await.unwrap().expect("in-flight request answered");
@@ -163,4 +148,56 @@ async fn drain_turns_not_ready_first_and_keeps_serving() {
     assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
     assert_eq!(anon.get("/1.0").await.unwrap().status, 200);
     assert_eq!(m.terminate().unwrap_or(0), 0);
+}
+
+/// A second daemon on the same state directory stops at once and names the first.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_directory_names_the_holder() {
+    let m = Member::start().await;
+    let lock = std::fs::read_to_string(m.dir.join("stapesd.lock")).unwrap();
+    assert_eq!(lock.trim(), m.pid().to_string());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(m.dir.join("stapesd.lock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let second = tokio::process::Command::new(stapes_testkit::bin("stapesd"))
+        .arg("--state-dir")
+        .arg(&m.dir)
+        .env_remove("STAPES_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), second)
+        .await
+        .expect("the second daemon exits")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "State directory {} is in use by stapesd (pid {})",
+            m.dir.display(),
+            m.pid()
+        )),
+        "{err}"
+    );
+    // The first daemon is untouched: its socket still answers.
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+}
+
+/// A stopping daemon removes its socket only while the path still holds the socket it
+/// bound: a successor's socket at the same path survives.
+#[tokio::test]
+async fn a_stopping_daemon_leaves_a_successors_socket_alone() {
+    let mut m = Member::start().await;
+    let socket = m.socket();
+    std::fs::rename(&socket, m.dir.join("old.socket")).unwrap();
+    let successor = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    assert_eq!(m.terminate().unwrap(), 0);
+    assert!(socket.exists(), "the successor's socket was removed");
+    std::os::unix::net::UnixStream::connect(&socket).expect("the successor's socket still answers");
+    drop(successor);
 }

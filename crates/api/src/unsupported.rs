@@ -1,0 +1,234 @@
+//! The parts of the Incus API that stapes does not serve yet, in one table.
+//!
+//! Every `/1.0` path of Incus's API (`api10` in Incus's `cmd/incusd/api_1.0.go`) that
+//! stapes does not implement answers `501 <Feature> are not supported by this server
+//! yet`, after the trust check (an untrusted caller gets the usual 403), so clients
+//! and users learn what is missing instead of a bare `not found`. Paths Incus does not
+//! have stay 404. When a feature arrives, its rows leave this table.
+//!
+//! Paths are written as the router takes them, parameters named by position (`{p1}`,
+//! `{p2}`, a catch-all `{*p1}`): the router needs one name per position, and nothing
+//! reads them. The server turns each row into a route (`server::routes::not_yet`).
+
+/// Which methods of a path a row covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Methods {
+    /// Every method: stapes serves nothing at this path.
+    All,
+    /// Only `POST`: stapes serves the path's other methods.
+    Post,
+}
+
+/// `(methods, path, feature)`. The feature is named so that "<feature> are not
+/// supported by this server yet" reads well.
+pub const NOT_YET: &[(Methods, &str, &str)] = &[
+    (
+        Methods::Post,
+        "/1.0/cluster/members/{name}/state",
+        "Cluster member evacuation and restore",
+    ),
+    (Methods::All, "/1.0/cluster/groups", "Cluster groups"),
+    (Methods::All, "/1.0/cluster/groups/{p1}", "Cluster groups"),
+    (Methods::All, "/1.0/images", "Images"),
+    (Methods::All, "/1.0/images/aliases", "Images"),
+    (Methods::All, "/1.0/images/aliases/{*p1}", "Images"),
+    (Methods::All, "/1.0/images/{p1}", "Images"),
+    (Methods::All, "/1.0/images/{p1}/export", "Images"),
+    (Methods::All, "/1.0/images/{p1}/refresh", "Images"),
+    (Methods::All, "/1.0/images/{p1}/secret", "Images"),
+    (Methods::All, "/1.0/instances", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/access", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/backups", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/backups/{p2}", "Instances"),
+    (
+        Methods::All,
+        "/1.0/instances/{p1}/backups/{p2}/export",
+        "Instances",
+    ),
+    (Methods::All, "/1.0/instances/{p1}/bitmaps", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/console", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/debug/memory", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/debug/repair", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/exec", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/files", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/logs", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/logs/exec-output", "Instances"),
+    (
+        Methods::All,
+        "/1.0/instances/{p1}/logs/exec-output/{p2}",
+        "Instances",
+    ),
+    (Methods::All, "/1.0/instances/{p1}/logs/{p2}", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/metadata", "Instances"),
+    (
+        Methods::All,
+        "/1.0/instances/{p1}/metadata/templates",
+        "Instances",
+    ),
+    (Methods::All, "/1.0/instances/{p1}/nbd", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/nvram", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/nvram/{p2}", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/nvram/{p2}/{p3}", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/port-forward", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/rebuild", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/sftp", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/snapshots", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/snapshots/{p2}", "Instances"),
+    (Methods::All, "/1.0/instances/{p1}/state", "Instances"),
+    (Methods::All, "/1.0/network-acls", "Network ACLs"),
+    (Methods::All, "/1.0/network-acls/{p1}", "Network ACLs"),
+    (Methods::All, "/1.0/network-acls/{p1}/log", "Network ACLs"),
+    (Methods::All, "/1.0/network-address-sets", "Network address sets"),
+    (
+        Methods::All,
+        "/1.0/network-address-sets/{p1}",
+        "Network address sets",
+    ),
+    (Methods::All, "/1.0/network-allocations", "Network allocations"),
+    (Methods::All, "/1.0/network-integrations", "Network integrations"),
+    (
+        Methods::All,
+        "/1.0/network-integrations/{p1}",
+        "Network integrations",
+    ),
+    (Methods::All, "/1.0/network-zones", "Network zones"),
+    (Methods::All, "/1.0/network-zones/{p1}", "Network zones"),
+    (Methods::All, "/1.0/network-zones/{p1}/records", "Network zones"),
+    (
+        Methods::All,
+        "/1.0/network-zones/{p1}/records/{p2}",
+        "Network zones",
+    ),
+    (Methods::All, "/1.0/networks", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/forwards", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/forwards/{p2}", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/leases", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/load-balancers", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/load-balancers/{p2}", "Networks"),
+    (
+        Methods::All,
+        "/1.0/networks/{p1}/load-balancers/{p2}/state",
+        "Networks",
+    ),
+    (Methods::All, "/1.0/networks/{p1}/peers", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/peers/{p2}", "Networks"),
+    (Methods::All, "/1.0/networks/{p1}/state", "Networks"),
+    (Methods::All, "/1.0/profiles", "Profiles"),
+    (Methods::All, "/1.0/profiles/{p1}", "Profiles"),
+    (Methods::All, "/1.0/projects", "Projects"),
+    (Methods::All, "/1.0/projects/{p1}", "Projects"),
+    (Methods::All, "/1.0/projects/{p1}/access", "Projects"),
+    (Methods::All, "/1.0/projects/{p1}/state", "Projects"),
+    (Methods::All, "/1.0/storage-pools", "Storage pools"),
+    (Methods::All, "/1.0/storage-pools/{p1}/resources", "Storage pools"),
+    (Methods::All, "/1.0/storage-pools/{p1}", "Storage pools"),
+    (Methods::All, "/1.0/storage-pools/{p1}/buckets", "Storage buckets"),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/buckets/{p2}",
+        "Storage buckets",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/buckets/{p2}/backups",
+        "Storage buckets",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/buckets/{p2}/backups/{p3}",
+        "Storage buckets",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/buckets/{p2}/backups/{p3}/export",
+        "Storage buckets",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/buckets/{p2}/keys",
+        "Storage buckets",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/buckets/{p2}/keys/{p3}",
+        "Storage buckets",
+    ),
+    (Methods::All, "/1.0/storage-pools/{p1}/volumes", "Storage volumes"),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/backups",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/backups/{p4}",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/backups/{p4}/export",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/bitmaps",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/bitmaps/{p4}",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/files",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/nbd",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/rebuild",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/sftp",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/snapshots",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/snapshots/{p4}",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/state",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/operations/{id}/websocket",
+        "Operation websockets",
+    ),
+];

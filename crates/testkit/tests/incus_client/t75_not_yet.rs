@@ -1,0 +1,46 @@
+//! What stapes does not serve yet, as the official client reports it.
+
+use stapes_testkit::{have_tool, Member};
+
+use super::incus;
+
+#[tokio::test]
+async fn t75_missing_features_are_named_through_the_official_client() {
+    if !have_tool("incus") {
+        return;
+    }
+    let m = Member::start().await;
+    let conf = tempfile::tempdir().unwrap();
+    let sock = m.socket();
+    for (args, message) in [
+        (
+            &["list"][..],
+            "Error: Instances are not supported by this server yet",
+        ),
+        (
+            &["launch", "debian", "c1"][..],
+            "Error: Images are not supported by this server yet",
+        ),
+        (
+            &["image", "list"][..],
+            "Error: Images are not supported by this server yet",
+        ),
+        (
+            &["profile", "list"][..],
+            "Error: Profiles are not supported by this server yet",
+        ),
+        (
+            &["info", "c1"][..],
+            "Error: Instances are not supported by this server yet",
+        ),
+        // The client itself refuses these, on the API extensions the server lists.
+        (
+            &["storage", "list"][..],
+            "Error: The server is missing the required \"storage\" API extension",
+        ),
+    ] {
+        let (success, _, err) = incus(conf.path(), Some(&sock), args).await;
+        assert!(!success, "incus {args:?} succeeded");
+        assert!(err.contains(message), "incus {args:?}: {err}");
+    }
+}
