@@ -7,6 +7,9 @@ use crate::{slot, FAST, LONG};
 /// haproxy in TCP mode with PROXY v2 in front of three members, health-checking
 /// `/ready`: a dead member is taken out, and a rolling restart with drain loses no
 /// request.
+// `timeout check 2s`: without it a check must finish within `inter` (200 ms), and on a
+// busy machine a slow answer from a healthy member would take it out of rotation; a
+// draining member still answers 503 at once and goes out as fast as before.
 // Two workers: `terminate` blocks its thread until the member has drained and exited,
 // and the client task must keep running meanwhile. On one thread it would stall with a
 // connection half open to the draining member, which closes it when the drain ends.
@@ -44,7 +47,7 @@ async fn haproxy_takes_out_sick_members_and_a_rolling_restart_loses_nothing() {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  timeout check 2s\n  retries 3\n  option redispatch\n\
              frontend api\n  bind {front}\n  default_backend members\n\
              backend members\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n{servers}"
         ),
