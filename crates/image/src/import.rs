@@ -144,7 +144,7 @@ where
             let mut part = receive(dir, &mut source, hash, Part::Unified, &mut budget, opts).await?;
             let fingerprint = hex::encode(part.hash.clone().finish().as_ref());
             check_expected(&fingerprint, opts)?;
-            let found = part.found_whole(Part::Unified, opts)?;
+            let found = part.found_whole(Part::Unified, opts).await?;
             if found.has_vm_disk && !found.has_rootfs {
                 return Err(Error::UnsupportedFormat("virtual-machine image".into()));
             }
@@ -199,9 +199,9 @@ where
             let fingerprint = hex::encode(rootfs.hash.clone().finish().as_ref());
             check_expected(&fingerprint, opts)?;
             let size = meta.size + rootfs.size;
-            let found = meta.found_whole(Part::Metadata, opts)?;
+            let found = meta.found_whole(Part::Metadata, opts).await?;
             let metadata = found.metadata.ok_or(Error::MissingMetadata)?;
-            rootfs.found_whole(Part::Rootfs, opts)?;
+            rootfs.found_whole(Part::Rootfs, opts).await?;
             let files = store::persist(dir, &fingerprint, meta.file, Some(rootfs.file))?;
             Ok(record(fingerprint, filename, size, metadata, files))
         }
@@ -300,10 +300,14 @@ impl Received {
     /// What reading the part found, reading the finished file where the stream could
     /// not tell (a squashfs holding `metadata.yaml`). Errors are reported here, after
     /// the fingerprint check, which is Incus's order.
-    fn found_whole(&mut self, part: Part, opts: &ImportOptions) -> Result<Found> {
+    async fn found_whole(&mut self, part: Part, opts: &ImportOptions) -> Result<Found> {
         let found = std::mem::replace(&mut self.found, Err(Error::MissingMetadata))?;
         if found.needs_file {
-            return inspect::inspect_squashfs_file(self.file.path(), part, opts.limits.max_unpacked);
+            let path = self.file.path().to_path_buf();
+            let max = opts.limits.max_unpacked;
+            return tokio::task::spawn_blocking(move || inspect::inspect_squashfs_file(&path, part, max))
+                .await
+                .map_err(join_error)?;
         }
         Ok(found)
     }
