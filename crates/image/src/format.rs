@@ -7,6 +7,10 @@
 //! containers only, and no kept pure-Rust lz4 frame decoder is in our tree.
 
 use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use crate::error::{Error, Result};
 
 /// How many leading bytes [`detect`] looks at (the ustar magic ends at 262).
 pub const HEADER_LEN: usize = 263;
@@ -125,6 +129,46 @@ pub fn decoder<'a, R: Read + 'a>(format: Format, inner: R) -> io::Result<Box<dyn
             ))
         }
     })
+}
+
+/// `sqfs2tar`: a squashfs read as a tar stream (the root as `./`), as Incus reads one.
+pub(crate) struct Sqfs2tar {
+    child: Child,
+}
+
+impl Sqfs2tar {
+    /// Starts it on `path`; the tar stream is on the returned pipe.
+    pub(crate) fn spawn(path: &Path) -> Result<(Sqfs2tar, ChildStdout)> {
+        let mut child = Command::new("sqfs2tar")
+            .args(["--no-skip", "--root-becomes", "."])
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Tool {
+                tool: "sqfs2tar",
+                detail: format!("cannot start it ({e}); install squashfs-tools-ng"),
+            })?;
+        let out = child.stdout.take().ok_or(Error::Tool {
+            tool: "sqfs2tar",
+            detail: "no output".into(),
+        })?;
+        Ok((Sqfs2tar { child }, out))
+    }
+
+    /// Waits for it; `Err` holds what it said when it failed.
+    pub(crate) fn finish(self) -> Result<std::result::Result<(), String>> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(Error::io("waiting for sqfs2tar"))?;
+        Ok(if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        })
+    }
 }
 
 #[cfg(test)]

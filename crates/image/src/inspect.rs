@@ -14,11 +14,10 @@
 use std::cell::Cell;
 use std::io::{self, Cursor, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Format, HEADER_LEN};
+use crate::format::{self, Format, Sqfs2tar, HEADER_LEN};
 use crate::metadata::{Metadata, MAX_METADATA};
 use crate::paths;
 
@@ -99,32 +98,13 @@ pub(crate) fn inspect(input: impl Read, part: Part, max_unpacked: u64) -> Result
 
 /// Reads the members of a finished squashfs part through `sqfs2tar`.
 pub(crate) fn inspect_squashfs_file(path: &Path, part: Part, max_unpacked: u64) -> Result<Found> {
-    let mut child = Command::new("sqfs2tar")
-        .arg("--no-skip")
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Tool {
-            tool: "sqfs2tar",
-            detail: format!("cannot start it ({e}); install squashfs-tools-ng"),
-        })?;
-    let stdout = child.stdout.take().ok_or(Error::Tool {
-        tool: "sqfs2tar",
-        detail: "no output".into(),
-    })?;
+    let (tool, stdout) = Sqfs2tar::spawn(path)?;
     let found = walk(Box::new(stdout), part, max_unpacked);
-    let out = child
-        .wait_with_output()
-        .map_err(Error::io("waiting for sqfs2tar"))?;
-    if !out.status.success() {
-        // A broken squashfs is the upload's fault; say what sqfs2tar said.
-        return Err(Error::Corrupt {
-            part: part.label(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    // A broken squashfs is the upload's fault; say what sqfs2tar said.
+    tool.finish()?.map_err(|detail| Error::Corrupt {
+        part: part.label(),
+        detail,
+    })?;
     found
 }
 

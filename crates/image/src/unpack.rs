@@ -40,7 +40,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use rustix::fs::{
     fchmod, fchown, fsetxattr, futimens, linkat, mkdirat, mknodat, openat, openat2, statat, symlinkat,
@@ -49,7 +48,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Format, HEADER_LEN};
+use crate::format::{self, Format, Sqfs2tar, HEADER_LEN};
 use crate::paths::{self, DeviceKind, Root};
 use crate::store::ImageFiles;
 
@@ -289,22 +288,14 @@ impl Extractor<'_> {
         let file = io::Cursor::new(header).chain(file);
         if fmt == Format::Squashfs {
             let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            let mut child = sqfs2tar(path)?;
-            let out = child.stdout.take().ok_or(Error::Tool {
-                tool: "sqfs2tar",
-                detail: "no output".into(),
-            })?;
+            let (tool, out) = Sqfs2tar::spawn(path)?;
             let walked = self.members(out, whole_rootfs);
-            let status = child
-                .wait_with_output()
-                .map_err(Error::io("waiting for sqfs2tar"))?;
+            let finished = tool.finish()?;
             walked?;
-            if !status.status.success() {
-                return Err(Error::Tool {
-                    tool: "sqfs2tar",
-                    detail: String::from_utf8_lossy(&status.stderr).trim().to_string(),
-                });
-            }
+            finished.map_err(|detail| Error::Tool {
+                tool: "sqfs2tar",
+                detail,
+            })?;
             meter.add(size, false);
             return Ok(());
         }
@@ -737,20 +728,6 @@ fn read_member<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Member> {
         device,
         xattrs,
     })
-}
-
-fn sqfs2tar(path: &Path) -> Result<Child> {
-    Command::new("sqfs2tar")
-        .args(["--no-skip", "--root-becomes", "."])
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Tool {
-            tool: "sqfs2tar",
-            detail: format!("cannot start it ({e}); install squashfs-tools-ng"),
-        })
 }
 
 /// Opens `path` under `dir`, never through a symbolic link and never out of `dir`.

@@ -258,6 +258,20 @@ pub fn squashfs(tar: &[u8], dir: &Path) -> Vec<u8> {
     data
 }
 
+/// A unified image imported into a new image directory.
+pub async fn stored(data: &[u8]) -> (tempfile::TempDir, stapes_image::ImageFiles) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = stapes_image::ImportOptions::default();
+    let img = stapes_image::import(
+        dir.path(),
+        stapes_image::Upload::Unified(body(data, 65536)),
+        &opts,
+    )
+    .await
+    .expect("import");
+    (dir, img.files)
+}
+
 /// Names in a directory, sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

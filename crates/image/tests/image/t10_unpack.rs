@@ -4,22 +4,10 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use stapes_image::{import, unpack, ImageFiles, ImportOptions, Ownership, Progress, UnpackOptions, Upload};
+use stapes_image::{import, unpack, ImportOptions, Ownership, Progress, UnpackOptions, Upload};
 use tar::EntryType as T;
 
 use crate::common::*;
-
-async fn stored(data: &[u8]) -> (tempfile::TempDir, ImageFiles) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let img = import(
-        dir.path(),
-        Upload::Unified(body(data, 65536)),
-        &ImportOptions::default(),
-    )
-    .await
-    .expect("import");
-    (dir, img.files)
-}
 
 fn volume() -> (tempfile::TempDir, std::path::PathBuf) {
     let top = tempfile::tempdir().expect("tempdir");

@@ -68,18 +68,6 @@ fn snapshot(top: &Path, skip: &Path) -> BTreeMap<PathBuf, (u64, Vec<u8>)> {
     out
 }
 
-async fn stored(data: &[u8]) -> (tempfile::TempDir, ImageFiles) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let img = import(
-        dir.path(),
-        Upload::Unified(body(data, 65536)),
-        &ImportOptions::default(),
-    )
-    .await
-    .expect("import");
-    (dir, img.files)
-}
-
 /// A unified image whose rootfs members are added by `f`.
 fn image(f: impl FnOnce(&mut Tar, &Sandbox), sandbox: &Sandbox) -> Vec<u8> {
     let mut t = Tar::new();
