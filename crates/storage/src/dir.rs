@@ -56,7 +56,12 @@ impl Dir {
     pub fn new(state_dir: &Path, config: &PoolConfig) -> Result<Dir> {
         let default_path = default_source(state_dir, &config.name)?;
         let source = match &config.source {
-            Some(s) if !s.as_os_str().is_empty() => lexical_clean(s),
+            Some(s) if !s.as_os_str().is_empty() => {
+                if !s.is_absolute() {
+                    return Err(Error::SourceNotAbsolute(s.clone()));
+                }
+                lexical_clean(s)
+            }
             _ => default_path.clone(),
         };
         Ok(Dir {

@@ -19,6 +19,8 @@ pub enum Error {
     SourceNotEmpty(PathBuf),
     #[error("Source path '{}' is within the state directory", .0.display())]
     SourceInStateDir(PathBuf),
+    #[error("Source path '{}' isn't an absolute path", .0.display())]
+    SourceNotAbsolute(PathBuf),
     #[error("Source path '{}' isn't a directory", .0.display())]
     SourceNotDirectory(PathBuf),
     /// The pool's directory or its layout is missing (not created, or removed behind

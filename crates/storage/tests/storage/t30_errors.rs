@@ -44,6 +44,9 @@ fn t30_sources_refused() {
         .expect_err("inside");
     assert!(matches!(e, Error::SourceInStateDir(_)), "{e}");
 
+    let e = open(state.path(), &cfg(Some("relative/dir".into()))).expect_err("relative");
+    assert!(matches!(e, Error::SourceNotAbsolute(_)), "{e}");
+
     let e = open(
         state.path(),
         &PoolConfig {
