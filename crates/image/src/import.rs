@@ -133,9 +133,6 @@ where
     S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    if let Some(fp) = &opts.expected_fingerprint {
-        store::check_fingerprint(fp)?;
-    }
     let mut budget = opts.limits.max_size;
     let hash = digest::Context::new(&digest::SHA256);
     match upload {

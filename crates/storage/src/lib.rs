@@ -36,20 +36,6 @@ pub use dir::Dir;
 pub use error::{Error, Result};
 pub use names::{check_pool_name, check_volume_name};
 
-/// The drivers Incus has; the ones stapes implements are [`open`]ed, others refused.
-pub const INCUS_DRIVERS: &[&str] = &[
-    "btrfs",
-    "ceph",
-    "cephfs",
-    "cephobject",
-    "dir",
-    "linstor",
-    "lvm",
-    "lvmcluster",
-    "truenas",
-    "zfs",
-];
-
 /// Space of a pool's file system (`incus storage info`), from `statvfs`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Space {
