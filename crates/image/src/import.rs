@@ -11,10 +11,10 @@
 //!             ─> fsync ─> rename into place (rootfs first; `<fp>` last, never replacing)
 //! ```
 //!
-//! At most a few chunks are in memory at once (the channels hold [`CHANNEL_CHUNKS`]
+//! At most a few chunks are in memory at once (the channels hold `CHANNEL_CHUNKS`
 //! each), whatever the image's size. The sha256 is Incus's fingerprint: of the file as
 //! uploaded, or of the metadata bytes followed by the rootfs bytes. Any failure drops
-//! the temporary files (`.partial-*`, removed on drop); [`remove_partial`] clears those a
+//! the temporary files (`.partial-*`, removed on drop); [`crate::remove_partial`] clears those a
 //! crash left behind.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! Incus images without HTTP.
 //!
-//! - [`import`]: an upload (a unified file, or the multipart `metadata` + `rootfs` the
+//! - [`import()`]: an upload (a unified file, or the multipart `metadata` + `rootfs` the
 //!   official client sends for a split image) streamed to disk with Incus's fingerprint,
 //!   checked whole, and moved into place only when complete.
 //! - [`export()`]: an image's files as the body of `GET /1.0/images/<fp>/export`; a
