@@ -4,7 +4,7 @@
 //!   official client sends for a split image) streamed to disk with Incus's fingerprint,
 //!   checked whole, and moved into place only when complete.
 //! - [`export()`]: an image's files as the body of `GET /1.0/images/<fp>/export`; a
-//!   member fetching an image from another feeds that body back into [`import`] with
+//!   member fetching an image from another feeds that body back into [`import()`] with
 //!   the fingerprint as the expected one.
 //! - [`unpack()`]: an image into a new container volume, with every member kept inside
 //!   it (see [`unpack`](mod@unpack) for the rules).
