@@ -76,12 +76,14 @@ fi
 
 # The package test (scripts/test-package.sh), from bookworm itself: lintian, dpkg-dev
 # (dpkg-shlibdeps), lxc (a dependency of the package), and systemd for systemd-analyze
-# and systemd-sysusers (installed, not started).
+# and systemd-sysusers (installed, not started); squashfs-tools-ng for the image tests.
 base=()
 command -v lintian >/dev/null 2>&1 || base+=(lintian)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || base+=(dpkg-dev)
 command -v lxc-start >/dev/null 2>&1 || base+=(lxc)
 command -v systemd-analyze >/dev/null 2>&1 || base+=(systemd)
+# Images: sqfs2tar reads squashfs images (as Incus does); tar2sqfs makes them in tests.
+command -v sqfs2tar >/dev/null 2>&1 || base+=(squashfs-tools-ng)
 if [ ${#base[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${base[@]}"

@@ -1,0 +1,169 @@
+//! Storage pools and their volumes, behind a small trait so a driver can be swapped.
+//!
+//! A pool is a place for volumes on one member; the replicated record (name, driver,
+//! config, state per member) lives in the cluster, not here. This crate does the
+//! member-local part: create a pool at its source, check it, remove it, report its
+//! space, and create, rename, copy and delete volumes in the layout Incus uses:
+//!
+//! ```text
+//!  <source>/                      0711  (default: <state>/storage-pools/<name>)
+//!  ├── containers/                0711
+//!  │   └── <name>/                0100, owned by the container's root (see below)
+//!  │       ├── metadata.yaml      written by the image unpack
+//!  │       ├── templates/
+//!  │       └── rootfs/            0755
+//!  ├── containers-snapshots/      0711
+//!  ├── custom/  custom-snapshots/ 0700
+//!  ├── images/                    0700
+//!  └── virtual-machines/  virtual-machines-snapshots/  buckets/
+//! ```
+//!
+//! A container volume's directory is `d--x------` (Incus's 0100) and owned by the host
+//! id of the container's root: uid 1000000 for an unprivileged container under the LXC
+//! driver's id map, 0 for a privileged one, so only that root can pass through it.
+//!
+//! Only the `dir` driver exists now ([`Dir`]); the names Incus gives the others are
+//! refused with Incus's "Unknown driver" until they do.
+
+mod dir;
+mod error;
+pub mod names;
+mod tree;
+
+use std::path::{Path, PathBuf};
+
+pub use dir::Dir;
+pub use error::{Error, Result};
+pub use names::{check_pool_name, check_volume_name};
+
+/// Space of a pool's file system (`incus storage info`), from `statvfs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Space {
+    pub used: u64,
+    pub total: u64,
+    pub inodes_used: u64,
+    pub inodes_total: u64,
+}
+
+/// The kinds of volume a pool holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VolumeType {
+    Container,
+    Image,
+}
+
+impl VolumeType {
+    /// The directory of the kind in a pool (Incus's names).
+    pub fn dir(self) -> &'static str {
+        match self {
+            VolumeType::Container => "containers",
+            VolumeType::Image => "images",
+        }
+    }
+}
+
+/// A volume of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Volume {
+    pub kind: VolumeType,
+    /// An instance name, or an image fingerprint.
+    pub name: String,
+}
+
+impl Volume {
+    pub fn container(name: &str) -> Volume {
+        Volume {
+            kind: VolumeType::Container,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn image(fingerprint: &str) -> Volume {
+        Volume {
+            kind: VolumeType::Image,
+            name: fingerprint.to_string(),
+        }
+    }
+}
+
+/// Host ids that own a volume's top directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// Host root: a privileged container, or a volume no container enters.
+    pub const ROOT: Owner = Owner { uid: 0, gid: 0 };
+}
+
+/// What a pool is made from: its name, driver, and the member's `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Incus's driver name (`dir`).
+    pub driver: String,
+    /// The `source` key; `None` for the default under the state directory.
+    pub source: Option<PathBuf>,
+}
+
+/// A storage pool on this member.
+pub trait Pool: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &str;
+    /// Incus's driver name.
+    fn driver(&self) -> &'static str;
+    /// Where the pool keeps its volumes (the `source` key's value).
+    fn source(&self) -> &Path;
+
+    /// Creates the pool: the source directory when it is the default, the layout in it.
+    /// A given source must exist and be empty. On failure nothing is left that was not
+    /// there before.
+    fn create(&self) -> Result<()>;
+    /// Checks that the pool is there and whole (at start, and before use).
+    fn check(&self) -> Result<()>;
+    /// Removes the pool, refusing ([`Error::InUse`]) while it holds container volumes.
+    /// Image volumes are caches and go with it. A given source directory is emptied and
+    /// kept; the default one is removed.
+    fn delete(&self) -> Result<()>;
+    /// Space of the file system the pool is on.
+    fn space(&self) -> Result<Space>;
+
+    /// The volumes the pool holds.
+    fn volumes(&self) -> Result<Vec<Volume>>;
+    /// Where a volume is mounted (for `dir`: where it is).
+    fn volume_path(&self, vol: &Volume) -> Result<PathBuf>;
+    /// Creates an empty volume whose top directory `owner` owns.
+    fn create_volume(&self, vol: &Volume, owner: Owner) -> Result<PathBuf>;
+    /// Gives a volume's top directory to another owner (a container that became
+    /// privileged or unprivileged).
+    fn set_volume_owner(&self, vol: &Volume, owner: Owner) -> Result<()>;
+    fn delete_volume(&self, vol: &Volume) -> Result<()>;
+    /// Renames a volume; the new name must be free.
+    fn rename_volume(&self, vol: &Volume, new_name: &str) -> Result<()>;
+    /// Copies a volume to a new one of the same kind, keeping owners, modes, times,
+    /// extended attributes, hard links, symbolic links and special files. The copy
+    /// appears whole or not at all.
+    fn copy_volume(&self, from: &Volume, to_name: &str) -> Result<PathBuf>;
+    /// Bytes a volume uses on disk (allocated blocks, hard links counted once).
+    fn volume_usage(&self, vol: &Volume) -> Result<u64>;
+    /// Removes what copies and deletions cut short by a crash left (hidden, never listed
+    /// as volumes). Call it at start, before any volume operation runs.
+    fn remove_partial(&self) -> Result<usize>;
+}
+
+/// The default source of a pool: `<state>/storage-pools/<name>`, as Incus's.
+pub fn default_source(state_dir: &Path, name: &str) -> Result<PathBuf> {
+    check_pool_name(name)?;
+    Ok(state_dir.join("storage-pools").join(name))
+}
+
+/// Opens the pool `config` describes on a member whose state directory is
+/// `state_dir` (this does not create it: see [`Pool::create`]).
+pub fn open(state_dir: &Path, config: &PoolConfig) -> Result<Box<dyn Pool>> {
+    check_pool_name(&config.name)?;
+    match config.driver.as_str() {
+        "dir" => Ok(Box::new(Dir::new(state_dir, config)?)),
+        other => Err(Error::UnknownDriver(other.to_string())),
+    }
+}
