@@ -23,6 +23,7 @@ pub mod context;
 mod daemon;
 pub mod events;
 mod forward;
+mod gate;
 mod host;
 mod http;
 mod listeners;
@@ -36,6 +37,9 @@ mod relay;
 mod resources;
 mod response;
 mod routes;
+mod state_files;
 
+pub use cluster::store::DEFAULT_SNAPSHOT_LIMIT as DEFAULT_MAX_SNAPSHOT_SIZE;
 pub use daemon::{Daemon, DaemonConfig};
 pub use events::EventHub;
+pub use listeners::HTTPS_PLACES as DEFAULT_MAX_CONNECTIONS;

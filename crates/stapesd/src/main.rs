@@ -38,6 +38,15 @@ struct Args {
     /// load balancers, VRRP and BGP move traffic away before the member stops.
     #[arg(long, env = "STAPES_DRAIN", default_value_t = 0.0)]
     drain: f64,
+    /// The largest snapshot of the replicated state this member accepts from the leader,
+    /// in bytes. A member that needs a larger one stays behind and says so.
+    #[arg(long, env = "STAPES_MAX_SNAPSHOT_SIZE", default_value_t = server::DEFAULT_MAX_SNAPSHOT_SIZE)]
+    max_snapshot_size: u64,
+    /// How many HTTPS client connections are held at once; past it new ones are closed.
+    /// Other members and the unix socket have places of their own. Lowered to fit the
+    /// open-files limit when that is smaller.
+    #[arg(long, env = "STAPES_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +77,8 @@ fn main() -> anyhow::Result<()> {
             socket: args.socket,
             group: args.group,
             drain: std::time::Duration::try_from_secs_f64(args.drain.clamp(0.0, 3600.0)).unwrap_or_default(),
+            max_snapshot_size: args.max_snapshot_size,
+            max_connections: args.max_connections,
         };
         let daemon = Daemon::start(config, events).await?;
         let trigger = daemon.shutdown_trigger();
@@ -80,7 +91,10 @@ fn main() -> anyhow::Result<()> {
             }
             let _ = trigger.send(true);
         });
-        daemon.run().await;
+        let status = daemon.run().await;
+        if status != 0 {
+            std::process::exit(status);
+        }
         anyhow::Ok(())
     })
 }

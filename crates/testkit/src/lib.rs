@@ -197,6 +197,19 @@ impl Target {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Resp> {
+        self.request_within(method, path, body, headers, Duration::from_secs(15))
+            .await
+    }
+
+    /// One request on a new connection, bounded to `limit`.
+    pub async fn request_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        limit: Duration,
+    ) -> anyhow::Result<Resp> {
         let fut = async {
             match self {
                 Target::Unix(p) => send(UnixStream::connect(p).await?, method, path, body, headers).await,
@@ -214,7 +227,7 @@ impl Target {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(15), fut)
+        tokio::time::timeout(limit, fut)
             .await
             .context("request timed out")?
     }
@@ -644,13 +657,17 @@ impl Member {
             .await
     }
 
-    /// As [`Member::try_join`], listening at `address`.
+    /// As [`Member::try_join`], listening at `address`. Bounded by the daemon's own
+    /// wait for the cluster state, plus a margin.
     pub async fn try_join_at(&self, name: &str, token: &str, address: &str) -> Resp {
+        let body = serde_json::json!({"server_name": name, "enabled": true, "server_address": address, "cluster_token": token});
         self.unix()
-            .send_json(
+            .request_within(
                 "PUT",
                 "/1.0/cluster",
-                &serde_json::json!({"server_name": name, "enabled": true, "server_address": address, "cluster_token": token}),
+                Some(serde_json::to_vec(&body).expect("JSON")),
+                &[],
+                Duration::from_secs(150),
             )
             .await
             .expect("PUT /1.0/cluster")

@@ -1,13 +1,14 @@
 //! Several real members on loopback, each with its own state directory.
 //!
 //! Numbering: t10 forming a cluster, t20 tokens, t30 replication, t40 member loss,
-//! t50 roles and membership. Cluster tests take a slot from [`SLOTS`] so that no more
+//! t45 catching up, t50 roles and membership. Cluster tests take a slot from [`SLOTS`] so that no more
 //! than one cluster runs at a time: the machine has two cores.
 
 mod t10_form;
 mod t20_tokens;
 mod t30_replication;
 mod t40_failures;
+mod t45_catch_up;
 mod t50_membership;
 mod t60_any_member;
 mod t70_certificate;
