@@ -12,10 +12,11 @@
 //!              arrive within 30 s plus 1 s per 64 KiB received (a trickle is cut off)
 //! ```
 //!
-//! The unread rest of a request body is kept alive until the response has been sent,
-//! whoever refused it (the gate or a handler that answers before reading), so that
-//! HTTP/2 ends the stream with `NO_ERROR` (RFC 9113 §8.1) rather than a reset that
-//! clients report as an error.
+//! Whoever refuses a request with a small body (the gate, or a handler that answers
+//! before reading), the rest of the body is read and dropped before the answer goes, so
+//! the client has finished sending when it comes: no connection reset under HTTP/1.1,
+//! and an h2 stream that ends cleanly rather than with a reset clients report as an
+//! error. A larger body is dropped unread (the stream is reset, RFC 9113 §8.1).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -149,7 +150,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     } else {
         let need = declared.map(|n| n as usize).unwrap_or(limit).min(limit);
         let conn = req.extensions().get::<ConnBudget>().cloned().unwrap_or_default();
-        match reserve(&ctx.bodies, &conn, need).await {
+        match reserve(&ctx.bodies, &conn, need, BUDGET_WAIT).await {
             Some(p) => Some(p),
             None => {
                 return refuse(
@@ -160,19 +161,20 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
             }
         }
     };
+    let leftover = drain_limit(&req);
     let (parts, body) = req.into_parts();
     let kept = Kept(Arc::new(std::sync::Mutex::new(body)));
     let bounded = Bounded::new(Body::new(kept.clone()), limit as u64);
     let resp = next.run(Request::from_parts(parts, Body::new(bounded))).await;
-    resp.map(|body| {
-        Body::new(Holding {
-            body,
-            _held: Some(Body::new(kept)),
-        })
-    })
+    // A handler that answered before reading all of a small body: read the rest first.
+    if let Some(limit) = leftover {
+        drain(Body::new(kept), limit).await;
+    }
+    resp
 }
 
-/// A request body the handler reads while the gate keeps it (see [`Holding`]).
+/// A request body the handler reads while the gate keeps a hold on it, to drain what the
+/// handler left.
 #[derive(Clone)]
 struct Kept(Arc<std::sync::Mutex<Body>>);
 
@@ -211,6 +213,7 @@ async fn reserve(
     overall: &Budget,
     conn: &ConnBudget,
     need: usize,
+    wait: Duration,
 ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
     let n = u32::try_from(need.max(1)).ok()?;
     let both = async {
@@ -218,53 +221,39 @@ async fn reserve(
         let o = overall.0.clone().acquire_many_owned(n).await.ok()?;
         Some((c, o))
     };
-    tokio::time::timeout(BUDGET_WAIT, both).await.ok().flatten()
+    tokio::time::timeout(wait, both).await.ok().flatten()
 }
 
-/// Bodies up to this size are read and dropped before an HTTP/1.1 refusal, so that the
-/// client has finished writing when the answer comes (a connection closed with unread
-/// data is reset, and the client may never see the answer).
+/// Bodies up to this size are read and dropped before a refusal is sent, so that the
+/// client has finished writing when the answer comes: over HTTP/1.1 a connection closed
+/// with unread data is reset and the client may never see the answer; over h2 a stream
+/// reset while a client still sends is reported as an error by clients such as curl. A
+/// stranger gets no more than Go's HTTP server (and so Incus) reads for anyone.
 const DRAIN_MAX: u64 = 4 * 1024 * 1024;
+const DRAIN_MAX_UNTRUSTED: u64 = 256 * 1024;
 
-/// An error response, sent once the request body is out of the way: over HTTP/1.1 a
-/// small one is read and dropped first (bounded in time like any body); otherwise the
-/// unread body is held until the response has been sent.
+/// How much of an unread body is read and dropped before answering `req`.
+fn drain_limit(req: &Request) -> Option<u64> {
+    let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
+    let most = if trusted { DRAIN_MAX } else { DRAIN_MAX_UNTRUSTED };
+    content_length(req).filter(|n| *n <= most)
+}
+
+/// Reads and drops what is left of a body, bounded like any body.
+async fn drain(body: Body, limit: u64) {
+    let mut body = Bounded::new(body, limit);
+    while let Some(Ok(_)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {}
+}
+
+/// An error response, sent once a small request body is out of the way (read and
+/// dropped); a larger one is dropped unread. A refusal for want of room is never delayed
+/// by reading.
 async fn refuse(req: Request, err: &ApiError) -> Response {
-    let small = content_length(&req).is_some_and(|n| n <= DRAIN_MAX);
-    let held = if req.version() <= http::Version::HTTP_11 && small && !req.body().is_end_stream() {
-        let mut body = Bounded::new(req.into_body(), DRAIN_MAX);
-        while let Some(Ok(_)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {}
-        None
-    } else {
-        Some(req.into_body())
-    };
-    error_response(err).map(|body| Body::new(Holding { body, _held: held }))
-}
-
-/// A response body that keeps the request body alive until the response ends.
-struct Holding {
-    body: Body,
-    _held: Option<Body>,
-}
-
-impl HttpBody for Holding {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+    let busy = err.status == 503;
+    if let Some(limit) = drain_limit(&req).filter(|_| !busy) {
+        drain(req.into_body(), limit).await;
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+    error_response(err)
 }
 
 /// Why a request body was cut off.
@@ -344,7 +333,17 @@ impl HttpBody for Bounded {
 
 /// The API error for a body that could not be read: too large, too slow, or broken.
 pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
-    let inner = e.into_inner();
+    // Bodies wrapped in bodies wrap their errors too: look at the innermost one.
+    let mut inner = e.into_inner();
+    while inner.is::<axum::Error>() {
+        match inner.downcast::<axum::Error>() {
+            Ok(e) => inner = e.into_inner(),
+            Err(other) => {
+                inner = other;
+                break;
+            }
+        }
+    }
     match inner.downcast_ref::<BodyError>() {
         Some(BodyError::TooSlow) => ApiError::new(408, inner.to_string()),
         Some(BodyError::TooLarge(n)) => ApiError::payload_too_large(*n as usize),
@@ -382,6 +381,35 @@ mod tests {
         assert_eq!(untrusted_body(&http::Method::PUT, "/1.0/certificates"), None);
         assert_eq!(untrusted_body(&post, "/internal/raft/append"), None);
         assert_eq!(untrusted_body(&http::Method::PUT, "/1.0"), None);
+    }
+
+    #[tokio::test]
+    async fn bodies_held_are_budgeted_per_connection_and_overall() {
+        let wait = Duration::from_millis(50);
+        let overall = Budget::default();
+        let conn = ConnBudget::default();
+        let mib = 1024 * 1024;
+        let mut held = Vec::new();
+        while let Some(p) = reserve(&overall, &conn, mib, wait).await {
+            held.push(p);
+        }
+        // The connection's budget is full: the next one waited, then was refused.
+        assert_eq!(held.len(), BODIES_PER_CONNECTION / mib);
+        // Another connection still has room, until the overall budget runs out.
+        let mut others = Vec::new();
+        loop {
+            let c = ConnBudget::default();
+            match reserve(&overall, &c, BODIES_PER_CONNECTION, wait).await {
+                Some(p) => others.push(p),
+                None => break,
+            }
+        }
+        assert_eq!(others.len() + 1, BODIES_OVERALL / BODIES_PER_CONNECTION);
+        assert!(reserve(&overall, &ConnBudget::default(), mib, wait)
+            .await
+            .is_none());
+        drop(held);
+        assert!(reserve(&overall, &conn, mib, wait).await.is_some());
     }
 
     async fn read(body: Bounded) -> Result<Bytes, axum::Error> {

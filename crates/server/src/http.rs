@@ -6,7 +6,8 @@
 //!  h1: headers within HEADER_READ_TIMEOUT, first request and every keep-alive request
 //!      alike: an idle connection is closed after it
 //!  h2: pings every H2_PING_EVERY (a vanished peer is dropped), and a connection with no
-//!      request in flight for H2_IDLE_TIMEOUT is closed with GOAWAY
+//!      request in flight for H2_IDLE_TIMEOUT (HEADER_READ_TIMEOUT before the first
+//!      request) is closed with GOAWAY
 //! ```
 
 use std::future::Future;
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -90,6 +90,7 @@ struct Activity {
     since: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Default for Activity {
@@ -98,14 +99,27 @@ impl Default for Activity {
             since: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         }
     }
 }
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
+    }
+
+    /// Whether the connection has been idle too long: [`H2_IDLE_TIMEOUT`] after a
+    /// request, [`HEADER_READ_TIMEOUT`] when none has come yet.
+    fn too_idle(&self) -> bool {
+        let limit = if self.requests.load(Ordering::SeqCst) == 0 {
+            HEADER_READ_TIMEOUT
+        } else {
+            H2_IDLE_TIMEOUT
+        };
+        self.idle() >= limit
     }
 
     /// How long the connection has had no request in flight.
@@ -129,7 +143,7 @@ impl Drop for InFlight {
     }
 }
 
-async fn drive<IO, S>(io: IO, svc: S, h2: bool, activity: Arc<Activity>, mut stop: watch::Receiver<bool>)
+async fn drive<IO, S>(io: IO, svc: S, h2: bool, activity: Arc<Activity>, stop: watch::Receiver<bool>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
@@ -139,27 +153,41 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(256 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Some(H2_PING_EVERY))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
-    let builder = if h2 {
-        builder.http2_only()
+    // hyper's own builders, not the auto-detecting one: it waits for the first bytes
+    // without a deadline before any timeout of the protocol applies.
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(H2_PING_EVERY))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .serve_connection(TokioIo::new(io), svc);
+        run(conn, |c| c.graceful_shutdown(), Some(activity), stop).await
     } else {
-        builder.http1_only()
-    };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(256 * 1024)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        run(conn, |c| c.graceful_shutdown(), None, stop).await
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully at shutdown and, when
+/// `activity` is given, once it has had no request in flight for [`H2_IDLE_TIMEOUT`].
+async fn run<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    activity: Option<Arc<Activity>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
-    let mut idle_check = tokio::time::interval(H2_IDLE_TIMEOUT / 6);
+    let mut idle_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -168,16 +196,16 @@ where
                 }
                 return;
             }
-            _ = idle_check.tick(), if h2 => {
-                if activity.idle() >= H2_IDLE_TIMEOUT {
+            _ = idle_check.tick(), if activity.is_some() => {
+                if activity.as_ref().is_some_and(|a| a.too_idle()) {
                     tracing::debug!("closing an idle h2 connection");
-                    conn.as_mut().graceful_shutdown();
+                    shutdown(conn.as_mut());
                     let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
                     return;
                 }
             }
             _ = transport::listen::stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
                 return;
             }

@@ -233,6 +233,60 @@ impl Target {
     }
 }
 
+/// A TLS connection to `addr` offering `alpn`, presenting `cert` (or none), accepting
+/// any server certificate: for tests that speak HTTP themselves (h2, raw bytes).
+pub async fn tls_stream(
+    addr: &str,
+    cert: Option<&ClientCert>,
+    alpn: &[u8],
+) -> anyhow::Result<transport::tls::ClientTlsStream<TcpStream>> {
+    let pair = cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+    let config = transport::tls::client_config(ServerTrust::Record(Default::default()), pair, &[alpn])?;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    Ok(transport::tls::TlsConnector::from(config)
+        .connect(transport::tls::server_name(host), tcp)
+        .await?)
+}
+
+/// An h2 connection to `addr` presenting `cert` (or none); requests go through the
+/// returned sender, whose bodies the test controls.
+pub async fn h2_connect<B>(
+    addr: &str,
+    cert: Option<&ClientCert>,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_stream(addr, cert, b"h2").await?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+impl ClientCert {
+    /// A client certificate valid from `not_before` to `not_after`.
+    pub fn valid_between(
+        name: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> ClientCert {
+        let pair = trust::CertPair::generate_valid(name, &[], not_before, not_after)
+            .expect("certificate generation");
+        let der = trust::cert::pem_to_der(&pair.cert_pem).expect("own pem parses");
+        ClientCert {
+            fingerprint: trust::fingerprint(&der),
+            cert_pem: pair.cert_pem,
+            key_pem: pair.key_pem,
+        }
+    }
+}
+
 /// An HTTP/1.1 connection kept open for several requests (to see whether it survives).
 pub struct KeepAlive {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
