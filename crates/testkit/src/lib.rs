@@ -39,6 +39,19 @@ pub fn bin(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
+/// Whether the test runs as root. Not root locally: the caller skips with a message.
+/// Not root under `CI=true`: a failure, never a skip.
+pub fn have_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs root under CI=true");
+        }
+        eprintln!("SKIP: this test needs root");
+    }
+    root
+}
+
 /// Whether an external tool is available. Missing locally: the caller skips with a
 /// message. Missing under `CI=true`: a failure, never a skip.
 pub fn have_tool(tool: &str) -> bool {
@@ -387,11 +400,23 @@ impl Member {
     /// As [`Member::start_env`], the daemon running in network namespace `netns`. The
     /// unix socket is a path, so the test still reaches it from its own namespace.
     pub async fn start_in(netns: Option<&str>, env: &[(&str, &str)]) -> Member {
+        Self::start_prepared(netns, env, |_| {}).await
+    }
+
+    /// As [`Member::start_in`], calling `prepare` with the state directory (created,
+    /// empty) before the daemon starts: to mount a small file system there, say.
+    pub async fn start_prepared(
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Member {
         let tmp = tempfile::Builder::new()
             .prefix("stapes-test-")
             .tempdir()
             .expect("temp dir");
         let dir = tmp.path().join("state");
+        std::fs::create_dir_all(&dir).expect("state dir");
+        prepare(&dir);
         let mut m = Member {
             log: tmp.path().join("stapesd.log"),
             dir,
