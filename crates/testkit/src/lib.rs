@@ -39,6 +39,30 @@ pub fn bin(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
+/// Starts `stapesd` on `dir` expecting it to refuse; returns what it said.
+pub fn refused_start(dir: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(bin("stapesd"))
+        .arg("--state-dir")
+        .arg(dir)
+        .env_remove("STAPES_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stapesd starts");
+    for _ in 0..2000 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "stapesd started on damaged files");
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("stapesd did not stop within 20 s on damaged files");
+}
+
 /// Whether the test runs as root. Not root locally: the caller skips with a message.
 /// Not root under `CI=true`: a failure, never a skip.
 pub fn have_root() -> bool {

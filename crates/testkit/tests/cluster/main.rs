@@ -10,6 +10,7 @@ mod t30_replication;
 mod t40_failures;
 mod t45_catch_up;
 mod t50_membership;
+mod t55_removed_member;
 mod t60_any_member;
 mod t70_certificate;
 mod t80_acme;

@@ -172,3 +172,17 @@ async fn a_member_that_cannot_catch_up_is_shown_lagging_and_not_ready() {
         r.json()
     );
 }
+
+/// A member whose Raft database is empty refuses to start, naming the file and how to
+/// rejoin, instead of refusing its leader forever.
+#[tokio::test]
+async fn a_member_with_an_empty_raft_database_refuses_to_start() {
+    let _slot = slot().await;
+    let mut c = Cluster::start_with(3, FAST).await;
+    c.wait_healthy(3, LONG).await;
+    c.members[2].kill9();
+    std::fs::write(c.members[2].dir.join("database/raft.redb"), b"").unwrap();
+    let said = stapes_testkit::refused_start(&c.members[2].dir);
+    assert!(said.contains("raft.redb is empty"), "{said}");
+    assert!(said.contains("incus cluster remove node3 --force"), "{said}");
+}

@@ -165,30 +165,6 @@ async fn drain_turns_not_ready_first_and_keeps_serving() {
     assert_eq!(m.terminate().unwrap_or(0), 0);
 }
 
-/// Starts `stapesd` on `dir` expecting it to refuse; returns what it said.
-fn refused_start(dir: &std::path::Path) -> String {
-    let mut child = std::process::Command::new(stapes_testkit::bin("stapesd"))
-        .arg("--state-dir")
-        .arg(dir)
-        .env_remove("STAPES_SOCKET")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("stapesd starts");
-    for _ in 0..2000 {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(!status.success(), "stapesd started on damaged files");
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            return err;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("stapesd did not stop within 20 s on damaged files");
-}
-
 /// A member whose files are missing or empty refuses to start, naming the file and what
 /// to do; it never starts as a new, empty member.
 #[tokio::test]
@@ -199,19 +175,19 @@ async fn damaged_files_refuse_to_start() {
     let state = m.dir.join("database/state.redb");
     let saved = std::fs::read(&state).unwrap();
     std::fs::write(&state, b"").unwrap();
-    let said = refused_start(&m.dir);
+    let said = stapes_testkit::refused_start(&m.dir);
     assert!(
         said.contains("state.redb is empty") && said.contains("Restore it from a backup"),
         "{said}"
     );
     std::fs::remove_file(&state).unwrap();
-    let said = refused_start(&m.dir);
+    let said = stapes_testkit::refused_start(&m.dir);
     assert!(said.contains("state.redb is missing"), "{said}");
     std::fs::write(&state, &saved).unwrap();
     let key = m.dir.join("server.key");
     let saved_key = std::fs::read(&key).unwrap();
     std::fs::write(&key, b"").unwrap();
-    let said = refused_start(&m.dir);
+    let said = stapes_testkit::refused_start(&m.dir);
     assert!(said.contains("server.key is empty"), "{said}");
     // Restored: it starts, with what it had.
     std::fs::write(&key, saved_key).unwrap();
