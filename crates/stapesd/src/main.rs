@@ -1,4 +1,8 @@
 //! `stapesd`: one stapes member.
+//!
+//! The allocator is jemalloc with background threads: memory freed after a burst (ten
+//! thousand connections closing, say) goes back to the system within seconds, which
+//! glibc's allocator, with its per-thread arenas, mostly keeps.
 
 use std::path::PathBuf;
 
@@ -9,6 +13,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
