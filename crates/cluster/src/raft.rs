@@ -370,20 +370,22 @@ impl SnapshotDir {
         Ok((snapshots, body))
     }
 
-    fn temp_path(&self, kind: &str) -> PathBuf {
+    /// A new temporary file, readable by its owner only (a snapshot holds keys).
+    fn temp_file(&self, kind: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{kind}-{n}.tmp"))
-    }
-
-    /// A new file for a snapshot being received.
-    fn incoming(&self) -> std::io::Result<SnapshotFile> {
-        let path = self.temp_path("incoming");
+        let path = self.dir.join(format!("{kind}-{n}.tmp"));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// A new file for a snapshot being received.
+    fn incoming(&self) -> std::io::Result<SnapshotFile> {
+        let (path, file) = self.temp_file("incoming")?;
         Ok(SnapshotFile {
             file,
             incoming: Some(path),
@@ -392,13 +394,7 @@ impl SnapshotDir {
 
     /// Writes `state` as a snapshot and puts it in force (blocking).
     fn write(&self, meta: &SnapshotMeta<NodeId, BasicNode>, state: &State) -> std::io::Result<SnapshotFile> {
-        let path = self.temp_path("build");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
+        let (path, file) = self.temp_file("build")?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let written = serde_json::to_writer(&mut out, &SnapshotBodyRef { meta, state });
         let file = written

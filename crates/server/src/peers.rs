@@ -47,6 +47,15 @@ impl Peers {
         })
     }
 
+    /// The fingerprint the member at `address` must present.
+    fn pin(&self, address: &str) -> Result<String, String> {
+        self.pins
+            .load()
+            .get(address)
+            .cloned()
+            .ok_or_else(|| format!("{address} is not a known member"))
+    }
+
     /// Replaces the address -> fingerprint pins (from the member list).
     pub fn set_pins(&self, pins: HashMap<String, String>) {
         if **self.pins.load() != pins {
@@ -83,12 +92,7 @@ impl Peers {
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<http::Response<Bytes>, String> {
-        let fingerprint = self
-            .pins
-            .load()
-            .get(address)
-            .cloned()
-            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let fingerprint = self.pin(address)?;
         let mut sender = self.sender(address, &fingerprint).await?;
         let (mut parts, body) = req.into_parts();
         let path = parts
@@ -197,12 +201,7 @@ impl Peers {
         header: Vec<u8>,
         data: std::fs::File,
     ) -> Result<Vec<u8>, String> {
-        let fingerprint = self
-            .pins
-            .load()
-            .get(address)
-            .cloned()
-            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let fingerprint = self.pin(address)?;
         let size = data.metadata().map_err(|e| e.to_string())?.len();
         let stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -342,12 +341,7 @@ pub type EventStream =
 impl Peers {
     /// Opens `/internal/events` on the member at `address`.
     pub async fn open_events(&self, address: &str) -> Result<EventStream, String> {
-        let fingerprint = self
-            .pins
-            .load()
-            .get(address)
-            .cloned()
-            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let fingerprint = self.pin(address)?;
         let connect = async {
             let stream = self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI).await?;
             let url = format!("wss://{address}/internal/events");

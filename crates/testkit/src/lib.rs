@@ -561,12 +561,17 @@ impl Member {
 
     /// Trusts `cert` through the unix socket.
     pub async fn trust(&self, cert: &ClientCert) {
+        self.trust_as(cert, "client").await
+    }
+
+    /// Trusts `cert` through the unix socket as a certificate of type `kind`.
+    pub async fn trust_as(&self, cert: &ClientCert, kind: &str) {
         let r = self
             .unix()
             .send_json(
                 "POST",
                 "/1.0/certificates",
-                &serde_json::json!({"type": "client", "name": "test", "certificate": cert.cert_pem}),
+                &serde_json::json!({"type": kind, "name": "test", "certificate": cert.cert_pem}),
             )
             .await
             .expect("POST /1.0/certificates");

@@ -12,6 +12,15 @@ async fn trusted_cluster() -> (Cluster, ClientCert) {
     c.wait_healthy(3, LONG).await;
     let cert = ClientCert::generate("client");
     c.members[0].trust(&cert).await;
+    // Every member checks a forwarded caller against its own copy of the trust store:
+    // wait until the new certificate has reached every copy.
+    for m in &c.members {
+        eventually(LONG, "the certificate trusted everywhere", || async {
+            let listed = m.unix().get("/1.0/certificates").await.ok()?.metadata();
+            listed.to_string().contains(&cert.fingerprint).then_some(())
+        })
+        .await;
+    }
     (c, cert)
 }
 

@@ -329,16 +329,7 @@ async fn a_metrics_certificate_sees_only_metrics() {
     let mut m = Member::start().await;
     let addr = m.listen().await;
     let metrics = ClientCert::generate("metrics");
-    let r = m
-        .unix()
-        .send_json(
-            "POST",
-            "/1.0/certificates",
-            &json!({"type": "metrics", "name": "metrics", "certificate": metrics.cert_pem}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201);
+    m.trust_as(&metrics, "metrics").await;
     let t = Target::tls(&addr, Some(&metrics));
     let server = t.get("/1.0").await.unwrap().metadata();
     assert_eq!(server["auth"], "untrusted");

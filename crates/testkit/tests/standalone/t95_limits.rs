@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use serde_json::json;
 use stapes_testkit::{h2_connect, tls_stream, ClientCert, Member, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -132,16 +131,7 @@ async fn curl_sees_an_early_refusal_end_cleanly() {
     json.resize(200 * 1024, b' ');
     std::fs::write(&body, json).unwrap();
     let metrics = ClientCert::generate("metrics");
-    let r = m
-        .unix()
-        .send_json(
-            "POST",
-            "/1.0/certificates",
-            &json!({"type": "metrics", "name": "metrics", "certificate": metrics.cert_pem}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201);
+    m.trust_as(&metrics, "metrics").await;
     let dir = m.dir.with_file_name("curl");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("crt"), &metrics.cert_pem).unwrap();
