@@ -5,9 +5,10 @@
 //! ignored, because nothing it could re-read lives in a file: configuration changes
 //! through the API and applies at once, and flags need a restart.
 //!
-//! The allocator is jemalloc with background threads: memory freed after a burst (ten
-//! thousand connections closing, say) goes back to the system within seconds, which
-//! glibc's allocator, with its per-thread arenas, mostly keeps.
+//! The allocator is jemalloc with background threads (started by the daemon, not by the
+//! single-threaded `forkfile` helper): memory freed after a burst (ten thousand
+//! connections closing, say) goes back to the system within seconds, which glibc's
+//! allocator, with its per-thread arenas, mostly keeps.
 
 mod notify;
 
@@ -133,6 +134,11 @@ fn main() -> anyhow::Result<()> {
         return done;
     }
     let args = Args::parse();
+    // Background threads return freed memory to the system. They are started here, for
+    // the daemon only: `forkfile` above must stay single-threaded to enter namespaces.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("stapesd: cannot start the allocator's background threads: {e}");
+    }
     transport::tls::install_default_provider();
     let events = EventHub::new();
     // One filter for the log output and one, alike, for `logging` events: no call site
