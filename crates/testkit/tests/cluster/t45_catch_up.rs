@@ -15,6 +15,17 @@ use crate::{slot, FAST, LONG};
 const RECORD: usize = 512 * 1024;
 
 /// Adds `batches` records through `target`; returns their fingerprints.
+/// The index up to which `member` last purged its Raft log, from its log.
+fn purged_upto(member: &Member) -> u64 {
+    member
+        .log()
+        .lines()
+        .filter(|l| l.contains("raft log purged up to index"))
+        .filter_map(|l| l.split("index=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 async fn grow(member: &Member, batches: std::ops::Range<usize>) -> Vec<String> {
     let target = member.unix();
     let mut added = Vec::new();
@@ -139,8 +150,13 @@ async fn a_member_that_cannot_catch_up_is_shown_lagging_and_not_ready() {
     let leader = c.leader(LONG).await;
     let behind = (leader + 1) % 3;
     c.members[behind].kill9();
-    // More than 16 MiB of log: a snapshot is taken and the log purged.
+    // More than 16 MiB of log: a snapshot is taken and the log purged. The purge runs
+    // after the snapshot is built; a member back before it would just be sent the log.
     grow(&c.members[leader], 0..40).await;
+    eventually(LONG, "the leader purged its log", || async {
+        (purged_upto(&c.members[leader]) >= 40).then_some(())
+    })
+    .await;
     c.members[behind].set_env("STAPES_MAX_SNAPSHOT_SIZE", "1048576");
     c.members[behind].start_again().await;
     let name = format!("node{}", behind + 1);
