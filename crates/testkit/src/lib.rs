@@ -539,26 +539,32 @@ impl Member {
     /// `IP:PORT` (`[IP]:PORT` for IPv6).
     pub async fn listen_on(&mut self, ip: &str) -> String {
         let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("bad IP {ip:?}: {e}"));
-        let port = std::net::TcpListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
-        let addr = std::net::SocketAddr::new(ip, port).to_string();
-        let r = self
-            .unix()
-            .send_json(
-                "PATCH",
-                "/1.0",
-                &serde_json::json!({"config": {"core.https_address": addr}}),
-            )
-            .await
-            .expect("PATCH /1.0");
-        assert_eq!(
-            r.status,
-            200,
-            "setting core.https_address: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        // A port found free may be taken by another test's outgoing connection before the
+        // daemon binds it; a few fresh picks make that race harmless.
+        let mut attempt = 0;
+        let addr = loop {
+            attempt += 1;
+            let port = std::net::TcpListener::bind((ip, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
+            let addr = std::net::SocketAddr::new(ip, port).to_string();
+            let r = self
+                .unix()
+                .send_json(
+                    "PATCH",
+                    "/1.0",
+                    &serde_json::json!({"config": {"core.https_address": addr}}),
+                )
+                .await
+                .expect("PATCH /1.0");
+            let body = String::from_utf8_lossy(&r.body);
+            if r.status == 400 && body.contains("Address already in use") && attempt < 5 {
+                continue;
+            }
+            assert_eq!(r.status, 200, "setting core.https_address: {body}");
+            break addr;
+        };
         self.https = Some(addr.clone());
         addr
     }
