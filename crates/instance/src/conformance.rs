@@ -994,7 +994,16 @@ pub fn t26_exec_terminal_resize_and_interrupt(env: Env) -> BoxFuture<'static, ()
         s.send("exit 4\n").await;
         assert_eq!(step("shell exit", &mut s.exit).await.expect("exit"), 4);
 
-        let mut s = Session::open(&env, "c1", &["sleep", "600"], WindowSize { cols: 80, rows: 24 }).await;
+        // ^C is typed once the command runs, as a user would: a byte sent while the
+        // attach is still setting the terminals up may be taken by the setup instead.
+        let mut s = Session::open(
+            &env,
+            "c1",
+            &["sh", "-c", "echo started; exec sleep 600"],
+            WindowSize { cols: 80, rows: 24 },
+        )
+        .await;
+        s.until("", "started").await;
         let deadline = tokio::time::Instant::now() + STEP;
         let code = loop {
             s.send("\x03").await;
