@@ -32,6 +32,9 @@ use transport::tls::{self, ServerTrust, TlsConnector, MEMBER_SNI};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One call, once connected.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A member connection idle this long is probed (TCP keepalive, three probes a third of
+/// it apart); one that does not answer them is closed.
+pub const MEMBER_KEEPALIVE: Duration = Duration::from_secs(30);
 
 type Sender = SendRequest<Body>;
 
@@ -399,6 +402,14 @@ impl Peers {
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
+        // A member that vanishes without closing (a host gone, a partition) is noticed
+        // on connections that outlive a request: tunnels, which may idle for long.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(MEMBER_KEEPALIVE)
+            .with_interval(MEMBER_KEEPALIVE / 3)
+            .with_retries(3);
+        let sock = socket2::SockRef::from(&tcp);
+        let _ = sock.set_tcp_keepalive(&keepalive);
         let config = tls::client_config(
             ServerTrust::Pinned(fingerprint.to_string()),
             Some((&self.cert_pem, &self.key_pem)),

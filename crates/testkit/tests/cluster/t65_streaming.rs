@@ -36,15 +36,7 @@ async fn two_members(env: &[(&str, &str)]) -> (Cluster, ClientCert) {
     all.extend_from_slice(env);
     let c = Cluster::start_env(2, FAST, &all).await;
     c.wait_healthy(1, LONG).await;
-    let cert = ClientCert::generate("client");
-    c.members[0].trust(&cert).await;
-    for m in &c.members {
-        let t = Target::tls(&m.address().await, Some(&cert));
-        eventually(LONG, "the client trusted everywhere", || async {
-            (t.get("/1.0").await.ok()?.metadata()["auth"] == "trusted").then_some(())
-        })
-        .await;
-    }
+    let cert = crate::trusted_client(&c).await;
     (c, cert)
 }
 
