@@ -103,7 +103,7 @@ pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
 }
 
 /// As [`to_member`], with an explicit bound (an operation wait asks for its own).
-pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Duration) -> Response {
+pub async fn to_member_within(ctx: &Ctx, name: &str, mut req: Request, timeout: Duration) -> Response {
     let state = ctx.store.state();
     let Some(member) = state.members.get(name) else {
         return error_response(&ApiError::not_found_msg("Cluster member not found"));
@@ -114,7 +114,6 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Dura
         )));
     }
     let address = member.address.clone();
-    let mut req = req;
     let upgrade = crate::tunnel::take_upgrade(&mut req);
     let identity = req.extensions().get::<Identity>().cloned();
     let (parts, body) = req.into_parts();
