@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     pub max_snapshot_size: u64,
     /// HTTPS connections held at once for clients (members have places of their own).
     pub max_connections: usize,
+    /// Serves the routes only tests use (`/internal/testing/**`); refused otherwise.
+    pub test_hooks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,8 @@ impl Daemon {
             progress: Default::default(),
             bodies: Default::default(),
             exit_code: Default::default(),
-            finished_ops: Default::default(),
+            ops: crate::ops::Engine::new(events.clone()),
+            test_hooks: config.test_hooks,
             was_listed: Default::default(),
             leader_seen_ms: Default::default(),
             resolver,

@@ -81,6 +81,9 @@ struct Args {
     /// open-files limit when that is smaller.
     #[arg(long, env = "STAPES_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Serves the routes only the test suite uses. Never set it in production.
+    #[arg(long, env = "STAPES_TEST_HOOKS", hide = true)]
+    test_hooks: bool,
 }
 
 /// `stapesd completion SHELL` and `stapesd manpage DIR`, for packaging as `incusd
@@ -175,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             },
             max_snapshot_size: args.max_snapshot_size,
             max_connections: args.max_connections,
+            test_hooks: args.test_hooks,
         };
         let drain = config.drain;
         let daemon = Daemon::start(config, events).await?;

@@ -11,6 +11,7 @@ pub mod not_yet;
 mod operations;
 mod server;
 mod system;
+mod testing;
 mod warnings;
 
 use axum::middleware::from_fn_with_state;
@@ -22,7 +23,11 @@ use crate::context::Ctx;
 use crate::response::{error_response, ApiError};
 
 pub fn router(ctx: Ctx) -> Router {
-    not_yet::add(served())
+    let mut served = served();
+    if ctx.test_hooks {
+        served = served.route("/internal/testing/operations", post(testing::start_operation));
+    }
+    not_yet::add(served)
         .fallback(not_found)
         .method_not_allowed_fallback(not_implemented)
         .layer(from_fn_with_state(ctx.clone(), crate::forward::layer))
@@ -54,6 +59,7 @@ fn served() -> Router<Ctx> {
             get(operations::get).delete(operations::delete),
         )
         .route("/1.0/operations/{id}/wait", get(operations::wait))
+        .route("/1.0/operations/{id}/websocket", get(operations::websocket))
         .route("/1.0/events", get(events::stream))
         .route("/1.0/resources", get(system::resources))
         .route("/1.0/metrics", get(system::metrics))
