@@ -110,6 +110,14 @@ impl Inner {
         self.store.identity().map_or(0, |id| id.id)
     }
 
+    /// This member as operations name it.
+    pub fn here(&self) -> crate::ops::Here {
+        crate::ops::Here {
+            id: self.member_id(),
+            name: self.server_name(),
+        }
+    }
+
     /// This member's name: its cluster name, or the host name while standalone.
     pub fn server_name(&self) -> String {
         match self.store.identity() {

@@ -80,7 +80,7 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 /// answers with), so that waiting on it works. Kept for ten minutes.
 pub fn record_finished(ctx: &Ctx, description: &str) -> Operation {
     ctx.ops
-        .record_finished(ctx.member_id(), description, std::time::Duration::from_secs(600))
+        .record_finished(ctx.here(), description, std::time::Duration::from_secs(600))
 }
 
 /// Starts `run` as a new operation of this member and answers as Incus does: `202`,
@@ -90,7 +90,7 @@ where
     F: FnOnce(crate::ops::Progress) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
-    let op = ctx.ops.start(ctx.member_id(), spec, run);
+    let op = ctx.ops.start(ctx.here(), spec, run);
     crate::response::operation(&op)
 }
 

@@ -159,6 +159,13 @@ pub fn wait_timeout(text: Option<&str>) -> Duration {
         .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
 }
 
+/// The member that runs an operation: its id (0 while standalone) and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Here {
+    pub id: u64,
+    pub name: String,
+}
+
 /// Who started an operation (username and protocol, as Incus compares them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requestor {
@@ -292,14 +299,14 @@ impl Engine {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts `run` as a new operation owned by member `owner`; returns it as it is
+    /// Starts `run` as a new operation of member `here`; returns it as it is
     /// once running (what the 202 answer carries).
-    pub fn start<F, Fut>(&self, owner: u64, spec: Spec, run: F) -> Operation
+    pub fn start<F, Fut>(&self, here: Here, spec: Spec, run: F) -> Operation
     where
         F: FnOnce(Progress) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        let id = fresh_id(owner);
+        let id = fresh_id(here.id);
         let now = time::OffsetDateTime::now_utc();
         let secrets: Vec<(String, String)> = spec
             .websockets
@@ -325,7 +332,7 @@ impl Engine {
             metadata,
             may_cancel: spec.may_cancel,
             err: String::new(),
-            location: self.events.location(),
+            location: here.name.clone(),
         };
         let (cancel, cancel_rx) = watch::channel(false);
         let entry = Entry {
@@ -377,8 +384,8 @@ impl Engine {
 
     /// Records an operation that finished already (what `PUT /1.0/cluster` answers
     /// with), kept for `keep` so that waiting on it works.
-    pub fn record_finished(&self, owner: u64, description: &str, keep: Duration) -> Operation {
-        let id = fresh_id(owner);
+    pub fn record_finished(&self, here: Here, description: &str, keep: Duration) -> Operation {
+        let id = fresh_id(here.id);
         let now = time::OffsetDateTime::now_utc();
         let op = Operation {
             id: id.clone(),
@@ -392,7 +399,7 @@ impl Engine {
             metadata: None,
             may_cancel: false,
             err: String::new(),
-            location: self.events.location(),
+            location: here.name.clone(),
         };
         let mut table = self.lock();
         sweep(&mut table, Instant::now());
@@ -692,6 +699,13 @@ mod tests {
         }
     }
 
+    fn here(id: u64) -> Here {
+        Here {
+            id,
+            name: "node1".into(),
+        }
+    }
+
     fn engine() -> (Engine, crate::events::Subscription) {
         let hub = EventHub::new();
         hub.set_location("node1");
@@ -721,7 +735,7 @@ mod tests {
     async fn t10_a_run_reports_progress_and_succeeds() {
         let (engine, mut sub) = engine();
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let op = engine.start(7, Spec::task("Demo"), |p| async move {
+        let op = engine.start(here(7), Spec::task("Demo"), |p| async move {
             p.extend_metadata([("progress".to_string(), serde_json::json!("50%"))].into());
             let _ = wait.await;
             Ok(())
@@ -742,14 +756,16 @@ mod tests {
     #[tokio::test]
     async fn t20_failure_and_cancel() {
         let (engine, mut sub) = engine();
-        let failed = engine.start(1, Spec::task("Fails"), |_| async { Err("it broke".to_string()) });
+        let failed = engine.start(here(1), Spec::task("Fails"), |_| async {
+            Err("it broke".to_string())
+        });
         let done = engine.wait(&failed.id, Duration::from_secs(10)).await.unwrap();
         assert_eq!((done.status_code, done.err.as_str()), (400, "it broke"));
         assert_eq!(statuses(&mut sub, 400).await, [105, 103, 400]);
 
         let mut spec = Spec::task("Cancellable");
         spec.may_cancel = true;
-        let op = engine.start(1, spec, |p| async move {
+        let op = engine.start(here(1), spec, |p| async move {
             p.cancelled().await;
             Ok(())
         });
@@ -762,7 +778,7 @@ mod tests {
         assert!(engine.cancel(&op.id).is_err());
         assert!(engine.cancel("unknown").is_err());
 
-        let fixed = engine.start(1, Spec::task("Not cancellable"), |_| std::future::pending());
+        let fixed = engine.start(here(1), Spec::task("Not cancellable"), |_| std::future::pending());
         assert_eq!(
             engine.cancel(&fixed.id).unwrap_err().message,
             "This operation can't be cancelled"
@@ -781,8 +797,8 @@ mod tests {
             username: "alice".into(),
             protocol: "tls".into(),
         });
-        let op = engine.start(1, spec, |_| std::future::pending());
-        let other = engine.start(1, Spec::task("Other"), |_| std::future::pending());
+        let op = engine.start(here(1), spec, |_| std::future::pending());
+        let other = engine.start(here(1), Spec::task("Other"), |_| std::future::pending());
         let fds = &op.metadata.as_ref().unwrap()["fds"];
         let secret = fds["0"].as_str().unwrap().to_string();
         assert_eq!(secret.len(), 64);
