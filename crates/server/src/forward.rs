@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Only per-member endpoints honour `target`; on cluster-wide ones it is ignored, as in
-//! Incus.
+//! Incus. A request about one operation goes to the member its id names, `target` or
+//! not ([`operation_owner`]).
 
 use std::time::Duration;
 
