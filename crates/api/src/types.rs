@@ -207,9 +207,11 @@ pub struct WarningPut {
 /// Operation status codes as Incus numbers them.
 pub mod status {
     pub const RUNNING: u16 = 103;
-    pub const CANCELLED: u16 = 104;
+    pub const CANCELLING: u16 = 104;
+    pub const PENDING: u16 = 105;
     pub const SUCCESS: u16 = 200;
     pub const FAILURE: u16 = 400;
+    pub const CANCELLED: u16 = 401;
 
     pub fn name(code: u16) -> &'static str {
         match code {
@@ -217,11 +219,11 @@ pub mod status {
             101 => "Started",
             102 => "Stopped",
             RUNNING => "Running",
-            CANCELLED => "Cancelled",
-            105 => "Pending",
+            CANCELLING => "Cancelling",
+            PENDING => "Pending",
             SUCCESS => "Success",
             FAILURE => "Failure",
-            401 => "Cancelled",
+            CANCELLED => "Cancelled",
             _ => "Unknown",
         }
     }

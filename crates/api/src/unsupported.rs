@@ -226,9 +226,4 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
         "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/state",
         "Storage volumes",
     ),
-    (
-        Methods::All,
-        "/1.0/operations/{id}/websocket",
-        "Operation websockets",
-    ),
 ];

@@ -33,9 +33,8 @@ pub struct Inner {
     pub leader_seen_ms: std::sync::atomic::AtomicU64,
     /// Whether this member has seen itself in the member list since it joined.
     pub was_listed: AtomicBool,
-    /// Operations that finished here, kept a while so they can be waited on.
-    pub finished_ops:
-        std::sync::Mutex<std::collections::HashMap<String, (api::types::Operation, std::time::Instant)>>,
+    /// The operations this member runs (token operations live in the state instead).
+    pub ops: crate::ops::Engine,
     /// The daemon's exit status once it stops (non-zero after a storage failure).
     pub exit_code: std::sync::atomic::AtomicI32,
     /// Request bodies held in memory, over all connections.
@@ -103,6 +102,20 @@ impl Inner {
 
     pub fn conn_handler(&self) -> crate::http::ConnHandler {
         self.handler.get().expect("handler is set at start").clone()
+    }
+
+    /// This member's id (its Raft node id), or 0 while standalone: what operation ids
+    /// carry ([`crate::ops::new_id`]).
+    pub fn member_id(&self) -> u64 {
+        self.store.identity().map_or(0, |id| id.id)
+    }
+
+    /// This member as operations name it.
+    pub fn here(&self) -> crate::ops::Here {
+        crate::ops::Here {
+            id: self.member_id(),
+            name: self.server_name(),
+        }
     }
 
     /// This member's name: its cluster name, or the host name while standalone.

@@ -151,7 +151,7 @@ impl Daemon {
             progress: Default::default(),
             bodies: Default::default(),
             exit_code: Default::default(),
-            finished_ops: Default::default(),
+            ops: crate::ops::Engine::new(events.clone()),
             was_listed: Default::default(),
             leader_seen_ms: Default::default(),
             resolver,

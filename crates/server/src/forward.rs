@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Only per-member endpoints honour `target`; on cluster-wide ones it is ignored, as in
-//! Incus.
+//! Incus. A request about one operation goes to the member its id names, `target` or
+//! not ([`operation_owner`]).
 
 use std::time::Duration;
 
@@ -32,11 +33,47 @@ fn per_member(path: &str) -> bool {
 
 /// The value of `?target=`, if any.
 pub fn target_of(uri: &http::Uri) -> Option<String> {
+    query_value(uri, "target")
+}
+
+/// The (first, non-empty) value of `?key=`.
+fn query_value(uri: &http::Uri, key: &str) -> Option<String> {
     let query = uri.query()?;
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == "target" && !v.is_empty()).then(|| percent_decode(v))
+        (k == key && !v.is_empty()).then(|| percent_decode(v))
     })
+}
+
+/// Where a request about one operation (`/1.0/operations/{id}`, `/wait`, `/websocket`)
+/// goes: the member its id names ([`crate::ops::owner_of`]) when that is another
+/// member, with how long the forwarded call may take (a wait adds its own timeout).
+/// Token operations live in the replicated state: answered here, as is an id that
+/// names no member (404 here).
+fn operation_owner(
+    method: &http::Method,
+    uri: &http::Uri,
+    state: &cluster::State,
+    me: u64,
+) -> Option<(String, Duration)> {
+    let rest = uri.path().strip_prefix("/1.0/operations/")?;
+    let (id, wait) = match rest.split_once('/') {
+        None => (rest, false),
+        Some((id, "wait")) => (id, *method == http::Method::GET),
+        Some((id, "websocket")) => (id, false),
+        Some(_) => return None,
+    };
+    if state.tokens.contains_key(id) {
+        return None;
+    }
+    let owner = crate::ops::owner_of(id).filter(|o| *o != me)?;
+    let member = state.member_by_id(owner)?;
+    let waits = if wait {
+        crate::ops::wait_timeout(query_value(uri, "timeout").as_deref())
+    } else {
+        Duration::ZERO
+    };
+    Some((member.name.clone(), forward_timeout(state) + waits))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -72,6 +109,17 @@ fn percent_decode(s: &str) -> String {
 }
 
 pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    if req.extensions().get::<crate::auth::ViaMember>().is_none() {
+        let state = ctx.store.state();
+        if let Some((owner, bound)) = operation_owner(req.method(), req.uri(), &state, ctx.member_id()) {
+            // Only the websocket is open to the untrusted: everything else is refused
+            // here, without bothering the owner.
+            let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
+            if trusted || req.uri().path().ends_with("/websocket") {
+                return to_member_within(&ctx, &owner, req, bound).await;
+            }
+        }
+    }
     let Some(target) = target_of(req.uri()) else {
         return next.run(req).await;
     };
@@ -190,6 +238,77 @@ mod tests {
         assert_eq!(t("/1.0?target="), None);
         assert_eq!(t("/1.0"), None);
         assert_eq!(t("/1.0?target=%zz"), Some("%zz".into()));
+    }
+
+    #[test]
+    fn operations_go_to_the_member_their_id_names() {
+        let mut state = cluster::State::default();
+        for (name, id) in [("node1", 1), ("node2", 2)] {
+            state.members.insert(
+                name.into(),
+                cluster::Member {
+                    name: name.into(),
+                    id,
+                    address: format!("127.0.0.{id}:8443"),
+                    certificate: String::new(),
+                    fingerprint: String::new(),
+                    description: String::new(),
+                    failure_domain: "default".into(),
+                    architecture: "x86_64".into(),
+                },
+            );
+        }
+        let token_id = crate::ops::new_id(2, 9);
+        state.tokens.insert(
+            token_id.clone(),
+            cluster::Token {
+                id: token_id.clone(),
+                kind: cluster::TokenKind::Join {
+                    server_name: "node3".into(),
+                },
+                secret: String::new(),
+                location: "node2".into(),
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+                expires_at: None,
+            },
+        );
+        let get = http::Method::GET;
+        let at = |method: &http::Method, uri: &str| {
+            operation_owner(method, &uri.parse().unwrap(), &state, 1)
+                .map(|(name, bound)| (name, bound.as_secs()))
+        };
+        let on2 = crate::ops::new_id(2, 1);
+        let base = forward_timeout(&state).as_secs();
+        assert_eq!(
+            at(&get, &format!("/1.0/operations/{on2}")),
+            Some(("node2".into(), base))
+        );
+        assert_eq!(
+            at(&http::Method::DELETE, &format!("/1.0/operations/{on2}")),
+            Some(("node2".into(), base))
+        );
+        assert_eq!(
+            at(&get, &format!("/1.0/operations/{on2}/wait?timeout=30")),
+            Some(("node2".into(), base + 30))
+        );
+        assert_eq!(
+            at(&get, &format!("/1.0/operations/{on2}/websocket?secret=x")),
+            Some(("node2".into(), base))
+        );
+        // Here, a member that does not exist, a token, other paths, malformed ids.
+        assert_eq!(
+            at(&get, &format!("/1.0/operations/{}", crate::ops::new_id(1, 1))),
+            None
+        );
+        assert_eq!(
+            at(&get, &format!("/1.0/operations/{}", crate::ops::new_id(3, 1))),
+            None
+        );
+        assert_eq!(at(&get, &format!("/1.0/operations/{token_id}")), None);
+        assert_eq!(at(&get, &format!("/1.0/operations/{on2}/other")), None);
+        assert_eq!(at(&get, "/1.0/operations"), None);
+        assert_eq!(at(&get, "/1.0/operations/nonsense"), None);
+        assert_eq!(at(&get, &format!("/1.0/instances/{on2}")), None);
     }
 
     #[test]

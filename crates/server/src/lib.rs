@@ -31,6 +31,7 @@ mod membership;
 mod metrics;
 mod oidc;
 mod operations;
+pub mod ops;
 mod peers;
 mod relay;
 mod response;

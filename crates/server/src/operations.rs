@@ -1,6 +1,7 @@
 //! Operations. Pending tokens live in replicated state and are shown as running
 //! `class: token` operations, so a token issued anywhere can be listed, waited on,
-//! revoked and redeemed anywhere, and survives a restart.
+//! revoked and redeemed anywhere, and survives a restart. Everything else runs in
+//! [`crate::ops`], in the memory of the member that started it.
 
 use std::collections::BTreeMap;
 
@@ -78,28 +79,19 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 /// Records an operation that already finished successfully (what `PUT /1.0/cluster`
 /// answers with), so that waiting on it works. Kept for ten minutes.
 pub fn record_finished(ctx: &Ctx, description: &str) -> Operation {
-    let now = time::OffsetDateTime::now_utc();
-    let op = Operation {
-        id: uuid::Builder::from_random_bytes(trust::random_bytes16())
-            .into_uuid()
-            .to_string(),
-        class: "task".into(),
-        description: description.into(),
-        created_at: now,
-        updated_at: now,
-        status: status::name(status::SUCCESS).into(),
-        status_code: status::SUCCESS,
-        resources: None,
-        metadata: None,
-        may_cancel: false,
-        err: String::new(),
-        location: ctx.server_name(),
-    };
-    if let Ok(mut done) = ctx.finished_ops.lock() {
-        done.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(600));
-        done.insert(op.id.clone(), (op.clone(), std::time::Instant::now()));
-    }
-    op
+    ctx.ops
+        .record_finished(ctx.here(), description, std::time::Duration::from_secs(600))
+}
+
+/// Starts `run` as a new operation of this member and answers as Incus does: `202`,
+/// an async envelope naming `/1.0/operations/{id}`, and a `Location` header.
+pub fn start<F, Fut>(ctx: &Ctx, spec: crate::ops::Spec, run: F) -> axum::response::Response
+where
+    F: FnOnce(crate::ops::Progress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let op = ctx.ops.start(ctx.here(), spec, run);
+    crate::response::operation(&op)
 }
 
 /// A new pending token of `kind`, expiring per the configuration key `expiry_key`.

@@ -63,6 +63,7 @@ fn served() -> Router<Ctx> {
             get(operations::get).delete(operations::delete),
         )
         .route("/1.0/operations/{id}/wait", get(operations::wait))
+        .route("/1.0/operations/{id}/websocket", get(operations::websocket))
         .route("/1.0/events", get(events::stream))
         .route("/1.0/resources", get(system::resources))
         .route("/1.0/metrics", get(system::metrics))

@@ -1,22 +1,26 @@
-//! `/1.0/operations`: list, show, wait and cancel.
+//! `/1.0/operations`: list, show, wait, cancel and connect.
+//!
+//! A request about one operation reaches the member that runs it before it gets here
+//! (the forward layer reads the owner from the id); so a handler answers from its own
+//! engine, or from the replicated state for token operations, and 404s otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use api::types::{status, Operation};
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use trust::Identity;
 
 use crate::auth::require_full;
 use crate::context::Ctx;
 use crate::operations::{finished, token_operation};
+use crate::ops::{wait_timeout, Refusal, Requestor};
 use crate::response::{recursion, sync, ApiError, Result};
 
-/// The longest a single `wait` may block.
-const MAX_WAIT: Duration = Duration::from_secs(3600);
-
+/// The token operations (anywhere) and this member's own.
 fn all(ctx: &Ctx) -> Vec<Operation> {
     let addresses = ctx.addresses();
     let mut ops: Vec<Operation> = ctx
@@ -26,67 +30,32 @@ fn all(ctx: &Ctx) -> Vec<Operation> {
         .values()
         .map(|t| token_operation(ctx, t, &addresses))
         .collect();
-    if let Ok(done) = ctx.finished_ops.lock() {
-        ops.extend(done.values().map(|(op, _)| op.clone()));
-    }
+    ops.extend(ctx.ops.list());
     ops
 }
 
-/// Answers a request about an operation this member does not have by asking the
-/// others, unless the request already came from a member.
-async fn elsewhere(
-    ctx: &Ctx,
-    via: bool,
-    req: axum::extract::Request,
-    wait: Option<Duration>,
-) -> Result<Response> {
-    if via || !ctx.store.clustered() {
-        return Err(not_found());
-    }
+fn token(ctx: &Ctx, id: &str) -> Option<Operation> {
     let state = ctx.store.state();
-    let me = ctx.server_name();
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, crate::response::MAX_BODY)
-        .await
-        .unwrap_or_default();
-    for m in state.members.values().filter(|m| m.name != me) {
-        if !crate::membership::is_online(ctx, &state, &m.name) {
-            continue;
-        }
-        let mut again =
-            axum::extract::Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()));
-        if let Some(id) = parts.extensions.get::<Identity>() {
-            again.extensions_mut().insert(id.clone());
-        }
-        let bound = crate::forward::forward_timeout(&state) + wait.unwrap_or_default();
-        let resp = crate::forward::to_member_within(ctx, &m.name, again, bound).await;
-        if resp.status() != http::StatusCode::NOT_FOUND {
-            return Ok(resp);
-        }
-    }
-    Err(not_found())
-}
-
-fn find(ctx: &Ctx, id: &str) -> Option<Operation> {
-    let state = ctx.store.state();
-    if let Some(token) = state.tokens.get(id) {
-        return Some(token_operation(ctx, token, &ctx.addresses()));
-    }
-    ctx.finished_ops.lock().ok()?.get(id).map(|(op, _)| op.clone())
+    state
+        .tokens
+        .get(id)
+        .map(|token| token_operation(ctx, token, &ctx.addresses()))
 }
 
 fn not_found() -> crate::response::Error {
     ApiError::not_found_msg("Operation not found").into()
 }
 
-/// Operations that live only in other members' memory (not tokens: those are shared).
-async fn others(ctx: &Ctx) -> Vec<Operation> {
+/// Operations that live only in other members' memory (not tokens: those are shared),
+/// from the online members `wanted` accepts.
+async fn others(ctx: &Ctx, wanted: impl Fn(&str) -> bool) -> Vec<Operation> {
     let state = ctx.store.state();
     let me = ctx.server_name();
+    let timeout = crate::forward::forward_timeout(&state);
     let calls = state
         .members
         .values()
-        .filter(|m| m.name != me && crate::membership::is_online(ctx, &state, &m.name))
+        .filter(|m| m.name != me && wanted(&m.name) && crate::membership::is_online(ctx, &state, &m.name))
         .map(|m| {
             let peers = ctx.peers.clone();
             let address = m.address.clone();
@@ -96,7 +65,7 @@ async fn others(ctx: &Ctx) -> Vec<Operation> {
                     .header(crate::auth::FWD_USERNAME, "cluster")
                     .body(http_body_util::Full::new(bytes::Bytes::new()))
                     .ok()?;
-                let resp = peers.send(&address, req, OTHERS_TIMEOUT).await.ok()?;
+                let resp = peers.send(&address, req, timeout).await.ok()?;
                 let env: api::Envelope = serde_json::from_slice(resp.body()).ok()?;
                 let map: BTreeMap<String, Vec<Operation>> = serde_json::from_value(env.metadata).ok()?;
                 Some(
@@ -115,9 +84,7 @@ async fn others(ctx: &Ctx) -> Vec<Operation> {
         .collect()
 }
 
-/// How long a listing waits for another member's operations.
-const OTHERS_TIMEOUT: Duration = Duration::from_secs(1);
-
+/// Every member's operations (scatter/gather), or one member's with `?target=`.
 pub async fn list(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
@@ -125,13 +92,22 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     require_full(&id)?;
-    let mut by_status: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    let full = recursion(&q);
+    let target = q.get("target").filter(|t| !t.is_empty());
+    if let Some(t) = target {
+        if ctx.store.clustered() && !ctx.store.state().members.contains_key(t) {
+            return Err(ApiError::not_found_msg("Cluster member not found").into());
+        }
+    }
     let mut ops = all(&ctx);
     if via.is_none() && ctx.store.clustered() {
-        ops.extend(others(&ctx).await);
+        ops.extend(others(&ctx, |name| target.is_none_or(|t| t == name)).await);
     }
-    for op in ops {
+    let full = recursion(&q);
+    let mut by_status: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for op in ops
+        .into_iter()
+        .filter(|o| target.is_none_or(|t| *t == o.location))
+    {
         let entry = if full {
             serde_json::to_value(&op).expect("operations serialize")
         } else {
@@ -145,32 +121,36 @@ pub async fn list(
 pub async fn get(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
-    via: Option<Extension<crate::auth::ViaMember>>,
     Path(op_id): Path<String>,
-    req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
-    match find(&ctx, &op_id) {
-        Some(op) => Ok(sync(op)),
-        None => elsewhere(&ctx, via.is_some(), req, None).await,
-    }
+    let op = token(&ctx, &op_id)
+        .or_else(|| ctx.ops.get(&op_id))
+        .ok_or_else(not_found)?;
+    Ok(sync(op))
 }
 
 /// Blocks until the operation ends or `timeout` seconds pass (-1 or absent: no limit
-/// but [`MAX_WAIT`]). A token ends when it is used or revoked.
+/// but [`crate::ops::MAX_WAIT`]). A token ends when it is used or revoked.
 pub async fn wait(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
-    via: Option<Extension<crate::auth::ViaMember>>,
     Path(op_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    req: axum::extract::Request,
 ) -> Result<Response> {
     require_full(&id)?;
     let timeout = wait_timeout(q.get("timeout").map(String::as_str));
-    let Some(mut op) = find(&ctx, &op_id) else {
-        return elsewhere(&ctx, via.is_some(), req, Some(timeout)).await;
+    if ctx.ops.contains(&op_id) {
+        let op = ctx.ops.wait(&op_id, timeout).await.ok_or_else(not_found)?;
+        return Ok(sync(op));
+    }
+    let Some(op) = token(&ctx, &op_id) else {
+        return Err(not_found());
     };
+    wait_token(&ctx, op, timeout).await
+}
+
+async fn wait_token(ctx: &Ctx, mut op: Operation, timeout: Duration) -> Result<Response> {
     if op.status_code != status::RUNNING {
         return Ok(sync(op));
     }
@@ -180,21 +160,12 @@ pub async fn wait(
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Err(_) => return Ok(sync(op)),
             Ok(Err(_)) => return Err(ApiError::unavailable("Shutting down").into()),
-            Ok(Ok(())) => match find(&ctx, &op_id) {
+            Ok(Ok(())) => match token(ctx, &op.id) {
                 Some(current) => op = current,
                 None => return Ok(sync(finished(op, status::SUCCESS))),
             },
         }
     }
-}
-
-/// `?timeout=` in seconds, bounded by [`MAX_WAIT`]: absent, negative (Incus's -1 is
-/// "no limit"), not a number or too large to represent all mean [`MAX_WAIT`].
-fn wait_timeout(text: Option<&str>) -> Duration {
-    text.and_then(|t| t.trim().parse::<f64>().ok())
-        .filter(|t| *t >= 0.0)
-        .and_then(|t| Duration::try_from_secs_f64(t).ok())
-        .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
 }
 
 pub async fn delete(
@@ -203,7 +174,18 @@ pub async fn delete(
     Path(op_id): Path<String>,
 ) -> Result<Response> {
     require_full(&id)?;
-    let op = find(&ctx, &op_id).ok_or_else(not_found)?;
+    if ctx.ops.contains(&op_id) {
+        ctx.ops.cancel(&op_id)?;
+        tracing::info!(operation = %op_id, by = %id.username, "operation cancelled");
+        ctx.events.lifecycle(
+            "operation-cancelled",
+            &format!("/1.0/operations/{op_id}"),
+            Some(&id),
+            None,
+        );
+        return Ok(sync(serde_json::json!({})));
+    }
+    let op = token(&ctx, &op_id).ok_or_else(not_found)?;
     ctx.store
         .apply(cluster::Command::DeleteToken {
             token_id: op_id.clone(),
@@ -221,27 +203,42 @@ pub async fn delete(
     Ok(sync(serde_json::json!({})))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_timeouts_are_bounded_whatever_is_asked() {
-        assert_eq!(wait_timeout(Some("1.5")), Duration::from_millis(1500));
-        assert_eq!(wait_timeout(Some("0")), Duration::ZERO);
-        for text in [
-            None,
-            Some("-1"),
-            Some("1e20"),
-            Some("1e308"),
-            Some("inf"),
-            Some("NaN"),
-            Some("-inf"),
-            Some("soon"),
-            Some(""),
-            Some("3601"),
-        ] {
-            assert_eq!(wait_timeout(text), MAX_WAIT, "{text:?}");
-        }
+/// `GET /1.0/operations/{id}/websocket?secret=`: reachable without trust; the secret
+/// (and, when the operation names one, the requestor) is the capability.
+pub async fn websocket(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(op_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response> {
+    let secret = q.get("secret").map(String::as_str).unwrap_or_default();
+    if secret.is_empty() {
+        return Err(ApiError::bad_request("Missing websocket secret").into());
     }
+    let caller = Requestor::of(&id);
+    let refused = |r: Refusal| -> crate::response::Error {
+        match r {
+            Refusal::NotFound => not_found(),
+            Refusal::RequestorMismatch => ApiError::new(403, "Requestor mismatch").into(),
+            Refusal::Forbidden => ApiError::forbidden().into(),
+            Refusal::Conflict(why) => ApiError::bad_request(why).into(),
+        }
+    };
+    let Ok(upgrade) = upgrade else {
+        // Checked all the same, so a plain GET learns no more than an upgrade would.
+        ctx.ops
+            .check_websocket(&op_id, secret, &caller)
+            .map_err(refused)?;
+        return Err(ApiError::bad_request("Expected a websocket").into());
+    };
+    let (fd, connect) = ctx
+        .ops
+        .claim_websocket(&op_id, secret, &caller)
+        .map_err(refused)?;
+    tracing::debug!(operation = %op_id, fd = %fd, "operation websocket connected");
+    Ok(upgrade
+        .max_message_size(1024 * 1024)
+        .on_upgrade(move |socket| connect(fd, socket))
+        .into_response())
 }

@@ -1,4 +1,5 @@
-//! `/internal/test/*`: routes that stream, for the integration tests of forwarding. They
+//! `/internal/test/*`: routes the integration tests drive what no real handler does yet
+//! with: bodies that stream through forwarding, and operations. They
 //! exist only when the daemon runs with `--test-routes` (the test harness passes it);
 //! otherwise these paths are unknown (404). Each requires a trusted caller.
 //!
@@ -9,23 +10,28 @@
 //!   sender slowed by its receiver stops counting).
 //! - `GET echo`: a websocket that first says who the caller is (as this member sees it),
 //!   then echoes every message with its type.
+//! - `POST operations`: starts a demo operation (steps of progress, holding until
+//!   cancelled, failing, echo websockets), answered as Incus answers any operation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::extract::{Query, Request};
+use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use trust::Identity;
 
 use crate::auth::require_full;
 use crate::context::Ctx;
-use crate::response::{error_response, sync, ApiError, Result};
+use crate::ops::{Class, Requestor, Spec};
+use crate::response::{error_response, parse_json, sync, ApiError, Result};
 
 pub const SINK: &str = "/internal/test/sink";
 
@@ -39,6 +45,7 @@ pub fn add(router: Router<Ctx>) -> Router<Ctx> {
         .route("/internal/test/source", get(source))
         .route("/internal/test/produced", get(produced))
         .route("/internal/test/echo", get(echo))
+        .route("/internal/test/operations", post(start_operation))
 }
 
 async fn sink(Extension(id): Extension<Identity>, req: Request) -> Result<Response> {
@@ -131,4 +138,86 @@ async fn echo(
             }
         })
         .into_response())
+}
+
+/// What a demo operation does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Demo {
+    #[serde(default = "demo_description")]
+    description: String,
+    /// Progress steps, each reported in the metadata, `step_ms` apart.
+    #[serde(default)]
+    steps: u32,
+    #[serde(default)]
+    step_ms: u64,
+    /// Runs until cancelled (after its steps).
+    #[serde(default)]
+    hold: bool,
+    /// Ends in Failure with this `err`.
+    #[serde(default)]
+    fail: Option<String>,
+    #[serde(default)]
+    may_cancel: bool,
+    /// Websocket fds (echoed); `requestor` binds them to the caller.
+    #[serde(default)]
+    websockets: Vec<String>,
+    #[serde(default)]
+    requestor: bool,
+    #[serde(default)]
+    resources: Option<BTreeMap<String, Option<Vec<String>>>>,
+}
+
+fn demo_description() -> String {
+    "Demo operation".into()
+}
+
+/// `POST /internal/test/operations`: starts a demo operation, answered as Incus
+/// answers any operation (202, async envelope, `Location`).
+async fn start_operation(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_full(&id)?;
+    let demo: Demo = parse_json(&body)?;
+    let steps = demo.steps.min(10_000);
+    let step = Duration::from_millis(demo.step_ms.min(60_000));
+    let mut spec = Spec::task(&demo.description);
+    spec.may_cancel = demo.may_cancel;
+    spec.resources = demo.resources;
+    if !demo.websockets.is_empty() {
+        spec.class = Class::Websocket;
+        spec.websockets = demo.websockets;
+        spec.connect = Some(std::sync::Arc::new(|_fd, mut socket| {
+            Box::pin(async move {
+                while let Some(Ok(msg)) = socket.next().await {
+                    if matches!(msg, Message::Close(_)) || socket.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        }));
+        spec.requestor = demo.requestor.then(|| Requestor::of(&id));
+    }
+    let (hold, fail) = (demo.hold, demo.fail);
+    Ok(crate::operations::start(&ctx, spec, move |progress| async move {
+        for i in 1..=steps {
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = progress.cancelled() => return Ok(()),
+            }
+            progress.extend_metadata(
+                [(
+                    "progress".to_string(),
+                    serde_json::json!({ "stage": "demo", "percent": (i * 100 / steps).to_string() }),
+                )]
+                .into(),
+            );
+        }
+        if hold {
+            progress.cancelled().await;
+        }
+        fail.map_or(Ok(()), Err)
+    }))
 }

@@ -14,6 +14,7 @@ mod t50_membership;
 mod t55_logs;
 mod t55_removed_member;
 mod t60_any_member;
+mod t65_operations;
 mod t65_streaming;
 mod t70_certificate;
 mod t80_acme;

@@ -39,9 +39,11 @@ async fn t55_an_idle_follower_logs_no_member_traffic_at_info() {
     c.members[leader].trust(&cert).await;
     let addr = c.members[leader].address().await;
     let client = Target::tls(&addr, Some(&cert));
-    let r = eventually(LONG, "a forwarded request", || async {
+    // The follower may not have applied the trust yet: until then it answers the
+    // forwarded client as a stranger (no `environment`).
+    let r = eventually(LONG, "a forwarded request, trusted on the follower", || async {
         let r = client.get(&format!("/1.0?target={name}")).await.ok()?;
-        (r.status == 200).then_some(r)
+        (r.status == 200 && r.metadata()["auth"] == "trusted").then_some(r)
     })
     .await;
     assert_eq!(r.metadata()["environment"]["server_name"], json!(name));
