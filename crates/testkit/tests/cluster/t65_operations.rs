@@ -389,6 +389,39 @@ async fn t90_untrusted_callers_reach_only_the_websocket_with_its_secret() {
         .await
         .expect("the requestor connects");
     echoes(&mut ws).await;
+
+    // Through members that do not run the operation, carried to its owner: the other fd
+    // with its secret, and the bound one, whose requestor is still told apart.
+    let other = start(
+        &t[0],
+        json!({"websockets": ["0"], "hold": true, "requestor": true}),
+    )
+    .await;
+    let path = format!(
+        "/1.0/operations/{}/websocket?secret={}",
+        other["id"].as_str().unwrap(),
+        other["metadata"]["fds"]["0"].as_str().unwrap()
+    );
+    let a2 = c.members[1].address().await;
+    let a3 = c.members[2].address().await;
+    let control = open["metadata"]["fds"]["control"].as_str().unwrap();
+    let mut ws = websocket(
+        &a2,
+        None,
+        &format!("/1.0/operations/{id}/websocket?secret={control}"),
+    )
+    .await
+    .expect("the right secret opens the websocket through another member");
+    echoes(&mut ws).await;
+    let r = Target::tls(&a3, None).get(&path).await.unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (403, Some("Requestor mismatch"))
+    );
+    let mut ws = websocket(&a3, Some(&cert), &path)
+        .await
+        .expect("the requestor connects through another member");
+    echoes(&mut ws).await;
 }
 
 /// Without `--test-routes` the demo route does not exist.
