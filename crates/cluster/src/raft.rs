@@ -1128,9 +1128,12 @@ mod tests {
         let mut log = LogStore::open(db, Default::default()).unwrap();
         let big = |i: u64| Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-            payload: EntryPayload::Normal(Command::SetConfig {
-                changes: [("k".to_string(), "x".repeat(APPEND_BUDGET / 3))].into(),
-            }),
+            payload: EntryPayload::Normal(
+                crate::ConfigCommand::SetConfig {
+                    changes: [("k".to_string(), "x".repeat(APPEND_BUDGET / 3))].into(),
+                }
+                .into(),
+            ),
         };
         let txn = log.db.begin_write().unwrap();
         {
@@ -1148,9 +1151,12 @@ mod tests {
         // One entry larger than the budget still goes, alone.
         let huge = Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 11),
-            payload: EntryPayload::Normal(Command::SetConfig {
-                changes: [("k".to_string(), "x".repeat(3 * APPEND_BUDGET))].into(),
-            }),
+            payload: EntryPayload::Normal(
+                crate::ConfigCommand::SetConfig {
+                    changes: [("k".to_string(), "x".repeat(3 * APPEND_BUDGET))].into(),
+                }
+                .into(),
+            ),
         };
         let txn = log.db.begin_write().unwrap();
         txn.open_table(LOG)

@@ -244,7 +244,8 @@ impl Store {
     }
 
     /// Applies a command durably; returns once it is visible to readers here.
-    pub async fn apply(&self, cmd: Command) -> Result<Arc<State>, StoreError> {
+    pub async fn apply(&self, cmd: impl Into<Command>) -> Result<Arc<State>, StoreError> {
+        let cmd = cmd.into();
         match self.raft.load_full() {
             Some(node) => {
                 self.lead(&node, LeaderRequest::Command(cmd)).await?;
@@ -446,6 +447,7 @@ impl Store {
         seed.certificates
             .insert(member.fingerprint.clone(), member.server_certificate());
         seed.members = [(member.name.clone(), member.clone())].into();
+        seed.adopt_standalone(member.id);
         seed.cluster_certificate = Some(cluster_cert);
         let node = self.start_raft(member.id, seed.clone()).await?;
         node.raft
@@ -743,9 +745,10 @@ mod tests {
     }
 
     fn set(k: &str, v: &str) -> Command {
-        Command::SetConfig {
+        crate::ConfigCommand::SetConfig {
             changes: [(k.to_string(), v.to_string())].into(),
         }
+        .into()
     }
 
     #[tokio::test]
@@ -775,7 +778,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Arc::new(NoNet)).await.unwrap();
         let err = store
-            .apply(Command::DeleteCertificate {
+            .apply(crate::TrustCommand::DeleteCertificate {
                 fingerprint: "nope".into(),
             })
             .await

@@ -205,7 +205,7 @@ pub async fn delete(
     require_full(&id)?;
     let op = find(&ctx, &op_id).ok_or_else(not_found)?;
     ctx.store
-        .apply(cluster::Command::DeleteToken {
+        .apply(cluster::TokenCommand::DeleteToken {
             token_id: op_id.clone(),
             how: cluster::Spent::Revoked,
         })
