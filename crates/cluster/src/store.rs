@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   standalone: apply ─> State::apply on a copy ─> append to local log (fsync) ─> publish
-//!   clustered : apply ─> leader? raft.client_write : Rpc::call(leader, Write)
+//!   clustered : apply ─> leader? RaftNode::lead   : Rpc::call(leader, Write)
 //!                        └─> committed on a quorum ─> every member's state machine ─> publish
 //! ```
 //!
