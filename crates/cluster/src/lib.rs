@@ -6,7 +6,8 @@
 //!                                                         └──> publish Arc<State> (readers)
 //! ```
 //!
-//! Every change of shared state is a [`Command`]. [`state::State::apply`] is pure and
+//! Every change of shared state is a [`Command`], grouped by domain (trust, tokens,
+//! members, config, warnings; see [`state`]). [`state::State::apply`] is pure and
 //! deterministic: the same commands in the same order give the same state on every
 //! member, which is what lets a consensus log replicate it. The store keeps a log of
 //! applied commands plus a snapshot, like a Raft log, so a crash at any point replays to
@@ -21,5 +22,8 @@ pub mod state;
 pub mod store;
 
 pub use command::Command;
-pub use state::{Member, Spent, State, StateError, Token, TokenKind, TokenRefusal};
+pub use state::{
+    ConfigCommand, Member, MemberCommand, MemberId, Spent, State, StateError, Token, TokenCommand, TokenKind,
+    TokenRefusal, TrustCommand, Warning, WarningCommand,
+};
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

@@ -8,7 +8,13 @@
 //!                                                 └─> publish Arc<State>
 //! ```
 //!
-//! Architecture invariant: this module is the only place that names openraft types.
+//! The rest of the crate sees [`RaftNode`] (start, lead a write or a membership change,
+//! wait for an index to be applied, view, snapshot, stop), [`RaftView`], the [`Rpc`]
+//! transport and the streamed [`SnapshotReceiver`]; openraft's handle, type
+//! configuration and storage traits stay private here.
+//!
+//! Architecture invariant: this module is the only place that names openraft types or
+//! calls openraft's methods.
 
 // openraft's trait signatures fix the (large) storage error type; boxing it here
 // would only add conversions at every call.
@@ -24,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use openraft::error::{
@@ -44,11 +51,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use crate::store::{LeaderReply, LeaderRequest};
 use crate::{Command, State, StateError};
 
 openraft::declare_raft_types!(
     /// The Raft types of stapes.
-    pub TypeConfig:
+    TypeConfig:
         D = Command,
         R = Result<(), StateError>,
         NodeId = u64,
@@ -58,7 +66,7 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
+type Raft = openraft::Raft<TypeConfig>;
 type NodeId = u64;
 type SError = StorageError<NodeId>;
 
@@ -124,7 +132,7 @@ fn read_err(e: impl std::error::Error + 'static) -> SError {
 
 /// The Raft log and vote, in redb.
 #[derive(Clone)]
-pub struct LogStore {
+struct LogStore {
     db: Arc<Database>,
     growth: Arc<LogGrowth>,
 }
@@ -341,7 +349,7 @@ impl Drop for SnapshotFile {
 /// Snapshots as files: `current` is the one in force; a new one is written under a
 /// temporary name, fsynced, and renamed over it, so a crash leaves the old snapshot or
 /// the new one, never half of one. Only a newer snapshot replaces `current`.
-pub struct SnapshotDir {
+struct SnapshotDir {
     dir: PathBuf,
     /// The meta of `current`, held while it is replaced or opened so the two agree.
     current: std::sync::Mutex<Option<SnapshotMeta<NodeId, BasicNode>>>,
@@ -465,7 +473,7 @@ async fn blocking<T: Send + 'static>(
 /// snapshot once they pass [`SNAPSHOT_AFTER_BYTES`]: a state of large records reaches a
 /// snapshot (and a purged log) long before the entry-count policy would.
 #[derive(Default)]
-pub struct LogGrowth {
+struct LogGrowth {
     bytes: AtomicU64,
     due: tokio::sync::Notify,
 }
@@ -488,7 +496,7 @@ impl LogGrowth {
 
 /// Takes a snapshot whenever [`LogGrowth`] says one is due, then purges the log up to
 /// it. Runs until stopped.
-pub async fn snapshot_on_growth(raft: Raft, growth: Arc<LogGrowth>) {
+async fn snapshot_on_growth(raft: Raft, growth: Arc<LogGrowth>) {
     loop {
         growth.due.notified().await;
         if let Some(index) = compact(&raft).await {
@@ -502,7 +510,7 @@ pub async fn snapshot_on_growth(raft: Raft, growth: Arc<LogGrowth>) {
 
 /// Takes a snapshot of everything applied so far and purges the log it covers. Bounded;
 /// `None` when it did not happen (it is then done on a later occasion).
-pub async fn compact(raft: &Raft) -> Option<u64> {
+async fn compact(raft: &Raft) -> Option<u64> {
     let applied = raft.metrics().borrow().last_applied?;
     raft.trigger().snapshot().await.ok()?;
     raft.wait(Some(std::time::Duration::from_secs(300)))
@@ -519,7 +527,7 @@ pub async fn compact(raft: &Raft) -> Option<u64> {
 /// The state machine: the replicated [`State`], published to readers after every
 /// applied batch, and snapshots kept as files.
 #[derive(Clone)]
-pub struct StateMachine {
+struct StateMachine {
     snapshots: Arc<SnapshotDir>,
     growth: Arc<LogGrowth>,
     inner: Arc<tokio::sync::Mutex<SmInner>>,
@@ -745,11 +753,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// Creates network clients over the [`Rpc`] transport.
-pub struct Network {
-    pub rpc: Arc<dyn Rpc>,
+struct Network {
+    rpc: Arc<dyn Rpc>,
 }
 
-pub struct NetworkClient {
+struct NetworkClient {
     target: NodeId,
     address: String,
     rpc: Arc<dyn Rpc>,
@@ -945,7 +953,7 @@ pub struct SnapshotReceiver {
 }
 
 impl SnapshotReceiver {
-    pub(crate) fn new(raft: Raft, limit: u64, pauses: Arc<std::sync::Mutex<usize>>) -> Self {
+    fn new(raft: Raft, limit: u64, pauses: Arc<std::sync::Mutex<usize>>) -> Self {
         SnapshotReceiver {
             _pause: ElectionPause::new(raft.clone(), pauses),
             raft,
@@ -1051,7 +1059,7 @@ impl SnapshotReceiver {
 
 /// Raft timing: heartbeats every 100 ms and elections after 400-800 ms of silence, so
 /// a lost leader is replaced well within 2 s.
-pub fn config() -> Arc<openraft::Config> {
+fn config() -> Arc<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "stapes".into(),
         heartbeat_interval: 100,
@@ -1066,7 +1074,7 @@ pub fn config() -> Arc<openraft::Config> {
 }
 
 /// Handles a Raft RPC arriving from another member; returns the JSON reply.
-pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8]) -> Result<Vec<u8>, String> {
+async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8]) -> Result<Vec<u8>, String> {
     fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
         serde_json::to_vec(v).map_err(|e| e.to_string())
     }
@@ -1094,7 +1102,7 @@ pub struct RaftView {
 }
 
 impl RaftView {
-    pub fn of(raft: &Raft) -> RaftView {
+    fn of(raft: &Raft) -> RaftView {
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         RaftView {
@@ -1112,10 +1120,181 @@ impl RaftView {
     }
 }
 
-pub use openraft::ChangeMembers;
-pub type ClientWriteError = RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>;
-pub use openraft::error::ClientWriteError as WriteError;
-pub use openraft::BasicNode as Node;
+/// A running Raft node, as the store sees it: the façade over openraft's handle, so that
+/// no other module calls openraft's methods or names its types.
+pub struct RaftNode {
+    raft: Raft,
+    id: NodeId,
+    /// Takes snapshots when the log grows large; stopped with the node.
+    compactor: tokio::task::JoinHandle<()>,
+}
+
+/// Why a Raft node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("Raft failed to start: {0}")]
+    Raft(String),
+}
+
+impl From<redb::Error> for StartError {
+    fn from(e: redb::Error) -> Self {
+        StartError::Open(OpenError::Db(e))
+    }
+}
+
+impl RaftNode {
+    /// Starts node `id` on the log in `db` and the snapshots in `snapshot_dir`, from the
+    /// last snapshot or else from `base`; every applied batch is published to
+    /// `published` and counted on `changed`.
+    pub async fn start(
+        id: NodeId,
+        db: Arc<Database>,
+        snapshot_dir: PathBuf,
+        base: State,
+        published: Arc<ArcSwap<State>>,
+        changed: watch::Sender<u64>,
+        rpc: Arc<dyn Rpc>,
+    ) -> Result<RaftNode, StartError> {
+        let growth = Arc::new(LogGrowth::default());
+        let log = LogStore::open(db.clone(), growth.clone())?;
+        let sm = StateMachine::open(db, snapshot_dir, growth.clone(), base, published, changed)?;
+        let raft = Raft::new(id, config(), Network { rpc }, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let compactor = tokio::spawn(snapshot_on_growth(raft.clone(), growth));
+        Ok(RaftNode { raft, id, compactor })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The cluster as this node sees it now.
+    pub fn view(&self) -> RaftView {
+        RaftView::of(&self.raft)
+    }
+
+    /// How long ago (ms) a majority last acknowledged this node as leader, if it leads.
+    fn quorum_age(&self) -> Option<u64> {
+        self.raft.metrics().borrow().millis_since_quorum_ack
+    }
+
+    /// On the leader: whether a majority has acknowledged it within `ms` milliseconds.
+    pub fn has_quorum_within(&self, ms: u64) -> bool {
+        self.quorum_age().is_some_and(|age| age <= ms)
+    }
+
+    /// Why Raft has stopped for good (its storage failed), if it has.
+    pub fn failure(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.running_state.err().map(|e| e.to_string())
+    }
+
+    /// Waits until this node has applied the log up to `index`, within `timeout`.
+    pub async fn wait_applied(
+        &self,
+        index: Option<u64>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), String> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(index, what)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// After a restart: waits (within `timeout`) until the log it had is applied.
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        let last = self.raft.metrics().borrow().last_log_index;
+        let _ = self.wait_applied(last, timeout, "replay").await;
+    }
+
+    /// Makes this node a one-member cluster reachable at `address`, and waits (within
+    /// `timeout`) until it leads it.
+    pub async fn initialize(&self, address: &str, timeout: Duration) -> Result<(), String> {
+        self.raft
+            .initialize(BTreeMap::from([(self.id, BasicNode::new(address))]))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.raft
+            .wait(Some(timeout))
+            .current_leader(self.id, "own leadership")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs `req` as the leader, within `timeout`: a command through the log, or a
+    /// membership change. Refuses when this node is not the leader, or (with other
+    /// voters) has not heard from a majority within `quorum_ms`.
+    pub async fn lead(&self, req: LeaderRequest, timeout: Duration, quorum_ms: u64) -> LeaderReply {
+        let view = self.view();
+        if !view.is_leader() {
+            return LeaderReply::Unavailable("this member is not the leader".into());
+        }
+        if view.voters.len() > 1 && !self.has_quorum_within(quorum_ms) {
+            return LeaderReply::Unavailable("the leader has lost contact with a majority of members".into());
+        }
+        let raft = &self.raft;
+        let write = async {
+            match req {
+                LeaderRequest::Command(cmd) => raft.client_write(cmd).await.map(|r| (r.log_id.index, r.data)),
+                LeaderRequest::AddLearner { id, address } => raft
+                    .add_learner(id, BasicNode::new(address), false)
+                    .await
+                    .map(|r| (r.log_id.index, Ok(()))),
+                LeaderRequest::SetVoters { ids } => raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(ids), true)
+                    .await
+                    .map(|r| (r.log_id.index, Ok(()))),
+                LeaderRequest::RemoveNode { id } => {
+                    let mut voters = view.voters.clone();
+                    if voters.remove(&id) {
+                        raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+                            .await?;
+                    }
+                    raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                        .await
+                        .map(|r| (r.log_id.index, Ok(())))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Err(_) => LeaderReply::Unavailable("timed out waiting for a majority of members".into()),
+            Ok(Err(e)) => LeaderReply::Unavailable(e.to_string()),
+            Ok(Ok((_, Err(e)))) => LeaderReply::State(e),
+            Ok(Ok((index, Ok(())))) => LeaderReply::Done { index },
+        }
+    }
+
+    /// Takes a snapshot of everything applied and purges the log it covers (bounded).
+    pub async fn compact(&self) -> Option<u64> {
+        compact(&self.raft).await
+    }
+
+    /// Handles a Raft RPC from another member; returns the JSON reply.
+    pub async fn serve_rpc(&self, kind: RpcKind, body: &[u8]) -> Result<Vec<u8>, String> {
+        serve_rpc(&self.raft, kind, body).await
+    }
+
+    /// Starts receiving a snapshot streamed by the leader, of at most `limit` bytes;
+    /// `pauses` counts the receptions under way (no elections meanwhile).
+    pub fn receive_snapshot(&self, limit: u64, pauses: Arc<std::sync::Mutex<usize>>) -> SnapshotReceiver {
+        SnapshotReceiver::new(self.raft.clone(), limit, pauses)
+    }
+
+    /// Stops the node.
+    pub async fn shutdown(&self) {
+        self.compactor.abort();
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+type ChangeMembers = openraft::ChangeMembers<NodeId, BasicNode>;
 
 #[cfg(test)]
 mod tests {
@@ -1128,9 +1307,12 @@ mod tests {
         let mut log = LogStore::open(db, Default::default()).unwrap();
         let big = |i: u64| Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-            payload: EntryPayload::Normal(Command::SetConfig {
-                changes: [("k".to_string(), "x".repeat(APPEND_BUDGET / 3))].into(),
-            }),
+            payload: EntryPayload::Normal(
+                crate::ConfigCommand::SetConfig {
+                    changes: [("k".to_string(), "x".repeat(APPEND_BUDGET / 3))].into(),
+                }
+                .into(),
+            ),
         };
         let txn = log.db.begin_write().unwrap();
         {
@@ -1148,9 +1330,12 @@ mod tests {
         // One entry larger than the budget still goes, alone.
         let huge = Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 11),
-            payload: EntryPayload::Normal(Command::SetConfig {
-                changes: [("k".to_string(), "x".repeat(3 * APPEND_BUDGET))].into(),
-            }),
+            payload: EntryPayload::Normal(
+                crate::ConfigCommand::SetConfig {
+                    changes: [("k".to_string(), "x".repeat(3 * APPEND_BUDGET))].into(),
+                }
+                .into(),
+            ),
         };
         let txn = log.db.begin_write().unwrap();
         txn.open_table(LOG)

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   standalone: apply ─> State::apply on a copy ─> append to local log (fsync) ─> publish
-//!   clustered : apply ─> leader? raft.client_write : Rpc::call(leader, Write)
+//!   clustered : apply ─> leader? RaftNode::lead   : Rpc::call(leader, Write)
 //!                        └─> committed on a quorum ─> every member's state machine ─> publish
 //! ```
 //!
@@ -29,7 +29,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
-use crate::raft::{self, ChangeMembers, Node, Raft, RaftView, Rpc, RpcKind};
+use crate::raft::{self, RaftNode, RaftView, Rpc, RpcKind};
 use crate::{Command, State, StateError};
 
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
@@ -39,6 +39,9 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 pub const COMPACT_EVERY: u64 = 512;
 /// The longest a write waits for the cluster before failing with "unavailable".
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How recently (ms) a majority must have acknowledged the leader for it to take writes
+/// and to count as having a quorum.
+const QUORUM_MS: u64 = 1500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,13 +108,6 @@ pub enum LeaderReply {
     Done { index: u64 },
     State(StateError),
     Unavailable(String),
-}
-
-struct RaftNode {
-    raft: Raft,
-    id: u64,
-    /// Takes snapshots when the log grows large; stopped with the node.
-    compactor: tokio::task::JoinHandle<()>,
 }
 
 /// The largest snapshot a member accepts by default (`--max-snapshot-size`).
@@ -229,22 +225,20 @@ impl Store {
 
     /// On the leader: whether a majority has acknowledged it recently (1.5 s).
     pub fn leader_has_quorum(&self) -> bool {
-        self.raft.load().as_ref().is_some_and(|n| {
-            n.raft
-                .metrics()
-                .borrow()
-                .millis_since_quorum_ack
-                .is_some_and(|ms| ms <= 1500)
-        })
+        self.raft
+            .load()
+            .as_ref()
+            .is_some_and(|n| n.has_quorum_within(QUORUM_MS))
     }
 
     /// The Raft view, when clustered.
     pub fn raft_view(&self) -> Option<RaftView> {
-        self.raft.load().as_ref().map(|n| RaftView::of(&n.raft))
+        self.raft.load().as_ref().map(|n| n.view())
     }
 
     /// Applies a command durably; returns once it is visible to readers here.
-    pub async fn apply(&self, cmd: Command) -> Result<Arc<State>, StoreError> {
+    pub async fn apply(&self, cmd: impl Into<Command>) -> Result<Arc<State>, StoreError> {
+        let cmd = cmd.into();
         match self.raft.load_full() {
             Some(node) => {
                 self.lead(&node, LeaderRequest::Command(cmd)).await?;
@@ -284,11 +278,11 @@ impl Store {
     /// Runs a request on the leader (here, or over the wire) and waits until this
     /// member has applied its result.
     async fn lead(&self, node: &RaftNode, req: LeaderRequest) -> Result<(), StoreError> {
-        let view = RaftView::of(&node.raft);
+        let view = node.view();
         let leader = view.leader.ok_or_else(|| {
             StoreError::Unavailable("no leader is elected (is a majority of members up?)".into())
         })?;
-        let reply = if leader == node.id {
+        let reply = if leader == node.id() {
             self.serve_leader_request(req).await
         } else {
             let address = view
@@ -308,16 +302,10 @@ impl Store {
                 .map_err(|e| StoreError::Unavailable(format!("bad answer from the leader: {e}")))?
         };
         match reply {
-            LeaderReply::Done { index } => {
-                let waited = node
-                    .raft
-                    .wait(Some(WRITE_TIMEOUT))
-                    .applied_index_at_least(Some(index), "write applied here")
-                    .await;
-                waited
-                    .map(|_| ())
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-            }
+            LeaderReply::Done { index } => node
+                .wait_applied(Some(index), WRITE_TIMEOUT, "write applied here")
+                .await
+                .map_err(StoreError::Unavailable),
             LeaderReply::State(e) => Err(StoreError::State(e)),
             LeaderReply::Unavailable(e) => Err(StoreError::Unavailable(e)),
         }
@@ -329,44 +317,7 @@ impl Store {
         let Some(node) = self.raft.load_full() else {
             return LeaderReply::Unavailable("this member is not clustered".into());
         };
-        let view = RaftView::of(&node.raft);
-        if !view.is_leader() {
-            return LeaderReply::Unavailable("this member is not the leader".into());
-        }
-        let quorum_age = node.raft.metrics().borrow().millis_since_quorum_ack;
-        if view.voters.len() > 1 && quorum_age.is_none_or(|ms| ms > 1500) {
-            return LeaderReply::Unavailable("the leader has lost contact with a majority of members".into());
-        }
-        let raft = &node.raft;
-        let write = async {
-            match req {
-                LeaderRequest::Command(cmd) => raft.client_write(cmd).await.map(|r| (r.log_id.index, r.data)),
-                LeaderRequest::AddLearner { id, address } => raft
-                    .add_learner(id, Node::new(address), false)
-                    .await
-                    .map(|r| (r.log_id.index, Ok(()))),
-                LeaderRequest::SetVoters { ids } => raft
-                    .change_membership(ChangeMembers::ReplaceAllVoters(ids), true)
-                    .await
-                    .map(|r| (r.log_id.index, Ok(()))),
-                LeaderRequest::RemoveNode { id } => {
-                    let mut voters = view.voters.clone();
-                    if voters.remove(&id) {
-                        raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
-                            .await?;
-                    }
-                    raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false)
-                        .await
-                        .map(|r| (r.log_id.index, Ok(())))
-                }
-            }
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Err(_) => LeaderReply::Unavailable("timed out waiting for a majority of members".into()),
-            Ok(Err(e)) => LeaderReply::Unavailable(e.to_string()),
-            Ok(Ok((_, Err(e)))) => LeaderReply::State(e),
-            Ok(Ok((index, Ok(())))) => LeaderReply::Done { index },
-        }
+        node.lead(req, WRITE_TIMEOUT, QUORUM_MS).await
     }
 
     /// Adds a node to Raft as a learner (it then receives the log).
@@ -409,8 +360,7 @@ impl Store {
     /// Starts receiving a snapshot streamed by the leader.
     pub fn receive_snapshot(&self) -> Result<raft::SnapshotReceiver, StoreError> {
         let node = self.raft_node()?;
-        Ok(raft::SnapshotReceiver::new(
-            node.raft.clone(),
+        Ok(node.receive_snapshot(
             self.snapshot_limit.load(std::sync::atomic::Ordering::Relaxed),
             self.receiving.clone(),
         ))
@@ -424,7 +374,7 @@ impl Store {
             return serde_json::to_vec(&reply).map_err(|e| e.to_string());
         }
         let node = self.raft.load_full().ok_or("this member is not clustered")?;
-        raft::serve_rpc(&node.raft, kind, body).await
+        node.serve_rpc(kind, body).await
     }
 
     /// Turns a standalone member into a one-member cluster whose state is the one it
@@ -446,17 +396,12 @@ impl Store {
         seed.certificates
             .insert(member.fingerprint.clone(), member.server_certificate());
         seed.members = [(member.name.clone(), member.clone())].into();
+        seed.adopt_standalone(member.id);
         seed.cluster_certificate = Some(cluster_cert);
         let node = self.start_raft(member.id, seed.clone()).await?;
-        node.raft
-            .initialize(BTreeMap::from([(member.id, Node::new(member.address.clone()))]))
+        node.initialize(&member.address, Duration::from_secs(10))
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        node.raft
-            .wait(Some(Duration::from_secs(10)))
-            .current_leader(member.id, "own leadership")
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(StoreError::Unavailable)?;
         drop(_guard);
         self.lead(
             &node,
@@ -469,7 +414,7 @@ impl Store {
         // The first entry holds the whole standalone state: put it in a snapshot and
         // purge it, so members that join later receive it as a stream, not as one
         // append of unbounded size.
-        raft::compact(&node.raft).await;
+        node.compact().await;
         Ok(())
     }
 
@@ -517,30 +462,21 @@ impl Store {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| StoreError::Db(e.to_string()))?;
         }
-        let db = Arc::new(db);
-        let growth = Arc::new(raft::LogGrowth::default());
-        let log = raft::LogStore::open(db.clone(), growth.clone())?;
-        let sm = raft::StateMachine::open(
-            db,
+        let node = RaftNode::start(
+            id,
+            Arc::new(db),
             self.dir.join(SNAPSHOT_DIR),
-            growth.clone(),
             base,
             self.published.clone(),
             self.changed.clone(),
+            self.rpc.clone(),
         )
-        .map_err(|e| StoreError::Db(e.to_string()))?;
-        let network = raft::Network {
-            rpc: self.rpc.clone(),
-        };
-        let r = Raft::new(id, raft::config(), network, log, sm)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("Raft failed to start: {e}")))?;
-        let compactor = tokio::spawn(raft::snapshot_on_growth(r.clone(), growth));
-        let node = Arc::new(RaftNode {
-            raft: r,
-            id,
-            compactor,
-        });
+        .await
+        .map_err(|e| match e {
+            raft::StartError::Raft(_) => StoreError::Unavailable(e.to_string()),
+            raft::StartError::Open(e) => StoreError::Db(e.to_string()),
+        })?;
+        let node = Arc::new(node);
         self.raft.store(Some(node.clone()));
         Ok(node)
     }
@@ -548,12 +484,7 @@ impl Store {
     /// After a restart: wait (bounded) until the log committed before is applied.
     async fn wait_caught_up(&self) {
         let Some(node) = self.raft.load_full() else { return };
-        let committed = node.raft.metrics().borrow().last_log_index;
-        let _ = node
-            .raft
-            .wait(Some(Duration::from_secs(2)))
-            .applied_index_at_least(committed, "replay")
-            .await;
+        node.wait_caught_up(Duration::from_secs(2)).await;
     }
 
     /// This member was removed from its cluster: stop taking part, forget the cluster,
@@ -561,8 +492,7 @@ impl Store {
     pub async fn leave(&self) -> Result<(), StoreError> {
         let _guard = self.writer.lock().await;
         if let Some(node) = self.raft.swap(None) {
-            node.compactor.abort();
-            let _ = node.raft.shutdown().await;
+            node.shutdown().await;
         }
         self.write(|txn| {
             txn.open_table(META)?.remove("identity")?;
@@ -579,8 +509,7 @@ impl Store {
     /// Stops Raft (at shutdown).
     pub async fn shutdown(&self) {
         if let Some(node) = self.raft.swap(None) {
-            node.compactor.abort();
-            let _ = node.raft.shutdown().await;
+            node.shutdown().await;
         }
     }
 
@@ -675,9 +604,7 @@ impl Store {
 
     /// Whether Raft has stopped for good (its storage failed), and why.
     pub fn raft_failure(&self) -> Option<String> {
-        let node = self.raft.load_full()?;
-        let m = node.raft.metrics().borrow().clone();
-        m.running_state.err().map(|e| e.to_string())
+        self.raft.load_full()?.failure()
     }
 }
 
@@ -743,9 +670,10 @@ mod tests {
     }
 
     fn set(k: &str, v: &str) -> Command {
-        Command::SetConfig {
+        crate::ConfigCommand::SetConfig {
             changes: [(k.to_string(), v.to_string())].into(),
         }
+        .into()
     }
 
     #[tokio::test]
@@ -775,7 +703,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Arc::new(NoNet)).await.unwrap();
         let err = store
-            .apply(Command::DeleteCertificate {
+            .apply(crate::TrustCommand::DeleteCertificate {
                 fingerprint: "nope".into(),
             })
             .await

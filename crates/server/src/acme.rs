@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use cluster::Command;
+use cluster::{TrustCommand, WarningCommand};
 use http_body_util::Full;
 use instant_acme::{
     Account, AccountCredentials, ChallengeType, Identifier, NewAccount, NewOrder, RetryPolicy,
@@ -173,7 +173,7 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
                 .map_err(e(&format!("registering with {}", want.ca_url)))?;
             let credentials = serde_json::to_string(&creds).map_err(|err| err.to_string())?;
             ctx.store
-                .apply(Command::SetAcmeAccount { credentials })
+                .apply(TrustCommand::SetAcmeAccount { credentials })
                 .await
                 .map_err(|err| err.to_string())?;
             account
@@ -198,7 +198,7 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
             let token = challenge.token.clone();
             let key_authorization = challenge.key_authorization().as_str().to_string();
             ctx.store
-                .apply(Command::SetAcmeChallenge {
+                .apply(TrustCommand::SetAcmeChallenge {
                     token: token.clone(),
                     key_authorization: Some(key_authorization),
                 })
@@ -240,7 +240,7 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
         .map_err(e("fetching the certificate"))?;
     crate::routes::validate_certificate_pair(&chain_pem, &key_pem).map_err(|err| err.0.message)?;
     ctx.store
-        .apply(Command::SetClusterCertificate {
+        .apply(TrustCommand::SetClusterCertificate {
             cert_pem: chain_pem,
             key_pem,
         })
@@ -268,7 +268,7 @@ async fn clear_challenges(ctx: &Ctx) {
     for token in tokens {
         let _ = ctx
             .store
-            .apply(Command::SetAcmeChallenge {
+            .apply(TrustCommand::SetAcmeChallenge {
                 token,
                 key_authorization: None,
             })
@@ -281,10 +281,10 @@ async fn record_warning(ctx: &Ctx, message: &str) {
     let uuid = uuid::Builder::from_random_bytes(trust::random_bytes16())
         .into_uuid()
         .to_string();
-    let warning = api::types::Warning {
+    let warning = cluster::Warning {
         status: "new".into(),
         uuid: uuid.clone(),
-        location: ctx.server_name(),
+        location: ctx.member_id(),
         project: String::new(),
         kind: WARNING_TYPE.into(),
         count: 1,
@@ -294,7 +294,12 @@ async fn record_warning(ctx: &Ctx, message: &str) {
         severity: "moderate".into(),
         entity_url: String::new(),
     };
-    if ctx.store.apply(Command::RecordWarning { warning }).await.is_ok() {
+    if ctx
+        .store
+        .apply(WarningCommand::RecordWarning { warning })
+        .await
+        .is_ok()
+    {
         let uuid = ctx
             .store
             .state()
@@ -324,7 +329,7 @@ async fn resolve_warnings(ctx: &Ctx) {
     for uuid in open {
         let _ = ctx
             .store
-            .apply(Command::UpdateWarningStatus {
+            .apply(WarningCommand::UpdateWarningStatus {
                 uuid,
                 status: "resolved".into(),
             })

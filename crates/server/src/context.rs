@@ -126,6 +126,18 @@ impl Inner {
         }
     }
 
+    /// How replicated state refers to this member: its id; `None` while standalone.
+    pub fn member_id(&self) -> Option<cluster::MemberId> {
+        self.store.identity().map(|id| id.id)
+    }
+
+    /// The name clients see for the member that `at` (a member reference in `state`)
+    /// names: a member's current name, and this member's own for `None` (an object
+    /// of this server from before it was clustered, or of no member in particular).
+    pub fn location_name(&self, state: &cluster::State, at: Option<cluster::MemberId>) -> String {
+        state.location_name(at, &self.server_name())
+    }
+
     /// Whether `fingerprint` is another member's own server certificate.
     pub fn is_member(&self, state: &cluster::State, fingerprint: &str) -> bool {
         state.member_by_fingerprint(fingerprint).is_some()

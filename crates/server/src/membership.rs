@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use api::types::Operation;
-use cluster::{Command, Member, MemberIdentity, State};
+use cluster::{Member, MemberCommand, MemberIdentity, State, TokenCommand};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -221,7 +221,7 @@ pub fn join_token_operation(ctx: &Ctx, token: &cluster::Token, server_name: &str
         metadata: Some(metadata),
         may_cancel: true,
         err: String::new(),
-        location: token.location.clone(),
+        location: ctx.location_name(&state, token.location),
     }
 }
 
@@ -532,7 +532,7 @@ pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
         architecture: req.architecture.clone(),
     };
     ctx.store
-        .apply(Command::AddMember {
+        .apply(MemberCommand::AddMember {
             member: member.clone(),
             token_id,
         })
@@ -611,7 +611,7 @@ async fn prune_expired_tokens(ctx: &Ctx, state: &State) {
     {
         if ctx
             .store
-            .apply(Command::DeleteToken {
+            .apply(TokenCommand::DeleteToken {
                 token_id: t.id.clone(),
                 how: cluster::Spent::Expired,
             })

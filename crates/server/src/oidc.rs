@@ -215,7 +215,7 @@ async fn secret(ctx: &Ctx) -> Result<Vec<u8>, ApiError> {
     }
     let candidate = trust::random_hex(32);
     ctx.store
-        .apply(cluster::Command::SetSecret { secret: candidate })
+        .apply(cluster::TrustCommand::SetSecret { secret: candidate })
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     ctx.store

@@ -58,7 +58,7 @@ pub fn token_operation(ctx: &Ctx, token: &Token, addresses: &[String]) -> Operat
         metadata: Some(metadata),
         may_cancel: true,
         err: String::new(),
-        location: token.location.clone(),
+        location: ctx.location_name(&ctx.store.state(), token.location),
     }
 }
 
@@ -108,7 +108,7 @@ pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry_key: &str) -> Result<Token, 
         id: new_uuid(),
         kind,
         secret: trust::random_hex(32),
-        location: ctx.server_name(),
+        location: ctx.member_id(),
         created_at: now,
         expires_at,
     })

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use cluster::{Command, State as ClusterState, TokenKind};
+use cluster::{State as ClusterState, TokenCommand, TokenKind, TrustCommand};
 use time::OffsetDateTime;
 use trust::{ConnFacts, Identity};
 
@@ -169,7 +169,7 @@ async fn add(ctx: &Ctx, id: &Identity, cert: Certificate) -> Result<Response> {
     let fp = cert.fingerprint.clone();
     let (name, kind) = (cert.name.clone(), cert.kind.clone());
     ctx.store
-        .apply(Command::AddCertificate { certificate: cert })
+        .apply(TrustCommand::AddCertificate { certificate: cert })
         .await?;
     tracing::info!(fingerprint = %fp, name = %name, kind = %kind, by = %id.username, "certificate trusted");
     let source = format!("/1.0/certificates/{fp}");
@@ -196,7 +196,7 @@ async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> R
         "core.remote_token_expiry",
     )?;
     ctx.store
-        .apply(Command::CreateToken { token: token.clone() })
+        .apply(TokenCommand::CreateToken { token: token.clone() })
         .await?;
     tracing::info!(client = %req.name, by = %id.username, "trust token issued");
     let op = token_operation(ctx, &token, &addresses);
@@ -281,7 +281,7 @@ async fn redeem_trust_token(
     let addresses = ctx.addresses();
     let op = token_operation(ctx, token, &addresses);
     ctx.store
-        .apply(Command::RedeemTrustToken {
+        .apply(TokenCommand::RedeemTrustToken {
             token_id,
             certificate: cert,
         })
@@ -363,7 +363,7 @@ async fn redeem_join_token(
     let fp = cert.fingerprint.clone();
     let op = crate::membership::join_token_operation(ctx, token, server_name);
     ctx.store
-        .apply(Command::RedeemJoinToken {
+        .apply(TokenCommand::RedeemJoinToken {
             token_id: token.id.clone(),
             certificate: cert,
         })
@@ -438,7 +438,7 @@ async fn edit(
         new.name = old.name.clone();
     }
     ctx.store
-        .apply(Command::UpdateCertificate {
+        .apply(TrustCommand::UpdateCertificate {
             fingerprint: old.fingerprint.clone(),
             certificate: new.clone(),
         })
@@ -462,7 +462,7 @@ pub async fn delete(
     let state = ctx.store.state();
     let fingerprint = find(&state, &fp)?.fingerprint.clone();
     ctx.store
-        .apply(Command::DeleteCertificate {
+        .apply(TrustCommand::DeleteCertificate {
             fingerprint: fingerprint.clone(),
         })
         .await?;

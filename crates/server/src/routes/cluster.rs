@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cluster::{Command, TokenKind};
+use cluster::{MemberCommand, TokenCommand, TokenKind, TrustCommand};
 use serde::Deserialize;
 use serde_json::json;
 use trust::{AuthMethod, ConnFacts, Identity};
@@ -153,7 +153,7 @@ pub async fn edit_member(
         .filter(|f| !f.is_empty())
         .unwrap_or(m.failure_domain.clone());
     ctx.store
-        .apply(Command::UpdateMember {
+        .apply(MemberCommand::UpdateMember {
             name: name.clone(),
             description: req.description.unwrap_or(m.description.clone()),
             failure_domain,
@@ -183,7 +183,7 @@ pub async fn rename_member(
     let req: MemberPost = json_body(body).await?;
     membership::validate_name(&req.server_name)?;
     ctx.store
-        .apply(Command::RenameMember {
+        .apply(MemberCommand::RenameMember {
             name: name.clone(),
             new_name: req.server_name.clone(),
         })
@@ -234,7 +234,7 @@ pub async fn delete_member(
         return Err(ApiError::bad_request("Cannot remove the last member of a cluster").into());
     }
     ctx.store
-        .apply(Command::RemoveMember { name: name.clone() })
+        .apply(MemberCommand::RemoveMember { name: name.clone() })
         .await?;
     ctx.store.remove_node(m.id).await?;
     tracing::info!(member = %name, force, by = %id.username, "member removed");
@@ -278,7 +278,7 @@ pub async fn add_member(
         "cluster.join_token_expiry",
     )?;
     ctx.store
-        .apply(Command::CreateToken { token: token.clone() })
+        .apply(TokenCommand::CreateToken { token: token.clone() })
         .await?;
     tracing::info!(member = %req.server_name, by = %id.username, "join token issued");
     let op = membership::join_token_operation(&ctx, &token, &req.server_name);
@@ -421,7 +421,7 @@ pub async fn certificate_put(
     let req: CertificatePut = json_body(body).await?;
     let (crt, key) = validate_certificate_pair(&req.cluster_certificate, &req.cluster_certificate_key)?;
     ctx.store
-        .apply(Command::SetClusterCertificate {
+        .apply(TrustCommand::SetClusterCertificate {
             cert_pem: crt,
             key_pem: key,
         })

@@ -187,7 +187,7 @@ pub async fn delete(
     }
     let op = token(&ctx, &op_id).ok_or_else(not_found)?;
     ctx.store
-        .apply(cluster::Command::DeleteToken {
+        .apply(cluster::TokenCommand::DeleteToken {
             token_id: op_id.clone(),
             how: cluster::Spent::Revoked,
         })

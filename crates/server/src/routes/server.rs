@@ -154,7 +154,7 @@ async fn update(
     }
     if !global.is_empty() {
         ctx.store
-            .apply(cluster::Command::SetConfig {
+            .apply(cluster::ConfigCommand::SetConfig {
                 changes: global.clone(),
             })
             .await?;

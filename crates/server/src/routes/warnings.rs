@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
-use cluster::Command;
+use cluster::WarningCommand;
 use trust::Identity;
 
 use crate::auth::require_full;
@@ -21,7 +21,11 @@ pub async fn list(
 ) -> Result<Response> {
     require_full(&id)?;
     let state = ctx.store.state();
-    Ok(listing(recursion(&q), "/1.0/warnings", state.warnings.iter()))
+    let rendered = state
+        .warnings
+        .iter()
+        .map(|(uuid, w)| (uuid, w.render(ctx.location_name(&state, w.location))));
+    Ok(listing(recursion(&q), "/1.0/warnings", rendered))
 }
 
 fn not_found() -> crate::response::Error {
@@ -36,7 +40,10 @@ pub async fn get(
     require_full(&id)?;
     let state = ctx.store.state();
     let w = state.warnings.get(&uuid).ok_or_else(not_found)?;
-    Ok(sync_etag(w, &w.status))
+    Ok(sync_etag(
+        w.render(ctx.location_name(&state, w.location)),
+        &w.status,
+    ))
 }
 
 pub async fn put(
@@ -48,7 +55,7 @@ pub async fn put(
     require_full(&id)?;
     let req: WarningPut = json_body(body).await?;
     ctx.store
-        .apply(Command::UpdateWarningStatus {
+        .apply(WarningCommand::UpdateWarningStatus {
             uuid: uuid.clone(),
             status: req.status,
         })
@@ -69,7 +76,7 @@ pub async fn delete(
 ) -> Result<Response> {
     require_full(&id)?;
     ctx.store
-        .apply(Command::DeleteWarning { uuid: uuid.clone() })
+        .apply(WarningCommand::DeleteWarning { uuid: uuid.clone() })
         .await?;
     ctx.events.lifecycle(
         "warning-deleted",

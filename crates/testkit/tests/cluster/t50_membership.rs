@@ -63,6 +63,30 @@ async fn remove_force_rename_and_edit() {
         .await
         .unwrap();
     assert!(m.header("etag").is_some());
+    // A token node2 issues is located on node2, under whatever name it has.
+    let r = c.members[1]
+        .unix()
+        .send_json(
+            "POST",
+            "/1.0/certificates",
+            &json!({"name": "later", "type": "client", "token": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let op = r.metadata()["id"].as_str().unwrap().to_string();
+    let location = |name: &'static str| {
+        let node1 = c.members[0].unix();
+        let path = format!("/1.0/operations/{op}");
+        async move {
+            let shown = node1.get(&path).await.ok()?.metadata();
+            (shown["location"] == name).then_some(())
+        }
+    };
+    eventually(Duration::from_secs(10), "the token on node2", || {
+        location("node2")
+    })
+    .await;
     // Rename, seen by the member itself.
     let r = c.members[0]
         .unix()
@@ -89,6 +113,10 @@ async fn remove_force_rename_and_edit() {
         (m["description"].as_str(), m["failure_domain"].as_str()),
         (Some("rack 2"), Some("r2"))
     );
+    eventually(Duration::from_secs(10), "the token on node2b", || {
+        location("node2b")
+    })
+    .await;
 
     // A dead member: refused without --force, removed with it.
     c.members[2].kill9();

@@ -1,0 +1,172 @@
+//! Members: the cluster's members, by name (the API addresses them by name), each with
+//! the Raft node id that everything else in the state refers to it by.
+//!
+//! A member can be renamed, so objects that belong to a member (a token it issued, a
+//! warning about it) hold its id ([`MemberId`]), never its name; names are looked up
+//! where the state is rendered for clients. Removing a member removes what only made
+//! sense on it (its server certificate, its warnings) and leaves no reference to it
+//! behind: tokens it issued stay usable cluster-wide and lose their location.
+
+use api::types::Certificate;
+use serde::{Deserialize, Serialize};
+
+use super::{tokens, MemberId, Spent, State, StateError, TokenKind};
+
+/// A cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// The Raft node id: how the rest of the state refers to this member.
+    pub id: MemberId,
+    /// `host:port` of its HTTPS listener (API and member traffic alike).
+    pub address: String,
+    /// Its own server certificate (PEM) and fingerprint: what it presents to members.
+    pub certificate: String,
+    pub fingerprint: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_failure_domain")]
+    pub failure_domain: String,
+    pub architecture: String,
+}
+
+impl Member {
+    /// The trust-store entry for its own server certificate (`type: server`).
+    pub fn server_certificate(&self) -> Certificate {
+        Certificate {
+            name: self.name.clone(),
+            kind: "server".into(),
+            restricted: false,
+            projects: Vec::new(),
+            certificate: self.certificate.clone(),
+            description: String::new(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
+fn default_failure_domain() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MemberCommand {
+    /// Makes a member part of the cluster, spending its join token when it has one.
+    AddMember {
+        member: Member,
+        token_id: Option<String>,
+    },
+    /// Edits a member's description and failure domain.
+    UpdateMember {
+        name: String,
+        description: String,
+        failure_domain: String,
+    },
+    RenameMember {
+        name: String,
+        new_name: String,
+    },
+    RemoveMember {
+        name: String,
+    },
+}
+
+impl MemberCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MemberCommand::AddMember { .. } => "add_member",
+            MemberCommand::UpdateMember { .. } => "update_member",
+            MemberCommand::RenameMember { .. } => "rename_member",
+            MemberCommand::RemoveMember { .. } => "remove_member",
+        }
+    }
+}
+
+pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateError> {
+    match cmd {
+        MemberCommand::AddMember { member, token_id } => add(state, member, token_id.as_deref())?,
+        MemberCommand::UpdateMember {
+            name,
+            description,
+            failure_domain,
+        } => {
+            let m = state.members.get_mut(name).ok_or(StateError::MemberNotFound)?;
+            m.description = description.clone();
+            m.failure_domain = failure_domain.clone();
+        }
+        MemberCommand::RenameMember { name, new_name } => {
+            if state.members.contains_key(new_name) {
+                return Err(StateError::MemberExists(new_name.clone()));
+            }
+            let mut m = state.members.remove(name).ok_or(StateError::MemberNotFound)?;
+            m.name = new_name.clone();
+            if let Some(c) = state.certificates.get_mut(&m.fingerprint) {
+                c.name = new_name.clone();
+            }
+            state.members.insert(new_name.clone(), m);
+        }
+        MemberCommand::RemoveMember { name } => {
+            let m = state.members.remove(name).ok_or(StateError::MemberNotFound)?;
+            state.certificates.remove(&m.fingerprint);
+            state.warnings.retain(|_, w| w.location != Some(m.id));
+            for t in state.tokens.values_mut() {
+                if t.location == Some(m.id) {
+                    t.location = None;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add(state: &mut State, member: &Member, token_id: Option<&str>) -> Result<(), StateError> {
+    if state.members.contains_key(&member.name) {
+        return Err(StateError::MemberExists(member.name.clone()));
+    }
+    if state.members.values().any(|m| m.address == member.address) {
+        return Err(StateError::Invalid(format!(
+            "The address {} is already used by another member",
+            member.address
+        )));
+    }
+    if state.member_by_id(member.id).is_some() {
+        return Err(StateError::Invalid(format!(
+            "The member id {} is already used by another member",
+            member.id
+        )));
+    }
+    if let Some(id) = token_id {
+        match state.tokens.get(id).map(|t| &t.kind) {
+            Some(TokenKind::Join { server_name }) if server_name == &member.name => {}
+            _ => return Err(StateError::TokenNotFound),
+        }
+        tokens::spend(state, id, Spent::Used);
+    }
+    // Replaces the entry a redeemed join token made for the same certificate.
+    state
+        .certificates
+        .insert(member.fingerprint.clone(), member.server_certificate());
+    state.members.insert(member.name.clone(), member.clone());
+    Ok(())
+}
+
+impl State {
+    /// The member whose own server certificate has this fingerprint.
+    pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<&Member> {
+        self.members.values().find(|m| m.fingerprint == fingerprint)
+    }
+
+    pub fn member_by_id(&self, id: MemberId) -> Option<&Member> {
+        self.members.values().find(|m| m.id == id)
+    }
+
+    /// Checks that a reference to a member, about to be stored, names a current one
+    /// (`None`, "this server while standalone", always does).
+    pub(super) fn check_member(&self, at: Option<MemberId>) -> Result<(), StateError> {
+        match at {
+            Some(id) if self.member_by_id(id).is_none() => Err(StateError::MemberNotFound),
+            _ => Ok(()),
+        }
+    }
+}
