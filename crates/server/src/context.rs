@@ -106,14 +106,14 @@ impl Inner {
 
     /// This member's id (its Raft node id), or 0 while standalone: what operation ids
     /// carry ([`crate::ops::new_id`]).
-    pub fn member_id(&self) -> u64 {
+    pub fn own_id(&self) -> u64 {
         self.store.identity().map_or(0, |id| id.id)
     }
 
     /// This member as operations name it.
     pub fn here(&self) -> crate::ops::Here {
         crate::ops::Here {
-            id: self.member_id(),
+            id: self.own_id(),
             name: self.server_name(),
         }
     }

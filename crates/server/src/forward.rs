@@ -111,7 +111,7 @@ fn percent_decode(s: &str) -> String {
 pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     if req.extensions().get::<crate::auth::ViaMember>().is_none() {
         let state = ctx.store.state();
-        if let Some((owner, bound)) = operation_owner(req.method(), req.uri(), &state, ctx.member_id()) {
+        if let Some((owner, bound)) = operation_owner(req.method(), req.uri(), &state, ctx.own_id()) {
             // Only the websocket is open to the untrusted: everything else is refused
             // here, without bothering the owner.
             let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
@@ -267,7 +267,7 @@ mod tests {
                     server_name: "node3".into(),
                 },
                 secret: String::new(),
-                location: "node2".into(),
+                location: Some(2),
                 created_at: time::OffsetDateTime::UNIX_EPOCH,
                 expires_at: None,
             },
