@@ -30,7 +30,7 @@ use rustix::process::{Pid, Signal};
 
 use crate::driver::{Control, ExecSpec, Process, Reader, WindowSize, Writer};
 use crate::error::{Error, Result};
-use crate::lxc::pty;
+use crate::lxc::{pty, tools};
 
 /// How long a signal waits for lxc-attach to have started the command.
 const SIGNAL_WAIT: Duration = Duration::from_secs(5);
@@ -163,7 +163,7 @@ fn spawn_error(e: std::io::Error) -> Error {
 }
 
 async fn spawn_pipes(args: &[String], cwd: &str) -> Result<Process> {
-    let mut child = tokio::process::Command::new("lxc-attach")
+    let mut child = tools::default_signals(&[], "lxc-attach")?
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::piped())
@@ -198,8 +198,7 @@ async fn spawn_terminal(args: &[String], cwd: &str, size: WindowSize) -> Result<
             fd.try_clone().map_err(Error::io("opening a terminal"))?,
         ))
     };
-    let child = tokio::process::Command::new("setsid")
-        .args(["--ctty", "--wait", "lxc-attach"])
+    let child = tools::default_signals(&["setsid", "--ctty", "--wait"], "lxc-attach")?
         .args(args)
         .current_dir(cwd)
         .stdin(stdio(&secondary)?)

@@ -52,6 +52,31 @@ fn parse_status(text: &str) -> Option<Status> {
     })
 }
 
+/// A command that runs `before..` (e.g. `setsid --ctty --wait`), then `program` (found
+/// on `PATH`) with every signal back at its default disposition, through
+/// `env --default-signal` (coreutils).
+///
+/// A signal ignored by whoever started the daemon stays ignored across every exec down
+/// to the container's processes (a shell's `&` ignores SIGINT and SIGQUIT, `nohup`
+/// SIGHUP): ^C typed in `exec` would reach a command that ignores it. Resetting them
+/// needs code between fork and exec, which is `env`'s job here (no unsafe code).
+pub fn default_signals(before: &[&str], program: &str) -> Result<tokio::process::Command> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{program} is not installed: the lxc driver needs Debian's lxc package"
+            ))
+        })?;
+    let mut argv: Vec<std::ffi::OsString> = before.iter().map(Into::into).collect();
+    argv.extend(["env".into(), "--default-signal".into(), found.into_os_string()]);
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    Ok(command)
+}
+
 /// Runs `program args` (no stdin), at most `limit`; stdout on success, else an error
 /// with stderr.
 pub async fn run<I, S>(program: &str, args: I, limit: Duration) -> Result<String>
@@ -59,7 +84,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let child = tokio::process::Command::new(program)
+    let child = default_signals(&[], program)?
         .args(args)
         .current_dir("/")
         .stdin(Stdio::null())
