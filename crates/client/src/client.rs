@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, ETAG, HOST, USER_AGENT};
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use serde_json::Value;
 
 use crate::addr::Endpoint;
@@ -488,6 +487,28 @@ impl Client {
     async fn exchange(&self, conn: Connected, req: &Request) -> Result<Response, ClientError> {
         let endpoint = conn.endpoint.clone();
         let peer_cert = conn.peer_cert.clone();
+        let body = crate::http::full(Bytes::from(req.body.clone().unwrap_or_default()));
+        let http_req = self.http_request(&endpoint, req, body)?;
+        let resp = crate::http::exchange(conn, http_req).await?;
+        let (parts, body) = resp.into_parts();
+        tracing::debug!(status = parts.status.as_u16(), body = %String::from_utf8_lossy(&body), "Got response");
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            peer_cert,
+            endpoint,
+        })
+    }
+
+    /// The HTTP request for `req` sent to `endpoint`, with `body`: the path with
+    /// `target` and `project`, `Host`, `User-Agent`, the content type and extra headers.
+    pub(crate) fn http_request(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request,
+        body: crate::http::RequestBody,
+    ) -> Result<http::Request<crate::http::RequestBody>, ClientError> {
         let path = self.full_path(&req.path);
         tracing::debug!(method = %req.method, endpoint = %endpoint.url(), path = %path, "Sending request");
         let mut builder = http::Request::builder()
@@ -503,20 +524,9 @@ impl Client {
                 .map_err(|_| ClientError::Invalid(format!("Invalid value for header {name}")))?;
             builder = builder.header(name, value);
         }
-        let body = Full::new(Bytes::from(req.body.clone().unwrap_or_default()));
-        let http_req = builder
+        builder
             .body(body)
-            .map_err(|e| ClientError::Invalid(format!("Invalid request {path:?}: {e}")))?;
-        let resp = crate::http::exchange(conn, http_req).await?;
-        let (parts, body) = resp.into_parts();
-        tracing::debug!(status = parts.status.as_u16(), body = %String::from_utf8_lossy(&body), "Got response");
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            peer_cert,
-            endpoint,
-        })
+            .map_err(|e| ClientError::Invalid(format!("Invalid request {path:?}: {e}")))
     }
 
     /// Sends a request and decodes the envelope; errors become [`ClientError::Api`].
