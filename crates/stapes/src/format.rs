@@ -77,11 +77,7 @@ pub fn render_list<T: Serialize>(
             }
             out
         }
-        ListKind::Json => {
-            let mut s = serde_json::to_string(raw).map_err(|e| e.to_string())?;
-            s.push('\n');
-            s
-        }
+        ListKind::Json => go_json(raw)?,
         ListKind::Yaml => yaml(raw)?,
     })
 }
@@ -235,7 +231,225 @@ pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
 }
 
 /// Time fields of the typed Incus objects.
-pub const TIME_KEYS: &[&str] = &["created_at", "updated_at", "expires_at"];
+pub const TIME_KEYS: &[&str] = &[
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "last_used_at",
+    "uploaded_at",
+    "started_at",
+];
+
+/// Go slices and maps of the Incus objects that may be nil: Go's YAML writes those as
+/// `[]` and `{}` where ours (an `Option`, `null` in JSON as in Go) would write `null`.
+const NIL_LISTS: &[&str] = &[
+    "backups",
+    "snapshots",
+    "profiles",
+    "used_by",
+    "aliases",
+    "locations",
+];
+const NIL_MAPS: &[&str] = &[
+    "network",
+    "disk",
+    "config",
+    "devices",
+    "expanded_config",
+    "expanded_devices",
+    "properties",
+    "resources",
+    "metadata",
+];
+
+/// JSON as Go's `json.Encoder` writes it: compact, `<`, `>` and `&` escaped (they only
+/// occur inside strings), and a newline.
+pub fn go_json<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
+    let s = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    let mut out = String::with_capacity(s.len() + 1);
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// YAML of a typed Incus object as Go's `yaml.Marshal` writes it: struct order, bare
+/// times, and nil lists and maps as `[]` and `{}`.
+pub fn go_yaml<T: Serialize>(value: &T) -> Result<String, String> {
+    let text = yaml(value)?;
+    Ok(requote(&go_nils(&unquote_times(&text, TIME_KEYS))))
+}
+
+/// Whether Go's YAML would read `s`, unquoted, as something other than a string (a
+/// number, a boolean, null, a time): such strings are double-quoted by Go.
+fn resolves_to_non_string(s: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "", "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n",
+    ];
+    WORDS.contains(&s.to_ascii_lowercase().as_str())
+        || s.parse::<f64>().is_ok()
+        || s.starts_with("0x")
+        || s.starts_with(".inf")
+        || s.starts_with(".nan")
+        || (s.len() >= 10 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-')
+}
+
+/// Go's YAML quotes a string that plain style can't hold with single quotes, keeping
+/// double quotes for strings that would read as another type and for escapes: rewrites
+/// double-quoted values accordingly (values only, not keys).
+pub fn requote(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let split = body.find(": \"").map(|i| i + 2).or_else(|| {
+            let t = body.trim_start();
+            t.starts_with("- \"").then(|| body.len() - t.len() + 2)
+        });
+        let fixed = split.and_then(|at| {
+            let (head, quoted) = body.split_at(at);
+            let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+            let mut text = String::new();
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next()? {
+                        '"' => text.push('"'),
+                        '\\' => text.push('\\'),
+                        _ => return None,
+                    },
+                    '"' => return None,
+                    c => text.push(c),
+                }
+            }
+            if resolves_to_non_string(&text) {
+                return None;
+            }
+            Some(format!("{head}'{}'", text.replace('\'', "''")))
+        });
+        match fixed {
+            Some(f) => {
+                out.push_str(&f);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// Rewrites `key: null` as `key: []` or `key: {}` for the keys Go writes so.
+pub fn go_nils(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let indent_len = body.len() - body.trim_start_matches([' ', '-']).len();
+        let (indent, rest) = body.split_at(indent_len);
+        let fixed = rest.strip_suffix(": null").and_then(|key| {
+            if NIL_LISTS.contains(&key) {
+                Some(format!("{indent}{key}: []"))
+            } else if NIL_MAPS.contains(&key) {
+                Some(format!("{indent}{key}: {{}}"))
+            } else {
+                None
+            }
+        });
+        match fixed {
+            Some(f) => {
+                out.push_str(&f);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// Go's `units.GetByteSizeStringIEC`: `1.16MiB`, `608.00KiB`, `512B`.
+pub fn size_iec(bytes: i64, precision: usize) -> String {
+    scaled(
+        bytes,
+        precision,
+        1024.0,
+        &["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"],
+        "EB",
+    )
+}
+
+/// Go's `units.GetByteSizeString` (SI units): `1.04MB`, `0B`.
+pub fn size_si(bytes: i64, precision: usize) -> String {
+    scaled(
+        bytes,
+        precision,
+        1000.0,
+        &["kB", "MB", "GB", "TB", "PB", "EB"],
+        "EB",
+    )
+}
+
+fn scaled(bytes: i64, precision: usize, base: f64, units: &[&str], last: &str) -> String {
+    if (bytes as f64) < base {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64;
+    for unit in units {
+        value /= base;
+        if value < base {
+            return format!("{value:.precision$}{unit}");
+        }
+    }
+    format!("{value:.precision$}{last}")
+}
+
+/// Go's `units.ParseByteSizeString`: `64MiB`, `1GB`, `512` (bytes).
+pub fn parse_size(input: &str) -> Option<i64> {
+    if input.is_empty() {
+        return Some(0);
+    }
+    let digits = input.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let (value, suffix) = input.split_at(digits);
+    let value: i64 = value.parse().ok()?;
+    let mult: i64 = match suffix {
+        "" | "B" | " bytes" => 1,
+        "kB" => 1000,
+        "MB" => 1000_i64.pow(2),
+        "GB" => 1000_i64.pow(3),
+        "TB" => 1000_i64.pow(4),
+        "PB" => 1000_i64.pow(5),
+        "EB" => 1000_i64.pow(6),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "PiB" => 1 << 50,
+        "EiB" => 1 << 60,
+        _ => return None,
+    };
+    value.checked_mul(mult)
+}
+
+/// A time as lists print it, or nothing for Go's zero time.
+pub fn date_or_empty(t: &api::types::Timestamp) -> String {
+    if t.is_zero() {
+        String::new()
+    } else {
+        date(t.0)
+    }
+}
 
 /// JSON indented with tabs and a trailing newline, as `incus query` prints it.
 pub fn json_tabs<T: Serialize + ?Sized>(value: &T) -> String {

@@ -34,13 +34,26 @@
 mod admin;
 mod cluster;
 mod ctx;
+mod device;
+mod exec;
 mod format;
 mod generate;
+mod image;
+mod info;
+mod instance;
+mod instance_config;
+mod list;
 mod monitor;
 mod operation;
+mod profile;
+mod props;
 mod remote;
 mod server;
+mod storage;
 mod trust_cmd;
+
+#[cfg(test)]
+mod fixtures;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -73,7 +86,13 @@ enum Command {
     #[command(subcommand)]
     Remote(remote::RemoteCmd),
     /// Show server information
-    Info { remote: Option<String> },
+    Info {
+        /// [<remote>:][<instance>]
+        remote: Option<String>,
+        /// Show the instance's recent log entries
+        #[arg(long)]
+        show_log: bool,
+    },
     /// Send a raw query to the server
     Query(server::QueryArgs),
     /// Show local and remote versions
@@ -92,6 +111,55 @@ enum Command {
     /// Manage cluster members
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Create and start instances from images
+    Launch(instance::LaunchArgs),
+    /// Create instances from images
+    #[command(alias = "init")]
+    Create(instance::CreateArgs),
+    /// Start instances
+    Start(instance::ActionArgs),
+    /// Stop instances
+    Stop(instance::ActionArgs),
+    /// Restart instances
+    Restart(instance::ActionArgs),
+    /// Pause instances
+    #[command(alias = "freeze")]
+    Pause(instance::ActionArgs),
+    /// Resume instances
+    #[command(alias = "unfreeze")]
+    Resume(instance::ActionArgs),
+    /// Delete instances
+    #[command(alias = "rm")]
+    Delete(instance::DeleteArgs),
+    /// Rename instances and snapshots
+    Rename {
+        /// [<remote>:]<instance>[/<snapshot>]
+        instance: String,
+        /// <instance>[/<snapshot>]
+        new_name: String,
+    },
+    /// Move instances within or in between servers (or cluster members, with --target)
+    #[command(alias = "mv")]
+    Move(instance::MoveArgs),
+    /// Copy instances within or in between servers
+    #[command(alias = "cp")]
+    Copy(instance::CopyArgs),
+    /// Execute commands in instances
+    Exec(exec::ExecArgs),
+    /// Attach to instance consoles
+    Console(exec::ConsoleArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// List instances
+    #[command(alias = "ls")]
+    List(list::ListArgs),
+    /// Manage profiles
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
+    /// Manage storage pools and volumes
+    #[command(subcommand)]
+    Storage(storage::StorageCmd),
     /// Generate the autocompletion script for the specified shell
     Completion {
         #[arg(value_enum)]
@@ -143,10 +211,26 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("Error: {e}");
-        std::process::exit(1);
-    }
+    let code = match runtime.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => match e.downcast_ref::<ctx::Exit>() {
+            Some(exit) => {
+                if let Some(m) = &exit.message {
+                    eprintln!("Error: {m}");
+                }
+                exit.code
+            }
+            None => {
+                eprintln!("Error: {e}");
+                1
+            }
+        },
+    };
+    // Exit at once: a read of stdin (exec, console) may still be blocked in a thread
+    // that the runtime would otherwise wait for.
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -163,7 +247,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut ctx = Ctx::load(globals)?;
     let result = match cli.command {
         Command::Remote(cmd) => remote::run(&mut ctx, cmd).await,
-        Command::Info { remote } => server::info(&ctx, remote.as_deref()).await,
+        Command::Info { remote, show_log } => server::info(&ctx, remote.as_deref(), show_log).await,
         Command::Query(args) => server::query(&ctx, args).await,
         Command::Version { remote } => server::version(&ctx, remote.as_deref()).await,
         Command::Config(cmd) => server::config(&ctx, cmd).await,
@@ -171,6 +255,23 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Operation(cmd) => operation::run(&ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&ctx, cmd).await,
         Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
+        Command::Storage(cmd) => storage::run(&ctx, cmd).await,
+        Command::Profile(cmd) => profile::run(&ctx, cmd).await,
+        Command::Image(cmd) => image::run(&ctx, cmd).await,
+        Command::List(args) => list::run(&ctx, args).await,
+        Command::Launch(args) => instance::launch(&ctx, args).await,
+        Command::Create(args) => instance::create(&ctx, &args, false).await.map(|_| ()),
+        Command::Start(args) => instance::action(&ctx, "start", args).await,
+        Command::Stop(args) => instance::action(&ctx, "stop", args).await,
+        Command::Restart(args) => instance::action(&ctx, "restart", args).await,
+        Command::Pause(args) => instance::action(&ctx, "pause", args).await,
+        Command::Resume(args) => instance::action(&ctx, "resume", args).await,
+        Command::Delete(args) => instance::delete(&ctx, args).await,
+        Command::Rename { instance, new_name } => instance::rename_cmd(&ctx, instance, new_name).await,
+        Command::Move(args) => instance::move_instance(&ctx, args).await,
+        Command::Copy(args) => instance::copy(&ctx, args).await,
+        Command::Exec(args) => exec::exec(&ctx, args).await,
+        Command::Console(args) => exec::console(&ctx, args).await,
         Command::Completion { .. } => Ok(()),
     };
     if result.is_ok() {
@@ -254,7 +355,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["stapes", "config", "set", "n1:", "core.https_address", ":8443"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Config(server::ConfigCmd::Set { ref args }) if args.len() == 3)
+            matches!(cli.command, Command::Config(server::ConfigCmd::Set { ref args, .. }) if args.len() == 3)
         );
         let cli =
             Cli::try_parse_from(["stapes", "monitor", "--type", "lifecycle", "--type", "logging"]).unwrap();
