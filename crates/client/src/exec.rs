@@ -55,8 +55,14 @@ pub fn control_text(msg: &InstanceExecControl) -> String {
     text
 }
 
+/// The sending half of a websocket, shared by the stdin mirror and the session's end.
+type SharedSink<S> = std::sync::Arc<tokio::sync::Mutex<S>>;
+
 /// Mirrors `input` to the websocket's sink: binary messages, then the EOF barrier.
-async fn send_input<S>(mut input: Box<dyn AsyncRead + Send + Unpin>, sink: &mut S) -> Result<(), ClientError>
+async fn send_input<S>(
+    mut input: Box<dyn AsyncRead + Send + Unpin>,
+    sink: &SharedSink<S>,
+) -> Result<(), ClientError>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
@@ -67,11 +73,22 @@ where
             .await
             .map_err(|e| ClientError::io("Failed to read stdin", e))?;
         if n == 0 {
-            sink.send(Message::text("")).await?;
+            sink.lock().await.send(Message::text("")).await?;
             return Ok(());
         }
-        sink.send(Message::binary(buf[..n].to_vec())).await?;
+        sink.lock().await.send(Message::binary(buf[..n].to_vec())).await?;
     }
+}
+
+/// Ends fd 0 from this side: the EOF barrier, then a normal close.
+async fn close_input<S>(sink: &SharedSink<S>)
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut sink = sink.lock().await;
+    let _ = sink.send(Message::text("")).await;
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.close().await;
 }
 
 /// Mirrors a websocket's messages to `output` until the barrier, a close or an error.
@@ -208,16 +225,13 @@ impl Client {
             mut stderr,
             ..
         } = io;
-        let (mut sink0, stream0) = ws0.split();
+        let (sink0, stream0) = ws0.split();
+        // The stdin mirror and the end of the session share fd 0's sending half: the
+        // server ends an interactive session only once the client closes fd 0 too.
+        let sink0 = std::sync::Arc::new(tokio::sync::Mutex::new(sink0));
         // Stdin runs on its own: it may block on a terminal long after the command ended.
-        let stdin_task = tokio::spawn(async move {
-            let r = send_input(stdin, &mut sink0).await;
-            if r.is_ok() {
-                // Non-interactive: the socket now only carries pings back.
-                let _ = sink0.flush().await;
-            }
-            r
-        });
+        let stdin_sink = sink0.clone();
+        let stdin_task = tokio::spawn(async move { send_input(stdin, &stdin_sink).await });
         let outputs = async move {
             match (ws1, ws2) {
                 (Some(ws1), Some(ws2)) => {
@@ -245,6 +259,8 @@ impl Client {
                 if let Err(e) = out {
                     tracing::debug!(error = %e, "exec output ended with an error");
                 }
+                stdin_task.abort();
+                close_input(&sink0).await;
                 wait.await
             }
             r = &mut wait => {
@@ -257,6 +273,7 @@ impl Client {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         stdin_task.abort();
+        close_input(&sink0).await;
         result
     }
 }
@@ -275,10 +292,12 @@ mod tests {
 
     #[tokio::test]
     async fn t10_stdin_is_sent_then_the_barrier() {
-        let mut got: Vec<Message> = Vec::new();
         let input: Box<dyn AsyncRead + Send + Unpin> = Box::new(std::io::Cursor::new(b"hello".to_vec()));
-        let mut sink = (&mut got).sink_map_err(|never| match never {});
-        send_input(input, &mut sink).await.unwrap();
+        let sink = std::sync::Arc::new(tokio::sync::Mutex::new(
+            Vec::<Message>::new().sink_map_err(|never| match never {}),
+        ));
+        send_input(input, &sink).await.unwrap();
+        let got = std::mem::take(sink.lock().await.get_mut());
         assert_eq!(got, vec![Message::binary(b"hello".to_vec()), Message::text("")]);
     }
 

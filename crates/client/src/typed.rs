@@ -186,8 +186,17 @@ impl Client {
                 }
                 None => step,
             };
-            let value = self.wait_operation(&op.id, step).await?;
-            current = decode("operation", value)?;
+            current = match self.wait_operation(&op.id, step).await {
+                Ok(value) => decode("operation", value)?,
+                // Incus answers the wait of a failed operation with its error alone:
+                // the operation itself (its metadata, e.g. an exec's exit code) is
+                // read once more.
+                Err(e @ ClientError::Api { .. }) => match self.operation(&op.id).await {
+                    Ok(failed) if failed.is_final() => failed,
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
             on_update(&current);
         }
         operation_result(current)

@@ -260,3 +260,27 @@ mod instance {
         );
     }
 }
+
+mod snapshot {
+    use super::*;
+    use crate::snapshot::render_snapshots;
+    use api::types::InstanceSnapshot;
+
+    #[test]
+    fn t10_snapshot_list_and_show_as_incus_prints_them() {
+        let snaps: Vec<InstanceSnapshot> = metadata(api_sample!("snapshots.json"));
+        same(
+            &render_snapshots(&snaps, fmt("table"), "nTEs").unwrap(),
+            cli_output!("snapshot-list.txt"),
+        );
+        same(
+            &render_snapshots(&snaps, fmt("csv"), "nTEs").unwrap(),
+            cli_output!("snapshot-list-csv.txt"),
+        );
+        let s1 = snaps.iter().find(|s| s.name == "s1").unwrap();
+        same(
+            &crate::format::go_yaml(s1).unwrap(),
+            cli_output!("snapshot-show.txt"),
+        );
+    }
+}

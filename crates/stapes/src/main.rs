@@ -36,6 +36,7 @@ mod cluster;
 mod ctx;
 mod device;
 mod exec;
+mod file;
 mod format;
 mod generate;
 mod image;
@@ -49,6 +50,7 @@ mod profile;
 mod props;
 mod remote;
 mod server;
+mod snapshot;
 mod storage;
 mod trust_cmd;
 
@@ -148,6 +150,12 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Attach to instance consoles
     Console(exec::ConsoleArgs),
+    /// Manage files in instances
+    #[command(subcommand)]
+    File(file::FileCmd),
+    /// Manage instance snapshots
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -271,6 +279,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Move(args) => instance::move_instance(&ctx, args).await,
         Command::Copy(args) => instance::copy(&ctx, args).await,
         Command::Exec(args) => exec::exec(&ctx, args).await,
+        Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
+        Command::File(cmd) => file::run(&ctx, cmd).await,
         Command::Console(args) => exec::console(&ctx, args).await,
         Command::Completion { .. } => Ok(()),
     };
