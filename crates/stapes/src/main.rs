@@ -1,7 +1,10 @@
 //! `stapes`: the command-line client. It mirrors the `incus` commands that concern a
 //! server and its trust (remotes, info, query, config, trust, operations, monitor,
-//! admin, cluster), with Incus's output shapes and messages. Errors go to stderr as
-//! `Error: <message>` with exit code 1.
+//! admin, cluster), instances (launch, create, start, stop, restart, pause, resume,
+//! delete, rename, move, copy, list, info, config, snapshot, exec, console, file),
+//! images, profiles and storage pools, with Incus's arguments, output shapes and
+//! messages. Errors go to stderr as `Error: <message>` with exit code 1 (`exec`: the
+//! command's own exit code).
 //!
 //! ```text
 //!  main -> clap (Cli) -> Ctx {config.yml, global flags} -> command module -> client crate
@@ -27,7 +30,14 @@
 //!   after a successful command on a clustered https remote the members' URLs are added
 //!   to the remote's addresses (at most one extra request, bounded by 2 s, never failing
 //!   the command); `monitor` follows a remote with several addresses to another member
-//!   when its stream breaks.
+//!   when its stream breaks;
+//! - progress (image transfers, unpacking, file pushes) is shown only on a terminal;
+//!   Incus prints its last progress line into redirected output too;
+//! - containers only: `--vm` and the `vga` console are refused, and so are networks
+//!   (`launch -n`), images from another remote or a URL, directory imports, and copies
+//!   or moves between remotes (within a remote and between cluster members they work);
+//! - `list`'s custom columns (`-c user.note:NOTE`) accept any key; Incus first checks
+//!   that the key is a known instance key.
 
 #![forbid(unsafe_code)]
 
@@ -313,6 +323,9 @@ mod tests {
                 "update-certificate",
                 "waitready",
                 "completion",
+                "launch",
+                "set-property",
+                "snapshot",
             ] {
                 assert!(script.contains(word), "{shell:?} lacks {word}");
             }
@@ -336,6 +349,137 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["stapes", "completion", "tcsh"]).is_err());
+    }
+
+    /// The instance, image, profile and storage commands take the incus CLI's arguments.
+    #[test]
+    fn t10_instance_commands_parse_as_incus_does() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["stapes"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        match parse(&[
+            "launch",
+            "bb",
+            "c1",
+            "-c",
+            "a=b",
+            "-p",
+            "default",
+            "-p",
+            "p1",
+            "--console",
+        ])
+        .command
+        {
+            Command::Launch(l) => {
+                assert_eq!(l.create.args, ["bb", "c1"]);
+                assert_eq!(l.create.profile, ["default", "p1"]);
+                assert_eq!(l.console.as_deref(), Some("console"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["init", "bb", "c1", "--target", "node2"]).command,
+            Command::Create(_)
+        ));
+        match parse(&["stop", "c1", "c2", "--timeout", "5", "-f"]).command {
+            Command::Stop(a) => assert_eq!((a.instances.len(), a.timeout, a.force), (2, Some(5), true)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["freeze", "c1"]).command, Command::Pause(_)));
+        match parse(&["exec", "c1", "-t", "--env", "A=b", "--", "sh", "-c", "echo -n x"]).command {
+            Command::Exec(e) => {
+                assert!(e.force_interactive);
+                assert_eq!(e.command, ["sh", "-c", "echo -n x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["list", "m1:", "status=running", "-c", "nsL4t", "-f", "csv"]).command {
+            Command::List(l) => assert_eq!(
+                (l.args.len(), l.columns.as_str(), l.format.as_str()),
+                (2, "nsL4t", "csv")
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "file", "push", "--uid", "1000", "--mode", "0600", "-p", "a", "b", "c1/tmp/",
+        ])
+        .command
+        {
+            Command::File(file::FileCmd::Push(p)) => assert_eq!((p.args.len(), p.uid, p.gid), (3, 1000, -1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["config", "device", "add", "c1", "data", "disk", "path=/data"]).command,
+            Command::Config(server::ConfigCmd::Device(device::InstanceDeviceCmd::Common(
+                device::DeviceCmd::Add { .. }
+            )))
+        ));
+        assert!(matches!(
+            parse(&["config", "device", "override", "c1", "root", "size=1GiB"]).command,
+            Command::Config(server::ConfigCmd::Device(
+                device::InstanceDeviceCmd::Override { .. }
+            ))
+        ));
+        assert!(matches!(
+            parse(&["config", "show", "c1", "--expanded"]).command,
+            Command::Config(server::ConfigCmd::Show { expanded: true, .. })
+        ));
+        assert!(matches!(
+            parse(&[
+                "profile",
+                "device",
+                "add",
+                "default",
+                "root",
+                "disk",
+                "path=/",
+                "pool=pool1"
+            ])
+            .command,
+            Command::Profile(profile::ProfileCmd::Device(device::DeviceCmd::Add { .. }))
+        ));
+        let cli = parse(&[
+            "storage",
+            "create",
+            "pool1",
+            "dir",
+            "source=/srv/p",
+            "--target",
+            "node1",
+        ]);
+        assert_eq!(cli.target.as_deref(), Some("node1"));
+        assert!(matches!(
+            cli.command,
+            Command::Storage(storage::StorageCmd::Create { .. })
+        ));
+        assert!(matches!(
+            parse(&["image", "import", "meta.tar.gz", "rootfs.squashfs", "m1:", "--alias", "bb"]).command,
+            Command::Image(image::ImageCmd::Import(ref i)) if i.args.len() == 3 && i.aliases == ["bb"]
+        ));
+        assert!(matches!(
+            parse(&["image", "alias", "rename", "bb", "bb2"]).command,
+            Command::Image(image::ImageCmd::Alias(image::AliasCmd::Rename { .. }))
+        ));
+        assert!(matches!(
+            parse(&["snapshot", "create", "c1", "s1", "--no-expiry"]).command,
+            Command::Snapshot(snapshot::SnapshotCmd::Create { no_expiry: true, .. })
+        ));
+        assert!(matches!(
+            parse(&["move", "c1", "--target", "node2"]).command,
+            Command::Move(_)
+        ));
+        assert!(matches!(
+            parse(&["console", "c1", "--show-log"]).command,
+            Command::Console(_)
+        ));
+        assert!(
+            Cli::try_parse_from(["stapes", "exec", "c1"]).is_err(),
+            "exec needs a command"
+        );
+        assert!(Cli::try_parse_from(["stapes", "delete"]).is_err());
     }
 
     #[test]
