@@ -99,6 +99,22 @@ pub struct Response {
 }
 
 impl Response {
+    /// A whole HTTP response, with where it came from.
+    pub(crate) fn from_http(
+        resp: http::Response<Bytes>,
+        peer_cert: Option<Vec<u8>>,
+        endpoint: Endpoint,
+    ) -> Response {
+        let (parts, body) = resp.into_parts();
+        Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            peer_cert,
+            endpoint,
+        }
+    }
+
     pub fn etag(&self) -> Option<String> {
         self.headers
             .get(ETAG)
@@ -490,15 +506,8 @@ impl Client {
         let body = crate::http::full(Bytes::from(req.body.clone().unwrap_or_default()));
         let http_req = self.http_request(&endpoint, req, body)?;
         let resp = crate::http::exchange(conn, http_req).await?;
-        let (parts, body) = resp.into_parts();
-        tracing::debug!(status = parts.status.as_u16(), body = %String::from_utf8_lossy(&body), "Got response");
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            peer_cert,
-            endpoint,
-        })
+        tracing::debug!(status = resp.status().as_u16(), body = %String::from_utf8_lossy(resp.body()), "Got response");
+        Ok(Response::from_http(resp, peer_cert, endpoint))
     }
 
     /// The HTTP request for `req` sent to `endpoint`, with `body`: the path with
@@ -583,7 +592,7 @@ impl Client {
 }
 
 /// The request with `Authorization: Bearer <token>` (replacing any it had).
-fn with_bearer(req: &Request, token: &str) -> Request {
+pub(crate) fn with_bearer(req: &Request, token: &str) -> Request {
     let mut r = req.clone();
     r.headers.retain(|(name, _)| name != http::header::AUTHORIZATION);
     r.headers

@@ -32,7 +32,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::client::{decode_envelope, Client, Request, Response};
+use crate::client::{decode_envelope, with_bearer, Client, Request, Response};
 use crate::connect::connect_then;
 use crate::http::{Streaming, MAX_ERROR_BODY};
 use crate::{ClientError, Endpoint};
@@ -259,10 +259,7 @@ impl Client {
             // A streamed body cannot be sent twice: make sure the token is good first
             // (a refused one is renewed here, by the ordinary request path).
             self.request(Request::get("/1.0")).await?;
-            let token = auth.fresh_token().await;
-            req.headers.retain(|(n, _)| n != http::header::AUTHORIZATION);
-            req.headers
-                .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
+            req = with_bearer(&req, &auth.fresh_token().await);
         }
         req.content_type = Some(body.content_type.clone());
         let conn = self.connect().await?;
@@ -282,16 +279,7 @@ impl Client {
         )?;
         let exchange = crate::http::exchange(conn, http_req);
         match with_idle_limit(exchange, &sent, self.idle_limit(), "the upload to make progress").await {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                Ok(Response {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                    peer_cert,
-                    endpoint,
-                })
-            }
+            Ok(resp) => Ok(Response::from_http(resp, peer_cert, endpoint)),
             Err(e) if e.is_connection_level() => {
                 self.mark_failed(&endpoint);
                 Err(ClientError::MaybeApplied {
@@ -463,15 +451,6 @@ impl Client {
                 secs: limit.as_secs(),
             })?
     }
-}
-
-/// The request with `Authorization: Bearer <token>` (replacing any it had).
-fn with_bearer(req: &Request, token: &str) -> Request {
-    let mut r = req.clone();
-    r.headers.retain(|(name, _)| name != http::header::AUTHORIZATION);
-    r.headers
-        .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
-    r
 }
 
 #[cfg(test)]

@@ -340,7 +340,7 @@ pub fn set_properties(writable: &mut Value, keys: &BTreeMap<String, String>) -> 
 
 /// `cluster unset --property` (see [`crate::props::unset`]).
 pub fn unset_property(writable: &mut Value, tag: &str) -> Result<(), String> {
-    crate::props::unset(writable, crate::props::CLUSTER_MEMBER, tag)
+    crate::props::unset_field(writable, crate::props::CLUSTER_MEMBER, tag)
 }
 
 /// The YAML of `cluster edit` as a `PUT` body: fields left out take Go's zero values

@@ -136,6 +136,23 @@ async fn session(ctx: &Ctx, remote: &str, instance: &str) -> Result<SftpSession>
     SftpSession::new(stream).await.map_err(sftp_err)
 }
 
+/// The SFTP session of `remote:instance`, opened once per command.
+async fn session_for<'a>(
+    ctx: &Ctx,
+    sessions: &'a mut BTreeMap<(String, String), SftpSession>,
+    remote: &str,
+    instance: &str,
+) -> Result<&'a SftpSession> {
+    let key = (remote.to_string(), instance.to_string());
+    if !sessions.contains_key(&key) {
+        let s = session(ctx, remote, instance).await?;
+        sessions.insert(key.clone(), s);
+    }
+    sessions
+        .get(&key)
+        .ok_or_else(|| anyhow!("no SFTP session for {instance}"))
+}
+
 /// Owner and mode for an entry (`None`: leave as the server made it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Owner {
@@ -412,12 +429,7 @@ async fn pull(ctx: &Ctx, args: PullArgs) -> Result<()> {
     for source in sources {
         let (remote, spec) = ctx.parse_remote(source)?;
         let (instance, path, _) = split_target(&spec).ok_or_else(|| anyhow!("Invalid source {spec}"))?;
-        let key = (remote.clone(), instance.clone());
-        if !sessions.contains_key(&key) {
-            let s = session(ctx, &remote, &instance).await?;
-            sessions.insert(key.clone(), s);
-        }
-        let Some(sftp) = sessions.get(&key) else { continue };
+        let sftp = session_for(ctx, &mut sessions, &remote, &instance).await?;
         let mut src = sftp.open(path.clone()).await.map_err(sftp_err)?;
         let info = sftp.symlink_metadata(path.clone()).await.map_err(sftp_err)?;
         if info.is_dir() {
@@ -513,12 +525,7 @@ async fn delete(ctx: &Ctx, paths: &[String], force: bool) -> Result<()> {
     for spec in paths {
         let (remote, name) = ctx.parse_remote(spec)?;
         let (instance, path, _) = split_target(&name).ok_or_else(|| anyhow!("Invalid path {name}"))?;
-        let key = (remote.clone(), instance.clone());
-        if !sessions.contains_key(&key) {
-            let s = session(ctx, &remote, &instance).await?;
-            sessions.insert(key.clone(), s);
-        }
-        let Some(sftp) = sessions.get(&key) else { continue };
+        let sftp = session_for(ctx, &mut sessions, &remote, &instance).await?;
         // Incus sends the path relative to the root (`root/x` for `/root/x`).
         let rel = path.trim_start_matches('/').to_string();
         if force {

@@ -205,20 +205,17 @@ pub fn yaml<T: Serialize>(value: &T) -> Result<String, String> {
     serde_saphyr::to_string_with_options(value, opts).map_err(|e| e.to_string())
 }
 
-/// Unquotes RFC 3339 timestamps under the given keys: Go's YAML writes typed times
-/// (`created_at`, `expires_at`) bare, while a string that looks like a time is quoted.
-pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
+/// Rewrites a YAML document line by line: `f` gets a line's text after its indentation
+/// (spaces and list dashes) and returns its replacement, if any.
+fn rewrite_lines(yaml: &str, f: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(yaml.len());
     for line in yaml.split_inclusive('\n') {
         let body = line.trim_end_matches('\n');
         let indent_len = body.len() - body.trim_start_matches([' ', '-']).len();
         let (indent, rest) = body.split_at(indent_len);
-        let replaced = keys.iter().find_map(|k| {
-            let value = rest.strip_prefix(k)?.strip_prefix(": \"")?.strip_suffix('"')?;
-            parse_time(value).map(|_| format!("{indent}{k}: {value}"))
-        });
-        match replaced {
+        match f(rest) {
             Some(r) => {
+                out.push_str(indent);
                 out.push_str(&r);
                 if line.ends_with('\n') {
                     out.push('\n');
@@ -228,6 +225,17 @@ pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
         }
     }
     out
+}
+
+/// Unquotes RFC 3339 timestamps under the given keys: Go's YAML writes typed times
+/// (`created_at`, `expires_at`) bare, while a string that looks like a time is quoted.
+pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
+    rewrite_lines(yaml, |rest| {
+        keys.iter().find_map(|k| {
+            let value = rest.strip_prefix(k)?.strip_prefix(": \"")?.strip_suffix('"')?;
+            parse_time(value).map(|_| format!("{k}: {value}"))
+        })
+    })
 }
 
 /// Time fields of the typed Incus objects.
@@ -306,74 +314,46 @@ fn resolves_to_non_string(s: &str) -> bool {
 /// double quotes for strings that would read as another type and for escapes: rewrites
 /// double-quoted values accordingly (values only, not keys).
 pub fn requote(yaml: &str) -> String {
-    let mut out = String::with_capacity(yaml.len());
-    for line in yaml.split_inclusive('\n') {
-        let body = line.trim_end_matches('\n');
-        let split = body.find(": \"").map(|i| i + 2).or_else(|| {
-            let t = body.trim_start();
-            t.starts_with("- \"").then(|| body.len() - t.len() + 2)
-        });
-        let fixed = split.and_then(|at| {
-            let (head, quoted) = body.split_at(at);
-            let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
-            let mut text = String::new();
-            let mut chars = inner.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => match chars.next()? {
-                        '"' => text.push('"'),
-                        '\\' => text.push('\\'),
-                        _ => return None,
-                    },
-                    '"' => return None,
-                    c => text.push(c),
-                }
+    rewrite_lines(yaml, |rest| {
+        let at = if rest.starts_with('"') {
+            0
+        } else {
+            rest.find(": \"")? + 2
+        };
+        let (head, quoted) = rest.split_at(at);
+        let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+        let mut text = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    '"' => text.push('"'),
+                    '\\' => text.push('\\'),
+                    _ => return None,
+                },
+                '"' => return None,
+                c => text.push(c),
             }
-            if resolves_to_non_string(&text) {
-                return None;
-            }
-            Some(format!("{head}'{}'", text.replace('\'', "''")))
-        });
-        match fixed {
-            Some(f) => {
-                out.push_str(&f);
-                if line.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-            None => out.push_str(line),
         }
-    }
-    out
+        if resolves_to_non_string(&text) {
+            return None;
+        }
+        Some(format!("{head}'{}'", text.replace('\'', "''")))
+    })
 }
 
 /// Rewrites `key: null` as `key: []` or `key: {}` for the keys Go writes so.
 pub fn go_nils(yaml: &str) -> String {
-    let mut out = String::with_capacity(yaml.len());
-    for line in yaml.split_inclusive('\n') {
-        let body = line.trim_end_matches('\n');
-        let indent_len = body.len() - body.trim_start_matches([' ', '-']).len();
-        let (indent, rest) = body.split_at(indent_len);
-        let fixed = rest.strip_suffix(": null").and_then(|key| {
-            if NIL_LISTS.contains(&key) {
-                Some(format!("{indent}{key}: []"))
-            } else if NIL_MAPS.contains(&key) {
-                Some(format!("{indent}{key}: {{}}"))
-            } else {
-                None
-            }
-        });
-        match fixed {
-            Some(f) => {
-                out.push_str(&f);
-                if line.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-            None => out.push_str(line),
+    rewrite_lines(yaml, |rest| {
+        let key = rest.strip_suffix(": null")?;
+        if NIL_LISTS.contains(&key) {
+            Some(format!("{key}: []"))
+        } else if NIL_MAPS.contains(&key) {
+            Some(format!("{key}: {{}}"))
+        } else {
+            None
         }
-    }
-    out
+    })
 }
 
 /// Go's `units.GetByteSizeStringIEC`: `1.16MiB`, `608.00KiB`, `512B`.
@@ -612,6 +592,43 @@ pub mod order {
         "err",
         "location",
     ];
+}
+
+/// A list of typed objects as the incus CLI renders its lists: `-c` letters (those in
+/// `known`) into cells and headers, rows sorted naturally unless `sorted` is false,
+/// and the objects themselves for json and yaml (as Go encodes them).
+pub fn render_objects<T: Serialize>(
+    format: ListFormat,
+    items: &[T],
+    spec: &str,
+    known: &str,
+    cell: impl Fn(&T, char) -> String,
+    header: impl Fn(char) -> &'static str,
+    sorted: bool,
+) -> Result<String, String> {
+    let cols = parse_columns(spec, known)?;
+    let mut rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| cols.iter().map(|c| cell(i, *c)).collect())
+        .collect();
+    if sorted {
+        sort_rows(&mut rows);
+    }
+    let headers: Vec<&str> = cols.iter().map(|c| header(*c)).collect();
+    render_typed_list(format, &headers, &rows, items)
+}
+
+/// A list in any format, the raw objects printed as Go prints them for json and yaml.
+pub fn render_typed_list<T: Serialize>(
+    format: ListFormat,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    raw: &[T],
+) -> Result<String, String> {
+    if format.kind == ListKind::Yaml {
+        return go_yaml(&raw);
+    }
+    render_list(format, headers, rows, &raw)
 }
 
 /// Incus's date layout (`2006/01/02 15:04 MST`), in UTC.

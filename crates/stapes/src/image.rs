@@ -22,8 +22,7 @@ use client::images::ImageUploadArgs;
 use client::{Client, Part, Upload};
 
 use crate::ctx::{parse_yaml, read_stdin, stdin_is_terminal, Ctx, Progress};
-use crate::format::{date, go_yaml, parse_columns, sort_rows, ListFormat};
-use crate::storage::render_typed_list;
+use crate::format::{date, go_yaml, render_objects, render_typed_list, ListFormat, ListKind};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
@@ -277,14 +276,16 @@ pub fn render_images(
     } else {
         columns
     };
-    let cols = parse_columns(spec, "adefFlLpstu").map_err(|e| anyhow!(e))?;
-    let mut rows: Vec<Vec<String>> = images
-        .iter()
-        .map(|i| cols.iter().map(|c| image_column(i, *c)).collect())
-        .collect();
-    sort_rows(&mut rows);
-    let headers: Vec<&str> = cols.iter().map(|c| image_header(*c)).collect();
-    render_typed_list(format, &headers, &rows, images)
+    render_objects(
+        format,
+        images,
+        spec,
+        "adefFlLpstu",
+        image_column,
+        image_header,
+        true,
+    )
+    .map_err(|e| anyhow!(e))
 }
 
 /// `image info` as Incus prints it (pure).
@@ -361,37 +362,34 @@ pub fn render_aliases(
     format: ListFormat,
     columns: &str,
 ) -> Result<String> {
-    let cols = parse_columns(columns, "aftd").map_err(|e| anyhow!(e))?;
-    let shown = aliases.iter().filter(|a| {
-        filters.is_empty()
-            || filters
-                .iter()
-                .any(|f| a.name.contains(f.as_str()) || a.put.target.contains(f.as_str()))
-    });
-    let mut rows: Vec<Vec<String>> = shown
-        .map(|a| {
-            cols.iter()
-                .map(|c| match c {
-                    'a' => a.name.clone(),
-                    'f' => a.put.target.chars().take(12).collect(),
-                    't' if a.kind.is_empty() => "CONTAINER".into(),
-                    't' => a.kind.to_uppercase(),
-                    _ => a.put.description.clone(),
-                })
-                .collect()
-        })
-        .collect();
-    sort_rows(&mut rows);
-    let headers: Vec<&str> = cols
+    let shown: Vec<&ImageAliasesEntry> = aliases
         .iter()
-        .map(|c| match c {
-            'a' => "ALIAS",
-            'f' => "FINGERPRINT",
-            't' => "TYPE",
-            _ => "DESCRIPTION",
+        .filter(|a| {
+            filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| a.name.contains(f.as_str()) || a.put.target.contains(f.as_str()))
         })
         .collect();
-    render_typed_list(format, &headers, &rows, aliases)
+    let cell = |a: &&ImageAliasesEntry, c: char| match c {
+        'a' => a.name.clone(),
+        'f' => a.put.target.chars().take(12).collect(),
+        't' if a.kind.is_empty() => "CONTAINER".into(),
+        't' => a.kind.to_uppercase(),
+        _ => a.put.description.clone(),
+    };
+    let header = |c: char| match c {
+        'a' => "ALIAS",
+        'f' => "FINGERPRINT",
+        't' => "TYPE",
+        _ => "DESCRIPTION",
+    };
+    if matches!(format.kind, ListKind::Json | ListKind::Yaml) {
+        // Incus prints every alias there, whatever the filters.
+        crate::format::parse_columns(columns, "aftd").map_err(|e| anyhow!(e))?;
+        return render_typed_list(format, &[], &[], aliases).map_err(|e| anyhow!(e));
+    }
+    render_objects(format, &shown, columns, "aftd", cell, header, true).map_err(|e| anyhow!(e))
 }
 
 /// Splits `image import`'s arguments as Incus does: an argument ending in `:` is the

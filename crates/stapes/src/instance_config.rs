@@ -144,7 +144,7 @@ fn apply_properties(
 ) -> Result<()> {
     if unset {
         for k in keys.keys() {
-            props::unset(w, table, k).map_err(|e| {
+            props::unset_field(w, table, k).map_err(|e| {
                 anyhow!(
                     "Error unsetting properties: {}",
                     e.trim_start_matches("Error unsetting property: ")

@@ -23,8 +23,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::ctx::{is_clustered, Ctx};
-use crate::format::{date_or_empty, parse_size, size_iec, sort_rows, ListFormat};
-use crate::storage::render_typed_list;
+use crate::format::{date_or_empty, parse_size, render_typed_list, size_iec, sort_rows, ListFormat};
 
 pub const DEFAULT_COLUMNS: &str = "ns46tSL";
 const DEFAULT_COLUMNS_ALL_PROJECTS: &str = "ens46tSL";
@@ -557,7 +556,7 @@ pub fn render_instances(
         .collect();
     sort_rows(&mut rows);
     let headers: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    render_typed_list(format, &headers, &rows, &shown)
+    render_typed_list(format, &headers, &rows, &shown).map_err(|e| anyhow!(e))
 }
 
 pub async fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {

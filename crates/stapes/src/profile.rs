@@ -15,10 +15,9 @@ use clap::{Args, Subcommand};
 
 use crate::ctx::{parse_yaml, read_stdin, stdin_is_terminal, Ctx};
 use crate::device::{DeviceCmd, Owner};
-use crate::format::{go_yaml, parse_columns, sort_rows, ListFormat};
+use crate::format::{go_yaml, render_objects, ListFormat};
 use crate::props;
 use crate::server::parse_key_values;
-use crate::storage::render_typed_list;
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCmd {
@@ -147,31 +146,19 @@ pub fn render_profiles(
     } else {
         columns
     };
-    let cols = parse_columns(spec, "nedu").map_err(|e| anyhow!(e))?;
-    let mut rows: Vec<Vec<String>> = profiles
-        .iter()
-        .map(|p| {
-            cols.iter()
-                .map(|c| match c {
-                    'n' => p.name.clone(),
-                    'e' => p.project.clone(),
-                    'd' => p.put.description.clone(),
-                    _ => p.used_by.len().to_string(),
-                })
-                .collect()
-        })
-        .collect();
-    sort_rows(&mut rows);
-    let headers: Vec<&str> = cols
-        .iter()
-        .map(|c| match c {
-            'n' => "NAME",
-            'e' => "PROJECT",
-            'd' => "DESCRIPTION",
-            _ => "USED BY",
-        })
-        .collect();
-    render_typed_list(format, &headers, &rows, profiles)
+    let cell = |p: &Profile, c: char| match c {
+        'n' => p.name.clone(),
+        'e' => p.project.clone(),
+        'd' => p.put.description.clone(),
+        _ => p.used_by.len().to_string(),
+    };
+    let header = |c: char| match c {
+        'n' => "NAME",
+        'e' => "PROJECT",
+        'd' => "DESCRIPTION",
+        _ => "USED BY",
+    };
+    render_objects(format, profiles, spec, "nedu", cell, header, true).map_err(|e| anyhow!(e))
 }
 
 fn profile_name(ctx: &Ctx, arg: &str) -> Result<(String, String)> {
@@ -328,25 +315,9 @@ async fn set(ctx: &Ctx, profile: &str, args: &[String], property: bool, unset: b
     let (p, etag) = client.profile(&name).await?;
     let keys = parse_key_values(args)?;
     let mut writable = p.writable();
-    if property {
-        let mut w = serde_json::to_value(&writable)?;
-        if unset {
-            for k in keys.keys() {
-                props::unset(&mut w, props::PROFILE, k).map_err(|e| anyhow!(e))?;
-            }
-        } else {
-            props::set(&mut w, props::PROFILE, &keys).map_err(|e| anyhow!(e))?;
-        }
-        writable = serde_json::from_value(w)?;
-    } else {
-        for (k, v) in keys {
-            if unset {
-                writable.config.remove(&k);
-            } else {
-                writable.config.insert(k, v);
-            }
-        }
-    }
+    props::apply_keys(&mut writable, props::PROFILE, keys, property, unset, |w| {
+        &mut w.config
+    })?;
     client.update_profile(&name, &writable, etag.as_deref()).await?;
     Ok(())
 }

@@ -45,6 +45,40 @@ pub const INSTANCE: Table = &[
 ];
 pub const SNAPSHOT: Table = &[("expires_at", Kind::Time)];
 
+/// `set`/`unset` on an object's writable part, as `profile set` and `storage set` do:
+/// with `--property`, the fields of `table`; otherwise the keys of its `config` (an
+/// unset key is removed).
+pub fn apply_keys<T: serde::Serialize + serde::de::DeserializeOwned>(
+    writable: &mut T,
+    table: Table,
+    keys: BTreeMap<String, String>,
+    property: bool,
+    unset: bool,
+    config: impl FnOnce(&mut T) -> &mut BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if !property {
+        let config = config(writable);
+        for (k, v) in keys {
+            if unset {
+                config.remove(&k);
+            } else {
+                config.insert(k, v);
+            }
+        }
+        return Ok(());
+    }
+    let mut w = serde_json::to_value(&*writable)?;
+    if unset {
+        for k in keys.keys() {
+            unset_field(&mut w, table, k).map_err(anyhow::Error::msg)?;
+        }
+    } else {
+        set(&mut w, table, &keys).map_err(anyhow::Error::msg)?;
+    }
+    *writable = serde_json::from_value(w)?;
+    Ok(())
+}
+
 /// The field named `tag` (matched case-insensitively, as Incus does).
 fn field(table: Table, tag: &str) -> Result<(&'static str, Kind), String> {
     table
@@ -89,25 +123,14 @@ fn go_format(v: &Value, kind: Kind) -> String {
 
 /// Go's `%v` of a `time.Time` (`2006-01-02 15:04:05.999999999 -0700 MST`), from RFC 3339.
 fn go_time(s: &str) -> String {
-    let Some(t) = api::types::Timestamp::parse(s) else {
-        return s.to_string();
-    };
-    let t = t.utc();
-    let nanos = t.nanosecond();
-    let frac = if nanos == 0 {
-        String::new()
-    } else {
-        format!(".{}", format!("{nanos:09}").trim_end_matches('0'))
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}{frac} +0000 UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    match api::types::Timestamp::parse(s) {
+        // The RFC 3339 form in UTC, with Go's `%v` separators.
+        Some(t) => api::types::Timestamp(t.utc())
+            .to_string()
+            .replacen('T', " ", 1)
+            .replace('Z', " +0000 UTC"),
+        None => s.to_string(),
+    }
 }
 
 /// `get --property`: the value of a writable field as Incus prints it.
@@ -159,7 +182,7 @@ pub fn set(writable: &mut Value, table: Table, keys: &BTreeMap<String, String>) 
 
 /// `unset --property`: strings become empty, booleans false, times zero; lists and maps
 /// are left as they are (as Incus does).
-pub fn unset(writable: &mut Value, table: Table, tag: &str) -> Result<(), String> {
+pub fn unset_field(writable: &mut Value, table: Table, tag: &str) -> Result<(), String> {
     let (name, kind) = field(table, tag).map_err(|e| format!("Error unsetting property: {e}"))?;
     match kind {
         Kind::Text => writable[name] = Value::String(String::new()),
@@ -189,7 +212,7 @@ mod tests {
         assert!(set(&mut w, INSTANCE, &bad)
             .unwrap_err()
             .contains("Invalid boolean value: maybe"));
-        unset(&mut w, INSTANCE, "ephemeral").unwrap();
+        unset_field(&mut w, INSTANCE, "ephemeral").unwrap();
         assert_eq!(w["ephemeral"], json!(false));
         assert_eq!(
             get(&w, INSTANCE, "nope").unwrap_err(),
@@ -207,7 +230,7 @@ mod tests {
             "2026-12-01 20:15:30.5 +0000 UTC"
         );
         let mut p = json!({"config": {}, "description": "x", "devices": {}});
-        unset(&mut p, PROFILE, "description").unwrap();
+        unset_field(&mut p, PROFILE, "description").unwrap();
         assert_eq!(p["description"], "");
     }
 }

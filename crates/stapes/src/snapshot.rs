@@ -16,8 +16,7 @@ use api::types::{
 use clap::Subcommand;
 
 use crate::ctx::{parse_yaml, read_stdin, stdin_is_terminal, Ctx};
-use crate::format::{date, go_yaml, parse_columns, ListFormat};
-use crate::storage::render_typed_list;
+use crate::format::{date, go_yaml, render_objects, ListFormat};
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCmd {
@@ -85,7 +84,6 @@ pub enum SnapshotCmd {
 
 /// `snapshot list` as Incus renders it (pure; rows in the server's order).
 pub fn render_snapshots(snaps: &[InstanceSnapshot], format: ListFormat, columns: &str) -> Result<String> {
-    let cols = parse_columns(columns, "nTEs").map_err(|e| anyhow!(e))?;
     let blank_or_date = |t: &Timestamp| {
         if t.is_zero() {
             " ".to_string()
@@ -93,30 +91,20 @@ pub fn render_snapshots(snaps: &[InstanceSnapshot], format: ListFormat, columns:
             date(t.0)
         }
     };
-    let rows: Vec<Vec<String>> = snaps
-        .iter()
-        .map(|s| {
-            cols.iter()
-                .map(|c| match c {
-                    'n' => s.name.clone(),
-                    'T' => blank_or_date(&s.created_at),
-                    'E' => blank_or_date(&s.put.expires_at),
-                    _ if s.stateful => "YES".into(),
-                    _ => "NO".into(),
-                })
-                .collect()
-        })
-        .collect();
-    let headers: Vec<&str> = cols
-        .iter()
-        .map(|c| match c {
-            'n' => "NAME",
-            'T' => "TAKEN AT",
-            'E' => "EXPIRES AT",
-            _ => "STATEFUL",
-        })
-        .collect();
-    render_typed_list(format, &headers, &rows, snaps)
+    let cell = |s: &InstanceSnapshot, c: char| match c {
+        'n' => s.name.clone(),
+        'T' => blank_or_date(&s.created_at),
+        'E' => blank_or_date(&s.put.expires_at),
+        _ if s.stateful => "YES".into(),
+        _ => "NO".into(),
+    };
+    let header = |c: char| match c {
+        'n' => "NAME",
+        'T' => "TAKEN AT",
+        'E' => "EXPIRES AT",
+        _ => "STATEFUL",
+    };
+    render_objects(format, snaps, columns, "nTEs", cell, header, false).map_err(|e| anyhow!(e))
 }
 
 /// The instance and snapshot names of `create` (`c1 s1`, or `c1/s1`).

@@ -21,7 +21,7 @@ use api::types::{StoragePool, StoragePoolPut, StoragePoolState, StoragePoolsPost
 use clap::{Args, Subcommand};
 
 use crate::ctx::{parse_yaml, read_stdin, stdin_is_terminal, Ctx};
-use crate::format::{go_yaml, parse_columns, render_list, size_iec, sort_rows, ListFormat};
+use crate::format::{go_yaml, render_objects, size_iec, ListFormat};
 use crate::props;
 use crate::server::parse_key_values;
 
@@ -124,18 +124,16 @@ const EDIT_HEADER: &str = "### This is a YAML representation of a storage pool.
 ###   source: default
 ###   zfs.pool_name: default";
 
-/// One row of `storage list`.
-pub fn pool_row(pool: &StoragePool, cols: &[char]) -> Vec<String> {
-    cols.iter()
-        .map(|c| match c {
-            'n' => pool.name.clone(),
-            'D' => pool.driver.clone(),
-            'd' => pool.put.description.clone(),
-            'S' => pool.put.config.get("source").cloned().unwrap_or_default(),
-            'u' => pool.used_by.len().to_string(),
-            _ => pool.status.to_uppercase(),
-        })
-        .collect()
+/// One cell of `storage list`.
+fn pool_cell(pool: &StoragePool, c: char) -> String {
+    match c {
+        'n' => pool.name.clone(),
+        'D' => pool.driver.clone(),
+        'd' => pool.put.description.clone(),
+        'S' => pool.put.config.get("source").cloned().unwrap_or_default(),
+        'u' => pool.used_by.len().to_string(),
+        _ => pool.status.to_uppercase(),
+    }
 }
 
 fn pool_header(c: char) -> &'static str {
@@ -151,24 +149,7 @@ fn pool_header(c: char) -> &'static str {
 
 /// `storage list` as Incus renders it (pure).
 pub fn render_pools(pools: &[StoragePool], format: ListFormat, columns: &str) -> Result<String> {
-    let cols = parse_columns(columns, "nDdSus").map_err(|e| anyhow!(e))?;
-    let mut rows: Vec<Vec<String>> = pools.iter().map(|p| pool_row(p, &cols)).collect();
-    sort_rows(&mut rows);
-    let headers: Vec<&str> = cols.iter().map(|c| pool_header(*c)).collect();
-    render_typed_list(format, &headers, &rows, pools)
-}
-
-/// A list in any format, the raw objects printed as Go prints them for json and yaml.
-pub fn render_typed_list<T: serde::Serialize>(
-    format: ListFormat,
-    headers: &[&str],
-    rows: &[Vec<String>],
-    raw: &[T],
-) -> Result<String> {
-    if format.kind == crate::format::ListKind::Yaml {
-        return go_yaml(&raw).map_err(|e| anyhow!(e));
-    }
-    render_list(format, headers, rows, &raw).map_err(|e| anyhow!(e))
+    render_objects(format, pools, columns, "nDdSus", pool_cell, pool_header, true).map_err(|e| anyhow!(e))
 }
 
 /// `storage info` (pure): the pool's "info" and what uses it, grouped by kind.
@@ -361,25 +342,9 @@ async fn set(ctx: &Ctx, pool: &str, args: &[String], property: bool, unset: bool
     let (p, etag) = client.storage_pool(&name).await?;
     let keys = parse_key_values(args)?;
     let mut writable = p.writable();
-    if property {
-        let mut w = serde_json::to_value(&writable)?;
-        if unset {
-            for k in keys.keys() {
-                props::unset(&mut w, props::STORAGE_POOL, k).map_err(|e| anyhow!(e))?;
-            }
-        } else {
-            props::set(&mut w, props::STORAGE_POOL, &keys).map_err(|e| anyhow!(e))?;
-        }
-        writable = serde_json::from_value(w)?;
-    } else {
-        for (k, v) in keys {
-            if unset {
-                writable.config.remove(&k);
-            } else {
-                writable.config.insert(k, v);
-            }
-        }
-    }
+    props::apply_keys(&mut writable, props::STORAGE_POOL, keys, property, unset, |w| {
+        &mut w.config
+    })?;
     client
         .update_storage_pool(&name, &writable, etag.as_deref())
         .await?;
