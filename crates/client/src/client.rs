@@ -210,6 +210,9 @@ pub struct Client {
     remote: Option<String>,
     dial: DialSpec,
     timeout: Duration,
+    /// How long a transfer may go without moving a byte (`None`: see
+    /// [`Client::idle_limit`]).
+    idle: Option<Duration>,
     target: Option<String>,
     project: Option<String>,
     user_agent: String,
@@ -295,6 +298,7 @@ impl Client {
             remote: None,
             dial,
             timeout: REQUEST_TIMEOUT,
+            idle: None,
             target: None,
             project: None,
             user_agent: user_agent(),
@@ -362,6 +366,16 @@ impl Client {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a streamed transfer (upload, download) may go without moving a byte.
+    pub fn with_idle_limit(mut self, limit: Duration) -> Client {
+        self.idle = Some(limit);
+        self
+    }
+
+    pub(crate) fn idle_override(&self) -> Option<Duration> {
+        self.idle
     }
 
     /// The path as sent: with `target` and `project` added.

@@ -244,10 +244,11 @@ async fn with_idle_limit<T>(
 }
 
 impl Client {
-    /// How long a transfer may go without moving a byte: the request timeout, at least
-    /// [`MIN_IDLE`].
+    /// How long a transfer may go without moving a byte: as set by
+    /// [`Client::with_idle_limit`], else the request timeout, at least [`MIN_IDLE`].
     pub fn idle_limit(&self) -> Duration {
-        self.timeout().max(MIN_IDLE)
+        self.idle_override()
+            .unwrap_or_else(|| self.timeout().max(MIN_IDLE))
     }
 
     /// Sends `req` with `body` streamed as its body, once, and reads the (small) answer.
