@@ -12,6 +12,12 @@
 //! one is on disk. `cluster enable` starts Raft (`raft.redb`) seeded with that state;
 //! joining starts an empty Raft that the leader fills. Either way readers see one
 //! published `Arc<State>`, never a half-applied one.
+//!
+//! A write that fails on disk (a full disk, say) leaves redb refusing every later write
+//! with "Previous I/O error": the store then reopens the database before the next write,
+//! and says it is failing ([`Store::storage_problem`]) until a write succeeds again.
+//! A member whose files are missing, empty or damaged is refused at open, naming the
+//! file and what to do, rather than started as a new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -44,6 +50,11 @@ pub enum StoreError {
     Db(String),
     #[error("State database is corrupt: {0}")]
     Corrupt(String),
+    #[error("State database write failed: {0}")]
+    Storage(String),
+    /// A file a member needs is missing, empty or unreadable.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 macro_rules! db_err {
@@ -99,10 +110,18 @@ pub enum LeaderReply {
 struct RaftNode {
     raft: Raft,
     id: u64,
+    /// Takes snapshots when the log grows large; stopped with the node.
+    compactor: tokio::task::JoinHandle<()>,
 }
 
+/// The largest snapshot a member accepts by default (`--max-snapshot-size`).
+pub const DEFAULT_SNAPSHOT_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
+
 pub struct Store {
-    db: Database,
+    /// `state.redb`; `None` only while it is being reopened after a failed write.
+    db: std::sync::Mutex<Option<Database>>,
+    /// Why the last write failed, until one succeeds.
+    failing: std::sync::Mutex<Option<String>>,
     dir: PathBuf,
     published: Arc<ArcSwap<State>>,
     changed: watch::Sender<u64>,
@@ -112,16 +131,17 @@ pub struct Store {
     rpc: Arc<dyn Rpc>,
     /// Serialises standalone writers and backend switches; readers never wait.
     writer: Mutex<u64>,
+    /// The largest snapshot accepted from a leader, in bytes.
+    snapshot_limit: std::sync::atomic::AtomicU64,
+    /// Snapshots being received now (elections wait while there are any).
+    receiving: Arc<std::sync::Mutex<usize>>,
 }
 
 impl Store {
     /// Opens the store in `dir`, replaying the standalone log or starting Raft.
     pub async fn open(dir: &Path, rpc: Arc<dyn Rpc>) -> Result<Store, StoreError> {
-        let db = Database::create(dir.join("state.redb"))?;
-        let txn = db.begin_write()?;
-        txn.open_table(LOG)?;
-        txn.open_table(META)?;
-        txn.commit()?;
+        let path = dir.join("state.redb");
+        let db = open_db(&path).map_err(|e| damaged(&path, &e, STATE_ADVICE))?;
 
         let read = db.begin_read()?;
         let meta = read.open_table(META)?;
@@ -152,9 +172,19 @@ impl Store {
             last = k.value();
         }
         drop((log, meta, read));
+        if let Some(id) = &identity {
+            // A member of a cluster: its Raft database must be there, and not empty.
+            let raft_db = dir.join("raft.redb");
+            match std::fs::metadata(&raft_db) {
+                Ok(m) if m.len() > 0 => {}
+                Ok(_) => return Err(damaged(&raft_db, "empty", &raft_advice(&id.name))),
+                Err(e) => return Err(damaged(&raft_db, &e.to_string(), &raft_advice(&id.name))),
+            }
+        }
 
         let store = Store {
-            db,
+            db: std::sync::Mutex::new(Some(db)),
+            failing: Default::default(),
             dir: dir.to_path_buf(),
             published: Arc::new(ArcSwap::from_pointee(state)),
             changed: watch::channel(0).0,
@@ -163,6 +193,8 @@ impl Store {
             raft: ArcSwapOption::empty(),
             rpc,
             writer: Mutex::new(last),
+            snapshot_limit: DEFAULT_SNAPSHOT_LIMIT.into(),
+            receiving: Default::default(),
         };
         if let Some(id) = identity {
             store.start_raft(id.id, State::default()).await?;
@@ -230,8 +262,7 @@ impl Store {
         let new_index = *index + 1;
         let snapshot =
             (new_index % COMPACT_EVERY == 0).then(|| serde_json::to_vec(&next).expect("state serializes"));
-        let txn = self.db.begin_write()?;
-        {
+        self.write(|txn| {
             let mut log = txn.open_table(LOG)?;
             log.insert(new_index, bytes.as_slice())?;
             if let Some(snap) = &snapshot {
@@ -240,8 +271,8 @@ impl Store {
                 meta.insert("snapshot_index", new_index.to_be_bytes().as_slice())?;
                 log.retain_in(..=new_index, |_, _| false)?;
             }
-        }
-        txn.commit()?;
+            Ok(())
+        })?;
         *index = new_index;
         let next = Arc::new(next);
         self.published.store(next.clone());
@@ -369,6 +400,22 @@ impl Store {
             .ok_or_else(|| StoreError::Unavailable("this member is not clustered".into()))
     }
 
+    /// Sets the largest snapshot this member accepts from a leader.
+    pub fn set_snapshot_limit(&self, bytes: u64) {
+        self.snapshot_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Starts receiving a snapshot streamed by the leader.
+    pub fn receive_snapshot(&self) -> Result<raft::SnapshotReceiver, StoreError> {
+        let node = self.raft_node()?;
+        Ok(raft::SnapshotReceiver::new(
+            node.raft.clone(),
+            self.snapshot_limit.load(std::sync::atomic::Ordering::Relaxed),
+            self.receiving.clone(),
+        ))
+    }
+
     /// Handles a Raft RPC from another member.
     pub async fn serve_rpc(&self, kind: RpcKind, body: &[u8]) -> Result<Vec<u8>, String> {
         if kind == RpcKind::Write {
@@ -419,6 +466,10 @@ impl Store {
         )
         .await?;
         self.save_identity(&identity)?;
+        // The first entry holds the whole standalone state: put it in a snapshot and
+        // purge it, so members that join later receive it as a stream, not as one
+        // append of unbounded size.
+        raft::compact(&node.raft).await;
         Ok(())
     }
 
@@ -436,9 +487,10 @@ impl Store {
 
     fn save_identity(&self, identity: &MemberIdentity) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(identity).expect("identity serializes");
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert("identity", bytes.as_slice())?;
-        txn.commit()?;
+        self.write(|txn| {
+            txn.open_table(META)?.insert("identity", bytes.as_slice())?;
+            Ok(())
+        })?;
         self.identity.store(Some(Arc::new(identity.clone())));
         Ok(())
     }
@@ -455,16 +507,40 @@ impl Store {
     }
 
     async fn start_raft(&self, id: u64, base: State) -> Result<Arc<RaftNode>, StoreError> {
-        let db = Arc::new(Database::create(self.dir.join("raft.redb"))?);
-        let log = raft::LogStore::open(db.clone())?;
-        let sm = raft::StateMachine::open(db, base, self.published.clone(), self.changed.clone())?;
+        let path = self.dir.join("raft.redb");
+        let db = Database::create(&path).map_err(|e| {
+            let name = self.identity().map(|i| i.name.clone()).unwrap_or_default();
+            damaged(&path, &format!("unreadable ({e})"), &raft_advice(&name))
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Db(e.to_string()))?;
+        }
+        let db = Arc::new(db);
+        let growth = Arc::new(raft::LogGrowth::default());
+        let log = raft::LogStore::open(db.clone(), growth.clone())?;
+        let sm = raft::StateMachine::open(
+            db,
+            self.dir.join(SNAPSHOT_DIR),
+            growth.clone(),
+            base,
+            self.published.clone(),
+            self.changed.clone(),
+        )
+        .map_err(|e| StoreError::Db(e.to_string()))?;
         let network = raft::Network {
             rpc: self.rpc.clone(),
         };
         let r = Raft::new(id, raft::config(), network, log, sm)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Raft failed to start: {e}")))?;
-        let node = Arc::new(RaftNode { raft: r, id });
+        let compactor = tokio::spawn(raft::snapshot_on_growth(r.clone(), growth));
+        let node = Arc::new(RaftNode {
+            raft: r,
+            id,
+            compactor,
+        });
         self.raft.store(Some(node.clone()));
         Ok(node)
     }
@@ -485,13 +561,16 @@ impl Store {
     pub async fn leave(&self) -> Result<(), StoreError> {
         let _guard = self.writer.lock().await;
         if let Some(node) = self.raft.swap(None) {
+            node.compactor.abort();
             let _ = node.raft.shutdown().await;
         }
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?.remove("identity")?;
-        txn.commit()?;
+        self.write(|txn| {
+            txn.open_table(META)?.remove("identity")?;
+            Ok(())
+        })?;
         self.identity.store(None);
         let _ = std::fs::remove_file(self.dir.join("raft.redb"));
+        let _ = std::fs::remove_dir_all(self.dir.join(SNAPSHOT_DIR));
         self.published.store(Arc::new(State::default()));
         self.changed.send_modify(|v| *v += 1);
         Ok(())
@@ -500,6 +579,7 @@ impl Store {
     /// Stops Raft (at shutdown).
     pub async fn shutdown(&self) {
         if let Some(node) = self.raft.swap(None) {
+            node.compactor.abort();
             let _ = node.raft.shutdown().await;
         }
     }
@@ -516,13 +596,128 @@ impl Store {
             }
         }
         let bytes = serde_json::to_vec(&next).expect("maps serialize");
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert("local", bytes.as_slice())?;
-        txn.commit()?;
+        self.write(|txn| {
+            txn.open_table(META)?.insert("local", bytes.as_slice())?;
+            Ok(())
+        })?;
         self.local.store(Arc::new(next));
         Ok(())
     }
+
+    /// One write transaction on `state.redb`, committed (fsynced). A failure marks the
+    /// store as failing and has the database reopened before the next write, since redb
+    /// refuses every write after an I/O error.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.dir.join("state.redb");
+        let failing = self.failing.lock().map(|f| f.is_some()).unwrap_or(true);
+        if failing || db.is_none() {
+            // Release the file lock before taking it again.
+            *db = None;
+            *db = Some(open_db(&path).map_err(|e| self.failed(format!("{}: {e}", path.display())))?);
+        }
+        let Some(open) = db.as_ref() else {
+            return Err(self.failed("the state database is not open".into()));
+        };
+        let attempt = (|| {
+            let txn = open.begin_write()?;
+            let out = f(&txn)?;
+            txn.commit()?;
+            Ok::<T, StoreError>(out)
+        })();
+        match attempt {
+            Ok(out) => {
+                if let Ok(mut f) = self.failing.lock() {
+                    if f.take().is_some() {
+                        tracing::info!("the state database accepts writes again");
+                    }
+                }
+                Ok(out)
+            }
+            Err(StoreError::State(e)) => Err(StoreError::State(e)),
+            Err(e) => Err(self.failed(e.to_string())),
+        }
+    }
+
+    fn failed(&self, why: String) -> StoreError {
+        tracing::error!(error = %why, "a write to the state database failed; it is reopened before the next write");
+        if let Ok(mut f) = self.failing.lock() {
+            *f = Some(why.clone());
+        }
+        StoreError::Storage(why)
+    }
+
+    /// Why writes are failing now (the last one failed, none has succeeded since).
+    pub fn storage_problem(&self) -> Option<String> {
+        self.failing.lock().ok()?.clone()
+    }
+
+    /// While writes are failing, tries one small write (the database reopened first), so
+    /// that the member recovers as soon as space returns, with or without other writes.
+    pub async fn check_storage(&self) {
+        if self.storage_problem().is_none() {
+            return;
+        }
+        let _guard = self.writer.lock().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let _ = self.write(|txn| {
+            txn.open_table(META)?
+                .insert("checked", now.to_be_bytes().as_slice())?;
+            Ok(())
+        });
+    }
+
+    /// Whether Raft has stopped for good (its storage failed), and why.
+    pub fn raft_failure(&self) -> Option<String> {
+        let node = self.raft.load_full()?;
+        let m = node.raft.metrics().borrow().clone();
+        m.running_state.err().map(|e| e.to_string())
+    }
 }
+
+/// What to do about a missing or damaged `state.redb`.
+const STATE_ADVICE: &str =
+    "Restore it from a backup of the state directory. To start over as a new member instead, \
+     move the whole state directory aside (a cluster member must then be removed on another member with \
+     `incus cluster remove NAME --force` and join again)";
+
+fn raft_advice(name: &str) -> String {
+    format!(
+        "Restore it from a backup of the state directory, or remove this member on another member \
+         (`incus cluster remove {name} --force`) and join it again with an empty state directory"
+    )
+}
+
+fn damaged(path: &Path, what: &str, advice: &str) -> StoreError {
+    StoreError::Damaged(format!("{} is {what}. {advice}", path.display()))
+}
+
+/// Opens (creating) a database file readable by its owner only: it holds keys and
+/// secrets. An existing empty file is damage, not a new database. The error says what
+/// is wrong with the file.
+fn open_db(path: &Path) -> Result<Database, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err("empty".into());
+    }
+    let unreadable = |e: &dyn std::fmt::Display| format!("unreadable ({e})");
+    let db = Database::create(path).map_err(|e| unreadable(&e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| unreadable(&e))?;
+    let txn = db.begin_write().map_err(|e| unreadable(&e))?;
+    txn.open_table(LOG).map_err(|e| unreadable(&e))?;
+    txn.open_table(META).map_err(|e| unreadable(&e))?;
+    txn.commit().map_err(|e| unreadable(&e))?;
+    Ok(db)
+}
+
+/// Where Raft keeps its snapshots, beside `raft.redb`.
+const SNAPSHOT_DIR: &str = "raft-snapshots";
 
 fn decode_index(bytes: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes
@@ -539,6 +734,10 @@ mod tests {
 
     impl Rpc for NoNet {
         fn call(&self, _: u64, _: &str, _: RpcKind, _: Vec<u8>) -> raft::RpcFuture {
+            Box::pin(async { Err("no network in this test".to_string()) })
+        }
+
+        fn send_snapshot(&self, _: u64, _: &str, _: Vec<u8>, _: std::fs::File) -> raft::RpcFuture {
             Box::pin(async { Err("no network in this test".to_string()) })
         }
     }

@@ -9,6 +9,9 @@
 //! Identity headers (`X-Incus-forwarded-*`, `X-Stapes-*`) are believed only from
 //! another member, proven by its own server certificate, and are removed from every
 //! request before any handler sees it: a client can never claim another identity.
+//!
+//! As in Incus, a certificate is trusted only within its validity period, and a
+//! `metrics` certificate only on `/1.0/metrics`: anywhere else its holder is a stranger.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -22,17 +25,39 @@ const RESERVED_PREFIXES: [&str; 2] = ["x-incus-forwarded-", "x-stapes-"];
 pub const FWD_USERNAME: &str = "x-incus-forwarded-username";
 pub const FWD_PROTOCOL: &str = "x-incus-forwarded-protocol";
 pub const FWD_ADDRESS: &str = "x-incus-forwarded-address";
+/// The one path a `metrics` certificate is trusted on.
+const METRICS_PATH: &str = "/1.0/metrics";
 
 pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
     let facts = req.extensions().get::<ConnFacts>().cloned().unwrap_or_default();
     let state = ctx.store.state();
-    let mut direct = trust::identity::decide(&facts, |fp| {
+    let path = req.uri().path().to_string();
+    let cert_type = |fp: &str| {
+        state
+            .certificate_type(fp)
+            .filter(|t| t != "metrics" || path == METRICS_PATH)
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut direct = trust::identity::decide(&facts, now, |fp| {
         if ctx.is_member(&state, fp) {
             Some("member".to_string())
         } else {
-            state.certificate_type(fp)
+            cert_type(fp)
         }
     });
+    // A trusted certificate used outside its validity: refusals say why.
+    let out_of_date = facts
+        .cert_fingerprint
+        .as_deref()
+        .filter(|fp| ctx.is_member(&state, fp) || state.certificate_type(fp).is_some())
+        .and_then(|_| trust::identity::outside_validity(&facts, now));
+    if let Some(why) = &out_of_date {
+        tracing::info!(address = %direct.address, path = %path, reason = %why, "a trusted certificate was refused for its dates");
+    }
+    // Member traffic from anyone else is refused before anything else is looked at.
+    if direct.method != AuthMethod::Cluster && crate::gate::member_only(req.uri().path()) {
+        return crate::response::error_response(&api::ApiError::forbidden());
+    }
     // Not a trusted certificate nor the socket: an OpenID access token, if it has one.
     // (The browser-login pages themselves never require one.)
     let mut set_cookies = Vec::new();
@@ -49,7 +74,7 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
     // A member speaking for a client: the client's identity, or nobody if it does not
     // check out here. Never the member's own rights.
     let identity = if direct.method == AuthMethod::Cluster && req.headers().contains_key(FWD_PROTOCOL) {
-        forwarded_identity(req.headers(), |fp| state.certificate_type(fp)).unwrap_or(Identity {
+        forwarded_identity(req.headers(), cert_type).unwrap_or(Identity {
             method: AuthMethod::Untrusted,
             username: String::new(),
             address: direct.address.clone(),
@@ -68,6 +93,9 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
         if let Ok(v) = http::HeaderValue::from_str(&c) {
             resp.headers_mut().append(http::header::SET_COOKIE, v);
         }
+    }
+    if let (Some(why), 403) = (out_of_date, resp.status().as_u16()) {
+        resp = crate::response::error_response(&api::ApiError::new(403, why));
     }
     // Refused callers learn where to log in.
     if matches!(resp.status().as_u16(), 401 | 403) {

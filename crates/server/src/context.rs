@@ -36,6 +36,12 @@ pub struct Inner {
     /// Operations that finished here, kept a while so they can be waited on.
     pub finished_ops:
         std::sync::Mutex<std::collections::HashMap<String, (api::types::Operation, std::time::Instant)>>,
+    /// The daemon's exit status once it stops (non-zero after a storage failure).
+    pub exit_code: std::sync::atomic::AtomicI32,
+    /// Request bodies held in memory, over all connections.
+    pub bodies: crate::gate::Budget,
+    /// How far every member has applied the replicated log.
+    pub progress: crate::membership::Progress,
     /// Fingerprints of members learnt from a join reply, before the state arrives.
     pub peer_hints: std::sync::Mutex<Vec<String>>,
     /// The certificate clients see.
@@ -123,16 +129,34 @@ impl Inner {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }
+        if let Some(why) = self.store.storage_problem() {
+            return Err(format!("the state database cannot be written ({why})"));
+        }
         if let Some(view) = self.store.raft_view() {
             let now = self.started.elapsed().as_millis() as u64;
             if view.leader.is_some() {
                 self.leader_seen_ms.store(now, Ordering::Relaxed);
-            } else if now.saturating_sub(self.leader_seen_ms.load(Ordering::Relaxed)) > LEADERLESS_GRACE_MS {
+            }
+            // Behind the others: whatever else is wrong, that is what to fix first.
+            if let Some(n) = self
+                .progress
+                .behind(Instant::now(), view.last_applied.unwrap_or(0))
+            {
+                return Err(format!("lagging behind the leader by {n} entries"));
+            }
+            if view.leader.is_none()
+                && now.saturating_sub(self.leader_seen_ms.load(Ordering::Relaxed)) > LEADERLESS_GRACE_MS
+            {
                 // An election takes about a second: only a longer absence means no quorum.
                 return Err("the cluster database has no leader (no quorum)".into());
             }
             if view.is_leader() && view.voters.len() > 1 && !self.store.leader_has_quorum() {
                 return Err("the cluster database has lost its quorum".into());
+            }
+            if let Some(me) = self.store.identity() {
+                if self.store.state().member_by_id(me.id).is_none() {
+                    return Err("the cluster state has not arrived yet".into());
+                }
             }
         }
         Ok(())
@@ -164,7 +188,14 @@ pub fn on_state_change(ctx: &Ctx) {
                     tracing::info!(old = %me.name, new = %m.name, "this member was renamed");
                     let _ = ctx.store.rename_identity(&m.name);
                 }
-                Some(_) => ctx.was_listed.store(true, Ordering::SeqCst),
+                Some(_) => {
+                    ctx.was_listed.store(true, Ordering::SeqCst);
+                    // The member list has arrived: from now on it alone says who is a
+                    // member (a member removed later must not stay trusted by a hint).
+                    if let Ok(mut hints) = ctx.peer_hints.lock() {
+                        hints.clear();
+                    }
+                }
                 // Absent after having been listed: removed. (A joiner may first receive a
                 // snapshot from before its own admission; that is not a removal.)
                 None if ctx.store.clustered() && ctx.was_listed.swap(false, Ordering::SeqCst) => {

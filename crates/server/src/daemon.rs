@@ -32,6 +32,10 @@ use crate::http::DRAIN_TIMEOUT;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 
+/// The exit status of a member that stopped because its storage failed (EX_TEMPFAIL):
+/// a supervisor restarts it, and the restart reopens the databases.
+pub const EXIT_TEMPFAIL: i32 = 75;
+
 /// How a member is started.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -45,6 +49,10 @@ pub struct DaemonConfig {
     pub drain: std::time::Duration,
     /// The instance runtime: LXC, or the in-process fake for tests.
     pub driver: instance::DriverKind,
+    /// The largest snapshot accepted from a leader, in bytes.
+    pub max_snapshot_size: u64,
+    /// HTTPS connections held at once for clients (members have places of their own).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +69,8 @@ pub enum StartError {
     Socket { path: PathBuf, source: std::io::Error },
     #[error("Failed to open the HTTPS listener: {0}")]
     Https(String),
+    #[error("Refusing to start: {0}")]
+    Damaged(#[from] crate::state_files::Damaged),
 }
 
 fn holder_text(pid: Option<u32>) -> String {
@@ -91,6 +101,7 @@ impl Daemon {
         // or in a 0700 directory.
         prepare_dir(dir, 0o711)?;
         let lock = lock_state_dir(dir)?;
+        crate::state_files::check(dir)?;
         let cert = load_or_create_cert(dir)?;
         let key = tls::certified_key(&cert.cert_pem, &cert.key_pem)
             .map_err(|e| StartError::Certificate(e.to_string()))?;
@@ -104,6 +115,7 @@ impl Daemon {
         prepare_dir(&db_dir, 0o700)?;
         let peers = crate::peers::Peers::new(cert.cert_pem.clone(), cert.key_pem.clone());
         let store = Store::open(&db_dir, Arc::new(crate::peers::RaftRpc(peers.clone()))).await?;
+        store.set_snapshot_limit(config.max_snapshot_size);
 
         let host = HostInfo::read();
         // Trusted proxies are read from the replicated configuration per connection.
@@ -115,6 +127,14 @@ impl Daemon {
                 .and_then(std::sync::Weak::upgrade)
                 .is_some_and(|ctx| crate::context::trusted_proxy(&ctx.store.state(), ip))
         });
+        let lookup = trusted_from.clone();
+        let members: transport::listen::Priority = Arc::new(move |facts| {
+            let ctx = lookup.get().and_then(std::sync::Weak::upgrade);
+            match (ctx, &facts.cert_fingerprint) {
+                (Some(ctx), Some(fp)) => ctx.is_member(&ctx.store.state(), fp),
+                _ => false,
+            }
+        });
         let (shutdown_tx, _) = watch::channel(false);
         let ctx: Ctx = Arc::new(Inner {
             store,
@@ -124,6 +144,9 @@ impl Daemon {
             peers,
             heartbeats: Default::default(),
             peer_hints: Default::default(),
+            progress: Default::default(),
+            bodies: Default::default(),
+            exit_code: Default::default(),
             finished_ops: Default::default(),
             was_listed: Default::default(),
             leader_seen_ms: Default::default(),
@@ -131,7 +154,12 @@ impl Daemon {
             served: arc_swap::ArcSwap::from_pointee(served),
             events,
             metrics: Metrics::default(),
-            listeners: Listeners::new(TlsAcceptor::from(server_config), proxies),
+            listeners: Listeners::new(
+                TlsAcceptor::from(server_config),
+                proxies,
+                members,
+                crate::listeners::https_places(config.max_connections),
+            ),
             started: Instant::now(),
             shutting_down: Default::default(),
             shutdown_tx,
@@ -167,6 +195,7 @@ impl Daemon {
             .map(|m| (m.dev(), m.ino()));
         let unix_task = tokio::spawn(transport::listen::serve_unix(
             unix,
+            transport::listen::ConnLimit::new(crate::listeners::UNIX_PLACES, 0),
             ctx.closing.subscribe(),
             move |c| handler(c),
         ));
@@ -205,8 +234,9 @@ impl Daemon {
         self.ctx.listeners.https_local_addr().await
     }
 
-    /// Runs until shutdown is asked for, then stops in order.
-    pub async fn run(self) {
+    /// Runs until shutdown is asked for, then stops in order. Returns the exit status:
+    /// 0, or [`EXIT_TEMPFAIL`] when the member stopped because its storage failed.
+    pub async fn run(self) -> i32 {
         let mut stop = self.ctx.shutdown_tx.subscribe();
         let _ = stop.wait_for(|s| *s).await;
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
@@ -230,6 +260,7 @@ impl Daemon {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tracing::info!(open = self.ctx.metrics.open_connections(), "stopped");
+        self.ctx.exit_code.load(Ordering::SeqCst)
     }
 }
 

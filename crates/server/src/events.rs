@@ -1,19 +1,26 @@
 //! The event hub: lifecycle, logging and operation events, fanned out to every
 //! `/1.0/events` listener.
 //!
-//! Senders never wait: a listener that falls behind by more than [`BACKLOG`] events
-//! loses the oldest ones (and is told so in the log) rather than slowing the daemon.
+//! ```text
+//!  send/relay ─ serialise once ─> logging channel  ──> listeners that take `logging`
+//!                               └> activity channel ──> listeners that take the others
+//! ```
 //!
-//! Log lines become `logging` events only while some listener takes that type: the
-//! hub counts such listeners ([`EventHub::subscribe_for`]), and the logging layer
-//! returns before building anything when there are none. Which lines are logging
-//! events at all is decided by the filter the layer is given, the same `--log-level`
-//! filter as the log output, so `tracing` never enables a call site for the events'
-//! sake that the log does not want.
+//! Senders never wait: a listener that falls behind by more than [`BACKLOG`] events
+//! loses the oldest ones rather than slowing the daemon. Each event is serialised once,
+//! however many listeners there are, and log lines wake only the listeners that take
+//! them. What the hub itself has to say about listeners is logged under
+//! [`QUIET_TARGET`], which never becomes an event: a warning about events must not make
+//! more events. At most [`MAX_LISTENERS`] listeners are open at once.
+//!
+//! Log lines become `logging` events only while some listener takes that type (the
+//! logging channel has a receiver), and the logging layer returns before building
+//! anything when none does. Which lines are logging events at all is decided by the
+//! filter the layer is given, the same `--log-level` filter as the log output, so
+//! `tracing` never enables a call site for the events' sake that the log does not want.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use api::types::{Event, EventLifecycle, EventLifecycleRequestor, EventLogging};
@@ -27,26 +34,69 @@ use trust::Identity;
 
 /// How many events a slow listener may lag behind.
 pub const BACKLOG: usize = 1024;
+/// How many `/1.0/events` listeners may be open at once.
+pub const MAX_LISTENERS: usize = 256;
+/// The `tracing` target of what the hub says about listeners: logged, never published.
+pub const QUIET_TARGET: &str = "stapes::events::listeners";
+
+/// An event and its JSON, made once for every listener (cloning the text is cheap).
+#[derive(Debug)]
+pub struct Published {
+    pub event: Event,
+    pub json: axum::extract::ws::Utf8Bytes,
+}
+
+impl Published {
+    fn new(event: Event) -> Arc<Published> {
+        let json = serde_json::to_string(&event).expect("events serialize").into();
+        Arc::new(Published { event, json })
+    }
+}
 
 #[derive(Clone)]
 pub struct EventHub {
-    tx: broadcast::Sender<Event>,
+    /// Everything but `logging`.
+    activity: broadcast::Sender<Arc<Published>>,
+    logging: broadcast::Sender<Arc<Published>>,
     location: std::sync::Arc<arc_swap::ArcSwap<String>>,
-    /// How many open listeners take `logging` events.
-    logging_listeners: Arc<AtomicUsize>,
+    listeners: Arc<tokio::sync::Semaphore>,
 }
 
-/// Held by a listener for as long as it listens: while it lives and its filter takes
-/// `logging` events, log lines are turned into events.
-pub struct Interest {
-    logging: Option<Arc<AtomicUsize>>,
+/// What one listener receives: the channels its filter needs.
+pub struct Subscription {
+    activity: Option<broadcast::Receiver<Arc<Published>>>,
+    logging: Option<broadcast::Receiver<Arc<Published>>>,
 }
 
-impl Drop for Interest {
-    fn drop(&mut self) {
-        if let Some(count) = &self.logging {
-            count.fetch_sub(1, Ordering::Relaxed);
+impl Subscription {
+    /// The next event from either channel.
+    pub async fn recv(&mut self) -> Result<Arc<Published>, broadcast::error::RecvError> {
+        async fn next(
+            rx: &mut Option<broadcast::Receiver<Arc<Published>>>,
+        ) -> Result<Arc<Published>, broadcast::error::RecvError> {
+            match rx {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
         }
+        tokio::select! {
+            e = next(&mut self.activity) => e,
+            e = next(&mut self.logging) => e,
+        }
+    }
+
+    /// An event already waiting, if any.
+    pub fn try_recv(&mut self) -> Result<Arc<Published>, broadcast::error::TryRecvError> {
+        use broadcast::error::TryRecvError;
+        let mut last = Err(TryRecvError::Empty);
+        for rx in [&mut self.activity, &mut self.logging].into_iter().flatten() {
+            match rx.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Closed) => last = Err(TryRecvError::Closed),
+                other => return other,
+            }
+        }
+        last
     }
 }
 
@@ -59,9 +109,10 @@ impl Default for EventHub {
 impl EventHub {
     pub fn new() -> Self {
         EventHub {
-            tx: broadcast::channel(BACKLOG).0,
+            activity: broadcast::channel(BACKLOG).0,
+            logging: broadcast::channel(BACKLOG).0,
             location: Default::default(),
-            logging_listeners: Default::default(),
+            listeners: Arc::new(tokio::sync::Semaphore::new(MAX_LISTENERS)),
         }
     }
 
@@ -72,28 +123,40 @@ impl EventHub {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.tx.subscribe()
+    /// The channels `filter` needs.
+    pub fn subscribe(&self, filter: &Filter) -> Subscription {
+        Subscription {
+            activity: filter.takes_activity().then(|| self.activity.subscribe()),
+            logging: filter.takes("logging").then(|| self.logging.subscribe()),
+        }
     }
 
-    /// Subscribes a listener with `filter`, registering its interest in `logging`
-    /// events; keep the [`Interest`] for as long as the listener listens.
-    pub fn subscribe_for(&self, filter: &Filter) -> (broadcast::Receiver<Event>, Interest) {
-        let logging = filter.takes("logging").then(|| {
-            self.logging_listeners.fetch_add(1, Ordering::Relaxed);
-            self.logging_listeners.clone()
-        });
-        (self.tx.subscribe(), Interest { logging })
-    }
-
-    /// Re-publishes an event that originated on another member, as it was.
-    pub fn relay(&self, event: Event) {
-        let _ = self.tx.send(event);
+    /// A place for one more `/1.0/events` listener, held while it is open; `None` when
+    /// [`MAX_LISTENERS`] are open.
+    pub fn listener_place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.listeners.clone().try_acquire_owned().ok()
     }
 
     /// Whether `e` originated on this member (its location is this member's name now).
     pub fn is_own(&self, e: &Event) -> bool {
         **self.location.load() == e.location
+    }
+
+    /// Re-publishes an event that originated on another member, as it was.
+    pub fn relay(&self, event: Event) {
+        self.publish(event);
+    }
+
+    fn publish(&self, event: Event) {
+        let tx = if event.kind == "logging" {
+            &self.logging
+        } else {
+            &self.activity
+        };
+        // No listener is not an error; and nothing is serialised for nobody.
+        if tx.receiver_count() > 0 {
+            let _ = tx.send(Published::new(event));
+        }
     }
 
     /// This member's name as stamped on its own events.
@@ -109,8 +172,7 @@ impl EventHub {
             location: (**self.location.load()).clone(),
             project: project.to_string(),
         };
-        // No listener is not an error.
-        let _ = self.tx.send(event);
+        self.publish(event);
     }
 
     /// A lifecycle event, with the requestor when there is one.
@@ -152,7 +214,7 @@ pub struct LoggingLayer {
 
 impl<S: tracing::Subscriber> Layer<S> for LoggingLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if self.hub.logging_listeners.load(Ordering::Relaxed) == 0 {
+        if self.hub.logging.receiver_count() == 0 || event.metadata().target() == QUIET_TARGET {
             return;
         }
         let level = *event.metadata().level();
@@ -200,8 +262,8 @@ pub struct Filter {
     pub project: String,
     pub all_projects: bool,
     /// Only events that originated on this member (for relays between members): checked
-    /// against the member's name when each event is sent, since a member that has just
-    /// joined may be asked for its events before it knows its name.
+    /// against the member's name when each event is sent ([`EventHub::is_own`]), since a
+    /// member that has just joined may be asked for its events before it knows its name.
     pub only_own: bool,
 }
 
@@ -229,9 +291,14 @@ impl Filter {
         }
     }
 
-    /// Whether this listener wants events of type `kind` at all.
+    /// Whether this listener takes events of `kind`.
     pub fn takes(&self, kind: &str) -> bool {
         self.types.is_empty() || self.types.iter().any(|t| t == kind)
+    }
+
+    /// Whether it takes any kind but `logging`.
+    fn takes_activity(&self) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t != "logging")
     }
 
     pub fn accepts(&self, e: &Event) -> bool {
@@ -284,43 +351,69 @@ mod tests {
         let filter = tracing_subscriber::filter::LevelFilter::INFO;
         let subscriber = tracing_subscriber::registry().with(hub.logging_layer().with_filter(filter));
         tracing::subscriber::with_default(subscriber, || {
-            let (mut lifecycle_only, interest) = hub.subscribe_for(&listener("lifecycle"));
-            assert_eq!(hub.logging_listeners.load(Ordering::Relaxed), 0);
+            let lifecycle_only = hub.subscribe(&listener("lifecycle"));
+            assert_eq!(hub.logging.receiver_count(), 0);
             tracing::info!("nobody takes this");
-            assert!(lifecycle_only.try_recv().is_err(), "no event built");
+            assert_eq!(hub.logging.len(), 0, "no event built");
 
-            let (mut all, all_interest) = hub.subscribe_for(&listener(""));
-            let (mut logging, logging_interest) = hub.subscribe_for(&listener("logging"));
-            assert_eq!(hub.logging_listeners.load(Ordering::Relaxed), 2);
+            let mut all = hub.subscribe(&listener(""));
+            let mut logging = hub.subscribe(&listener("logging"));
+            assert_eq!(hub.logging.receiver_count(), 2);
             tracing::debug!("below the filter");
             tracing::info!(key = "v", "wanted");
             let e = logging.try_recv().expect("a logging event");
-            assert_eq!(e.kind, "logging");
-            assert_eq!(e.metadata["message"], "wanted");
-            assert_eq!(e.metadata["level"], "info");
-            assert_eq!(e.metadata["context"]["key"], "v");
+            assert_eq!(e.event.kind, "logging");
+            assert_eq!(e.event.metadata["message"], "wanted");
+            assert_eq!(e.event.metadata["level"], "info");
+            assert_eq!(e.event.metadata["context"]["key"], "v");
             assert!(logging.try_recv().is_err(), "the debug line made no event");
             assert_eq!(
-                all.try_recv().expect("the same event").metadata["message"],
+                all.try_recv().expect("the same event").event.metadata["message"],
                 "wanted"
             );
 
-            drop((all_interest, logging_interest, interest));
-            assert_eq!(hub.logging_listeners.load(Ordering::Relaxed), 0);
+            drop((all, logging, lifecycle_only));
+            assert_eq!(hub.logging.receiver_count(), 0);
             tracing::info!("nobody listens again");
-            assert!(logging.try_recv().is_err());
-            // The broadcast reaches every receiver (filters apply when sending on the
-            // websocket): only the line made while someone took `logging` is there.
-            assert_eq!(lifecycle_only.try_recv().unwrap().metadata["message"], "wanted");
-            assert!(lifecycle_only.try_recv().is_err());
+            assert_eq!(hub.logging.len(), 0);
         });
+    }
+
+    #[tokio::test]
+    async fn listeners_get_only_the_channels_they_take() {
+        let hub = EventHub::new();
+        let q = |s: &[(&str, &str)]| s.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let mut lifecycle = hub.subscribe(&Filter::from_query(&q(&[("type", "lifecycle")])));
+        assert!(lifecycle.logging.is_none() && lifecycle.activity.is_some());
+        let logging = hub.subscribe(&Filter::from_query(&q(&[("type", "logging")])));
+        assert!(logging.logging.is_some() && logging.activity.is_none());
+        let all = hub.subscribe(&Filter::from_query(&q(&[])));
+        assert!(all.logging.is_some() && all.activity.is_some());
+        hub.send("logging", "", Value::Null);
+        hub.send("lifecycle", "default", Value::Null);
+        let e = lifecycle.recv().await.unwrap();
+        assert_eq!(e.event.kind, "lifecycle");
+        assert_eq!(e.json.as_str(), serde_json::to_string(&e.event).unwrap());
+        assert!(lifecycle.try_recv().is_err());
+    }
+
+    #[test]
+    fn nothing_is_built_for_nobody_and_listeners_are_capped() {
+        let hub = EventHub::new();
+        hub.send("lifecycle", "default", Value::Null);
+        assert_eq!(hub.activity.len(), 0);
+        let places: Vec<_> = (0..MAX_LISTENERS).map_while(|_| hub.listener_place()).collect();
+        assert_eq!(places.len(), MAX_LISTENERS);
+        assert!(hub.listener_place().is_none());
+        drop(places);
+        assert!(hub.listener_place().is_some());
     }
 
     #[tokio::test]
     async fn lifecycle_carries_requestor() {
         let hub = EventHub::new();
         hub.set_location("node1");
-        let mut rx = hub.subscribe();
+        let mut rx = hub.subscribe(&Filter::from_query(&Default::default()));
         let id = Identity {
             method: trust::AuthMethod::Tls,
             username: "fp".into(),
@@ -328,7 +421,7 @@ mod tests {
             cert_type: Some("client".into()),
         };
         hub.lifecycle("config-updated", "/1.0", Some(&id), None);
-        let e = rx.recv().await.unwrap();
+        let e = rx.recv().await.unwrap().event.clone();
         assert_eq!(e.location, "node1");
         assert_eq!(e.metadata["requestor"]["address"], "127.0.0.9");
         assert_eq!(e.metadata["requestor"]["protocol"], "tls");

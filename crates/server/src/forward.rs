@@ -116,8 +116,9 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Dura
     let address = member.address.clone();
     let identity = req.extensions().get::<Identity>().cloned();
     let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return error_response(&ApiError::payload_too_large(MAX_BODY));
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&crate::gate::body_error(e, MAX_BODY)),
     };
     let mut out = http::Request::builder()
         .method(parts.method.clone())

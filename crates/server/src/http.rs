@@ -1,15 +1,24 @@
-//! Serving HTTP on one accepted connection: HTTP/1.1 or h2 (by ALPN or preface), with
-//! upgrades for websockets, bounded header reads, and a graceful close on shutdown.
+//! Serving HTTP on one accepted connection: HTTP/1.1 or h2 (chosen by ALPN, as Go's
+//! server does, so no connection waits for a preface), with upgrades for websockets,
+//! bounded header reads, idle connections closed, and a graceful close on shutdown.
+//!
+//! ```text
+//!  h1: headers within HEADER_READ_TIMEOUT, first request and every keep-alive request
+//!      alike: an idle connection is closed after it
+//!  h2: pings every H2_PING_EVERY (a vanished peer is dropped), and a connection with no
+//!      request in flight for H2_IDLE_TIMEOUT (HEADER_READ_TIMEOUT before the first
+//!      request) is closed with GOAWAY
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -22,6 +31,11 @@ use crate::context::Ctx;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may run on after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// An h2 connection with no request in flight for this long is closed.
+pub const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an h2 connection is pinged, and how long the answer may take.
+pub const H2_PING_EVERY: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub type ConnHandler = Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -44,20 +58,92 @@ pub fn handler(ctx: &Ctx, router: Router) -> ConnHandler {
 async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
     ctx.metrics.connection_opened();
     let facts = conn.facts;
-    let svc = router.map_request(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(facts.clone());
-        req
-    });
+    let budget = crate::gate::ConnBudget::default();
+    let activity = Arc::new(Activity::default());
+    let busy = activity.clone();
+    let svc = router
+        .map_request(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(facts.clone());
+            req.extensions_mut().insert(budget.clone());
+            req
+        })
+        .map_future(move |response| {
+            let request = busy.begin();
+            async move {
+                let r = response.await;
+                drop(request);
+                r
+            }
+        });
     let svc = TowerToHyperService::new(svc);
     let stop = ctx.closing.subscribe();
+    let h2 = conn.alpn.as_deref() == Some(b"h2".as_slice());
     match conn.stream {
-        ConnStream::Tls(s) => drive(*s, svc, stop).await,
-        ConnStream::Unix(s) => drive(s, svc, stop).await,
+        ConnStream::Tls(s) => drive(*s, svc, h2, activity, stop).await,
+        ConnStream::Unix(s) => drive(s, svc, false, activity, stop).await,
     }
     ctx.metrics.connection_closed();
 }
 
-async fn drive<IO, S>(io: IO, svc: S, mut stop: watch::Receiver<bool>)
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    since: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            since: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// Whether the connection has been idle too long: [`H2_IDLE_TIMEOUT`] after a
+    /// request, [`HEADER_READ_TIMEOUT`] when none has come yet.
+    fn too_idle(&self) -> bool {
+        let limit = if self.requests.load(Ordering::SeqCst) == 0 {
+            HEADER_READ_TIMEOUT
+        } else {
+            H2_IDLE_TIMEOUT
+        };
+        self.idle() >= limit
+    }
+
+    /// How long the connection has had no request in flight.
+    fn idle(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_ms
+            .store(a.since.elapsed().as_millis() as u64, Ordering::SeqCst);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn drive<IO, S>(io: IO, svc: S, h2: bool, activity: Arc<Activity>, stop: watch::Receiver<bool>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
@@ -67,28 +153,62 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(256 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    // hyper's own builders, not the auto-detecting one: it waits for the first bytes
+    // without a deadline before any timeout of the protocol applies.
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(H2_PING_EVERY))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .serve_connection(TokioIo::new(io), svc);
+        run(conn, |c| c.graceful_shutdown(), Some(activity), stop).await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(256 * 1024)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        run(conn, |c| c.graceful_shutdown(), None, stop).await
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully at shutdown and, when
+/// `activity` is given, once it has had no request in flight for [`H2_IDLE_TIMEOUT`].
+async fn run<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    activity: Option<Arc<Activity>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = transport::listen::stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+            _ = idle_check.tick(), if activity.is_some() => {
+                if activity.as_ref().is_some_and(|a| a.too_idle()) {
+                    tracing::debug!("closing an idle h2 connection");
+                    shutdown(conn.as_mut());
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+                    return;
+                }
+            }
+            _ = transport::listen::stopped(&mut stop) => {
+                shutdown(conn.as_mut());
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+                return;
+            }
         }
     }
 }

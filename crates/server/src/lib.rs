@@ -23,6 +23,7 @@ pub mod context;
 mod daemon;
 pub mod events;
 mod forward;
+mod gate;
 mod http;
 mod listeners;
 mod log;
@@ -34,6 +35,9 @@ mod peers;
 mod relay;
 mod response;
 mod routes;
+mod state_files;
 
+pub use cluster::store::DEFAULT_SNAPSHOT_LIMIT as DEFAULT_MAX_SNAPSHOT_SIZE;
 pub use daemon::{Daemon, DaemonConfig};
 pub use events::EventHub;
+pub use listeners::HTTPS_PLACES as DEFAULT_MAX_CONNECTIONS;

@@ -14,6 +14,41 @@ use crate::http::ConnHandler;
 /// The default HTTPS port.
 pub const DEFAULT_PORT: u16 = 8443;
 
+/// HTTPS connections held at once for clients, at most (fewer when the open-files limit
+/// is lower), plus places kept for members, and the unix socket's own count.
+pub const HTTPS_PLACES: usize = 16_384;
+pub const MEMBER_PLACES: usize = 256;
+pub const UNIX_PLACES: usize = 1_024;
+/// Descriptors kept for everything else: databases, snapshots, member connections.
+const OTHER_FILES: u64 = 512;
+
+/// Raises the soft open-files limit to the hard one (as Go programs such as Incus do),
+/// and returns how many HTTPS client places fit under it beside the unix socket's, the
+/// members' and [`OTHER_FILES`]: `wanted`, or fewer.
+pub fn https_places(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let others = OTHER_FILES + (UNIX_PLACES + MEMBER_PLACES) as u64;
+    let fit = soft.saturating_sub(others).max(64);
+    let places = usize::try_from(fit).unwrap_or(wanted).min(wanted).max(1);
+    if places < wanted {
+        tracing::warn!(
+            open_files = soft,
+            places,
+            wanted,
+            "the open-files limit allows fewer HTTPS connections than asked for"
+        );
+    }
+    places
+}
+
 struct Running {
     address: ListenAddress,
     local: SocketAddr,
@@ -24,14 +59,24 @@ struct Running {
 pub struct Listeners {
     acceptor: TlsAcceptor,
     proxies: transport::listen::ProxyPolicy,
+    members: transport::listen::Priority,
+    /// Shared by every HTTPS listener in turn, so moving it keeps the count.
+    limit: transport::listen::ConnLimit,
     https: Mutex<Option<Running>>,
 }
 
 impl Listeners {
-    pub fn new(acceptor: TlsAcceptor, proxies: transport::listen::ProxyPolicy) -> Self {
+    pub fn new(
+        acceptor: TlsAcceptor,
+        proxies: transport::listen::ProxyPolicy,
+        members: transport::listen::Priority,
+        places: usize,
+    ) -> Self {
         Listeners {
             acceptor,
             proxies,
+            members,
+            limit: transport::listen::ConnLimit::new(places, MEMBER_PLACES),
             https: Mutex::new(None),
         }
     }
@@ -89,6 +134,8 @@ impl Listeners {
             listener,
             acceptor,
             self.proxies.clone(),
+            self.limit.clone(),
+            self.members.clone(),
             stop_rx,
             move |c| handler(c),
         ));

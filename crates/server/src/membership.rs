@@ -22,7 +22,8 @@
 //! view to keep up to `cluster.max_voters` online voters, promoting standbys (Raft
 //! learners) when a voter is lost.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use api::types::Operation;
@@ -51,6 +52,73 @@ pub struct JoinReply {
     pub members: Vec<Member>,
     pub cluster_certificate: (String, String),
 }
+
+/// How long a member may stay behind what the cluster had applied before it counts as
+/// lagging; and how far behind the newest index it may be at any moment.
+pub const LAG_GRACE: Duration = Duration::from_secs(5);
+pub const LAG_ENTRIES: u64 = 1000;
+
+/// How far each member has applied the replicated log, as this member knows it: its
+/// own index, the ones heartbeats report, and the highest index known over the last
+/// seconds (marks), so "behind" means behind what was already applied elsewhere a
+/// while ago, not behind a write a few milliseconds old.
+#[derive(Default)]
+pub struct Progress {
+    inner: Mutex<ProgressInner>,
+}
+
+#[derive(Default)]
+struct ProgressInner {
+    applied: HashMap<String, u64>,
+    marks: VecDeque<(Instant, u64)>,
+}
+
+impl Progress {
+    /// What a heartbeat reported for `name`.
+    pub fn record(&self, name: &str, applied: u64) {
+        if let Ok(mut p) = self.inner.lock() {
+            p.applied.insert(name.to_string(), applied);
+        }
+    }
+
+    /// Notes the highest index known now (this member's own included).
+    pub fn mark(&self, now: Instant, own: u64, members: &State) {
+        if let Ok(mut p) = self.inner.lock() {
+            p.applied.retain(|name, _| members.members.contains_key(name));
+            let high = p.applied.values().copied().fold(own, u64::max);
+            p.marks.push_back((now, high));
+            while p.marks.len() > 2 && p.marks[1].0 + 3 * LAG_GRACE < now {
+                p.marks.pop_front();
+            }
+        }
+    }
+
+    /// What the last heartbeat said of `name`.
+    pub fn applied(&self, name: &str) -> Option<u64> {
+        self.inner.lock().ok()?.applied.get(name).copied()
+    }
+
+    /// How many entries a member that has applied `applied` is behind, if it lags.
+    pub fn behind(&self, now: Instant, applied: u64) -> Option<u64> {
+        let p = self.inner.lock().ok()?;
+        lag(&p.marks, now, applied)
+    }
+}
+
+/// How far `applied` lags: behind the highest index known [`LAG_GRACE`] ago, or more
+/// than [`LAG_ENTRIES`] behind the newest. `None` when it keeps up.
+pub fn lag(marks: &VecDeque<(Instant, u64)>, now: Instant, applied: u64) -> Option<u64> {
+    let newest = marks.back().map(|m| m.1).unwrap_or(0);
+    if newest > applied + LAG_ENTRIES {
+        return Some(newest - applied);
+    }
+    let cutoff = now.checked_sub(LAG_GRACE)?;
+    let (_, then) = marks.iter().rev().find(|(t, _)| *t <= cutoff)?;
+    (*then > applied).then(|| newest.max(*then) - applied)
+}
+
+/// How long a joiner waits for the cluster state to arrive.
+pub const JOIN_STATE_WAIT: Duration = Duration::from_secs(120);
 
 /// A member's liveness as this member sees it.
 pub fn last_seen(ctx: &Ctx, name: &str) -> Option<Duration> {
@@ -94,8 +162,17 @@ pub fn member_json(ctx: &Ctx, state: &State, m: &Member) -> Value {
         roles.push("database-standby");
     }
     let threshold = offline_threshold(state);
+    let applied = if m.name == ctx.server_name() {
+        view.last_applied
+    } else {
+        ctx.progress.applied(&m.name)
+    };
+    let lagging = applied.and_then(|a| ctx.progress.behind(Instant::now(), a));
     let (status, message) = match last_seen(ctx, &m.name) {
-        Some(d) if d < threshold => ("Online", "Fully operational".to_string()),
+        Some(d) if d < threshold => match lagging {
+            Some(n) => ("Blocked", format!("Lagging behind the leader: {n} entries")),
+            None => ("Online", "Fully operational".to_string()),
+        },
         Some(d) => ("Offline", format!("No heartbeat for {:.2}s", d.as_secs_f64())),
         None => ("Offline", "No heartbeat yet".to_string()),
     };
@@ -378,17 +455,19 @@ async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> R
     if let Ok(k) = transport::tls::certified_key(crt, key) {
         ctx.set_served_certificate(k);
     }
-    // Wait (bounded) for the log to reach us: then we are a full member.
+    // Wait (bounded) for the log to reach us: then we are a full member. A large state
+    // arrives as a snapshot stream, which takes a while.
     let mut changes = ctx.store.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + JOIN_STATE_WAIT;
     while !ctx.store.state().members.contains_key(&name) {
         if tokio::time::timeout_at(deadline, changes.changed())
             .await
             .is_err()
         {
-            return Err(ApiError::unavailable(
-                "Joined, but the cluster state has not arrived within 15 s",
-            ));
+            return Err(ApiError::unavailable(format!(
+                "Joined, but the cluster state has not arrived within {} s",
+                JOIN_STATE_WAIT.as_secs()
+            )));
         }
     }
     crate::context::on_state_change(ctx);
@@ -496,6 +575,15 @@ pub async fn run(ctx: Ctx) {
             (offline_threshold(&state) / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
         // Keeps the last time a leader was seen current between readiness probes.
         let _ = ctx.readiness();
+        ctx.store.check_storage().await;
+        if let Some(why) = ctx.store.raft_failure() {
+            // Raft stops for good after a storage error; a restart reopens the database.
+            tracing::error!(error = %why, "the cluster database failed; stopping so that the service manager restarts this member");
+            ctx.exit_code
+                .store(crate::daemon::EXIT_TEMPFAIL, std::sync::atomic::Ordering::SeqCst);
+            let _ = ctx.shutdown_tx.send(true);
+            return;
+        }
         let leader = ctx.store.raft_view().is_some_and(|v| v.is_leader());
         if ctx.store.clustered() {
             heartbeat_round(&ctx, &state, interval).await;
@@ -541,7 +629,7 @@ async fn heartbeat_round(ctx: &Ctx, state: &State, timeout: Duration) {
         let ctx = ctx.clone();
         let (name, address) = (m.name.clone(), m.address.clone());
         async move {
-            let ok = ctx
+            let answer = ctx
                 .peers
                 .request(
                     &address,
@@ -550,21 +638,30 @@ async fn heartbeat_round(ctx: &Ctx, state: &State, timeout: Duration) {
                     Vec::new(),
                     timeout,
                 )
-                .await
-                .is_ok_and(|(status, _)| status == 200);
-            (name, ok)
+                .await;
+            let ok = answer.as_ref().is_ok_and(|(status, _)| *status == 200);
+            let applied = answer.ok().and_then(|(_, body)| {
+                let v: Value = serde_json::from_slice(&body).ok()?;
+                v["metadata"]["applied"].as_u64()
+            });
+            (name, ok, applied)
         }
     });
     let results = futures_util::future::join_all(calls).await;
     let now = Instant::now();
     if let Ok(mut hb) = ctx.heartbeats.lock() {
-        for (name, ok) in results {
+        for (name, ok, applied) in results {
             if ok {
-                hb.insert(name, now);
+                hb.insert(name.clone(), now);
+            }
+            if let Some(applied) = applied {
+                ctx.progress.record(&name, applied);
             }
         }
         hb.retain(|name, _| state.members.contains_key(name));
     }
+    let own = ctx.store.raft_view().and_then(|v| v.last_applied).unwrap_or(0);
+    ctx.progress.mark(now, own, state);
 }
 
 /// On the leader: every member is in Raft, and up to `max_voters` online members vote.
@@ -670,6 +767,33 @@ mod tests {
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {
         ids.iter().copied().collect()
+    }
+
+    fn marks(list: &[(u64, u64)], now: Instant) -> VecDeque<(Instant, u64)> {
+        list.iter()
+            .map(|(ago, high)| (now - Duration::from_secs(*ago), *high))
+            .collect()
+    }
+
+    #[test]
+    fn a_member_keeping_up_is_not_lagging() {
+        let now = Instant::now();
+        // A write that is a moment old is not lag.
+        let m = marks(&[(12, 100), (6, 120), (1, 150)], now);
+        assert_eq!(lag(&m, now, 140), None);
+        assert_eq!(lag(&m, now, 120), None);
+        // No history yet: nothing to judge by.
+        assert_eq!(lag(&VecDeque::new(), now, 0), None);
+    }
+
+    #[test]
+    fn a_member_behind_what_was_applied_a_while_ago_lags() {
+        let now = Instant::now();
+        let m = marks(&[(12, 100), (6, 120), (1, 150)], now);
+        assert_eq!(lag(&m, now, 110), Some(40));
+        // Far behind the newest index: lagging at once.
+        let m = marks(&[(1, 5000)], now);
+        assert_eq!(lag(&m, now, 10), Some(4990));
     }
 
     #[test]

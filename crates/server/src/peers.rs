@@ -47,6 +47,15 @@ impl Peers {
         })
     }
 
+    /// The fingerprint the member at `address` must present.
+    fn pin(&self, address: &str) -> Result<String, String> {
+        self.pins
+            .load()
+            .get(address)
+            .cloned()
+            .ok_or_else(|| format!("{address} is not a known member"))
+    }
+
     /// Replaces the address -> fingerprint pins (from the member list).
     pub fn set_pins(&self, pins: HashMap<String, String>) {
         if **self.pins.load() != pins {
@@ -83,12 +92,7 @@ impl Peers {
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<http::Response<Bytes>, String> {
-        let fingerprint = self
-            .pins
-            .load()
-            .get(address)
-            .cloned()
-            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let fingerprint = self.pin(address)?;
         let mut sender = self.sender(address, &fingerprint).await?;
         let (mut parts, body) = req.into_parts();
         let path = parts
@@ -157,7 +161,16 @@ impl Peers {
 /// Raft's transport.
 pub struct RaftRpc(pub Arc<Peers>);
 
+/// A snapshot stream that moves no byte for this long is abandoned.
+pub const SNAPSHOT_STALL: Duration = Duration::from_secs(15);
+
 impl Rpc for RaftRpc {
+    fn send_snapshot(&self, _target: u64, address: &str, header: Vec<u8>, data: std::fs::File) -> RpcFuture {
+        let peers = self.0.clone();
+        let address = address.to_string();
+        Box::pin(async move { peers.stream_snapshot(&address, header, data).await })
+    }
+
     fn call(&self, _target: u64, address: &str, kind: RpcKind, body: Vec<u8>) -> RpcFuture {
         let peers = self.0.clone();
         let address = address.to_string();
@@ -176,6 +189,151 @@ impl Rpc for RaftRpc {
     }
 }
 
+impl Peers {
+    /// Streams a snapshot to the member at `address` on a connection of its own
+    /// (HTTP/1.1, so a long transfer never holds up the pooled one): `header`, then the
+    /// file, read 256 KiB at a time. Gives up when no byte moves for
+    /// [`SNAPSHOT_STALL`], or when the member takes longer to install it than its size
+    /// allows.
+    pub async fn stream_snapshot(
+        &self,
+        address: &str,
+        header: Vec<u8>,
+        data: std::fs::File,
+    ) -> Result<Vec<u8>, String> {
+        let fingerprint = self.pin(address)?;
+        let size = data.metadata().map_err(|e| e.to_string())?.len();
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI),
+        )
+        .await
+        .map_err(|_| format!("{address} did not complete a connection within {CONNECT_TIMEOUT:?}"))??;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = AbortOnDrop(tokio::spawn(conn));
+        let progress = Arc::new(Progress::default());
+        let body = snapshot_body(header.clone(), data, progress.clone());
+        let req = http::Request::post(cluster::raft::RpcKind::Snapshot.path())
+            .header("host", address)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", header.len() as u64 + size)
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        // Installing parses the whole state: allow a minute plus a second per 4 MiB.
+        let install = Duration::from_secs(60 + size / (4 * 1024 * 1024));
+        let call = async {
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = http_body_util::Limited::new(resp.into_body(), 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        tokio::pin!(call);
+        let (status, body) = loop {
+            tokio::select! {
+                r = &mut call => break r.map_err(|e| format!("{address}: {e}"))?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let (idle, done) = progress.idle();
+                    if !done && idle > SNAPSHOT_STALL {
+                        return Err(format!("{address}: the snapshot stream stalled for {SNAPSHOT_STALL:?}"));
+                    }
+                    if done && idle > install {
+                        return Err(format!("{address} did not install the snapshot within {install:?}"));
+                    }
+                }
+            }
+        };
+        drop(conn);
+        if status != 200 {
+            return Err(format!(
+                "{address} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(body.to_vec())
+    }
+}
+
+/// When a snapshot stream last moved a byte, and whether it has sent everything.
+struct Progress {
+    since: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            since: std::time::Instant::now(),
+            last_ms: Default::default(),
+            done: Default::default(),
+        }
+    }
+}
+
+impl Progress {
+    fn moved(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> (Duration, bool) {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        (
+            self.since.elapsed().saturating_sub(last),
+            self.done.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+type SnapshotBody = http_body_util::StreamBody<
+    std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::io::Error>> + Send>,
+    >,
+>;
+
+/// The request body of a snapshot: the header line, then the file in chunks.
+fn snapshot_body(header: Vec<u8>, data: std::fs::File, progress: Arc<Progress>) -> SnapshotBody {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::from_std(data);
+    let chunks = futures_util::stream::unfold(
+        (Some(header), file, progress),
+        |(header, mut file, progress)| async move {
+            progress.moved();
+            if let Some(h) = header {
+                return Some((
+                    Ok(hyper::body::Frame::data(Bytes::from(h))),
+                    (None, file, progress),
+                ));
+            }
+            let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+            match file.read_buf(&mut buf).await {
+                Ok(0) => {
+                    progress.done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+                Ok(_) => Some((Ok(hyper::body::Frame::data(buf.freeze())), (None, file, progress))),
+                Err(e) => Some((Err(e), (None, file, progress))),
+            }
+        },
+    );
+    http_body_util::StreamBody::new(Box::pin(chunks))
+}
+
+/// Aborts a task when dropped (a connection driver nobody needs any more).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A member's own event stream, as a websocket over mutual TLS (HTTP/1.1).
 pub type EventStream =
     tokio_tungstenite::WebSocketStream<transport::tls::ClientTlsStream<tokio::net::TcpStream>>;
@@ -183,12 +341,7 @@ pub type EventStream =
 impl Peers {
     /// Opens `/internal/events` on the member at `address`.
     pub async fn open_events(&self, address: &str) -> Result<EventStream, String> {
-        let fingerprint = self
-            .pins
-            .load()
-            .get(address)
-            .cloned()
-            .ok_or_else(|| format!("{address} is not a known member"))?;
+        let fingerprint = self.pin(address)?;
         let connect = async {
             let stream = self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI).await?;
             let url = format!("wss://{address}/internal/events");

@@ -36,7 +36,10 @@ impl From<cluster::StoreError> for Error {
             | StoreError::State(StateError::WarningNotFound) => ApiError::not_found_msg(e.to_string()),
             StoreError::State(StateError::Invalid(m)) => ApiError::bad_request(m),
             StoreError::State(StateError::TooManyTokens(_)) => ApiError::bad_request(e.to_string()),
-            StoreError::Db(_) | StoreError::Corrupt(_) => ApiError::internal(e.to_string()),
+            StoreError::Storage(_) => ApiError::unavailable(e.to_string()),
+            StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Damaged(_) => {
+                ApiError::internal(e.to_string())
+            }
         })
     }
 }
@@ -124,13 +127,20 @@ pub fn check_if_match(headers: &HeaderMap, basis: &impl Serialize) -> Result<()>
 pub async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T> {
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
-        .map_err(|_| ApiError::payload_too_large(MAX_BODY))?;
+        .map_err(|e| crate::gate::body_error(e, MAX_BODY))?;
     parse_json(&bytes)
 }
 
+/// Parses a request body, which must be a JSON object: every request body the API takes
+/// is one, and serde would otherwise read an array as the fields of a struct in order
+/// (`[]` as a `PUT /1.0` that unsets every key).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("Request body is empty: expected a JSON object").into());
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ApiError::bad_request("Request body is empty: expected a JSON object").into()),
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::bad_request("Invalid JSON in request body: expected a JSON object").into())
+        }
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON in request body: {e}")).into())
@@ -159,4 +169,29 @@ pub fn recursion(query: &std::collections::HashMap<String, String>) -> bool {
     query
         .get("recursion")
         .is_some_and(|v| v.parse::<u32>().is_ok_and(|n| n > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_must_be_objects() {
+        #[derive(Debug, serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Put {
+            #[allow(dead_code)]
+            config: std::collections::BTreeMap<String, String>,
+        }
+        for bad in ["[]", " [ {} ]", "\"x\"", "1", "null"] {
+            let e = parse_json::<Put>(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.0.status, 400, "{bad}");
+            assert!(
+                e.0.message.contains("expected a JSON object"),
+                "{bad}: {}",
+                e.0.message
+            );
+        }
+        assert!(parse_json::<Put>(b" {} ").is_ok());
+    }
 }

@@ -4,6 +4,11 @@
 //! through `notify`. SIGTERM and SIGINT stop it (after `--drain`); SIGHUP is logged and
 //! ignored, because nothing it could re-read lives in a file: configuration changes
 //! through the API and applies at once, and flags need a restart.
+//!
+//! The allocator is jemalloc with background threads (started by the daemon, not by the
+//! single-threaded `forkfile` helper): memory freed after a burst (ten thousand
+//! connections closing, say) goes back to the system within seconds, which glibc's
+//! allocator, with its per-thread arenas, mostly keeps.
 
 mod notify;
 
@@ -16,6 +21,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -64,6 +72,15 @@ struct Args {
     /// The instance runtime.
     #[arg(long, env = "STAPES_DRIVER", value_enum, default_value = "lxc")]
     driver: Driver,
+    /// The largest snapshot of the replicated state this member accepts from the leader,
+    /// in bytes. A member that needs a larger one stays behind and says so.
+    #[arg(long, env = "STAPES_MAX_SNAPSHOT_SIZE", default_value_t = server::DEFAULT_MAX_SNAPSHOT_SIZE)]
+    max_snapshot_size: u64,
+    /// How many HTTPS client connections are held at once; past it new ones are closed.
+    /// Other members and the unix socket have places of their own. Lowered to fit the
+    /// open-files limit when that is smaller.
+    #[arg(long, env = "STAPES_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 /// `stapesd completion SHELL` and `stapesd manpage DIR`, for packaging as `incusd
@@ -117,6 +134,11 @@ fn main() -> anyhow::Result<()> {
         return done;
     }
     let args = Args::parse();
+    // Background threads return freed memory to the system. They are started here, for
+    // the daemon only: `forkfile` above must stay single-threaded to enter namespaces.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("stapesd: cannot start the allocator's background threads: {e}");
+    }
     transport::tls::install_default_provider();
     let events = EventHub::new();
     // One filter for the log output and one, alike, for `logging` events: no call site
@@ -151,6 +173,8 @@ fn main() -> anyhow::Result<()> {
                 Driver::Lxc => instance::DriverKind::Lxc,
                 Driver::Fake => instance::DriverKind::Fake,
             },
+            max_snapshot_size: args.max_snapshot_size,
+            max_connections: args.max_connections,
         };
         let drain = config.drain;
         let daemon = Daemon::start(config, events).await?;
@@ -185,7 +209,10 @@ fn main() -> anyhow::Result<()> {
                 }
             });
         }
-        daemon.run().await;
+        let status = daemon.run().await;
+        if status != 0 {
+            std::process::exit(status);
+        }
         anyhow::Ok(())
     })
 }

@@ -43,6 +43,43 @@ pub fn bin(name: &str) -> PathBuf {
 /// LXC), for `Member::start_env` and `Cluster::start_env`.
 pub const FAKE_DRIVER: (&str, &str) = ("STAPES_DRIVER", "fake");
 
+/// Starts `stapesd` on `dir` expecting it to refuse; returns what it said.
+pub fn refused_start(dir: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(bin("stapesd"))
+        .arg("--state-dir")
+        .arg(dir)
+        .env_remove("STAPES_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stapesd starts");
+    for _ in 0..2000 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "stapesd started on damaged files");
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("stapesd did not stop within 20 s on damaged files");
+}
+
+/// Whether the test runs as root. Not root locally: the caller skips with a message.
+/// Not root under `CI=true`: a failure, never a skip.
+pub fn have_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs root under CI=true");
+        }
+        eprintln!("SKIP: this test needs root");
+    }
+    root
+}
+
 /// Whether an external tool is available. Missing locally: the caller skips with a
 /// message. Missing under `CI=true`: a failure, never a skip.
 pub fn have_tool(tool: &str) -> bool {
@@ -201,6 +238,19 @@ impl Target {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Resp> {
+        self.request_within(method, path, body, headers, Duration::from_secs(15))
+            .await
+    }
+
+    /// One request on a new connection, bounded to `limit`.
+    pub async fn request_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        limit: Duration,
+    ) -> anyhow::Result<Resp> {
         let fut = async {
             match self {
                 Target::Unix(p) => send(UnixStream::connect(p).await?, method, path, body, headers).await,
@@ -218,9 +268,63 @@ impl Target {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(15), fut)
+        tokio::time::timeout(limit, fut)
             .await
             .context("request timed out")?
+    }
+}
+
+/// A TLS connection to `addr` offering `alpn`, presenting `cert` (or none), accepting
+/// any server certificate: for tests that speak HTTP themselves (h2, raw bytes).
+pub async fn tls_stream(
+    addr: &str,
+    cert: Option<&ClientCert>,
+    alpn: &[u8],
+) -> anyhow::Result<transport::tls::ClientTlsStream<TcpStream>> {
+    let pair = cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+    let config = transport::tls::client_config(ServerTrust::Record(Default::default()), pair, &[alpn])?;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    Ok(transport::tls::TlsConnector::from(config)
+        .connect(transport::tls::server_name(host), tcp)
+        .await?)
+}
+
+/// An h2 connection to `addr` presenting `cert` (or none); requests go through the
+/// returned sender, whose bodies the test controls.
+pub async fn h2_connect<B>(
+    addr: &str,
+    cert: Option<&ClientCert>,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_stream(addr, cert, b"h2").await?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+impl ClientCert {
+    /// A client certificate valid from `not_before` to `not_after`.
+    pub fn valid_between(
+        name: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> ClientCert {
+        let pair = trust::CertPair::generate_valid(name, &[], not_before, not_after)
+            .expect("certificate generation");
+        let der = trust::cert::pem_to_der(&pair.cert_pem).expect("own pem parses");
+        ClientCert {
+            fingerprint: trust::fingerprint(&der),
+            cert_pem: pair.cert_pem,
+            key_pem: pair.key_pem,
+        }
     }
 }
 
@@ -324,11 +428,23 @@ impl Member {
     /// As [`Member::start_env`], the daemon running in network namespace `netns`. The
     /// unix socket is a path, so the test still reaches it from its own namespace.
     pub async fn start_in(netns: Option<&str>, env: &[(&str, &str)]) -> Member {
+        Self::start_prepared(netns, env, |_| {}).await
+    }
+
+    /// As [`Member::start_in`], calling `prepare` with the state directory (created,
+    /// empty) before the daemon starts: to mount a small file system there, say.
+    pub async fn start_prepared(
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Member {
         let tmp = tempfile::Builder::new()
             .prefix("stapes-test-")
             .tempdir()
             .expect("temp dir");
         let dir = tmp.path().join("state");
+        std::fs::create_dir_all(&dir).expect("state dir");
+        prepare(&dir);
         let mut m = Member {
             log: tmp.path().join("stapesd.log"),
             dir,
@@ -423,38 +539,49 @@ impl Member {
     /// `IP:PORT` (`[IP]:PORT` for IPv6).
     pub async fn listen_on(&mut self, ip: &str) -> String {
         let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("bad IP {ip:?}: {e}"));
-        let port = std::net::TcpListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
-        let addr = std::net::SocketAddr::new(ip, port).to_string();
-        let r = self
-            .unix()
-            .send_json(
-                "PATCH",
-                "/1.0",
-                &serde_json::json!({"config": {"core.https_address": addr}}),
-            )
-            .await
-            .expect("PATCH /1.0");
-        assert_eq!(
-            r.status,
-            200,
-            "setting core.https_address: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        // A port found free may be taken by another test's outgoing connection before the
+        // daemon binds it; a few fresh picks make that race harmless.
+        let mut attempt = 0;
+        let addr = loop {
+            attempt += 1;
+            let port = std::net::TcpListener::bind((ip, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
+            let addr = std::net::SocketAddr::new(ip, port).to_string();
+            let r = self
+                .unix()
+                .send_json(
+                    "PATCH",
+                    "/1.0",
+                    &serde_json::json!({"config": {"core.https_address": addr}}),
+                )
+                .await
+                .expect("PATCH /1.0");
+            let body = String::from_utf8_lossy(&r.body);
+            if r.status == 400 && body.contains("Address already in use") && attempt < 5 {
+                continue;
+            }
+            assert_eq!(r.status, 200, "setting core.https_address: {body}");
+            break addr;
+        };
         self.https = Some(addr.clone());
         addr
     }
 
     /// Trusts `cert` through the unix socket.
     pub async fn trust(&self, cert: &ClientCert) {
+        self.trust_as(cert, "client").await
+    }
+
+    /// Trusts `cert` through the unix socket as a certificate of type `kind`.
+    pub async fn trust_as(&self, cert: &ClientCert, kind: &str) {
         let r = self
             .unix()
             .send_json(
                 "POST",
                 "/1.0/certificates",
-                &serde_json::json!({"type": "client", "name": "test", "certificate": cert.cert_pem}),
+                &serde_json::json!({"type": kind, "name": "test", "certificate": cert.cert_pem}),
             )
             .await
             .expect("POST /1.0/certificates");
@@ -648,13 +775,17 @@ impl Member {
             .await
     }
 
-    /// As [`Member::try_join`], listening at `address`.
+    /// As [`Member::try_join`], listening at `address`. Bounded by the daemon's own
+    /// wait for the cluster state, plus a margin.
     pub async fn try_join_at(&self, name: &str, token: &str, address: &str) -> Resp {
+        let body = serde_json::json!({"server_name": name, "enabled": true, "server_address": address, "cluster_token": token});
         self.unix()
-            .send_json(
+            .request_within(
                 "PUT",
                 "/1.0/cluster",
-                &serde_json::json!({"server_name": name, "enabled": true, "server_address": address, "cluster_token": token}),
+                Some(serde_json::to_vec(&body).expect("JSON")),
+                &[],
+                Duration::from_secs(150),
             )
             .await
             .expect("PUT /1.0/cluster")

@@ -155,6 +155,40 @@ pub struct CertInfo {
     pub not_after: OffsetDateTime,
 }
 
+/// A certificate outside its validity period, with the date (RFC 3339) it is out by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutOfDate {
+    NotYetValid(String),
+    Expired(String),
+}
+
+/// Whether `now` is outside `not_before..=not_after`.
+pub fn out_of_date(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Option<OutOfDate> {
+    let date = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    if now < not_before {
+        Some(OutOfDate::NotYetValid(date(not_before)))
+    } else if now > not_after {
+        Some(OutOfDate::Expired(date(not_after)))
+    } else {
+        None
+    }
+}
+
+/// Why a certificate cannot be used at `now`, in words.
+pub fn outside_validity(info: &CertInfo, now: OffsetDateTime) -> Option<String> {
+    out_of_date(info.not_before, info.not_after, now).map(|o| match o {
+        OutOfDate::NotYetValid(d) => format!("Certificate is not valid before {d}"),
+        OutOfDate::Expired(d) => format!("Certificate has expired (on {d})"),
+    })
+}
+
 /// Parses DER, checking it is a well-formed X.509 certificate.
 pub fn inspect(der: &[u8]) -> Result<CertInfo, CertError> {
     let (rest, cert) =

@@ -5,10 +5,14 @@
 //!   unix creds | cert fingerprint  --> decide() --> Identity { method, username, address }
 //! ```
 //!
-//! The decision is made per request, against the current trust store, so removing a
-//! certificate takes effect on connections that are already open.
+//! The decision is made per request, against the current trust store and the current
+//! time, so removing a certificate, or its expiry, takes effect on connections that are
+//! already open. As in Incus, a certificate outside its validity period is not trusted,
+//! whatever the trust store says.
 
 use std::net::SocketAddr;
+
+use time::OffsetDateTime;
 
 /// How a caller authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,8 @@ pub struct ConnFacts {
     pub cert_fingerprint: Option<String>,
     /// DER of the client certificate, for adding the caller to the trust store.
     pub cert_der: Option<std::sync::Arc<[u8]>>,
+    /// The client certificate's validity period (notBefore, notAfter).
+    pub cert_validity: Option<(OffsetDateTime, OffsetDateTime)>,
     /// The peer's user name on the unix socket.
     pub unix_user: Option<String>,
 }
@@ -80,9 +86,19 @@ impl Identity {
     }
 }
 
-/// Decides who the caller is. `lookup` maps a fingerprint to the type of the trusted
-/// certificate with that fingerprint; the type `member` means another cluster member.
-pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Identity {
+/// Why the client certificate cannot be trusted at `now`, whatever the trust store says.
+pub fn outside_validity(facts: &ConnFacts, now: OffsetDateTime) -> Option<String> {
+    let (not_before, not_after) = facts.cert_validity?;
+    crate::cert::out_of_date(not_before, not_after, now).map(|o| match o {
+        crate::cert::OutOfDate::NotYetValid(d) => format!("Client certificate is not valid before {d}"),
+        crate::cert::OutOfDate::Expired(d) => format!("Client certificate expired on {d}"),
+    })
+}
+
+/// Decides who the caller is at `now`. `lookup` maps a fingerprint to the type of the
+/// trusted certificate with that fingerprint; the type `member` means another cluster
+/// member.
+pub fn decide(facts: &ConnFacts, now: OffsetDateTime, lookup: impl Fn(&str) -> Option<String>) -> Identity {
     let address = facts
         .remote
         .map(|a| plain_ip(a).to_string())
@@ -95,7 +111,11 @@ pub fn decide(facts: &ConnFacts, lookup: impl Fn(&str) -> Option<String>) -> Ide
             cert_type: None,
         };
     }
-    if let Some(fp) = &facts.cert_fingerprint {
+    if let Some(fp) = facts
+        .cert_fingerprint
+        .as_ref()
+        .filter(|_| outside_validity(facts, now).is_none())
+    {
         if let Some(kind) = lookup(fp) {
             let method = if kind == "member" {
                 AuthMethod::Cluster
@@ -136,9 +156,35 @@ mod tests {
             cert_fingerprint: Some("aa".into()),
             ..Default::default()
         };
-        let id = decide(&facts, |_| None);
+        let id = decide(&facts, OffsetDateTime::now_utc(), |_| None);
         assert_eq!(id.method, AuthMethod::Untrusted);
         assert_eq!(id.address, "127.0.0.5");
+    }
+
+    #[test]
+    fn a_trusted_certificate_outside_its_validity_is_untrusted() {
+        let now = OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let facts = |from: OffsetDateTime, until: OffsetDateTime| ConnFacts {
+            remote: Some("127.0.0.5:3000".parse().unwrap()),
+            cert_fingerprint: Some("aa".into()),
+            cert_validity: Some((from, until)),
+            ..Default::default()
+        };
+        let trusted = |_: &str| Some("client".to_string());
+        let expired = facts(now - 10 * day, now - day);
+        assert_eq!(decide(&expired, now, trusted).method, AuthMethod::Untrusted);
+        assert!(outside_validity(&expired, now)
+            .unwrap()
+            .starts_with("Client certificate expired on "));
+        let early = facts(now + 365 * day, now + 400 * day);
+        assert_eq!(decide(&early, now, trusted).method, AuthMethod::Untrusted);
+        assert!(outside_validity(&early, now)
+            .unwrap()
+            .starts_with("Client certificate is not valid before "));
+        let valid = facts(now - day, now + day);
+        assert_eq!(decide(&valid, now, trusted).method, AuthMethod::Tls);
+        assert_eq!(outside_validity(&valid, now), None);
     }
 
     #[test]
@@ -148,7 +194,9 @@ mod tests {
             cert_fingerprint: Some("aa".into()),
             ..Default::default()
         };
-        let id = decide(&facts, |fp| (fp == "aa").then(|| "metrics".to_string()));
+        let id = decide(&facts, OffsetDateTime::now_utc(), |fp| {
+            (fp == "aa").then(|| "metrics".to_string())
+        });
         assert_eq!(id.method, AuthMethod::Tls);
         assert_eq!(id.address, "127.0.0.5");
         assert!(id.trusted() && !id.full_access());
@@ -160,7 +208,7 @@ mod tests {
             unix_user: Some("root".into()),
             ..Default::default()
         };
-        let id = decide(&facts, |_| None);
+        let id = decide(&facts, OffsetDateTime::now_utc(), |_| None);
         assert_eq!(
             (id.method, id.username.as_str(), id.address.as_str()),
             (AuthMethod::Unix, "root", "@")

@@ -146,8 +146,8 @@ fn build_certificate(
     }
     let info = trust::cert::inspect(der)
         .map_err(|e| ApiError::bad_request(format!("Invalid certificate material: {e}")))?;
-    if info.not_after < OffsetDateTime::now_utc() {
-        return Err(ApiError::bad_request("Certificate has expired").into());
+    if let Some(why) = trust::cert::outside_validity(&info, OffsetDateTime::now_utc()) {
+        return Err(ApiError::bad_request(why).into());
     }
     let name = [name, info.common_name.as_str(), id.address.as_str()]
         .into_iter()

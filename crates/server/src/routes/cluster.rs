@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -300,16 +300,61 @@ pub async fn raft_rpc(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
     Path(kind): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response> {
     if id.method != AuthMethod::Cluster {
         return Err(ApiError::forbidden().into());
     }
-    let kind = cluster::raft::RpcKind::from_path(&kind).ok_or_else(ApiError::not_found)?;
+    let limit = crate::gate::RAFT_MAX_BODY;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| crate::gate::body_error(e, limit))?;
+    let kind = cluster::raft::RpcKind::from_path(&kind)
+        .filter(|k| *k != cluster::raft::RpcKind::Snapshot)
+        .ok_or_else(ApiError::not_found)?;
     match ctx.store.serve_rpc(kind, &body).await {
         Ok(bytes) => Ok(([(http::header::CONTENT_TYPE, "application/json")], bytes).into_response()),
         Err(e) => Err(ApiError::unavailable(e).into()),
     }
+}
+
+/// A snapshot streamed by the leader: written to a file as it arrives, bounded by
+/// `--max-snapshot-size` rather than by the request body limit, then installed.
+pub async fn raft_snapshot(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    body: Body,
+) -> Result<Response> {
+    use cluster::raft::ReceiveError;
+    use futures_util::StreamExt;
+    if id.method != AuthMethod::Cluster {
+        return Err(ApiError::forbidden().into());
+    }
+    let refused = |e: ReceiveError| -> crate::response::Error {
+        tracing::warn!(error = %e, "refused a snapshot from the leader");
+        match e {
+            ReceiveError::TooLarge { .. } => ApiError::new(413, e.to_string()),
+            ReceiveError::Storage(_) => ApiError::internal(e.to_string()),
+            _ => ApiError::bad_request(e.to_string()),
+        }
+        .into()
+    };
+    let mut receiver = ctx.store.receive_snapshot()?;
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(crate::peers::SNAPSHOT_STALL, stream.next())
+            .await
+            .map_err(|_| ApiError::new(408, "The snapshot stream stalled"))?;
+        match next {
+            None => break,
+            Some(Ok(bytes)) => receiver.write(&bytes).await.map_err(refused)?,
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!("The snapshot stream broke: {e}")).into())
+            }
+        }
+    }
+    let reply = receiver.finish().await.map_err(refused)?;
+    Ok(([(http::header::CONTENT_TYPE, "application/json")], reply).into_response())
 }
 
 /// A joiner asks to be admitted. Authorised by the join secret, not by trust.
@@ -397,7 +442,11 @@ pub async fn certificate_put(
 pub fn validate_certificate_pair(crt: &str, key: &str) -> Result<(String, String)> {
     let der = trust::cert::pem_to_der(crt)
         .map_err(|_| ApiError::bad_request("Certificate must be base64 encoded PEM certificate"))?;
-    trust::cert::inspect(&der).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let info = trust::cert::inspect(&der).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Clients would refuse it: say so now rather than when they connect.
+    if let Some(why) = trust::cert::outside_validity(&info, time::OffsetDateTime::now_utc()) {
+        return Err(ApiError::bad_request(why).into());
+    }
     if key.trim().is_empty() {
         return Err(ApiError::bad_request("A private key for the certificate is required").into());
     }

@@ -1,4 +1,8 @@
 //! `/1.0/events`: a websocket streaming the events a listener asked for.
+//!
+//! A listener is woken by each event it may want, writes every event already waiting
+//! (up to [`BATCH`]) and flushes once. One that falls behind skips what it missed,
+//! and says so once per episode, under a target that never becomes an event.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,16 +12,19 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use tokio::sync::broadcast::error::RecvError;
+use futures_util::SinkExt;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use trust::Identity;
 
 use crate::auth::require_full;
 use crate::context::Ctx;
-use crate::events::Filter;
-use crate::response::Result;
+use crate::events::{Filter, MAX_LISTENERS, QUIET_TARGET};
+use crate::response::{ApiError, Result};
 
 /// How often an idle stream is pinged, so dead listeners are noticed.
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// Events written before one flush.
+const BATCH: usize = 64;
 
 pub async fn stream(
     State(ctx): State<Ctx>,
@@ -38,11 +45,21 @@ pub async fn stream(
         )
             .into_response());
     };
+    let Some(place) = ctx.events.listener_place() else {
+        tracing::warn!(target: QUIET_TARGET, max = MAX_LISTENERS, "refused an event listener: too many are open");
+        return Err(ApiError::unavailable(format!(
+            "Too many event listeners are connected (at most {MAX_LISTENERS}); try again later"
+        ))
+        .into());
+    };
     let filter = Filter::from_query(&q);
     tracing::debug!(user = %id.username, ?filter, "event listener connected");
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| pump(ctx, socket, filter))
+        .on_upgrade(move |socket| async move {
+            pump(ctx, socket, filter).await;
+            drop(place);
+        })
         .into_response())
 }
 
@@ -68,23 +85,72 @@ pub async fn internal(
         .into_response())
 }
 
+/// A listener's episodes of falling behind, said once each.
+#[derive(Default)]
+struct Lag {
+    dropped: u64,
+    behind: bool,
+}
+
+impl Lag {
+    fn dropped(&mut self, n: u64) {
+        if !self.behind {
+            tracing::warn!(target: QUIET_TARGET, dropped = n, "event listener fell behind; it skips what it missed");
+            self.behind = true;
+        }
+        self.dropped += n;
+    }
+
+    fn caught_up(&mut self) {
+        if self.behind {
+            tracing::info!(target: QUIET_TARGET, dropped = self.dropped, "event listener caught up");
+            *self = Lag::default();
+        }
+    }
+}
+
 async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
-    let (mut events, _interest) = ctx.events.subscribe_for(&filter);
+    let mut events = ctx.events.subscribe(&filter);
     let mut stop = ctx.closing.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
+    let mut lag = Lag::default();
     ping.tick().await;
     loop {
         tokio::select! {
-            e = events.recv() => match e {
-                Ok(event) if filter.accepts(&event) && (!filter.only_own || ctx.events.is_own(&event)) => {
-                    let text = serde_json::to_string(&event).expect("events serialize");
-                    if socket.send(Message::Text(text.into())).await.is_err() {
-                        return;
+            first = events.recv() => {
+                let mut next = Some(first);
+                let mut written = 0;
+                let mut drained = false;
+                while let Some(e) = next.take() {
+                    match e {
+                        Ok(p) if filter.accepts(&p.event) && (!filter.only_own || ctx.events.is_own(&p.event)) => {
+                            if socket.feed(Message::Text(p.json.clone())).await.is_err() {
+                                return;
+                            }
+                            written += 1;
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => lag.dropped(n),
+                        Err(RecvError::Closed) => return,
+                    }
+                    if written < BATCH {
+                        next = match events.try_recv() {
+                            Ok(p) => Some(Ok(p)),
+                            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                            Err(TryRecvError::Empty) => {
+                                drained = true;
+                                None
+                            }
+                        };
                     }
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => tracing::warn!(dropped = n, "event listener fell behind"),
-                Err(RecvError::Closed) => return,
+                if written > 0 && socket.flush().await.is_err() {
+                    return;
+                }
+                if drained {
+                    lag.caught_up();
+                }
             },
             msg = socket.recv() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,

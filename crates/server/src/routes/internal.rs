@@ -8,10 +8,12 @@ use trust::{AuthMethod, Identity};
 use crate::context::Ctx;
 use crate::response::{error_response, sync, ApiError};
 
-/// 200 while the daemon serves, 503 once shutdown has begun.
+/// 200 while the daemon serves, 503 once shutdown has begun. Tells members how far this
+/// one has applied the replicated log.
 pub async fn ready(State(ctx): State<Ctx>) -> Response {
     if ctx.ready() {
-        sync(serde_json::json!({}))
+        let applied = ctx.store.raft_view().map(|v| v.last_applied.unwrap_or(0));
+        sync(serde_json::json!({ "applied": applied }))
     } else {
         error_response(&ApiError::unavailable("Shutting down"))
     }
@@ -27,9 +29,14 @@ pub async fn readiness(State(ctx): State<Ctx>) -> Response {
     }
 }
 
-/// `stapes admin shutdown`: local callers only.
-pub async fn shutdown(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Response {
-    if id.method != AuthMethod::Unix {
+/// `stapes admin shutdown`: local callers only (on this member's own socket: the gate
+/// refuses an identity a member speaks for).
+pub async fn shutdown(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    via_member: Option<Extension<crate::auth::ViaMember>>,
+) -> Response {
+    if id.method != AuthMethod::Unix || via_member.is_some() {
         return error_response(&ApiError::forbidden());
     }
     tracing::info!(user = %id.username, "shutdown requested");

@@ -26,6 +26,7 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_implemented)
         .layer(from_fn_with_state(ctx.clone(), crate::forward::layer))
+        .layer(from_fn_with_state(ctx.clone(), crate::gate::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
         .with_state(ctx)
@@ -83,6 +84,7 @@ fn served() -> Router<Ctx> {
                 .delete(cluster::delete_member),
         )
         .route("/1.0/cluster/members/{name}/state", get(cluster::member_state))
+        .route("/internal/raft/snapshot", post(cluster::raft_snapshot))
         .route("/internal/raft/{kind}", post(cluster::raft_rpc))
         .route("/internal/cluster/join", post(cluster::join))
         .route("/internal/events", get(events::internal))

@@ -1,7 +1,7 @@
 //! Several real members on loopback, each with its own state directory.
 //!
 //! Numbering: t10 forming a cluster, t20 tokens, t30 replication, t40 member loss,
-//! t50 roles and membership. Cluster tests take a slot from [`SLOTS`] so that no more
+//! t45 catching up, t50 roles and membership. Cluster tests take a slot from [`SLOTS`] so that no more
 //! than one cluster runs at a time: the machine has two cores.
 
 mod t10_form;
@@ -9,8 +9,10 @@ mod t20_tokens;
 mod t25_join_by_certificate;
 mod t30_replication;
 mod t40_failures;
+mod t45_catch_up;
 mod t50_membership;
 mod t55_logs;
+mod t55_removed_member;
 mod t60_any_member;
 mod t70_certificate;
 mod t80_acme;

@@ -85,17 +85,39 @@ async fn update_through_any_member_reaches_every_member_and_one_that_was_offline
     .await;
 }
 
-/// An expired certificate is what clients see, but members keep working together.
+/// A certificate that expires while in use is what clients see, but members keep
+/// working together. (An already expired one is refused when it is given.)
 #[tokio::test]
 async fn an_expired_certificate_does_not_break_the_cluster() {
     let _slot = slot().await;
     let mut c = Cluster::start_with(3, FAST).await;
     c.wait_healthy(3, LONG).await;
-    let expired = pair(-30, 1);
-    assert_eq!(update(&c.members[0], &expired).await.status, 200);
-    let fp = fingerprint_of(&expired);
-    eventually(Duration::from_secs(5), "expired certificate served", || async {
+    let refused = update(&c.members[0], &pair(-30, 1)).await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Certificate has expired (on "),
+        "{}",
+        refused.json()
+    );
+    let now = OffsetDateTime::now_utc();
+    let expiring = trust::CertPair::generate_valid(
+        "cluster",
+        &["127.0.0.1".parse().unwrap()],
+        now - time::Duration::days(1),
+        now + time::Duration::seconds(3),
+    )
+    .unwrap();
+    assert_eq!(update(&c.members[0], &expiring).await.status, 200);
+    let fp = fingerprint_of(&expiring);
+    eventually(Duration::from_secs(5), "the certificate served", || async {
         (presented(&c.members[1]).await? == fp).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the certificate expired", || async {
+        (OffsetDateTime::now_utc() > now + time::Duration::seconds(4)).then_some(())
     })
     .await;
     // Writes through followers, heartbeats and forwarding keep working, and a new

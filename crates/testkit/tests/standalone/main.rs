@@ -1,7 +1,7 @@
 //! A single member, driven through its real sockets.
 //!
 //! Numbering: t10 basic behaviour, t20 trust, t30 API edge cases and errors, t40
-//! events, t50 durability and lifecycle, t90 adversarial.
+//! events, t50 durability and lifecycle, t90 adversarial, t95 limits.
 
 mod t10_basic;
 mod t20_trust;
@@ -12,3 +12,4 @@ mod t50_durability;
 mod t52_service_manager;
 mod t60_proxy_protocol;
 mod t90_adversarial;
+mod t95_limits;

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use serde_json::json;
 use stapes_testkit::{ClientCert, Member, Target};
 
@@ -317,4 +319,77 @@ async fn token_needs_a_network_listener() {
         r.json()["error"],
         "Can't issue token when server isn't listening on network"
     );
+}
+
+/// As in Incus, a certificate is trusted only within its validity period: one that
+/// expires stops being trusted, with the reason in the refusal; trust add refuses one
+/// that is expired or not valid yet.
+#[tokio::test]
+async fn certificates_are_trusted_only_within_their_dates() {
+    use time::{Duration as Span, OffsetDateTime};
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let now = OffsetDateTime::now_utc();
+    for (cert, says) in [
+        (
+            ClientCert::valid_between("old", now - Span::days(30), now - Span::days(1)),
+            "Certificate has expired (on ",
+        ),
+        (
+            ClientCert::valid_between("early", now + Span::days(365), now + Span::days(730)),
+            "Certificate is not valid before ",
+        ),
+    ] {
+        let r = m
+            .unix()
+            .send_json(
+                "POST",
+                "/1.0/certificates",
+                &json!({"type": "client", "name": "x", "certificate": cert.cert_pem}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+        assert!(
+            r.json()["error"].as_str().unwrap().starts_with(says),
+            "{}",
+            r.json()
+        );
+    }
+    // Trusted while valid, a stranger once expired.
+    let expiring = ClientCert::valid_between("soon", now - Span::days(1), now + Span::seconds(3));
+    m.trust(&expiring).await;
+    let t = Target::tls(&addr, Some(&expiring));
+    assert_eq!(t.get("/1.0").await.unwrap().metadata()["auth"], "trusted");
+    stapes_testkit::eventually(Duration::from_secs(15), "the certificate expired", || async {
+        (OffsetDateTime::now_utc() > now + Span::seconds(4)).then_some(())
+    })
+    .await;
+    assert_eq!(t.get("/1.0").await.unwrap().metadata()["auth"], "untrusted");
+    let r = t.get("/1.0/certificates").await.unwrap();
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Client certificate expired on "),
+        "{}",
+        r.json()
+    );
+}
+
+/// A metrics certificate is what Incus makes it: trusted for /1.0/metrics, a stranger
+/// everywhere else (no environment, no configuration in GET /1.0).
+#[tokio::test]
+async fn a_metrics_certificate_sees_only_metrics() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let metrics = ClientCert::generate("metrics");
+    m.trust_as(&metrics, "metrics").await;
+    let t = Target::tls(&addr, Some(&metrics));
+    let server = t.get("/1.0").await.unwrap().metadata();
+    assert_eq!(server["auth"], "untrusted");
+    assert!(server["environment"].is_null() && server["config"].as_object().is_none_or(|c| c.is_empty()));
+    assert_eq!(t.get("/1.0/metrics").await.unwrap().status, 200);
+    assert_eq!(t.get("/1.0/certificates").await.unwrap().status, 403);
 }

@@ -278,3 +278,29 @@ async fn areas_not_served_yet_answer_501_naming_the_feature() {
         .unwrap();
     assert_error(&r, 501, "not implemented");
 }
+
+/// A body that is not a JSON object is refused, and changes nothing (serde alone would
+/// read `[]` as a PUT with every field empty: every key unset).
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_refused() {
+    let m = Member::start().await;
+    let u = m.unix();
+    let r = u
+        .send_json(
+            "PATCH",
+            "/1.0",
+            &serde_json::json!({"config": {"core.remote_token_expiry": "5H"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    for body in ["[]", "[{}]", "\"\"", "7"] {
+        let r = u
+            .request("PUT", "/1.0", Some(body.as_bytes().to_vec()), &[])
+            .await
+            .unwrap();
+        assert_error(&r, 400, "expected a JSON object");
+    }
+    let config = u.get("/1.0").await.unwrap().metadata()["config"].clone();
+    assert_eq!(config["core.remote_token_expiry"], "5H");
+}

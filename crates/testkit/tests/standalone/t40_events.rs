@@ -109,3 +109,83 @@ async fn type_filter_and_project_filter() {
         assert!(got.is_err(), "unexpected event: {got:?}");
     }
 }
+
+/// A warning about events never becomes an event: a listener that falls behind in a
+/// flood is logged once per episode, never told on the stream itself, and the member
+/// goes quiet once the flood is over.
+#[tokio::test]
+async fn a_flood_with_slow_listeners_settles() {
+    let m = Member::start().await;
+    let mut slow = events_unix(&m.socket(), "").await.unwrap();
+    let stalled = events_unix(&m.socket(), "").await.unwrap();
+    let u = m.unix();
+    let flood = futures_util::future::join_all((0..8).map(|_| {
+        let u = u.clone();
+        async move {
+            for _ in 0..300 {
+                let _ = u.get("/1.0").await;
+            }
+        }
+    }));
+    let read_slowly = async {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), slow.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    seen.push(t.to_string());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return seen,
+            }
+        }
+    };
+    let ((), seen) = tokio::join!(
+        async {
+            flood.await;
+        },
+        read_slowly
+    );
+    assert!(seen.len() > 100, "the slow listener saw {} events", seen.len());
+    assert!(
+        !seen.iter().any(|e| e.contains("fell behind")),
+        "a lag warning was published as an event"
+    );
+    let lags = m.log().matches("event listener fell behind").count();
+    assert!(
+        (1..=2).contains(&lags),
+        "{lags} lag warnings for two listeners in one flood"
+    );
+    // Quiet afterwards: nothing more is logged while nobody calls.
+    let before = m.log().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = m.log();
+    assert!(
+        after.len() - before < 500,
+        "still logging after the flood:\n{}",
+        &after[before..]
+    );
+    drop(stalled);
+}
+
+/// The event stream has its own cap on listeners; past it a listener is refused with 503
+/// and the others keep theirs.
+#[tokio::test]
+async fn event_listeners_are_capped() {
+    let m = Member::start().await;
+    let mut open = Vec::new();
+    for _ in 0..256 {
+        open.push(events_unix(&m.socket(), "type=lifecycle").await.unwrap());
+    }
+    let refused = events_unix(&m.socket(), "type=lifecycle").await;
+    match refused.map_err(|e| e.downcast::<tokio_tungstenite::tungstenite::Error>()) {
+        Err(Ok(tokio_tungstenite::tungstenite::Error::Http(r))) => assert_eq!(r.status(), 503),
+        Err(other) => panic!("expected a 503, got {other:?}"),
+        Ok(_) => panic!("a listener past the cap was accepted"),
+    }
+    drop(open.pop());
+    stapes_testkit::eventually(Duration::from_secs(10), "a place freed", || async {
+        events_unix(&m.socket(), "type=lifecycle").await.ok().map(|_| ())
+    })
+    .await;
+}

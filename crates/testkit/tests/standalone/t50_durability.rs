@@ -201,3 +201,120 @@ async fn a_stopping_daemon_leaves_a_successors_socket_alone() {
     std::os::unix::net::UnixStream::connect(&socket).expect("the successor's socket still answers");
     drop(successor);
 }
+
+/// A member whose files are missing or empty refuses to start, naming the file and what
+/// to do; it never starts as a new, empty member.
+#[tokio::test]
+async fn damaged_files_refuse_to_start() {
+    let mut m = Member::start().await;
+    m.trust(&ClientCert::generate("kept")).await;
+    m.kill9();
+    let state = m.dir.join("database/state.redb");
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"").unwrap();
+    let said = stapes_testkit::refused_start(&m.dir);
+    assert!(
+        said.contains("state.redb is empty") && said.contains("Restore it from a backup"),
+        "{said}"
+    );
+    std::fs::remove_file(&state).unwrap();
+    let said = stapes_testkit::refused_start(&m.dir);
+    assert!(said.contains("state.redb is missing"), "{said}");
+    std::fs::write(&state, &saved).unwrap();
+    let key = m.dir.join("server.key");
+    let saved_key = std::fs::read(&key).unwrap();
+    std::fs::write(&key, b"").unwrap();
+    let said = stapes_testkit::refused_start(&m.dir);
+    assert!(said.contains("server.key is empty"), "{said}");
+    // Restored: it starts, with what it had.
+    std::fs::write(&key, saved_key).unwrap();
+    m.start_again().await;
+    let listed = m.unix().get("/1.0/certificates").await.unwrap().metadata();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+/// Files holding keys and secrets are readable by their owner only.
+#[tokio::test]
+async fn key_and_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Member::start().await;
+    m.trust(&ClientCert::generate("x")).await;
+    for file in ["server.key", "database/state.redb"] {
+        let mode = std::fs::metadata(m.dir.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+}
+
+/// A full disk: writes fail with a clear 503 and the member reports not-ready; once
+/// space returns it recovers by itself (redb refuses every write after an I/O error
+/// until the database is reopened).
+#[tokio::test]
+async fn a_full_disk_is_not_ready_and_recovers() {
+    use std::time::Duration;
+    if !stapes_testkit::have_root() {
+        return;
+    }
+    struct Mount(std::path::PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let mut mounted = None;
+    let m = Member::start_prepared(None, &[], |dir| {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m"])
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        mounted = Some(Mount(dir.to_path_buf()));
+    })
+    .await;
+    let filler = m.dir.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let write = |i: usize| {
+        let cert = ClientCert::generate(&format!("w{i}"));
+        json!({"type": "client", "certificate": cert.cert_pem, "description": "d".repeat(256 * 1024)})
+    };
+    let u = m.unix();
+    let mut failed = None;
+    for i in 0..20 {
+        let r = u.send_json("POST", "/1.0/certificates", &write(i)).await.unwrap();
+        if r.status != 201 {
+            failed = Some(r);
+            break;
+        }
+    }
+    let r = failed.expect("a write failed on the full disk");
+    assert_eq!(r.status, 503, "{}", r.json());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("write failed"),
+        "{}",
+        r.json()
+    );
+    let ready = u.get("/ready").await.unwrap();
+    assert_eq!(ready.status, 503);
+    std::fs::remove_file(&filler).unwrap();
+    stapes_testkit::eventually(Duration::from_secs(20), "ready again once space returned", || {
+        let u = m.unix();
+        async move { (u.get("/ready").await.ok()?.status == 200).then_some(()) }
+    })
+    .await;
+    let r = u
+        .send_json("POST", "/1.0/certificates", &write(99))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json());
+    drop(m);
+    drop(mounted);
+}

@@ -1,0 +1,211 @@
+//! Bounded connections and bodies: idle connections are closed, the number held is
+//! capped with the unix socket kept usable, callers are checked before any body is read,
+//! and a body must keep coming.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use stapes_testkit::{h2_connect, tls_stream, ClientCert, Member, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads until the peer closes (or `limit` passes); returns how long that took.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok()?;
+    Some(started.elapsed())
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_after_tls_is_closed() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    for alpn in [b"http/1.1".as_slice(), b"h2".as_slice()] {
+        let mut silent = tls_stream(&addr, None, alpn).await.unwrap();
+        let took = closed_within(&mut silent, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} connection still open after 60 s",
+                    String::from_utf8_lossy(alpn)
+                )
+            });
+        println!("{}: closed after {took:?}", String::from_utf8_lossy(alpn));
+    }
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let mut h2 = h2_connect::<Full<Bytes>>(&addr, None).await.unwrap();
+    let req = http::Request::get(format!("https://{addr}/1.0"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    let started = Instant::now();
+    stapes_testkit::eventually(Duration::from_secs(90), "the idle h2 connection closed", || {
+        let closed = h2.is_closed();
+        async move { closed.then_some(()) }
+    })
+    .await;
+    println!("idle h2 connection closed after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connections_are_capped_and_the_unix_socket_stays_usable() {
+    let mut m = Member::start_env(&[("STAPES_MAX_CONNECTIONS", "40")]).await;
+    let addr = m.listen().await;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tls_stream(&addr, None, b"http/1.1").await.unwrap());
+    }
+    // The next one is closed at once: the handshake or the first request fails.
+    let refused = Target::tls(&addr, None).get("/1.0").await;
+    assert!(
+        refused.is_err(),
+        "a connection past the cap was served: {:?}",
+        refused.map(|r| r.status)
+    );
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+    assert!(m.log().contains("connection limit reached"), "{}", m.log());
+    drop(held);
+    stapes_testkit::eventually(Duration::from_secs(10), "places free again", || async {
+        (Target::tls(&addr, None).get("/1.0").await.ok()?.status == 200).then_some(())
+    })
+    .await;
+}
+
+/// An untrusted caller's body is never read where it may send none: the refusal comes
+/// before the body is sent at all.
+#[tokio::test]
+async fn untrusted_callers_are_refused_before_their_body_is_read() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    for path in ["/internal/raft/append", "/1.0", "/1.0/certificates/abc"] {
+        let mut s = tls_stream(&addr, None, b"http/1.1").await.unwrap();
+        let head = format!("PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer without the body"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 403"), "{path}: {text}");
+    }
+    // Over h2 too, with the stream ended cleanly (no reset the client reports).
+    let mut h2 = h2_connect::<Full<Bytes>>(&addr, None).await.unwrap();
+    let req = http::Request::put(format!("https://{addr}/internal/raft/append"))
+        .body(Full::new(Bytes::from(vec![b'x'; 256 * 1024])))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    resp.into_body()
+        .collect()
+        .await
+        .expect("the 403 body arrives whole");
+}
+
+/// With curl, the HTTP/2 client the issue was found with: an early 403 to a request with
+/// a body ends without an error (curl exited 92 before), from the gate (a stranger) and
+/// from a handler (a metrics certificate, trusted for /1.0/metrics only).
+#[tokio::test]
+async fn curl_sees_an_early_refusal_end_cleanly() {
+    if !stapes_testkit::have_tool("curl") {
+        return;
+    }
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let body = m.dir.with_file_name("body.json");
+    let mut json = b"{\"config\": {}}".to_vec();
+    json.resize(200 * 1024, b' ');
+    std::fs::write(&body, json).unwrap();
+    let metrics = ClientCert::generate("metrics");
+    m.trust_as(&metrics, "metrics").await;
+    let dir = m.dir.with_file_name("curl");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("crt"), &metrics.cert_pem).unwrap();
+    std::fs::write(dir.join("key"), &metrics.key_pem).unwrap();
+    for with_cert in [false, true] {
+        let mut curl = tokio::process::Command::new("curl");
+        curl.args([
+            "-skS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+        ]);
+        if with_cert {
+            curl.arg("--cert")
+                .arg(dir.join("crt"))
+                .arg("--key")
+                .arg(dir.join("key"));
+        }
+        let out = curl
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://{addr}/1.0"))
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    }
+}
+
+/// A body that trickles in is cut off: 30 s, plus a second per 64 KiB received.
+#[tokio::test]
+async fn a_trickling_body_is_cut_off() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let cert = ClientCert::generate("slow");
+    m.trust(&cert).await;
+    let mut s = tls_stream(&addr, Some(&cert), b"http/1.1").await.unwrap();
+    s.write_all(
+        b"PATCH /1.0 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let trickle = async {
+        loop {
+            if s.write_all(b" ").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), trickle)
+        .await
+        .expect("the trickle was cut off within 90 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+}
