@@ -28,7 +28,12 @@ fn can_run() -> bool {
         eprintln!("SKIP: the tests against a real Incus need root");
         return false;
     }
-    have_tool(INCUSD) && have_tool("busybox") && have_tool("tar") && have_tool("script")
+    have_tool(INCUSD)
+        && have_tool("incus")
+        && have_tool("lxc-stop")
+        && have_tool("busybox")
+        && have_tool("tar")
+        && have_tool("script")
 }
 
 /// A standalone incusd in a temporary directory, with a `dir` pool and the default
@@ -101,21 +106,19 @@ impl Incusd {
 
 impl Drop for Incusd {
     fn drop(&mut self) {
-        // Containers outlive the daemon: delete them first, then stop it.
+        // Containers outlive the daemon: delete them first, then stop it. Every step is
+        // bounded, so a hung daemon cannot hang the test's cleanup.
         let d = self.dir.path().join("d");
-        let list = Command::new("incus")
-            .args(["list", "-c", "n", "-f", "csv"])
-            .env("INCUS_DIR", &d)
-            .output();
-        if let Ok(out) = list {
-            for name in String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.is_empty())
-            {
-                let _ = Command::new("incus")
-                    .args(["delete", "--force", name])
-                    .env("INCUS_DIR", &d)
-                    .output();
+        let incus = |args: &[&str], limit: u64| {
+            let mut cmd = Command::new("incus");
+            cmd.args(args)
+                .env("INCUS_DIR", &d)
+                .env("INCUS_CONF", self.dir.path().join("conf"));
+            bounded(cmd, Duration::from_secs(limit))
+        };
+        if let Some(list) = incus(&["list", "-c", "n", "-f", "csv"], 60) {
+            for name in list.lines().filter(|l| !l.is_empty()) {
+                incus(&["delete", "--force", name], 120);
             }
         }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -128,10 +131,67 @@ impl Drop for Incusd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for m in ["shmounts", "devincus", "guestapi"] {
-            let _ = Command::new("umount").arg("-l").arg(d.join(m)).output();
+        // A container the daemon could not delete is stopped through its LXC monitor.
+        let lxcpath = d.join("containers");
+        for entry in std::fs::read_dir(&lxcpath).into_iter().flatten().flatten() {
+            let mut cmd = Command::new("lxc-stop");
+            cmd.arg("-k")
+                .arg("-P")
+                .arg(&lxcpath)
+                .arg("-n")
+                .arg(entry.file_name());
+            bounded(cmd, Duration::from_secs(30));
+        }
+        // Whatever the daemon mounted under its directory, innermost first.
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&*self.dir.path().to_string_lossy()))
+            .map(str::to_string)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            bounded(
+                {
+                    let mut cmd = Command::new("umount");
+                    cmd.arg("-l").arg(m);
+                    cmd
+                },
+                Duration::from_secs(30),
+            );
         }
     }
+}
+
+/// Runs `cmd` with its output captured, killed after `limit`; its stdout if it succeeded.
+fn bounded(mut cmd: Command, limit: Duration) -> Option<String> {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = reader.join().unwrap_or_default();
+    status.filter(|s| s.success()).map(|_| text)
 }
 
 fn incus_ready(socket: &Path) -> bool {
@@ -221,6 +281,12 @@ async fn t20_the_cli_drives_a_real_incus() {
     }
     let incusd = Incusd::start().await;
     let sock = incusd.socket();
+    // Names unique to this run: the containers' cgroups are named after them, host-wide.
+    let (c1, c2, c3) = {
+        let pid = std::process::id();
+        (format!("v{pid}a"), format!("v{pid}b"), format!("v{pid}c"))
+    };
+    let (c1, c2, c3) = (c1.as_str(), c2.as_str(), c3.as_str());
     let cli = Stapes::new();
     let work = tempfile::tempdir().expect("work dir");
     let image = busybox_image(work.path());
@@ -265,14 +331,10 @@ async fn t20_the_cli_drives_a_real_incus() {
 
     // Launch, list, config.
     let out = cli
-        .run(
-            &sock,
-            &["launch", "bb", "vsi1", "-p", "default", "-p", "p1"],
-            None,
-        )
+        .run(&sock, &["launch", "bb", c1, "-p", "default", "-p", "p1"], None)
         .await;
     assert!(out.success, "{}", out.stderr);
-    assert_eq!(out.stdout, "Launching vsi1\n");
+    assert_eq!(out.stdout, format!("Launching {c1}\n"));
     assert!(
         out.stderr.contains("doesn't have any network attached"),
         "{}",
@@ -280,21 +342,22 @@ async fn t20_the_cli_drives_a_real_incus() {
     );
     assert_eq!(
         cli.ok(&sock, &["list", "-c", "ns", "-f", "csv"]).await,
-        "vsi1,RUNNING\n"
+        format!("{c1},RUNNING\n")
     );
     assert_eq!(
-        cli.ok(&sock, &["config", "get", "-e", "vsi1", "user.greeting"])
-            .await,
+        cli.ok(&sock, &["config", "get", "-e", c1, "user.greeting"]).await,
         "hello\n"
     );
-    cli.ok(&sock, &["config", "set", "vsi1", "user.x=y"]).await;
+    cli.ok(&sock, &["config", "set", c1, "user.x=y"]).await;
     assert!(cli
-        .ok(&sock, &["config", "show", "vsi1"])
+        .ok(&sock, &["config", "show", c1])
         .await
         .contains("  user.x: \"y\"\n"));
-    let info = cli.ok(&sock, &["info", "vsi1"]).await;
+    let info = cli.ok(&sock, &["info", c1]).await;
     assert!(
-        info.starts_with("Name: vsi1\nDescription: \nStatus: RUNNING\nType: container\n"),
+        info.starts_with(&format!(
+            "Name: {c1}\nDescription: \nStatus: RUNNING\nType: container\n"
+        )),
         "{info}"
     );
 
@@ -302,18 +365,16 @@ async fn t20_the_cli_drives_a_real_incus() {
     let out = cli
         .run(
             &sock,
-            &["exec", "vsi1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+            &["exec", c1, "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
             None,
         )
         .await;
     assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("out\n", "err\n"));
     let out = cli
-        .run(&sock, &["exec", "vsi1", "--", "cat"], Some("from-stdin\n"))
+        .run(&sock, &["exec", c1, "--", "cat"], Some("from-stdin\n"))
         .await;
     assert_eq!(out.stdout, "from-stdin\n");
-    let out = cli
-        .run(&sock, &["exec", "vsi1", "--", "/nonexistent"], None)
-        .await;
+    let out = cli.run(&sock, &["exec", c1, "--", "/nonexistent"], None).await;
     assert!(!out.success);
     assert_eq!(out.stderr, "Error: Command not found\n");
     let out = cli
@@ -321,7 +382,7 @@ async fn t20_the_cli_drives_a_real_incus() {
             &sock,
             &[
                 "exec",
-                "vsi1",
+                c1,
                 "--env",
                 "FOO=bar",
                 "--cwd",
@@ -353,54 +414,68 @@ async fn t20_the_cli_drives_a_real_incus() {
             "--mode",
             "0600",
             &big_arg,
-            "vsi1/root/big.bin",
+            &format!("{c1}/root/big.bin"),
         ],
     )
     .await;
     let ls = cli
-        .ok(&sock, &["exec", "vsi1", "--", "ls", "-ln", "/root/big.bin"])
+        .ok(&sock, &["exec", c1, "--", "ls", "-ln", "/root/big.bin"])
         .await;
     assert!(ls.starts_with("-rw-------") && ls.contains(" 1000 "), "{ls}");
     let back = work.path().join("back.bin");
     cli.ok(
         &sock,
-        &["file", "pull", "vsi1/root/big.bin", &back.to_string_lossy()],
+        &[
+            "file",
+            "pull",
+            &format!("{c1}/root/big.bin"),
+            &back.to_string_lossy(),
+        ],
     )
     .await;
     assert_eq!(std::fs::read(&back).expect("read"), data);
-    cli.ok(&sock, &["file", "push", "-p", &big_arg, "vsi1/root/a/b/c.bin"])
+    cli.ok(
+        &sock,
+        &["file", "push", "-p", &big_arg, &format!("{c1}/root/a/b/c.bin")],
+    )
+    .await;
+    cli.ok(&sock, &["file", "delete", &format!("{c1}/root/big.bin")])
         .await;
-    cli.ok(&sock, &["file", "delete", "vsi1/root/big.bin"]).await;
     let err = cli
         .fails(
             &sock,
-            &["file", "pull", "vsi1/root/big.bin", &back.to_string_lossy()],
+            &[
+                "file",
+                "pull",
+                &format!("{c1}/root/big.bin"),
+                &back.to_string_lossy(),
+            ],
         )
         .await;
     assert_eq!(err, "Error: file does not exist\n");
 
     // Snapshots: a change undone by a restore.
-    cli.ok(&sock, &["snapshot", "create", "vsi1", "s1"]).await;
+    cli.ok(&sock, &["snapshot", "create", c1, "s1"]).await;
     assert!(cli
-        .ok(&sock, &["snapshot", "list", "vsi1", "-f", "csv"])
+        .ok(&sock, &["snapshot", "list", c1, "-f", "csv"])
         .await
         .starts_with("s1,"));
     cli.ok(
         &sock,
-        &["exec", "vsi1", "--", "sh", "-c", "echo changed > /root/marker"],
+        &["exec", c1, "--", "sh", "-c", "echo changed > /root/marker"],
     )
     .await;
-    cli.ok(&sock, &["stop", "-f", "vsi1"]).await;
-    cli.ok(&sock, &["snapshot", "restore", "vsi1", "s1"]).await;
-    cli.ok(&sock, &["start", "vsi1"]).await;
+    cli.ok(&sock, &["stop", "-f", c1]).await;
+    cli.ok(&sock, &["snapshot", "restore", c1, "s1"]).await;
+    cli.ok(&sock, &["start", c1]).await;
     let out = cli
-        .run(&sock, &["exec", "vsi1", "--", "cat", "/root/marker"], None)
+        .run(&sock, &["exec", c1, "--", "cat", "/root/marker"], None)
         .await;
     assert!(!out.success, "the restore brought the file back: {}", out.stdout);
 
     // An interactive session under a real terminal: a PTY, its size, the exit code.
     let script = format!(
-        "{} exec vsi1 -- sh -c 'tty; stty size; exit 3'",
+        "{} exec {c1} -- sh -c 'tty; stty size; exit 3'",
         env!("CARGO_BIN_EXE_stapes")
     );
     let out = tokio::process::Command::new("script")
@@ -409,6 +484,7 @@ async fn t20_the_cli_drives_a_real_incus() {
         .env("STAPES_SOCKET", &sock)
         .env("HOME", cli.conf.path())
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(common::COMMAND_LIMIT, out)
         .await
@@ -419,18 +495,18 @@ async fn t20_the_cli_drives_a_real_incus() {
     assert!(text.contains("/dev/pts/"), "{text}");
 
     // Copy and rename, then delete: a running instance needs --force.
-    cli.ok(&sock, &["copy", "vsi1", "vsi2"]).await;
-    cli.ok(&sock, &["rename", "vsi2", "vsi3"]).await;
+    cli.ok(&sock, &["copy", c1, c2]).await;
+    cli.ok(&sock, &["rename", c2, c3]).await;
     assert_eq!(
         cli.ok(&sock, &["list", "-c", "ns", "-f", "csv"]).await,
-        "vsi1,RUNNING\nvsi3,STOPPED\n"
+        format!("{c1},RUNNING\n{c3},STOPPED\n")
     );
-    let err = cli.fails(&sock, &["delete", "vsi1"]).await;
+    let err = cli.fails(&sock, &["delete", c1]).await;
     assert_eq!(
         err,
         "Error: The instance is currently running, stop it first or pass --force\n"
     );
-    cli.ok(&sock, &["delete", "-f", "vsi1", "vsi3"]).await;
+    cli.ok(&sock, &["delete", "-f", c1, c3]).await;
     assert_eq!(cli.ok(&sock, &["list", "-f", "json"]).await, "[]\n");
     let err = cli.fails(&sock, &["storage", "delete", "default"]).await;
     assert!(err.starts_with("Error: "), "{err}");
