@@ -403,22 +403,7 @@ pub fn parse_size(input: &str) -> Option<i64> {
     }
     let (value, suffix) = input.split_at(digits);
     let value: i64 = value.parse().ok()?;
-    let mult: i64 = match suffix {
-        "" | "B" | " bytes" => 1,
-        "kB" => 1000,
-        "MB" => 1000_i64.pow(2),
-        "GB" => 1000_i64.pow(3),
-        "TB" => 1000_i64.pow(4),
-        "PB" => 1000_i64.pow(5),
-        "EB" => 1000_i64.pow(6),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "PiB" => 1 << 50,
-        "EiB" => 1 << 60,
-        _ => return None,
-    };
+    let mult = i64::try_from(api::units::byte_unit(suffix)?).ok()?;
     value.checked_mul(mult)
 }
 
