@@ -994,17 +994,42 @@ pub fn t26_exec_terminal_resize_and_interrupt(env: Env) -> BoxFuture<'static, ()
         s.send("exit 4\n").await;
         assert_eq!(step("shell exit", &mut s.exit).await.expect("exit"), 4);
 
-        let mut s = Session::open(&env, "c1", &["sleep", "600"], WindowSize { cols: 80, rows: 24 }).await;
+        // ^C is typed once the command runs, as a user would: a byte sent while the
+        // attach is still setting the terminals up may be taken by the setup instead.
+        let mut s = Session::open(
+            &env,
+            "c1",
+            &["sh", "-c", "echo started; exec sleep 600"],
+            WindowSize { cols: 80, rows: 24 },
+        )
+        .await;
+        s.until("", "started").await;
         let deadline = tokio::time::Instant::now() + STEP;
         let code = loop {
             s.send("\x03").await;
             if let Ok(code) = tokio::time::timeout(Duration::from_millis(250), &mut s.exit).await {
                 break code.expect("exit");
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "^C did not end the command"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                // What the container's processes looked like: sessions, the terminal's
+                // foreground group and each one's blocked and ignored signals.
+                let ps = env
+                    .run(
+                        "c1",
+                        &[
+                            "sh",
+                            "-c",
+                            "for d in /proc/[0-9]*; do echo \"$(cat $d/stat) | \
+                             $(grep -E '^Sig(Blk|Ign|Cgt)' $d/status | tr '\\n' ' ')\"; done",
+                        ],
+                    )
+                    .await;
+                panic!(
+                    "^C did not end the command; seen {:?}; processes:\n{}",
+                    s.seen(),
+                    ps.stdout
+                );
+            }
         };
         assert_eq!(code, 128 + 2, "ended by SIGINT from the terminal");
     })

@@ -67,6 +67,8 @@ pub struct Inner {
     pub oidc: crate::oidc::Oidc,
     /// The instance runtime this member drives.
     pub driver: std::sync::Arc<dyn instance::Driver>,
+    /// The largest body a streamed route accepts (`--max-stream-body`).
+    pub max_stream_body: u64,
 }
 
 impl Inner {

@@ -53,6 +53,10 @@ pub struct DaemonConfig {
     pub max_snapshot_size: u64,
     /// HTTPS connections held at once for clients (members have places of their own).
     pub max_connections: usize,
+    /// The largest body a streamed route (an upload) accepts, in bytes.
+    pub max_stream_body: u64,
+    /// Serves the `/internal/test/*` routes the integration tests stream through.
+    pub test_routes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,10 +172,14 @@ impl Daemon {
             state_changed: watch::channel(0).0,
             oidc: Default::default(),
             driver: instance::open(config.driver, dir),
+            max_stream_body: config.max_stream_body,
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::context::on_state_change(&ctx);
-        let router = crate::routes::router(ctx.clone());
+        if config.test_routes {
+            tracing::warn!("serving the test routes under /internal/test (--test-routes)");
+        }
+        let router = crate::routes::router(ctx.clone(), config.test_routes);
         let handler = crate::http::handler(&ctx, router);
         let _ = ctx.handler.set(handler.clone());
 

@@ -6,7 +6,9 @@
 //!                                            │         unknown?   ─> 404
 //!                                            └─> pooled mTLS h2 to B, identity in
 //!                                                X-Incus-forwarded-* (set, never appended),
-//!                                                bounded by cluster.forward_timeout
+//!                                                bodies streamed (tunnel.rs), an upgrade on
+//!                                                a fresh HTTP/1.1 connection, the owner's
+//!                                                progress bounded by cluster.forward_timeout
 //! ```
 //!
 //! Only per-member endpoints honour `target`; on cluster-wide ones it is ignored, as in
@@ -14,20 +16,18 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use http_body_util::Full;
+use axum::response::Response;
 use trust::Identity;
 
 use crate::auth::{FWD_ADDRESS, FWD_PROTOCOL, FWD_USERNAME};
 use crate::context::Ctx;
-use crate::response::{error_response, ApiError, MAX_BODY};
+use crate::response::{error_response, ApiError};
 
 /// Paths whose answer is one member's own view.
 fn per_member(path: &str) -> bool {
-    matches!(path, "/1.0" | "/1.0/resources" | "/1.0/metrics")
+    matches!(path, "/1.0" | "/1.0/resources" | "/1.0/metrics") || path.starts_with("/internal/test/")
 }
 
 /// The value of `?target=`, if any.
@@ -103,7 +103,7 @@ pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
 }
 
 /// As [`to_member`], with an explicit bound (an operation wait asks for its own).
-pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Duration) -> Response {
+pub async fn to_member_within(ctx: &Ctx, name: &str, mut req: Request, timeout: Duration) -> Response {
     let state = ctx.store.state();
     let Some(member) = state.members.get(name) else {
         return error_response(&ApiError::not_found_msg("Cluster member not found"));
@@ -114,12 +114,9 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Dura
         )));
     }
     let address = member.address.clone();
+    let upgrade = crate::tunnel::take_upgrade(&mut req);
     let identity = req.extensions().get::<Identity>().cloned();
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => return error_response(&crate::gate::body_error(e, MAX_BODY)),
-    };
     let mut out = http::Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
@@ -130,7 +127,16 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Dura
             out = out.header(k, v);
         }
     }
-    let Ok(mut out) = out.body(Full::new(body)) else {
+    if upgrade.is_some() {
+        // The one hop-by-hop exchange that must reach the owner: it answers the switch.
+        out = out.header(http::header::HOST, address.as_str());
+        for k in [http::header::CONNECTION, http::header::UPGRADE] {
+            if let Some(v) = parts.headers.get(&k) {
+                out = out.header(k.clone(), v);
+            }
+        }
+    }
+    let Ok(mut out) = out.body(body) else {
         return error_response(&ApiError::bad_request("Cannot forward this request"));
     };
     if let Some(id) = identity {
@@ -145,17 +151,9 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, req: Request, timeout: Dura
             }
         }
     }
-    match ctx.peers.send(&address, out, timeout).await {
-        Ok(resp) => {
-            let (parts, body) = resp.into_parts();
-            Response::from_parts(parts, Body::from(body)).into_response()
-        }
-        Err(e) => {
-            tracing::info!(member = %name, error = %e, "forwarding failed");
-            error_response(&ApiError::unavailable(format!(
-                "Cluster member \"{name}\" is unreachable: {e}"
-            )))
-        }
+    match upgrade {
+        Some(client) => crate::tunnel::upgrade(ctx, name, &address, out, client, timeout).await,
+        None => crate::tunnel::stream(ctx, name, &address, out, timeout).await,
     }
 }
 

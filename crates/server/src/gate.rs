@@ -7,6 +7,7 @@
 //!  gate: local-only path, caller not local?     ──> 403
 //!        untrusted caller with a body, on a path that takes none from it ──> 403
 //!        body larger than the route allows (by Content-Length) ──> 413
+//!        streamed route (an upload): no memory budget, bounded by --max-stream-body
 //!        body budget (per connection and overall) not free within 5 s ──> 503
 //!        else: the handler gets the body wrapped: at most the route's size, and it must
 //!              arrive within 30 s plus 1 s per 64 KiB received (a trickle is cut off)
@@ -46,6 +47,8 @@ pub const RAFT_MAX_BODY: usize = 16 * 1024 * 1024;
 /// Bytes of request bodies held in memory at once, over all connections, and on one.
 pub const BODIES_OVERALL: usize = 128 * 1024 * 1024;
 pub const BODIES_PER_CONNECTION: usize = 8 * 1024 * 1024;
+/// The largest body a streamed route accepts unless `--max-stream-body` says otherwise.
+pub const DEFAULT_MAX_STREAM_BODY: u64 = 64 * 1024 * 1024 * 1024;
 /// How long a request waits for room in the body budget before it is refused.
 const BUDGET_WAIT: Duration = Duration::from_secs(5);
 /// A body gets this long, plus one second per [`BODY_RATE`] bytes received.
@@ -79,6 +82,12 @@ pub fn access(path: &str) -> Access {
 /// Whether `path` is for members only: refused to anyone else before anything else.
 pub fn member_only(path: &str) -> bool {
     access(path) == Access::Member
+}
+
+/// Routes whose body is consumed as it arrives (to a file, a hash, another member) rather
+/// than held: they take no memory budget, and their bound is `--max-stream-body`.
+pub fn streamed(method: &http::Method, path: &str) -> bool {
+    *method == http::Method::POST && path == crate::routes::TEST_SINK
 }
 
 /// The largest body an untrusted caller may send to `method path`; `None` where it may
@@ -127,9 +136,14 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     if req.body().is_end_stream() {
         return next.run(req).await;
     }
-    let streamed = path == "/internal/raft/snapshot";
-    let limit = if streamed {
+    // A snapshot is bounded by `--max-snapshot-size` where it is installed.
+    let snapshot = path == "/internal/raft/snapshot";
+    let upload = id.trusted() && streamed(req.method(), &path);
+    let streamed = snapshot || upload;
+    let limit = if snapshot {
         usize::MAX
+    } else if upload {
+        usize::try_from(ctx.max_stream_body).unwrap_or(usize::MAX)
     } else if !id.trusted() {
         match untrusted_body(req.method(), &path) {
             Some(limit) => limit,
@@ -144,7 +158,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     if declared.is_some_and(|n| n > limit as u64) {
         return refuse(req, &ApiError::payload_too_large(limit)).await;
     }
-    // A streamed snapshot goes to a file as it arrives: it holds no memory budget.
+    // A streamed body goes to a file (or on) as it arrives: it holds no memory budget.
     let _permits = if streamed {
         None
     } else {

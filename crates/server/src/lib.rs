@@ -36,8 +36,10 @@ mod relay;
 mod response;
 mod routes;
 mod state_files;
+mod tunnel;
 
 pub use cluster::store::DEFAULT_SNAPSHOT_LIMIT as DEFAULT_MAX_SNAPSHOT_SIZE;
 pub use daemon::{Daemon, DaemonConfig};
 pub use events::EventHub;
+pub use gate::DEFAULT_MAX_STREAM_BODY;
 pub use listeners::HTTPS_PLACES as DEFAULT_MAX_CONNECTIONS;

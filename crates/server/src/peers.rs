@@ -9,12 +9,18 @@
 //! Connections are kept and reused, so a call to a warm peer costs no handshake. Every
 //! step is bounded: a peer that accepts TCP and then says nothing fails the call in
 //! [`CONNECT_TIMEOUT`] plus the call's own deadline, never longer.
+//!
+//! Bodies on the pooled connection are streams ([`Body`]): a forwarded upload or download
+//! moves through HTTP/2 flow control a window at a time, never collected (see
+//! `tunnel.rs`). What cannot ride HTTP/2 (an upgrade, a snapshot) gets a fresh HTTP/1.1
+//! connection of its own ([`Peers::connect_http1`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::body::Body;
 use bytes::Bytes;
 use cluster::raft::{Rpc, RpcFuture, RpcKind};
 use http_body_util::{BodyExt, Full};
@@ -26,8 +32,11 @@ use transport::tls::{self, ServerTrust, TlsConnector, MEMBER_SNI};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One call, once connected.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A member connection idle this long is probed (TCP keepalive, three probes a third of
+/// it apart); one that does not answer them is closed.
+pub const MEMBER_KEEPALIVE: Duration = Duration::from_secs(30);
 
-type Sender = SendRequest<Full<Bytes>>;
+type Sender = SendRequest<Body>;
 
 pub struct Peers {
     cert_pem: String,
@@ -92,21 +101,8 @@ impl Peers {
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<http::Response<Bytes>, String> {
-        let fingerprint = self.pin(address)?;
-        let mut sender = self.sender(address, &fingerprint).await?;
-        let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        parts.uri = format!("https://{address}{path}")
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        let req = http::Request::from_parts(parts, body);
         let call = async {
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let resp = self.exchange(address, req.map(Body::new)).await?;
             let (parts, body) = resp.into_parts();
             let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
             Ok::<_, String>(http::Response::from_parts(parts, body))
@@ -124,7 +120,34 @@ impl Peers {
         }
     }
 
-    fn forget(&self, address: &str) {
+    /// Sends a request with a streamed body on the pooled connection to `address` and
+    /// returns the answer's head with its body still to come. Connecting is bounded by
+    /// [`CONNECT_TIMEOUT`]; the caller bounds the rest (it knows how the body moves).
+    pub async fn exchange(
+        &self,
+        address: &str,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let fingerprint = self.pin(address)?;
+        let mut sender = self.sender(address, &fingerprint).await?;
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        parts.uri = format!("https://{address}{path}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        sender
+            .send_request(http::Request::from_parts(parts, body))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Drops the pooled connection to `address` (after a failure on it).
+    pub fn forget(&self, address: &str) {
         if let Ok(mut c) = self.conns.lock() {
             c.remove(address);
         }
@@ -201,14 +224,8 @@ impl Peers {
         header: Vec<u8>,
         data: std::fs::File,
     ) -> Result<Vec<u8>, String> {
-        let fingerprint = self.pin(address)?;
         let size = data.metadata().map_err(|e| e.to_string())?.len();
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI),
-        )
-        .await
-        .map_err(|_| format!("{address} did not complete a connection within {CONNECT_TIMEOUT:?}"))??;
+        let stream = self.connect_http1(address).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
@@ -341,9 +358,8 @@ pub type EventStream =
 impl Peers {
     /// Opens `/internal/events` on the member at `address`.
     pub async fn open_events(&self, address: &str) -> Result<EventStream, String> {
-        let fingerprint = self.pin(address)?;
         let connect = async {
-            let stream = self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI).await?;
+            let stream = self.connect_http1(address).await?;
             let url = format!("wss://{address}/internal/events");
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
@@ -353,6 +369,22 @@ impl Peers {
         tokio::time::timeout(CONNECT_TIMEOUT * 3, connect)
             .await
             .map_err(|_| format!("{address} did not open its event stream in time"))?
+    }
+
+    /// A fresh mutual-TLS connection to the member at `address` speaking HTTP/1.1 (for
+    /// what the pooled HTTP/2 connection cannot carry: upgrades), bounded by
+    /// [`CONNECT_TIMEOUT`].
+    pub async fn connect_http1(
+        &self,
+        address: &str,
+    ) -> Result<transport::tls::ClientTlsStream<tokio::net::TcpStream>, String> {
+        let fingerprint = self.pin(address)?;
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI),
+        )
+        .await
+        .map_err(|_| format!("{address} did not complete a connection within {CONNECT_TIMEOUT:?}"))?
     }
 }
 
@@ -370,6 +402,14 @@ impl Peers {
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
+        // A member that vanishes without closing (a host gone, a partition) is noticed
+        // on connections that outlive a request: tunnels, which may idle for long.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(MEMBER_KEEPALIVE)
+            .with_interval(MEMBER_KEEPALIVE / 3)
+            .with_retries(3);
+        let sock = socket2::SockRef::from(&tcp);
+        let _ = sock.set_tcp_keepalive(&keepalive);
         let config = tls::client_config(
             ServerTrust::Pinned(fingerprint.to_string()),
             Some((&self.cert_pem, &self.key_pem)),

@@ -81,6 +81,14 @@ struct Args {
     /// open-files limit when that is smaller.
     #[arg(long, env = "STAPES_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// The largest body a streamed upload may have, in bytes (JSON bodies have their own
+    /// limit of 1 MiB). A larger one is refused with 413, nothing kept.
+    #[arg(long, env = "STAPES_MAX_STREAM_BODY", default_value_t = server::DEFAULT_MAX_STREAM_BODY)]
+    max_stream_body: u64,
+    /// Serves routes under /internal/test that stream bodies and echo websockets, for
+    /// the integration tests. Never for production use.
+    #[arg(long, env = "STAPES_TEST_ROUTES", hide = true)]
+    test_routes: bool,
 }
 
 /// `stapesd completion SHELL` and `stapesd manpage DIR`, for packaging as `incusd
@@ -175,6 +183,8 @@ fn main() -> anyhow::Result<()> {
             },
             max_snapshot_size: args.max_snapshot_size,
             max_connections: args.max_connections,
+            max_stream_body: args.max_stream_body,
+            test_routes: args.test_routes,
         };
         let drain = config.drain;
         let daemon = Daemon::start(config, events).await?;

@@ -6,7 +6,8 @@
 //! `hostname`, `pwd`, `id [-u|-g]`, `printenv [NAME]`, `env`, `sleep N`, `tty`,
 //! `stty size`, and `sh [-c SCRIPT]`. A script is statements separated by `;` or new
 //! lines; words may be quoted with `'` or `"`; `$NAME` and `$$` expand; a trailing `>&2`
-//! sends a statement's output to stderr; `exit [N]` ends the shell. `sh` without `-c`
+//! sends a statement's output to stderr; `exec CMD..` runs CMD in the shell's stead;
+//! `exit [N]` ends the shell. `sh` without `-c`
 //! reads statements from stdin (a prompt `# ` when on a terminal). A missing command
 //! exits 127, as a real shell does.
 
@@ -174,6 +175,12 @@ async fn command(argv: &[String], ctx: &mut Ctx, to_stderr: bool) -> Flow {
         }
         "cat" => cat(args, ctx, to_stderr).await,
         "sh" | "ash" | "bash" => return shell(args, ctx).await,
+        "exec" if !args.is_empty() => {
+            let code = match Box::pin(command(args, ctx, to_stderr)).await {
+                Flow::Code(c) | Flow::Exit(c) => c,
+            };
+            return Flow::Exit(code);
+        }
         "exit" => {
             return Flow::Exit(args.first().and_then(|a| a.parse().ok()).unwrap_or(0));
         }

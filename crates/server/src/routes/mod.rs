@@ -11,7 +11,10 @@ pub mod not_yet;
 mod operations;
 mod server;
 mod system;
+mod testing;
 mod warnings;
+
+pub use testing::SINK as TEST_SINK;
 
 use axum::middleware::from_fn_with_state;
 use axum::response::Response;
@@ -21,8 +24,14 @@ use axum::Router;
 use crate::context::Ctx;
 use crate::response::{error_response, ApiError};
 
-pub fn router(ctx: Ctx) -> Router {
-    not_yet::add(served())
+/// The whole table; `test_routes` adds the `/internal/test/*` routes (`--test-routes`).
+pub fn router(ctx: Ctx, test_routes: bool) -> Router {
+    let served = if test_routes {
+        testing::add(served())
+    } else {
+        served()
+    };
+    not_yet::add(served)
         .fallback(not_found)
         .method_not_allowed_fallback(not_implemented)
         .layer(from_fn_with_state(ctx.clone(), crate::forward::layer))

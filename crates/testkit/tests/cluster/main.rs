@@ -14,6 +14,7 @@ mod t50_membership;
 mod t55_logs;
 mod t55_removed_member;
 mod t60_any_member;
+mod t65_streaming;
 mod t70_certificate;
 mod t80_acme;
 mod t90_haproxy;
@@ -32,3 +33,17 @@ pub async fn slot() -> SemaphorePermit<'static> {
 pub const FAST: &[(&str, &str)] = &[("cluster.offline_threshold", "3")];
 
 pub const LONG: Duration = Duration::from_secs(30);
+
+/// A client certificate trusted through the first member, once every member applied it.
+pub async fn trusted_client(c: &stapes_testkit::Cluster) -> stapes_testkit::ClientCert {
+    let cert = stapes_testkit::ClientCert::generate("client");
+    c.members[0].trust(&cert).await;
+    for m in &c.members {
+        let t = stapes_testkit::Target::tls(&m.address().await, Some(&cert));
+        stapes_testkit::eventually(LONG, "the client trusted everywhere", || async {
+            (t.get("/1.0").await.ok()?.metadata()["auth"] == "trusted").then_some(())
+        })
+        .await;
+    }
+    cert
+}

@@ -38,17 +38,29 @@ async fn grow(member: &Member, batches: std::ops::Range<usize>) -> Vec<String> {
             "certificate": cert.cert_pem,
             "description": fill.to_string().repeat(RECORD),
         });
-        let r = target
-            .request_within(
-                "POST",
-                "/1.0/certificates",
-                Some(serde_json::to_vec(&body).unwrap()),
-                &[],
-                Duration::from_secs(60),
-            )
-            .await
-            .expect("POST /1.0/certificates");
-        if r.status != 201 {
+        // With one member away every write needs the other follower; on overloaded cores
+        // a write may time out waiting for it (503, not acknowledged) and is sent again.
+        let mut attempts = 0;
+        let r = loop {
+            attempts += 1;
+            let r = target
+                .request_within(
+                    "POST",
+                    "/1.0/certificates",
+                    Some(serde_json::to_vec(&body).unwrap()),
+                    &[],
+                    Duration::from_secs(60),
+                )
+                .await
+                .expect("POST /1.0/certificates");
+            if r.status != 503 || attempts == 5 {
+                break r;
+            }
+        };
+        // A write refused with 503 may still have committed; sent again it then conflicts.
+        let landed =
+            r.status == 201 || (attempts > 1 && String::from_utf8_lossy(&r.body).contains("already"));
+        if !landed {
             let log = member.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             panic!(

@@ -10,16 +10,7 @@ use crate::{slot, FAST, LONG};
 async fn trusted_cluster() -> (Cluster, ClientCert) {
     let c = Cluster::start_with(3, FAST).await;
     c.wait_healthy(3, LONG).await;
-    let cert = ClientCert::generate("client");
-    c.members[0].trust(&cert).await;
-    // The trust is replicated: wait until every member applies it.
-    for m in &c.members {
-        let t = Target::tls(&m.address().await, Some(&cert));
-        eventually(LONG, "the client trusted everywhere", || async {
-            (t.get("/1.0").await.ok()?.metadata()["auth"] == "trusted").then_some(())
-        })
-        .await;
-    }
+    let cert = crate::trusted_client(&c).await;
     (c, cert)
 }
 

@@ -147,3 +147,27 @@ async fn garbage_does_not_crash_the_daemon() {
     assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
     assert_eq!(Target::tls(&addr, None).get("/1.0").await.unwrap().status, 200);
 }
+
+/// The streaming and echo routes the cluster tests use exist only with
+/// `--test-routes`: a daemon started without it does not know them, even for root.
+#[tokio::test]
+async fn test_routes_do_not_exist_without_their_flag() {
+    let m = Member::start().await;
+    for (method, path) in [
+        ("POST", "/internal/test/sink"),
+        ("GET", "/internal/test/source?size=1"),
+        ("GET", "/internal/test/produced"),
+        ("GET", "/internal/test/echo"),
+    ] {
+        let r = m.unix().request(method, path, None, &[]).await.unwrap();
+        assert_eq!(
+            r.status,
+            404,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let on = Member::start_env(&[("STAPES_TEST_ROUTES", "true")]).await;
+    let r = on.unix().get("/internal/test/produced").await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
