@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian bookworm: the rustfmt and clippy
 # components (with rustup), a C compiler (build-essential), Node.js 20 or later for the
-# test OpenID provider, the official incus client from bookworm-backports (added beside
-# the machine's Debian source), pebble and dnsmasq for the ACME tests, haproxy for the
-# load-balancer tests, nftables for the blackholed-member test, keepalived and bird2
-# (with iproute2) for the VRRP and ECMP tests in network namespaces, curl, cargo-deny,
-# Debian's lxc tools and busybox-static for the LXC driver's tests (the test containers'
-# root file systems are built from it, offline), and lintian, dpkg-dev and systemd for
-# the package test.
+# test OpenID provider, the official incus client and daemon (incus-base, containers
+# only) from bookworm-backports (added beside the machine's Debian source), pebble and
+# dnsmasq for the ACME tests, haproxy for the load-balancer tests, nftables for the
+# blackholed-member test, keepalived and bird2 (with iproute2) for the VRRP and ECMP
+# tests in network namespaces, curl, cargo-deny, Debian's lxc tools and busybox-static
+# for the LXC driver's tests (the test containers' root file systems are built from it,
+# offline), and lintian, dpkg-dev and systemd for the package test.
 set -euo pipefail
 # A node installed from npm lands in /usr/local/bin, which must come first.
 export PATH="/usr/local/bin:$PATH"
@@ -93,6 +93,8 @@ need=()
 # The build compiles C (aws-lc-rs): a C compiler and the usual tools, no cmake.
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v incus >/dev/null 2>&1 || need+=(incus-client)
+# The CLI's tests against a real Incus daemon (crates/stapes/tests/against_incus.rs).
+[ -x /usr/libexec/incus/incusd ] || need+=(incus-base)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # dnsmasq lives in /usr/sbin, which is not on every user's PATH

@@ -11,6 +11,7 @@ pub mod error;
 pub mod expiry;
 pub mod extensions;
 pub mod types;
+pub mod units;
 pub mod unsupported;
 
 pub use envelope::Envelope;

@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, ETAG, HOST, USER_AGENT};
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use serde_json::Value;
 
 use crate::addr::Endpoint;
@@ -100,6 +99,22 @@ pub struct Response {
 }
 
 impl Response {
+    /// A whole HTTP response, with where it came from.
+    pub(crate) fn from_http(
+        resp: http::Response<Bytes>,
+        peer_cert: Option<Vec<u8>>,
+        endpoint: Endpoint,
+    ) -> Response {
+        let (parts, body) = resp.into_parts();
+        Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            peer_cert,
+            endpoint,
+        }
+    }
+
     pub fn etag(&self) -> Option<String> {
         self.headers
             .get(ETAG)
@@ -195,6 +210,9 @@ pub struct Client {
     remote: Option<String>,
     dial: DialSpec,
     timeout: Duration,
+    /// How long a transfer may go without moving a byte (`None`: see
+    /// [`Client::idle_limit`]).
+    idle: Option<Duration>,
     target: Option<String>,
     project: Option<String>,
     user_agent: String,
@@ -280,6 +298,7 @@ impl Client {
             remote: None,
             dial,
             timeout: REQUEST_TIMEOUT,
+            idle: None,
             target: None,
             project: None,
             user_agent: user_agent(),
@@ -347,6 +366,16 @@ impl Client {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a streamed transfer (upload, download) may go without moving a byte.
+    pub fn with_idle_limit(mut self, limit: Duration) -> Client {
+        self.idle = Some(limit);
+        self
+    }
+
+    pub(crate) fn idle_override(&self) -> Option<Duration> {
+        self.idle
     }
 
     /// The path as sent: with `target` and `project` added.
@@ -488,6 +517,21 @@ impl Client {
     async fn exchange(&self, conn: Connected, req: &Request) -> Result<Response, ClientError> {
         let endpoint = conn.endpoint.clone();
         let peer_cert = conn.peer_cert.clone();
+        let body = crate::http::full(Bytes::from(req.body.clone().unwrap_or_default()));
+        let http_req = self.http_request(&endpoint, req, body)?;
+        let resp = crate::http::exchange(conn, http_req).await?;
+        tracing::debug!(status = resp.status().as_u16(), body = %String::from_utf8_lossy(resp.body()), "Got response");
+        Ok(Response::from_http(resp, peer_cert, endpoint))
+    }
+
+    /// The HTTP request for `req` sent to `endpoint`, with `body`: the path with
+    /// `target` and `project`, `Host`, `User-Agent`, the content type and extra headers.
+    pub(crate) fn http_request(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request,
+        body: crate::http::RequestBody,
+    ) -> Result<http::Request<crate::http::RequestBody>, ClientError> {
         let path = self.full_path(&req.path);
         tracing::debug!(method = %req.method, endpoint = %endpoint.url(), path = %path, "Sending request");
         let mut builder = http::Request::builder()
@@ -503,20 +547,9 @@ impl Client {
                 .map_err(|_| ClientError::Invalid(format!("Invalid value for header {name}")))?;
             builder = builder.header(name, value);
         }
-        let body = Full::new(Bytes::from(req.body.clone().unwrap_or_default()));
-        let http_req = builder
+        builder
             .body(body)
-            .map_err(|e| ClientError::Invalid(format!("Invalid request {path:?}: {e}")))?;
-        let resp = crate::http::exchange(conn, http_req).await?;
-        let (parts, body) = resp.into_parts();
-        tracing::debug!(status = parts.status.as_u16(), body = %String::from_utf8_lossy(&body), "Got response");
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            peer_cert,
-            endpoint,
-        })
+            .map_err(|e| ClientError::Invalid(format!("Invalid request {path:?}: {e}")))
     }
 
     /// Sends a request and decodes the envelope; errors become [`ClientError::Api`].
@@ -573,7 +606,7 @@ impl Client {
 }
 
 /// The request with `Authorization: Bearer <token>` (replacing any it had).
-fn with_bearer(req: &Request, token: &str) -> Request {
+pub(crate) fn with_bearer(req: &Request, token: &str) -> Request {
     let mut r = req.clone();
     r.headers.retain(|(name, _)| name != http::header::AUTHORIZATION);
     r.headers

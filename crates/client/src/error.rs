@@ -92,6 +92,15 @@ pub enum ClientError {
     #[error("Websocket error: {0}")]
     WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
 
+    /// An operation ended in failure (or was cancelled); the text is the operation's
+    /// `err`, as Incus prints it.
+    #[error("{message}")]
+    OperationFailed {
+        message: String,
+        /// The operation as it ended (exec keeps its exit code in `metadata.return`).
+        operation: Box<api::types::Operation>,
+    },
+
     /// The server answered something that is not the Incus envelope we expect.
     #[error("Invalid response from the server: {0}")]
     BadResponse(String),

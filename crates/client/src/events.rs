@@ -43,7 +43,7 @@ pub fn events_path(opts: &EventsOptions) -> String {
 
 /// A live event stream. Dropping it closes the connection.
 pub struct EventStream {
-    ws: WebSocketStream<Stream>,
+    ws: WebSocket,
     endpoint: crate::Endpoint,
     types: Vec<String>,
 }
@@ -53,6 +53,9 @@ impl std::fmt::Debug for EventStream {
         f.debug_struct("EventStream").field("types", &self.types).finish()
     }
 }
+
+/// An open websocket to the server (events, an operation's websockets).
+pub type WebSocket = WebSocketStream<Stream>;
 
 impl Client {
     /// Opens the events websocket. The handshake is bounded by the request timeout; the
@@ -68,6 +71,27 @@ impl Client {
         opts: &EventsOptions,
         avoid: &[crate::Endpoint],
     ) -> Result<EventStream, ClientError> {
+        let (ws, endpoint) = self.websocket_avoiding(&events_path(opts), avoid).await?;
+        Ok(EventStream {
+            ws,
+            endpoint,
+            types: opts.types.clone(),
+        })
+    }
+
+    /// Opens a websocket on `path` (with `target` and `project` added), e.g. an
+    /// operation's `/1.0/operations/ID/websocket?secret=S`. The handshake is bounded by
+    /// the request timeout.
+    pub async fn websocket(&self, path: &str) -> Result<(WebSocket, crate::Endpoint), ClientError> {
+        self.websocket_avoiding(path, &[]).await
+    }
+
+    /// As [`Client::websocket`], trying the endpoints in `avoid` last.
+    pub async fn websocket_avoiding(
+        &self,
+        path: &str,
+        avoid: &[crate::Endpoint],
+    ) -> Result<(WebSocket, crate::Endpoint), ClientError> {
         // For `oidc` remotes, a refused handshake that names the OpenID provider is
         // answered by a refresh or a device login (outside the handshake bound) and one
         // more handshake, as for requests.
@@ -75,13 +99,13 @@ impl Client {
             Some(auth) => Some(auth.fresh_token().await),
             None => None,
         };
-        match self.events_bounded(opts, avoid, token.as_deref()).await? {
-            Handshake::Open(stream) => Ok(stream),
+        match self.ws_bounded(path, avoid, token.as_deref()).await? {
+            Handshake::Open(ws, endpoint) => Ok((ws, endpoint)),
             Handshake::Refused(e, challenge) => match (challenge, &token) {
                 (Some(challenge), Some(rejected)) => {
                     let token = self.reauthenticate(&challenge, rejected).await?;
-                    match self.events_bounded(opts, avoid, Some(&token)).await? {
-                        Handshake::Open(stream) => Ok(stream),
+                    match self.ws_bounded(path, avoid, Some(&token)).await? {
+                        Handshake::Open(ws, endpoint) => Ok((ws, endpoint)),
                         Handshake::Refused(e, _) => Err(e),
                     }
                 }
@@ -90,32 +114,32 @@ impl Client {
         }
     }
 
-    async fn events_bounded(
+    async fn ws_bounded(
         &self,
-        opts: &EventsOptions,
+        path: &str,
         avoid: &[crate::Endpoint],
         bearer: Option<&str>,
     ) -> Result<Handshake, ClientError> {
         let limit = self.timeout();
-        tokio::time::timeout(limit, self.events_inner(opts, avoid, bearer))
+        tokio::time::timeout(limit, self.ws_inner(path, avoid, bearer))
             .await
             .map_err(|_| ClientError::Timeout {
-                what: "the events websocket handshake".into(),
+                what: "the websocket handshake".into(),
                 secs: limit.as_secs(),
             })?
     }
 
-    async fn events_inner(
+    async fn ws_inner(
         &self,
-        opts: &EventsOptions,
+        path: &str,
         avoid: &[crate::Endpoint],
         bearer: Option<&str>,
     ) -> Result<Handshake, ClientError> {
         let conn = self.connect_avoiding(avoid).await?;
-        let path = self.full_path(&events_path(opts));
+        let path = self.full_path(path);
         let scheme = if conn.endpoint.is_unix() { "ws" } else { "wss" };
         let url = format!("{scheme}://{}{path}", conn.endpoint.authority());
-        tracing::debug!(url = %url, "Opening the events websocket");
+        tracing::debug!(url = %url, "Opening a websocket");
         let mut req = url.into_client_request()?;
         req.headers_mut().insert(
             USER_AGENT,
@@ -145,18 +169,14 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Handshake::Open(EventStream {
-            ws,
-            endpoint,
-            types: opts.types.clone(),
-        }))
+        Ok(Handshake::Open(ws, endpoint))
     }
 }
 
 /// How a websocket handshake ended: open, or refused by the server (with where to log
 /// in, when it said).
 enum Handshake {
-    Open(EventStream),
+    Open(WebSocket, crate::Endpoint),
     Refused(ClientError, Option<Challenge>),
 }
 

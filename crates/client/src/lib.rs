@@ -77,15 +77,23 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod events;
+pub mod exec;
 mod http;
+pub mod images;
+pub mod instances;
 pub mod oidc;
+pub mod profiles;
+pub mod storage;
+pub mod transfer;
+pub mod typed;
 
 pub use addr::{normalize_address, Endpoint};
 pub use client::{probe, ApiResponse, Client, Probe, Request, Response};
 pub use config::{Config, Remote};
 pub use error::ClientError;
-pub use events::{EventStream, EventsOptions};
+pub use events::{EventStream, EventsOptions, WebSocket};
 pub use oidc::{DeviceLoginInfo, LoginPrompt};
+pub use transfer::{Download, Part, Upgraded, Upload};
 
 /// Re-exported so callers can name methods and headers without their own `http` dependency.
 pub use ::http::{header, Method, StatusCode};

@@ -63,8 +63,7 @@ pub fn parse_memory(value: &str, host_memory: u64) -> std::result::Result<u64, S
     Ok(bytes)
 }
 
-/// Incus's byte sizes: a whole number, then nothing or `B`, a decimal (`kB`, `MB`, ...,
-/// `EB`) or binary (`KiB`, ..., `EiB`) unit.
+/// Incus's byte sizes: a whole number, then a unit of [`api::units::byte_unit`].
 pub fn parse_byte_size(value: &str) -> std::result::Result<u64, String> {
     let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
@@ -74,22 +73,7 @@ pub fn parse_byte_size(value: &str) -> std::result::Result<u64, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| "the number is too large".to_string())?;
-    let multiplier: u64 = match unit {
-        "" | "B" => 1,
-        "kB" => 1000,
-        "MB" => 1000u64.pow(2),
-        "GB" => 1000u64.pow(3),
-        "TB" => 1000u64.pow(4),
-        "PB" => 1000u64.pow(5),
-        "EB" => 1000u64.pow(6),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "PiB" => 1 << 50,
-        "EiB" => 1 << 60,
-        _ => return Err(format!("unknown unit {unit:?}")),
-    };
+    let multiplier = api::units::byte_unit(unit).ok_or_else(|| format!("unknown unit {unit:?}"))?;
     number
         .checked_mul(multiplier)
         .ok_or_else(|| "the size is too large".to_string())

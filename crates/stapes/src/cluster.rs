@@ -328,97 +328,19 @@ pub fn writable(member: &Value) -> Value {
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PropKind {
-    List,
-    Text,
-    Map,
-}
-
-/// The properties of `api.ClusterMemberPut`, by JSON tag.
-const PROPERTIES: &[(&str, PropKind)] = &[
-    ("roles", PropKind::List),
-    ("failure_domain", PropKind::Text),
-    ("description", PropKind::Text),
-    ("config", PropKind::Map),
-    ("groups", PropKind::List),
-];
-
-/// The property named `tag` (matched case-insensitively, as Incus does).
-fn property(tag: &str) -> Result<(&'static str, PropKind), String> {
-    PROPERTIES
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(tag))
-        .copied()
-        .ok_or_else(|| format!("The property with tag {tag:?} does not exist"))
-}
-
-/// Go's `%v` of a string, string list or string map.
-fn go_format(v: &Value, kind: PropKind) -> String {
-    let scalar = |x: &Value| match x {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    match kind {
-        PropKind::Text => scalar(v),
-        PropKind::List => {
-            let items: Vec<String> = v.as_array().into_iter().flatten().map(scalar).collect();
-            format!("[{}]", items.join(" "))
-        }
-        PropKind::Map => {
-            let mut items: Vec<String> = v
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, x)| format!("{k}:{}", scalar(x)))
-                .collect();
-            items.sort();
-            format!("map[{}]", items.join(" "))
-        }
-    }
-}
-
 /// `cluster get --property`: the value of a writable property as Incus prints it.
 pub fn get_property(writable: &Value, tag: &str) -> Result<String, String> {
-    let (name, kind) = property(tag)?;
-    Ok(go_format(&writable[name], kind))
+    crate::props::get(writable, crate::props::CLUSTER_MEMBER, tag)
 }
 
-/// `cluster set --property`: string properties take the value; lists and maps can't be
-/// set from a string (Incus's decoder refuses them too); unknown keys are ignored.
+/// `cluster set --property` (see [`crate::props::set`]).
 pub fn set_properties(writable: &mut Value, keys: &BTreeMap<String, String>) -> Result<(), String> {
-    let mut errors = Vec::new();
-    for (key, value) in keys {
-        let Ok((name, kind)) = property(key) else {
-            continue;
-        };
-        match kind {
-            PropKind::Text => writable[name] = Value::String(value.clone()),
-            PropKind::List => errors.push(format!(
-                "'{name}': source data must be an array or slice, got string"
-            )),
-            PropKind::Map => errors.push(format!("'{name}' expected a map, got 'string'")),
-        }
-    }
-    if errors.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = errors.iter().map(|e| format!("* {e}")).collect();
-    Err(format!(
-        "Error setting properties: Error decoding data: {} error(s) decoding:\n\n{}",
-        errors.len(),
-        list.join("\n")
-    ))
+    crate::props::set(writable, crate::props::CLUSTER_MEMBER, keys)
 }
 
-/// `cluster unset --property`: strings become empty; other kinds are left as they are.
+/// `cluster unset --property` (see [`crate::props::unset`]).
 pub fn unset_property(writable: &mut Value, tag: &str) -> Result<(), String> {
-    let (name, kind) = property(tag).map_err(|e| format!("Error unsetting property: {e}"))?;
-    if kind == PropKind::Text {
-        writable[name] = Value::String(String::new());
-    }
-    Ok(())
+    crate::props::unset_field(writable, crate::props::CLUSTER_MEMBER, tag)
 }
 
 /// The YAML of `cluster edit` as a `PUT` body: fields left out take Go's zero values

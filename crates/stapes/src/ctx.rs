@@ -262,3 +262,156 @@ mod tests {
         assert_eq!(merge_addrs(&s(&["https://a:1"]), &[]), s(&["https://a:1"]));
     }
 }
+
+/// A command that ends with an exit code of its own (exec's), after printing `message`
+/// (if any) as `Error: <message>`.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(m) => f.write_str(m),
+            None => write!(f, "exit status {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Keys whose values Go decodes into `map[string]string` (and `devices`, a map of such
+/// maps): YAML scalars there are read as their text, as Go's YAML decoder does.
+const STRING_MAPS: &[&str] = &["config", "properties", "environment"];
+const DEVICE_MAPS: &[&str] = &["devices"];
+
+fn scalar_text(v: &Value) -> Value {
+    match v {
+        Value::String(_) => v.clone(),
+        Value::Null => Value::String(String::new()),
+        Value::Bool(b) => Value::String(b.to_string()),
+        Value::Number(n) => Value::String(n.to_string()),
+        other => other.clone(),
+    }
+}
+
+/// Turns the scalars of Go string maps into strings, in place.
+fn stringify_maps(v: &mut Value) {
+    let Some(obj) = v.as_object_mut() else { return };
+    for (k, field) in obj.iter_mut() {
+        if STRING_MAPS.contains(&k.as_str()) {
+            if let Some(map) = field.as_object_mut() {
+                for x in map.values_mut() {
+                    *x = scalar_text(x);
+                }
+            }
+        } else if DEVICE_MAPS.contains(&k.as_str()) {
+            if let Some(devices) = field.as_object_mut() {
+                for dev in devices.values_mut() {
+                    if let Some(map) = dev.as_object_mut() {
+                        for x in map.values_mut() {
+                            *x = scalar_text(x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses the YAML of an `edit` (or of stdin) into a typed `PUT` body: a text of only
+/// comments is the empty body; scalars in string maps are read as text.
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(text: &str) -> Result<T> {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(T::default());
+    }
+    let mut value: Value = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    stringify_maps(&mut value);
+    serde_json::from_value(value).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Whether stdout is a terminal (progress is shown only there).
+pub fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+impl Ctx {
+    /// Waits for an operation to end, showing its progress (`metadata.progress` or a
+    /// `*_progress` text) on a terminal unless `--quiet`, as `prefix: text`.
+    pub async fn wait(
+        &self,
+        client: &Client,
+        op: &api::types::Operation,
+        prefix: &str,
+    ) -> Result<api::types::Operation> {
+        let show = !self.globals.quiet && stdout_is_terminal() && !prefix.is_empty();
+        if !show {
+            return Ok(client.wait_done(op, None).await?);
+        }
+        let mut progress = Progress::default();
+        let result = client
+            .wait_done_with(op, None, Duration::from_secs(1), |op| {
+                if let Some(text) = progress_text(op) {
+                    progress.update(&format!("{prefix}: {text}"));
+                }
+            })
+            .await;
+        progress.done("");
+        Ok(result?)
+    }
+}
+
+/// The progress text of a running operation: a `*_progress` metadata string, else the
+/// `progress` object's percentage.
+pub fn progress_text(op: &api::types::Operation) -> Option<String> {
+    let meta = op.metadata.as_ref()?;
+    if let Some(text) = meta
+        .iter()
+        .find(|(k, v)| k.ends_with("_progress") && v.is_string())
+        .and_then(|(_, v)| v.as_str())
+    {
+        return Some(text.to_string());
+    }
+    op.progress().map(|p| format!("{}%", p.percent))
+}
+
+/// A one-line status on a terminal, rewritten in place (Incus's `ProgressRenderer`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    longest: usize,
+}
+
+impl Progress {
+    pub fn update(&mut self, text: &str) {
+        let pad = self.longest.saturating_sub(text.len());
+        print!("\r{text}{}", " ".repeat(pad));
+        self.longest = self.longest.max(text.len());
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Clears the terminal line a progress was shown on (by another `Progress`).
+    pub fn clear_line() {
+        print!("\r\x1b[2K");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Clears the line, then prints `text` (if any) with a newline.
+    pub fn done(&mut self, text: &str) {
+        if self.longest > 0 {
+            print!("\r{}\r", " ".repeat(self.longest));
+        }
+        if !text.is_empty() {
+            println!("{text}");
+        }
+        let _ = std::io::stdout().flush();
+        self.longest = 0;
+    }
+}

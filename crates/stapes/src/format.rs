@@ -77,11 +77,7 @@ pub fn render_list<T: Serialize>(
             }
             out
         }
-        ListKind::Json => {
-            let mut s = serde_json::to_string(raw).map_err(|e| e.to_string())?;
-            s.push('\n');
-            s
-        }
+        ListKind::Json => go_json(raw)?,
         ListKind::Yaml => yaml(raw)?,
     })
 }
@@ -209,20 +205,17 @@ pub fn yaml<T: Serialize>(value: &T) -> Result<String, String> {
     serde_saphyr::to_string_with_options(value, opts).map_err(|e| e.to_string())
 }
 
-/// Unquotes RFC 3339 timestamps under the given keys: Go's YAML writes typed times
-/// (`created_at`, `expires_at`) bare, while a string that looks like a time is quoted.
-pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
+/// Rewrites a YAML document line by line: `f` gets a line's text after its indentation
+/// (spaces and list dashes) and returns its replacement, if any.
+fn rewrite_lines(yaml: &str, f: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(yaml.len());
     for line in yaml.split_inclusive('\n') {
         let body = line.trim_end_matches('\n');
         let indent_len = body.len() - body.trim_start_matches([' ', '-']).len();
         let (indent, rest) = body.split_at(indent_len);
-        let replaced = keys.iter().find_map(|k| {
-            let value = rest.strip_prefix(k)?.strip_prefix(": \"")?.strip_suffix('"')?;
-            parse_time(value).map(|_| format!("{indent}{k}: {value}"))
-        });
-        match replaced {
+        match f(rest) {
             Some(r) => {
+                out.push_str(indent);
                 out.push_str(&r);
                 if line.ends_with('\n') {
                     out.push('\n');
@@ -234,8 +227,194 @@ pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
     out
 }
 
+/// Unquotes RFC 3339 timestamps under the given keys: Go's YAML writes typed times
+/// (`created_at`, `expires_at`) bare, while a string that looks like a time is quoted.
+pub fn unquote_times(yaml: &str, keys: &[&str]) -> String {
+    rewrite_lines(yaml, |rest| {
+        keys.iter().find_map(|k| {
+            let value = rest.strip_prefix(k)?.strip_prefix(": \"")?.strip_suffix('"')?;
+            parse_time(value).map(|_| format!("{k}: {value}"))
+        })
+    })
+}
+
 /// Time fields of the typed Incus objects.
-pub const TIME_KEYS: &[&str] = &["created_at", "updated_at", "expires_at"];
+pub const TIME_KEYS: &[&str] = &[
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "last_used_at",
+    "uploaded_at",
+    "started_at",
+];
+
+/// Go slices and maps of the Incus objects that may be nil: Go's YAML writes those as
+/// `[]` and `{}` where ours (an `Option`, `null` in JSON as in Go) would write `null`.
+const NIL_LISTS: &[&str] = &[
+    "backups",
+    "snapshots",
+    "profiles",
+    "used_by",
+    "aliases",
+    "locations",
+];
+const NIL_MAPS: &[&str] = &[
+    "network",
+    "disk",
+    "config",
+    "devices",
+    "expanded_config",
+    "expanded_devices",
+    "properties",
+    "resources",
+    "metadata",
+];
+
+/// JSON as Go's `json.Encoder` writes it: compact, `<`, `>` and `&` escaped (they only
+/// occur inside strings), and a newline.
+pub fn go_json<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
+    let s = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    let mut out = String::with_capacity(s.len() + 1);
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// YAML of a typed Incus object as Go's `yaml.Marshal` writes it: struct order, bare
+/// times, and nil lists and maps as `[]` and `{}`.
+pub fn go_yaml<T: Serialize>(value: &T) -> Result<String, String> {
+    let text = yaml(value)?;
+    Ok(requote(&go_nils(&unquote_times(&text, TIME_KEYS))))
+}
+
+/// Whether Go's YAML would read `s`, unquoted, as something other than a string (a
+/// number, a boolean, null, a time): such strings are double-quoted by Go.
+fn resolves_to_non_string(s: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "", "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n",
+    ];
+    WORDS.contains(&s.to_ascii_lowercase().as_str())
+        || s.parse::<f64>().is_ok()
+        || s.starts_with("0x")
+        || s.starts_with(".inf")
+        || s.starts_with(".nan")
+        || (s.len() >= 10 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-')
+}
+
+/// Go's YAML quotes a string that plain style can't hold with single quotes, keeping
+/// double quotes for strings that would read as another type and for escapes: rewrites
+/// double-quoted values accordingly (values only, not keys).
+pub fn requote(yaml: &str) -> String {
+    rewrite_lines(yaml, |rest| {
+        let at = if rest.starts_with('"') {
+            0
+        } else {
+            rest.find(": \"")? + 2
+        };
+        let (head, quoted) = rest.split_at(at);
+        let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+        let mut text = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    '"' => text.push('"'),
+                    '\\' => text.push('\\'),
+                    _ => return None,
+                },
+                '"' => return None,
+                c => text.push(c),
+            }
+        }
+        if resolves_to_non_string(&text) {
+            return None;
+        }
+        Some(format!("{head}'{}'", text.replace('\'', "''")))
+    })
+}
+
+/// Rewrites `key: null` as `key: []` or `key: {}` for the keys Go writes so.
+pub fn go_nils(yaml: &str) -> String {
+    rewrite_lines(yaml, |rest| {
+        let key = rest.strip_suffix(": null")?;
+        if NIL_LISTS.contains(&key) {
+            Some(format!("{key}: []"))
+        } else if NIL_MAPS.contains(&key) {
+            Some(format!("{key}: {{}}"))
+        } else {
+            None
+        }
+    })
+}
+
+/// Go's `units.GetByteSizeStringIEC`: `1.16MiB`, `608.00KiB`, `512B`.
+pub fn size_iec(bytes: i64, precision: usize) -> String {
+    scaled(
+        bytes,
+        precision,
+        1024.0,
+        &["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"],
+        "EB",
+    )
+}
+
+/// Go's `units.GetByteSizeString` (SI units): `1.04MB`, `0B`.
+pub fn size_si(bytes: i64, precision: usize) -> String {
+    scaled(
+        bytes,
+        precision,
+        1000.0,
+        &["kB", "MB", "GB", "TB", "PB", "EB"],
+        "EB",
+    )
+}
+
+fn scaled(bytes: i64, precision: usize, base: f64, units: &[&str], last: &str) -> String {
+    if (bytes as f64) < base {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64;
+    for unit in units {
+        value /= base;
+        if value < base {
+            return format!("{value:.precision$}{unit}");
+        }
+    }
+    format!("{value:.precision$}{last}")
+}
+
+/// Go's `units.ParseByteSizeString`: `64MiB`, `1GB`, `512` (bytes).
+pub fn parse_size(input: &str) -> Option<i64> {
+    if input.is_empty() {
+        return Some(0);
+    }
+    let digits = input.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let (value, suffix) = input.split_at(digits);
+    let value: i64 = value.parse().ok()?;
+    let mult = i64::try_from(api::units::byte_unit(suffix)?).ok()?;
+    value.checked_mul(mult)
+}
+
+/// A time as lists print it, or nothing for Go's zero time.
+pub fn date_or_empty(t: &api::types::Timestamp) -> String {
+    if t.is_zero() {
+        String::new()
+    } else {
+        date(t.0)
+    }
+}
 
 /// JSON indented with tabs and a trailing newline, as `incus query` prints it.
 pub fn json_tabs<T: Serialize + ?Sized>(value: &T) -> String {
@@ -398,6 +577,43 @@ pub mod order {
         "err",
         "location",
     ];
+}
+
+/// A list of typed objects as the incus CLI renders its lists: `-c` letters (those in
+/// `known`) into cells and headers, rows sorted naturally unless `sorted` is false,
+/// and the objects themselves for json and yaml (as Go encodes them).
+pub fn render_objects<T: Serialize>(
+    format: ListFormat,
+    items: &[T],
+    spec: &str,
+    known: &str,
+    cell: impl Fn(&T, char) -> String,
+    header: impl Fn(char) -> &'static str,
+    sorted: bool,
+) -> Result<String, String> {
+    let cols = parse_columns(spec, known)?;
+    let mut rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| cols.iter().map(|c| cell(i, *c)).collect())
+        .collect();
+    if sorted {
+        sort_rows(&mut rows);
+    }
+    let headers: Vec<&str> = cols.iter().map(|c| header(*c)).collect();
+    render_typed_list(format, &headers, &rows, items)
+}
+
+/// A list in any format, the raw objects printed as Go prints them for json and yaml.
+pub fn render_typed_list<T: Serialize>(
+    format: ListFormat,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    raw: &[T],
+) -> Result<String, String> {
+    if format.kind == ListKind::Yaml {
+        return go_yaml(&raw);
+    }
+    render_list(format, headers, rows, &raw)
 }
 
 /// Incus's date layout (`2006/01/02 15:04 MST`), in UTC.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use client::{Client, Method, Request};
+use client::{Method, Request};
 use serde_json::{json, Value};
 
 use crate::ctx::{read_stdin, stdin_is_terminal, Ctx};
@@ -18,13 +18,10 @@ pub fn server_yaml(server: &Value) -> Result<String> {
     yaml(&doc).map_err(|e| anyhow!(e))
 }
 
-pub async fn info(ctx: &Ctx, remote: Option<&str>) -> Result<()> {
+pub async fn info(ctx: &Ctx, remote: Option<&str>, show_log: bool) -> Result<()> {
     let (remote, name) = ctx.remote_arg(remote)?;
     if !name.is_empty() {
-        let client = ctx.client(&remote)?;
-        let inst: serde_json::Value = client.get(&format!("/1.0/instances/{name}")).await?;
-        print!("{}", yaml(&inst).map_err(|e| anyhow!(e))?);
-        return Ok(());
+        return crate::info::instance_info(ctx, &remote, &name, show_log).await;
     }
     let client = ctx.server_client(&remote).await?;
     let (server, _) = client.server().await?;
@@ -151,28 +148,52 @@ pub async fn query(ctx: &Ctx, args: QueryArgs) -> Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCmd {
+    /// Manage devices
+    #[command(subcommand)]
+    Device(crate::device::InstanceDeviceCmd),
     /// Get values for instance or server configuration keys
     Get {
-        /// [<remote>:] <key>
+        /// [<remote>:][<instance>] <key>
         #[arg(num_args = 1..=2, required = true)]
         args: Vec<String>,
+        /// Access the expanded configuration
+        #[arg(short, long)]
+        expanded: bool,
+        /// Get the key as an instance property
+        #[arg(short, long)]
+        property: bool,
     },
     /// Set instance or server configuration keys
     Set {
-        /// [<remote>:] <key>=<value>... (or <key> <value>)
+        /// [<remote>:][<instance>] <key>=<value>... (or <key> <value>)
         #[arg(num_args = 1.., required = true)]
         args: Vec<String>,
+        /// Set the key as an instance property
+        #[arg(short, long)]
+        property: bool,
     },
     /// Unset instance or server configuration keys
     Unset {
-        /// [<remote>:] <key>
+        /// [<remote>:][<instance>] <key>
         #[arg(num_args = 1..=2, required = true)]
         args: Vec<String>,
+        /// Unset the key as an instance property
+        #[arg(short, long)]
+        property: bool,
     },
     /// Show instance or server configurations
-    Show { remote: Option<String> },
+    Show {
+        /// [<remote>:][<instance>[/<snapshot>]]
+        remote: Option<String>,
+        /// Show the expanded configuration
+        #[arg(short, long)]
+        expanded: bool,
+    },
     /// Edit instance or server configurations as YAML
-    Edit { remote: Option<String> },
+    Edit {
+        /// [<remote>:][<instance>[/<snapshot>]]
+        remote: Option<String>,
+    },
     /// Manage trusted clients
     #[command(subcommand)]
     Trust(crate::trust_cmd::TrustCmd),
@@ -228,38 +249,45 @@ pub fn config_value_text(v: Option<&Value>) -> String {
 
 pub async fn config(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
     match cmd {
-        ConfigCmd::Get { args } => {
+        ConfigCmd::Device(cmd) => crate::device::run_instance(ctx, cmd).await,
+        ConfigCmd::Get {
+            args,
+            expanded,
+            property,
+        } => {
             let (remote_arg, key) = match args.as_slice() {
                 [key] => (None, key.clone()),
                 [r, key] => (Some(r.as_str()), key.clone()),
-                _ => unreachable!("clap bounds the arguments"),
+                _ => bail!("Invalid number of arguments"),
             };
             let (remote, name) = ctx.remote_arg(remote_arg)?;
-            let config = if name.is_empty() {
-                let client = ctx.server_client(&remote).await?;
-                client.server().await?.0["config"].clone()
-            } else {
-                instance_client(ctx, &remote)?
-                    .get(&format!("/1.0/instances/{name}"))
-                    .await?["config"]
-                    .clone()
-            };
+            if !name.is_empty() {
+                return crate::instance_config::get(ctx, &remote, &name, &key, expanded, property).await;
+            }
+            if expanded {
+                bail!("--expanded cannot be used with a server");
+            }
+            let client = ctx.server_client(&remote).await?;
+            let config = client.server().await?.0["config"].clone();
             println!("{}", config_value_text(config.get(&key)));
             Ok(())
         }
-        ConfigCmd::Set { args } => set(ctx, &args, false).await,
-        ConfigCmd::Unset { mut args } => {
+        ConfigCmd::Set { args, property } => set(ctx, &args, false, property).await,
+        ConfigCmd::Unset { mut args, property } => {
             args.push(String::new());
-            set(ctx, &args, true).await
+            set(ctx, &args, true, property).await
         }
-        ConfigCmd::Show { remote } => {
+        ConfigCmd::Show { remote, expanded } => {
             let (remote, name) = ctx.remote_arg(remote.as_deref())?;
             if !name.is_empty() {
-                let inst: Value = instance_client(ctx, &remote)?
-                    .get(&format!("/1.0/instances/{name}"))
-                    .await?;
-                print!("{}", yaml(&inst).map_err(|e| anyhow!(e))?);
+                print!(
+                    "{}",
+                    crate::instance_config::show_text(ctx, &remote, &name, expanded).await?
+                );
                 return Ok(());
+            }
+            if expanded {
+                bail!("--expanded cannot be used with a server");
             }
             let client = ctx.server_client(&remote).await?;
             let (server, _) = client.server().await?;
@@ -272,14 +300,7 @@ pub async fn config(ctx: &Ctx, cmd: ConfigCmd) -> Result<()> {
     }
 }
 
-fn instance_client(ctx: &Ctx, remote: &str) -> Result<Client> {
-    if ctx.globals.target.is_some() {
-        bail!("--target cannot be used with instances");
-    }
-    ctx.client(remote)
-}
-
-async fn set(ctx: &Ctx, args: &[String], unset: bool) -> Result<()> {
+async fn set(ctx: &Ctx, args: &[String], unset: bool, property: bool) -> Result<()> {
     let remote_arg = if unset {
         // `unset [remote:] key` plus the appended empty value.
         (args.len() == 3).then(|| args[0].as_str())
@@ -290,7 +311,7 @@ async fn set(ctx: &Ctx, args: &[String], unset: bool) -> Result<()> {
     let kv_args = if remote_arg.is_some() { &args[1..] } else { args };
     let keys = parse_key_values(kv_args)?;
     if !name.is_empty() {
-        bail!("Instances are not supported by stapes");
+        return crate::instance_config::set(ctx, &remote, &name, keys, unset, property).await;
     }
     let client = ctx.server_client(&remote).await?;
     let (server, etag) = client.server().await?;
@@ -315,7 +336,7 @@ async fn set(ctx: &Ctx, args: &[String], unset: bool) -> Result<()> {
 async fn edit(ctx: &Ctx, remote: Option<&str>) -> Result<()> {
     let (remote, name) = ctx.remote_arg(remote)?;
     if !name.is_empty() {
-        bail!("Instances are not supported by stapes");
+        return crate::instance_config::edit(ctx, &remote, &name).await;
     }
     let client = ctx.server_client(&remote).await?;
     if !stdin_is_terminal() {

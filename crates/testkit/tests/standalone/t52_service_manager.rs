@@ -51,7 +51,12 @@ async fn t52_notify_ready_then_stopping_and_sighup_ignored() {
 #[tokio::test]
 async fn t52_bad_notify_socket_is_reported_not_fatal() {
     let mut m = Member::start_env(&[("NOTIFY_SOCKET", "relative/notify")]).await;
-    assert!(m.log().contains("NOTIFY_SOCKET ignored"), "{}", m.log());
+    // The notification (and so its warning) follows readiness: wait for the line.
+    stapes_testkit::eventually(Duration::from_secs(30), "NOTIFY_SOCKET ignored", || {
+        let seen = m.log().contains("NOTIFY_SOCKET ignored");
+        async move { seen.then_some(()) }
+    })
+    .await;
     assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
     assert_eq!(m.terminate().unwrap(), 0);
 }
