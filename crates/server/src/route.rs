@@ -208,7 +208,7 @@ fn served() -> Vec<Route> {
         row(Pu, "/1.0/cluster/certificate", Full, Here, || {
             put(h::cluster::certificate_put)
         }),
-        row(G, "/1.0/cluster/members", Full, Each, || {
+        row(G, "/1.0/cluster/members", Full, Here, || {
             get(h::cluster::list_members)
         }),
         row(Po, "/1.0/cluster/members", Full, Here, || {
