@@ -1009,6 +1009,21 @@ pub async fn route_table(via: &Target) -> Vec<RouteRow> {
         .collect()
 }
 
+/// Starts a demo operation on `on` (`--test-routes`) that holds until cancelled and
+/// offers one websocket; its id.
+pub async fn held_websocket_operation(on: &Target) -> String {
+    let demo = serde_json::json!({"websockets": ["0"], "hold": true});
+    let r = on
+        .send_json("POST", "/internal/test/operations", &demo)
+        .await
+        .expect("POST /internal/test/operations");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["metadata"]["id"]
+        .as_str()
+        .expect("an operation id")
+        .to_string()
+}
+
 /// Every route of `table` that is not `Public`, with every method it serves, answers a
 /// 403 refusal to `stranger`. Path parameters become `params` (by name) or `x`; `query`
 /// is appended; `Secret` routes are asked with a wrong secret.

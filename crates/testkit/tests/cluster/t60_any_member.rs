@@ -382,17 +382,7 @@ async fn t90_the_route_table_refuses_strangers_through_any_member() {
     let c = Cluster::start_env(3, FAST, &[("STAPES_TEST_ROUTES", "true")]).await;
     c.wait_healthy(3, LONG).await;
     let table = stapes_testkit::route_table(&c.members[0].unix()).await;
-    let r = c.members[1]
-        .unix()
-        .send_json(
-            "POST",
-            "/internal/test/operations",
-            &json!({"websockets": ["0"], "hold": true}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let id = r.json()["metadata"]["id"].as_str().unwrap().to_string();
+    let id = stapes_testkit::held_websocket_operation(&c.members[1].unix()).await;
     let a1 = c.members[0].address().await;
     let stranger = ClientCert::generate("stranger");
     for t in [Target::tls(&a1, None), Target::tls(&a1, Some(&stranger))] {

@@ -313,18 +313,7 @@ async fn t90_the_route_table_refuses_strangers_everywhere_protected() {
     let mut m = Member::start_env(&[("STAPES_TEST_ROUTES", "true")]).await;
     let addr = m.listen().await;
     let table = stapes_testkit::route_table(&m.unix()).await;
-    let r = m
-        .unix()
-        .send_json(
-            "POST",
-            "/internal/test/operations",
-            &json!({"websockets": ["0"], "hold": true}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let op = r.json()["metadata"].clone();
-    let id = op["id"].as_str().unwrap().to_string();
+    let id = stapes_testkit::held_websocket_operation(&m.unix()).await;
     let stranger = stapes_testkit::ClientCert::generate("stranger");
     for t in [Target::tls(&addr, None), Target::tls(&addr, Some(&stranger))] {
         stapes_testkit::assert_refused_everywhere(&table, &t, &[("id", &id)], "").await;
