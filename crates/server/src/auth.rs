@@ -55,7 +55,7 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
         tracing::info!(address = %direct.address, path = %path, reason = %why, "a trusted certificate was refused for its dates");
     }
     // Member traffic from anyone else is refused before anything else is looked at.
-    if direct.method != AuthMethod::Cluster && crate::gate::member_only(req.uri().path()) {
+    if direct.method != AuthMethod::Cluster && crate::route::member_only(req.uri().path()) {
         return crate::response::error_response(&api::ApiError::forbidden());
     }
     // Not a trusted certificate nor the socket: an OpenID access token, if it has one.
@@ -150,15 +150,6 @@ fn strip_reserved_headers(headers: &mut http::HeaderMap) {
         .collect();
     for name in reserved {
         headers.remove(name);
-    }
-}
-
-/// Full access (admin) or 403.
-pub fn require_full(id: &Identity) -> crate::response::Result<()> {
-    if id.full_access() {
-        Ok(())
-    } else {
-        Err(api::ApiError::forbidden().into())
     }
 }
 

@@ -11,9 +11,9 @@
 //!                                                progress bounded by cluster.forward_timeout
 //! ```
 //!
-//! Only per-member endpoints honour `target`; on cluster-wide ones it is ignored, as in
-//! Incus. A request about one operation goes to the member its id names, `target` or
-//! not ([`operation_owner`]).
+//! Where a request runs is the route table's to say ([`crate::route::resolve`]): only
+//! per-member routes honour `target` (on cluster-wide ones it is ignored, as in Incus), a
+//! request about one operation goes to the member its id names, `target` or not.
 
 use std::time::Duration;
 
@@ -25,11 +25,7 @@ use trust::Identity;
 use crate::auth::{FWD_ADDRESS, FWD_PROTOCOL, FWD_USERNAME};
 use crate::context::Ctx;
 use crate::response::{error_response, ApiError};
-
-/// Paths whose answer is one member's own view.
-fn per_member(path: &str) -> bool {
-    matches!(path, "/1.0" | "/1.0/resources" | "/1.0/metrics") || path.starts_with("/internal/test/")
-}
+use crate::route::Resolved;
 
 /// The value of `?target=`, if any.
 pub fn target_of(uri: &http::Uri) -> Option<String> {
@@ -37,43 +33,12 @@ pub fn target_of(uri: &http::Uri) -> Option<String> {
 }
 
 /// The (first, non-empty) value of `?key=`.
-fn query_value(uri: &http::Uri, key: &str) -> Option<String> {
+pub fn query_value(uri: &http::Uri, key: &str) -> Option<String> {
     let query = uri.query()?;
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == key && !v.is_empty()).then(|| percent_decode(v))
     })
-}
-
-/// Where a request about one operation (`/1.0/operations/{id}`, `/wait`, `/websocket`)
-/// goes: the member its id names ([`crate::ops::owner_of`]) when that is another
-/// member, with how long the forwarded call may take (a wait adds its own timeout).
-/// Token operations live in the replicated state: answered here, as is an id that
-/// names no member (404 here).
-fn operation_owner(
-    method: &http::Method,
-    uri: &http::Uri,
-    state: &cluster::State,
-    me: u64,
-) -> Option<(String, Duration)> {
-    let rest = uri.path().strip_prefix("/1.0/operations/")?;
-    let (id, wait) = match rest.split_once('/') {
-        None => (rest, false),
-        Some((id, "wait")) => (id, *method == http::Method::GET),
-        Some((id, "websocket")) => (id, false),
-        Some(_) => return None,
-    };
-    if state.tokens.contains_key(id) {
-        return None;
-    }
-    let owner = crate::ops::owner_of(id).filter(|o| *o != me)?;
-    let member = state.member_by_id(owner)?;
-    let waits = if wait {
-        crate::ops::wait_timeout(query_value(uri, "timeout").as_deref())
-    } else {
-        Duration::ZERO
-    };
-    Some((member.name.clone(), forward_timeout(state) + waits))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -109,39 +74,42 @@ fn percent_decode(s: &str) -> String {
 }
 
 pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    if req.extensions().get::<crate::auth::ViaMember>().is_none() {
-        let state = ctx.store.state();
-        if let Some((owner, bound)) = operation_owner(req.method(), req.uri(), &state, ctx.own_id()) {
-            // Only the websocket is open to the untrusted: everything else is refused
-            // here, without bothering the owner.
-            let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
-            if trusted || req.uri().path().ends_with("/websocket") {
-                return to_member_within(&ctx, &owner, req, bound).await;
-            }
-        }
-    }
-    let Some(target) = target_of(req.uri()) else {
+    // A member's request is answered from local knowledge, never handed on again.
+    if req.extensions().get::<crate::auth::ViaMember>().is_some() {
         return next.run(req).await;
+    }
+    let state = ctx.store.state();
+    let resolved = {
+        let me = ctx.server_name();
+        let online = |name: &str| crate::membership::is_online(&ctx, &state, name);
+        let view = crate::route::View {
+            state: &state,
+            me: &me,
+            me_id: ctx.own_id(),
+            clustered: ctx.store.clustered(),
+            online: &online,
+        };
+        crate::route::resolve(req.method(), req.uri(), &view)
     };
-    let path = req.uri().path().to_string();
-    let member_state = path
-        .strip_prefix("/1.0/cluster/members/")
-        .and_then(|rest| rest.strip_suffix("/state"))
-        .map(str::to_string);
-    if !per_member(&path) && member_state.is_none() {
-        return next.run(req).await;
-    }
+    // The untrusted are answered here (the public view), except where the request
+    // itself carries the capability (an operation websocket's secret).
     let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
-    if !trusted {
+    let secret = crate::route::TABLE
+        .lookup(req.method(), req.uri().path(), true)
+        .is_some_and(|f| f.route.access == crate::route::Access::Secret);
+    if !trusted && !secret {
         return next.run(req).await;
     }
-    if !ctx.store.clustered() {
-        return error_response(&ApiError::bad_request("Target only allowed when clustered"));
+    match resolved {
+        Resolved::Local => next.run(req).await,
+        Resolved::Forward { member, wait } => {
+            let bound = forward_timeout(&state) + wait;
+            to_member_within(&ctx, &member, req, bound).await
+        }
+        Resolved::NotFound(msg) => error_response(&ApiError::not_found_msg(msg)),
+        Resolved::Unavailable(msg) => error_response(&ApiError::unavailable(msg)),
+        Resolved::BadRequest(msg) => error_response(&ApiError::bad_request(msg)),
     }
-    if target == ctx.server_name() {
-        return next.run(req).await;
-    }
-    to_member(&ctx, &target, req).await
 }
 
 /// Forwards `req` to the member named `name`, bounded by `cluster.forward_timeout`.
@@ -238,82 +206,5 @@ mod tests {
         assert_eq!(t("/1.0?target="), None);
         assert_eq!(t("/1.0"), None);
         assert_eq!(t("/1.0?target=%zz"), Some("%zz".into()));
-    }
-
-    #[test]
-    fn operations_go_to_the_member_their_id_names() {
-        let mut state = cluster::State::default();
-        for (name, id) in [("node1", 1), ("node2", 2)] {
-            state.members.insert(
-                name.into(),
-                cluster::Member {
-                    name: name.into(),
-                    id,
-                    address: format!("127.0.0.{id}:8443"),
-                    certificate: String::new(),
-                    fingerprint: String::new(),
-                    description: String::new(),
-                    failure_domain: "default".into(),
-                    architecture: "x86_64".into(),
-                },
-            );
-        }
-        let token_id = crate::ops::new_id(2, 9);
-        state.tokens.insert(
-            token_id.clone(),
-            cluster::Token {
-                id: token_id.clone(),
-                kind: cluster::TokenKind::Join {
-                    server_name: "node3".into(),
-                },
-                secret: String::new(),
-                location: Some(2),
-                created_at: time::OffsetDateTime::UNIX_EPOCH,
-                expires_at: None,
-            },
-        );
-        let get = http::Method::GET;
-        let at = |method: &http::Method, uri: &str| {
-            operation_owner(method, &uri.parse().unwrap(), &state, 1)
-                .map(|(name, bound)| (name, bound.as_secs()))
-        };
-        let on2 = crate::ops::new_id(2, 1);
-        let base = forward_timeout(&state).as_secs();
-        assert_eq!(
-            at(&get, &format!("/1.0/operations/{on2}")),
-            Some(("node2".into(), base))
-        );
-        assert_eq!(
-            at(&http::Method::DELETE, &format!("/1.0/operations/{on2}")),
-            Some(("node2".into(), base))
-        );
-        assert_eq!(
-            at(&get, &format!("/1.0/operations/{on2}/wait?timeout=30")),
-            Some(("node2".into(), base + 30))
-        );
-        assert_eq!(
-            at(&get, &format!("/1.0/operations/{on2}/websocket?secret=x")),
-            Some(("node2".into(), base))
-        );
-        // Here, a member that does not exist, a token, other paths, malformed ids.
-        assert_eq!(
-            at(&get, &format!("/1.0/operations/{}", crate::ops::new_id(1, 1))),
-            None
-        );
-        assert_eq!(
-            at(&get, &format!("/1.0/operations/{}", crate::ops::new_id(3, 1))),
-            None
-        );
-        assert_eq!(at(&get, &format!("/1.0/operations/{token_id}")), None);
-        assert_eq!(at(&get, &format!("/1.0/operations/{on2}/other")), None);
-        assert_eq!(at(&get, "/1.0/operations"), None);
-        assert_eq!(at(&get, "/1.0/operations/nonsense"), None);
-        assert_eq!(at(&get, &format!("/1.0/instances/{on2}")), None);
-    }
-
-    #[test]
-    fn only_per_member_paths() {
-        assert!(per_member("/1.0") && per_member("/1.0/resources") && per_member("/1.0/metrics"));
-        assert!(!per_member("/1.0/cluster/members") && !per_member("/1.0/certificates"));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  auth: member-only path, caller not a member? ──> 403 (before anything else, OpenID too)
-//!  gate: local-only path, caller not local?     ──> 403
+//!  gate: the route's access (crate::route::TABLE) does not admit the caller ──> 403
 //!        untrusted caller with a body, on a path that takes none from it ──> 403
 //!        body larger than the route allows (by Content-Length) ──> 413
 //!        streamed route (an upload): no memory budget, bounded by --max-stream-body
@@ -33,7 +33,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use trust::{AuthMethod, Identity};
+use trust::Identity;
 
 use crate::auth::ViaMember;
 use crate::context::Ctx;
@@ -54,35 +54,6 @@ const BUDGET_WAIT: Duration = Duration::from_secs(5);
 /// A body gets this long, plus one second per [`BODY_RATE`] bytes received.
 pub const BODY_GRACE: Duration = Duration::from_secs(30);
 pub const BODY_RATE: u64 = 64 * 1024;
-
-/// Who may call a path at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Another member, by its own server certificate.
-    Member,
-    /// Another member, or a local caller on the unix socket.
-    MemberOrLocal,
-    /// Local callers on the unix socket only.
-    Local,
-    /// Anyone reaches the handler, which decides.
-    Open,
-}
-
-/// The access rule of `path`.
-pub fn access(path: &str) -> Access {
-    match path {
-        "/internal/events" => Access::Member,
-        p if p.starts_with("/internal/raft/") => Access::Member,
-        "/internal/ready" => Access::MemberOrLocal,
-        "/internal/shutdown" => Access::Local,
-        _ => Access::Open,
-    }
-}
-
-/// Whether `path` is for members only: refused to anyone else before anything else.
-pub fn member_only(path: &str) -> bool {
-    access(path) == Access::Member
-}
 
 /// Routes whose body is consumed as it arrives (to a file, a hash, another member) rather
 /// than held: they take no memory budget, and their bound is `--max-stream-body`.
@@ -117,19 +88,16 @@ impl Default for ConnBudget {
     }
 }
 
-pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+pub async fn layer(State((ctx, test_routes)): State<(Ctx, bool)>, req: Request, next: Next) -> Response {
     let Some(id) = req.extensions().get::<Identity>().cloned() else {
         return refuse(req, &ApiError::forbidden()).await;
     };
     let path = req.uri().path().to_string();
-    // Local means this member's own socket: never an identity a member speaks for.
-    let local = id.method == AuthMethod::Unix && req.extensions().get::<ViaMember>().is_none();
-    let allowed = match access(&path) {
-        Access::Member => id.method == AuthMethod::Cluster,
-        Access::MemberOrLocal => id.method == AuthMethod::Cluster || local,
-        Access::Local => local,
-        Access::Open => true,
-    };
+    // Access from the route table; an unknown route goes on to its 404 or 501.
+    let via_member = req.extensions().get::<ViaMember>().is_some();
+    let allowed = crate::route::TABLE
+        .lookup(req.method(), &path, test_routes)
+        .is_none_or(|found| crate::route::allows(found.route.access, &id, via_member));
     if !allowed {
         return refuse(req, &ApiError::forbidden()).await;
     }
@@ -369,17 +337,6 @@ pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn members_only_and_local_only_paths() {
-        assert_eq!(access("/internal/raft/append"), Access::Member);
-        assert_eq!(access("/internal/raft/snapshot"), Access::Member);
-        assert_eq!(access("/internal/events"), Access::Member);
-        assert_eq!(access("/internal/ready"), Access::MemberOrLocal);
-        assert_eq!(access("/internal/shutdown"), Access::Local);
-        assert_eq!(access("/internal/cluster/join"), Access::Open);
-        assert_eq!(access("/1.0/certificates"), Access::Open);
-    }
 
     #[test]
     fn untrusted_callers_send_bodies_to_two_routes_only() {

@@ -35,6 +35,7 @@ pub mod ops;
 mod peers;
 mod relay;
 mod response;
+mod route;
 mod routes;
 mod state_files;
 mod tunnel;

@@ -981,3 +981,94 @@ impl Member {
         .await;
     }
 }
+
+/// One row of a member's route table (`GET /internal/test/routes`).
+#[derive(Debug, Clone)]
+pub struct RouteRow {
+    pub method: String,
+    pub path: String,
+    pub access: String,
+}
+
+/// The route table `via` serves, read as a trusted caller.
+pub async fn route_table(via: &Target) -> Vec<RouteRow> {
+    let r = via
+        .get("/internal/test/routes")
+        .await
+        .expect("GET /internal/test/routes");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.metadata()
+        .as_array()
+        .expect("a list of routes")
+        .iter()
+        .map(|row| RouteRow {
+            method: row["method"].as_str().unwrap_or_default().to_string(),
+            path: row["path"].as_str().unwrap_or_default().to_string(),
+            access: row["access"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+/// Starts a demo operation on `on` (`--test-routes`) that holds until cancelled and
+/// offers one websocket; its id.
+pub async fn held_websocket_operation(on: &Target) -> String {
+    let demo = serde_json::json!({"websockets": ["0"], "hold": true});
+    let r = on
+        .send_json("POST", "/internal/test/operations", &demo)
+        .await
+        .expect("POST /internal/test/operations");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["metadata"]["id"]
+        .as_str()
+        .expect("an operation id")
+        .to_string()
+}
+
+/// Every route of `table` that is not `Public`, with every method it serves, answers a
+/// 403 refusal to `stranger`. Path parameters become `params` (by name) or `x`; `query`
+/// is appended; `Secret` routes are asked with a wrong secret.
+pub async fn assert_refused_everywhere(
+    table: &[RouteRow],
+    stranger: &Target,
+    params: &[(&str, &str)],
+    query: &str,
+) {
+    let mut checked = 0;
+    for row in table.iter().filter(|r| r.access != "Public") {
+        let mut path = String::new();
+        let mut rest = row.path.as_str();
+        while let Some((before, after)) = rest.split_once('{') {
+            let (name, after) = after.split_once('}').expect("a closed parameter");
+            path.push_str(before);
+            path.push_str(params.iter().find(|(k, _)| *k == name).map_or("x", |(_, v)| v));
+            rest = after;
+        }
+        path.push_str(rest);
+        let mut query = query.to_string();
+        if row.access == "Secret" {
+            query.push_str(if query.is_empty() { "?" } else { "&" });
+            query.push_str(&format!("secret={}", "0".repeat(64)));
+        }
+        let methods: &[&str] = match row.method.as_str() {
+            "*" => &["GET", "PUT", "DELETE"],
+            m => &[m],
+        };
+        for method in methods {
+            let uri = format!("{path}{query}");
+            let r = stranger
+                .request(method, &uri, None, &[])
+                .await
+                .expect("a refusal");
+            assert_eq!(
+                r.status,
+                403,
+                "{method} {uri}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let body = r.json();
+            assert_eq!(body["error_code"], 403, "{method} {uri}: {body}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} routes checked");
+}

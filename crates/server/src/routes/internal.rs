@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use trust::{AuthMethod, Identity};
+use trust::Identity;
 
 use crate::context::Ctx;
 use crate::response::{error_response, sync, ApiError};
@@ -31,14 +31,7 @@ pub async fn readiness(State(ctx): State<Ctx>) -> Response {
 
 /// `stapes admin shutdown`: local callers only (on this member's own socket: the gate
 /// refuses an identity a member speaks for).
-pub async fn shutdown(
-    State(ctx): State<Ctx>,
-    Extension(id): Extension<Identity>,
-    via_member: Option<Extension<crate::auth::ViaMember>>,
-) -> Response {
-    if id.method != AuthMethod::Unix || via_member.is_some() {
-        return error_response(&ApiError::forbidden());
-    }
+pub async fn shutdown(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Response {
     tracing::info!(user = %id.username, "shutdown requested");
     let _ = ctx.shutdown_tx.send(true);
     sync(serde_json::json!({})).into_response()

@@ -11,7 +11,6 @@ use axum::Extension;
 use serde_json::Value;
 use trust::Identity;
 
-use crate::auth::require_full;
 use crate::context::Ctx;
 use crate::response::{check_if_match, json_body, sync, sync_etag, ApiError, Result};
 
@@ -119,7 +118,6 @@ async fn update(
     body: Body,
     replace: bool,
 ) -> Result<Response> {
-    require_full(&id)?;
     let req: ServerPut = json_body(body).await?;
     let before = current_config(&ctx);
     check_if_match(&headers, &before)?;

@@ -10,6 +10,7 @@
 //!   sender slowed by its receiver stops counting).
 //! - `GET echo`: a websocket that first says who the caller is (as this member sees it),
 //!   then echoes every message with its type.
+//! - `GET routes`: the route table, for the test that walks it.
 //! - `POST operations`: starts a demo operation (steps of progress, holding until
 //!   cancelled, failing, echo websockets), answered as Incus answers any operation.
 
@@ -21,14 +22,13 @@ use axum::body::{Body, HttpBody};
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Router};
+
+use axum::Extension;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use trust::Identity;
 
-use crate::auth::require_full;
 use crate::context::Ctx;
 use crate::ops::{Class, Requestor, Spec};
 use crate::response::{error_response, parse_json, sync, ApiError, Result};
@@ -39,17 +39,24 @@ pub const SINK: &str = "/internal/test/sink";
 static PRODUCED: AtomicU64 = AtomicU64::new(0);
 const CHUNK: usize = 64 * 1024;
 
-pub fn add(router: Router<Ctx>) -> Router<Ctx> {
-    router
-        .route(SINK, post(sink))
-        .route("/internal/test/source", get(source))
-        .route("/internal/test/produced", get(produced))
-        .route("/internal/test/echo", get(echo))
-        .route("/internal/test/operations", post(start_operation))
+/// `GET routes`: the route table (method, path, access), for the test that walks it.
+pub(crate) async fn routes() -> Response {
+    let rows: Vec<_> = crate::route::TABLE
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "method": r.verb.as_str(),
+                "path": r.path,
+                "access": format!("{:?}", r.access),
+                "test_only": r.test_only,
+            })
+        })
+        .collect();
+    sync(rows)
 }
 
-async fn sink(Extension(id): Extension<Identity>, req: Request) -> Result<Response> {
-    require_full(&id)?;
+pub(crate) async fn sink(req: Request) -> Result<Response> {
     let mut body = req.into_body();
     let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut size = 0u64;
@@ -69,11 +76,7 @@ async fn sink(Extension(id): Extension<Identity>, req: Request) -> Result<Respon
     })))
 }
 
-async fn source(
-    Extension(id): Extension<Identity>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    require_full(&id)?;
+pub(crate) async fn source(Query(q): Query<HashMap<String, String>>) -> Result<Response> {
     let size: u64 = q
         .get("size")
         .and_then(|s| s.parse().ok())
@@ -104,16 +107,14 @@ fn pattern() -> &'static [u8] {
     PATTERN.get_or_init(|| (0..CHUNK + 251).map(|k| (k % 251) as u8).collect())
 }
 
-async fn produced(Extension(id): Extension<Identity>) -> Result<Response> {
-    require_full(&id)?;
+pub(crate) async fn produced() -> Result<Response> {
     Ok(sync(PRODUCED.load(Ordering::Relaxed)))
 }
 
-async fn echo(
+pub(crate) async fn echo(
     Extension(id): Extension<Identity>,
     upgrade: std::result::Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response> {
-    require_full(&id)?;
     let upgrade = upgrade.map_err(|_| ApiError::bad_request("Expected a websocket"))?;
     let hello = serde_json::json!({
         "username": id.username,
@@ -174,12 +175,11 @@ fn demo_description() -> String {
 
 /// `POST /internal/test/operations`: starts a demo operation, answered as Incus
 /// answers any operation (202, async envelope, `Location`).
-async fn start_operation(
+pub(crate) async fn start_operation(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    require_full(&id)?;
     let demo: Demo = parse_json(&body)?;
     let steps = demo.steps.min(10_000);
     let step = Duration::from_millis(demo.step_ms.min(60_000));

@@ -10,16 +10,10 @@ use axum::Extension;
 use cluster::WarningCommand;
 use trust::Identity;
 
-use crate::auth::require_full;
 use crate::context::Ctx;
 use crate::response::{json_body, listing, recursion, sync, sync_etag, ApiError, Result};
 
-pub async fn list(
-    State(ctx): State<Ctx>,
-    Extension(id): Extension<Identity>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    require_full(&id)?;
+pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
     let state = ctx.store.state();
     let rendered = state
         .warnings
@@ -32,12 +26,7 @@ fn not_found() -> crate::response::Error {
     ApiError::not_found_msg("Warning not found").into()
 }
 
-pub async fn get(
-    State(ctx): State<Ctx>,
-    Extension(id): Extension<Identity>,
-    Path(uuid): Path<String>,
-) -> Result<Response> {
-    require_full(&id)?;
+pub async fn get(State(ctx): State<Ctx>, Path(uuid): Path<String>) -> Result<Response> {
     let state = ctx.store.state();
     let w = state.warnings.get(&uuid).ok_or_else(not_found)?;
     Ok(sync_etag(
@@ -52,7 +41,6 @@ pub async fn put(
     Path(uuid): Path<String>,
     body: Body,
 ) -> Result<Response> {
-    require_full(&id)?;
     let req: WarningPut = json_body(body).await?;
     ctx.store
         .apply(WarningCommand::UpdateWarningStatus {
@@ -74,7 +62,6 @@ pub async fn delete(
     Extension(id): Extension<Identity>,
     Path(uuid): Path<String>,
 ) -> Result<Response> {
-    require_full(&id)?;
     ctx.store
         .apply(WarningCommand::DeleteWarning { uuid: uuid.clone() })
         .await?;

@@ -372,3 +372,26 @@ async fn forwarding_survives_a_restarted_target_and_concurrency() {
         assert_eq!(r.unwrap(), 200);
     }
 }
+
+/// Through a member that does not own the route: every protected route of the table
+/// (each method, `?target=` another member, operations owned by another member)
+/// refuses a stranger, and an operation websocket on another member wants its secret.
+#[tokio::test]
+async fn t90_the_route_table_refuses_strangers_through_any_member() {
+    let _slot = slot().await;
+    let c = Cluster::start_env(3, FAST, &[("STAPES_TEST_ROUTES", "true")]).await;
+    c.wait_healthy(3, LONG).await;
+    let table = stapes_testkit::route_table(&c.members[0].unix()).await;
+    let id = stapes_testkit::held_websocket_operation(&c.members[1].unix()).await;
+    let a1 = c.members[0].address().await;
+    let stranger = ClientCert::generate("stranger");
+    for t in [Target::tls(&a1, None), Target::tls(&a1, Some(&stranger))] {
+        stapes_testkit::assert_refused_everywhere(
+            &table,
+            &t,
+            &[("id", &id), ("name", "node2")],
+            "?target=node2",
+        )
+        .await;
+    }
+}

@@ -304,3 +304,22 @@ async fn a_body_that_is_not_an_object_is_refused() {
     let config = u.get("/1.0").await.unwrap().metadata()["config"].clone();
     assert_eq!(config["core.remote_token_expiry"], "5H");
 }
+
+/// Every protected route of the table (each method it serves) refuses a caller with no
+/// certificate and one with an untrusted certificate; an operation websocket wants its
+/// secret.
+#[tokio::test]
+async fn t90_the_route_table_refuses_strangers_everywhere_protected() {
+    let mut m = Member::start_env(&[("STAPES_TEST_ROUTES", "true")]).await;
+    let addr = m.listen().await;
+    let table = stapes_testkit::route_table(&m.unix()).await;
+    let id = stapes_testkit::held_websocket_operation(&m.unix()).await;
+    let stranger = stapes_testkit::ClientCert::generate("stranger");
+    for t in [Target::tls(&addr, None), Target::tls(&addr, Some(&stranger))] {
+        stapes_testkit::assert_refused_everywhere(&table, &t, &[("id", &id)], "").await;
+    }
+    let _ = m
+        .unix()
+        .request("DELETE", &format!("/1.0/operations/{id}"), None, &[])
+        .await;
+}
