@@ -9,7 +9,7 @@ mod events;
 mod internal;
 pub mod not_yet;
 mod operations;
-mod server;
+pub(crate) mod server;
 mod system;
 mod testing;
 mod warnings;
