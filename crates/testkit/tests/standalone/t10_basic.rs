@@ -232,28 +232,23 @@ async fn server_document_and_etag_follow_every_change() {
     let (second, md) = get(m.unix()).await;
     assert_ne!(second, first);
     assert_eq!(md["config"]["core.remote_token_expiry"], "3H");
-    let stale = m
-        .unix()
-        .request(
-            "PATCH",
-            "/1.0",
-            Some(br#"{"config": {"core.remote_token_expiry": "4H"}}"#.to_vec()),
-            &[("If-Match", &format!("\"{first}\""))],
-        )
-        .await
-        .unwrap();
-    assert_eq!(stale.status, 412, "the old ETag is stale");
-    let current = m
-        .unix()
-        .request(
-            "PATCH",
-            "/1.0",
-            Some(br#"{"config": {"core.remote_token_expiry": "4H"}}"#.to_vec()),
-            &[("If-Match", &second)],
-        )
-        .await
-        .unwrap();
-    assert_eq!(current.status, 200, "the current ETag is accepted");
+    let patch_if = |etag: String| {
+        let unix = m.unix();
+        async move {
+            let body = br#"{"config": {"core.remote_token_expiry": "4H"}}"#.to_vec();
+            let headers = [("If-Match", etag.as_str())];
+            unix.request("PATCH", "/1.0", Some(body), &headers)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(patch_if(first).await, 412, "the old ETag is stale");
+    assert_eq!(
+        patch_if(second.clone()).await,
+        200,
+        "the current ETag is accepted"
+    );
     let (third, md) = get(m.unix()).await;
     assert_ne!(third, second);
     assert_eq!(md["config"]["core.remote_token_expiry"], "4H");
