@@ -68,6 +68,8 @@ pub struct Inner {
     pub driver: std::sync::Arc<dyn instance::Driver>,
     /// The largest body a streamed route accepts (`--max-stream-body`).
     pub max_stream_body: u64,
+    /// `GET /1.0` as last rendered, with what it was rendered from.
+    pub server_doc: crate::routes::server::Rendered,
 }
 
 impl Inner {

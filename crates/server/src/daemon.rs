@@ -173,6 +173,7 @@ impl Daemon {
             oidc: Default::default(),
             driver: instance::open(config.driver, dir),
             max_stream_body: config.max_stream_body,
+            server_doc: Default::default(),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::context::on_state_change(&ctx);

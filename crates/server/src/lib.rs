@@ -28,6 +28,7 @@ mod http;
 mod listeners;
 mod log;
 mod membership;
+mod memo;
 mod metrics;
 mod oidc;
 mod operations;

@@ -63,23 +63,39 @@ pub fn error_response(err: &ApiError) -> Response {
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let mut bytes = serde_json::to_vec(body).expect("envelopes serialize");
     bytes.push(b'\n');
-    let mut resp = Response::new(Body::from(bytes));
+    json_bytes_response(status, bytes.into())
+}
+
+/// A response whose body is JSON already rendered (see [`sync_body`]).
+pub fn json_bytes_response(status: StatusCode, body: bytes::Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
+/// The body of a sync response, for a handler that keeps it (see `routes::server`).
+pub fn sync_body(metadata: impl Serialize) -> bytes::Bytes {
+    let value = serde_json::to_value(metadata).expect("metadata serializes");
+    let mut bytes = serde_json::to_vec(&Envelope::sync(value)).expect("envelopes serialize");
+    bytes.push(b'\n');
+    bytes.into()
+}
+
 /// A sync response.
 pub fn sync(metadata: impl Serialize) -> Response {
-    let value = serde_json::to_value(metadata).expect("metadata serializes");
-    json_response(StatusCode::OK, &Envelope::sync(value))
+    json_bytes_response(StatusCode::OK, sync_body(metadata))
 }
 
 /// A sync response for a single object, with its ETag.
 pub fn sync_etag(metadata: impl Serialize, etag_basis: &impl Serialize) -> Response {
-    let mut resp = sync(metadata);
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", etag(etag_basis))) {
+    with_etag(sync(metadata), &etag(etag_basis))
+}
+
+/// Adds the ETag header (`etag` as [`etag`] makes it).
+pub fn with_etag(mut resp: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
     }
     resp

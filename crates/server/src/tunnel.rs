@@ -63,8 +63,10 @@ pub async fn stream(
         .peers
         .exchange(address, http::Request::from_parts(parts, body));
     tokio::pin!(call);
-    let mut tick =
-        tokio::time::interval((timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+    // The first check is one period in: an interval's immediate first tick would only
+    // cost every forwarded request a wasted turn of this loop.
+    let period = (timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
@@ -272,20 +274,22 @@ impl HttpBody for Watched {
 
 /// A response body from the owner that fails when the owner sends nothing for `limit`
 /// while the client waits for more (time the client spends not reading does not count).
-struct Idle {
-    inner: Incoming,
+struct Idle<B = Incoming> {
+    inner: B,
     limit: Duration,
     waiting: bool,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Made the first time the member keeps us waiting: a small body that is already
+    /// here when the response is (most answers) never needs a timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Idle {
-    fn new(inner: Incoming, limit: Duration) -> Self {
+impl<B> Idle<B> {
+    fn new(inner: B, limit: Duration) -> Self {
         Idle {
             inner,
             limit,
             waiting: false,
-            deadline: Box::pin(tokio::time::sleep(limit)),
+            deadline: None,
         }
     }
 }
@@ -294,7 +298,11 @@ impl Idle {
 #[error("the member sent nothing for {0:?}")]
 struct Silent(Duration);
 
-impl HttpBody for Idle {
+impl<B> HttpBody for Idle<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -312,9 +320,15 @@ impl HttpBody for Idle {
                 if !this.waiting {
                     this.waiting = true;
                     let at = tokio::time::Instant::now() + this.limit;
-                    this.deadline.as_mut().reset(at);
+                    match &mut this.deadline {
+                        Some(d) => d.as_mut().reset(at),
+                        None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
                 }
-                match this.deadline.as_mut().poll(cx) {
+                let Some(deadline) = this.deadline.as_mut() else {
+                    return Poll::Pending;
+                };
+                match deadline.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Silent(this.limit))))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -369,5 +383,42 @@ mod tests {
         assert!(!asks(&[("upgrade", "websocket")]));
         assert!(!asks(&[("connection", "upgrade")]));
         assert!(!asks(&[("connection", "upgrades"), ("upgrade", "websocket")]));
+    }
+
+    /// One frame, then nothing, ever.
+    struct OneThenSilence(Option<Bytes>);
+
+    impl HttpBody for OneThenSilence {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// A body that is there passes without a timer; one that goes silent fails after
+    /// the limit, counted from when it started to keep us waiting.
+    #[tokio::test]
+    async fn a_silent_member_fails_the_body_after_the_limit() {
+        use http_body_util::BodyExt as _;
+        let limit = Duration::from_millis(100);
+        let mut body = Idle::new(OneThenSilence(Some(Bytes::from_static(b"x"))), limit);
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"x")));
+        assert!(body.deadline.is_none(), "no timer while data flows");
+        let started = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .expect("the idle limit ends the wait");
+        let err = end.expect("an end").expect_err("silence is an error");
+        assert!(err.to_string().contains("sent nothing"), "{err}");
+        assert!(started.elapsed() >= limit);
     }
 }

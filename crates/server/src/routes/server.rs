@@ -1,18 +1,23 @@
 //! `GET /`, and `GET/PUT/PATCH /1.0`: the server and its configuration.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use api::types::{Server, ServerEnvironment, ServerPut, StorageDriver};
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
+use bytes::Bytes;
 use serde_json::Value;
 use trust::Identity;
 
 use crate::context::Ctx;
-use crate::response::{check_if_match, json_body, sync, sync_etag, ApiError, Result};
+use crate::memo::{Memo, PerCaller, Same};
+use crate::response::{
+    self, check_if_match, json_body, json_bytes_response, sync, sync_body, with_etag, ApiError, Result,
+};
 
 pub async fn root() -> Response {
     sync(["/1.0"])
@@ -34,9 +39,50 @@ fn auth_methods(config: &BTreeMap<String, String>) -> Vec<String> {
     methods
 }
 
-pub async fn get(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Result<Response> {
-    let config = current_config(&ctx);
-    let mut server = Server {
+/// What `GET /1.0` is made from besides the caller (see [`crate::memo`]).
+pub struct Inputs {
+    state: Arc<cluster::State>,
+    local: Arc<BTreeMap<String, String>>,
+    identity: Option<Arc<cluster::MemberIdentity>>,
+    served: Arc<(String, String)>,
+    clustered: bool,
+}
+
+impl Same for Inputs {
+    fn same(&self, o: &Self) -> bool {
+        self.state.same(&o.state)
+            && self.local.same(&o.local)
+            && self.identity.same(&o.identity)
+            && self.served.same(&o.served)
+            && self.clustered.same(&o.clustered)
+    }
+}
+
+/// `GET /1.0` as rendered for one set of [`Inputs`]: the ETag, the untrusted body, and
+/// the trusted body per caller (it names the caller).
+pub struct View {
+    config: BTreeMap<String, String>,
+    etag: String,
+    untrusted: Bytes,
+    trusted: PerCaller<(String, &'static str), Bytes, 16>,
+}
+
+/// The kept `GET /1.0` (a field of the context).
+pub type Rendered = Memo<Inputs, View>;
+
+fn inputs(ctx: &Ctx) -> Inputs {
+    Inputs {
+        state: ctx.store.state(),
+        local: ctx.store.local(),
+        identity: ctx.store.identity(),
+        served: ctx.served_certificate(),
+        clustered: ctx.store.clustered(),
+    }
+}
+
+/// The document without the caller: what every trusted body shares.
+fn document(ctx: &Ctx, inputs: &Inputs, config: &BTreeMap<String, String>) -> Server {
+    Server {
         config: BTreeMap::new(),
         api_extensions: api::extensions::API_EXTENSIONS
             .iter()
@@ -46,48 +92,77 @@ pub async fn get(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> 
         api_version: "1.0".into(),
         auth: "untrusted".into(),
         public: false,
-        auth_methods: auth_methods(&config),
+        auth_methods: auth_methods(config),
+        environment: Some(ServerEnvironment {
+            addresses: host::listen_addresses(
+                inputs.local.get("core.https_address").map_or("", String::as_str),
+                crate::listeners::DEFAULT_PORT,
+            ),
+            architectures: ctx.host.architectures.clone(),
+            certificate: inputs.served.0.clone(),
+            certificate_fingerprint: inputs.served.1.clone(),
+            driver: String::new(),
+            driver_version: String::new(),
+            firewall: String::new(),
+            kernel: ctx.host.kernel.clone(),
+            kernel_architecture: ctx.host.kernel_architecture.clone(),
+            kernel_features: BTreeMap::new(),
+            kernel_version: ctx.host.kernel_version.clone(),
+            lxc_features: BTreeMap::new(),
+            os_name: ctx.host.os_name.clone(),
+            os_version: ctx.host.os_version.clone(),
+            project: "default".into(),
+            server: "stapes".into(),
+            server_clustered: inputs.clustered,
+            server_event_mode: "full-mesh".into(),
+            server_name: match &inputs.identity {
+                Some(id) => id.name.clone(),
+                None => ctx.host.hostname.clone(),
+            },
+            server_pid: std::process::id(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            storage: String::new(),
+            storage_version: String::new(),
+            storage_supported_drivers: Vec::<StorageDriver>::new(),
+        }),
         ..Default::default()
-    };
-    if !id.trusted() {
-        return Ok(sync(server));
     }
-    let served = ctx.served_certificate();
-    let host = &ctx.host;
-    server.auth = "trusted".into();
-    server.auth_user_name = Some(id.username.clone());
-    server.auth_user_method = Some(id.method.as_str().into());
-    server.environment = Some(ServerEnvironment {
-        addresses: ctx.addresses(),
-        architectures: host.architectures.clone(),
-        certificate: served.0.clone(),
-        certificate_fingerprint: served.1.clone(),
-        driver: String::new(),
-        driver_version: String::new(),
-        firewall: String::new(),
-        kernel: host.kernel.clone(),
-        kernel_architecture: host.kernel_architecture.clone(),
-        kernel_features: BTreeMap::new(),
-        kernel_version: host.kernel_version.clone(),
-        lxc_features: BTreeMap::new(),
-        os_name: host.os_name.clone(),
-        os_version: host.os_version.clone(),
-        project: "default".into(),
-        server: "stapes".into(),
-        server_clustered: ctx.store.clustered(),
-        server_event_mode: "full-mesh".into(),
-        server_name: ctx.server_name(),
-        server_pid: std::process::id(),
-        server_version: env!("CARGO_PKG_VERSION").into(),
-        storage: String::new(),
-        storage_version: String::new(),
-        storage_supported_drivers: Vec::<StorageDriver>::new(),
+}
+
+fn render(ctx: &Ctx, inputs: &Inputs) -> View {
+    let mut config = inputs.state.config.clone();
+    config.extend(inputs.local.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut untrusted = document(ctx, inputs, &config);
+    untrusted.environment = None;
+    View {
+        etag: response::etag(&config),
+        untrusted: sync_body(untrusted),
+        trusted: PerCaller::default(),
+        config,
+    }
+}
+
+/// `GET /1.0`, rendered once per change of its inputs and kept (see [`crate::memo`]).
+pub async fn get(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> Result<Response> {
+    let kept = ctx.server_doc.get(inputs(&ctx), |i| render(&ctx, i));
+    let (inputs, view) = (&kept.0, &kept.1);
+    if !id.trusted() {
+        return Ok(json_bytes_response(StatusCode::OK, view.untrusted.clone()));
+    }
+    let method = id.method.as_str();
+    let body = view.trusted.get((id.username.clone(), method), || {
+        let mut server = document(&ctx, inputs, &view.config);
+        server.auth = "trusted".into();
+        server.auth_user_name = Some(id.username.clone());
+        server.auth_user_method = Some(method.into());
+        server.config = view
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        sync_body(server)
     });
-    server.config = config
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    Ok(sync_etag(server, &config))
+    Ok(with_etag(json_bytes_response(StatusCode::OK, body), &view.etag))
 }
 
 pub async fn put(

@@ -199,3 +199,77 @@ async fn resources_metrics_and_warnings_answer() {
     let ops = u.get("/1.0/operations").await.unwrap();
     assert_eq!(ops.metadata(), json!({}));
 }
+
+/// `GET /1.0` is kept between changes: its ETag stays put while nothing changes, and a
+/// change to a global or a member-local key, or to the listener, shows at once (new
+/// ETag, new body) and makes the old ETag stale for `If-Match`. Each caller still sees
+/// itself in the document.
+#[tokio::test]
+async fn server_document_and_etag_follow_every_change() {
+    let mut m = Member::start().await;
+    let get = |t: Target| async move {
+        let r = t.get("/1.0").await.unwrap();
+        assert_eq!(r.status, 200);
+        let etag = r.header("etag").expect("an ETag").to_string();
+        (etag, r.metadata())
+    };
+    let (first, md) = get(m.unix()).await;
+    assert_eq!(get(m.unix()).await.0, first, "nothing changed");
+    assert!(md["config"].get("core.remote_token_expiry").is_none());
+
+    // A global key.
+    let set = |config: serde_json::Value| {
+        let unix = m.unix();
+        async move {
+            let r = unix
+                .send_json("PATCH", "/1.0", &json!({ "config": config }))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{:?}", r.json());
+        }
+    };
+    set(json!({"core.remote_token_expiry": "3H"})).await;
+    let (second, md) = get(m.unix()).await;
+    assert_ne!(second, first);
+    assert_eq!(md["config"]["core.remote_token_expiry"], "3H");
+    let patch_if = |etag: String| {
+        let unix = m.unix();
+        async move {
+            let body = br#"{"config": {"core.remote_token_expiry": "4H"}}"#.to_vec();
+            let headers = [("If-Match", etag.as_str())];
+            unix.request("PATCH", "/1.0", Some(body), &headers)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(patch_if(first).await, 412, "the old ETag is stale");
+    assert_eq!(
+        patch_if(second.clone()).await,
+        200,
+        "the current ETag is accepted"
+    );
+    let (third, md) = get(m.unix()).await;
+    assert_ne!(third, second);
+    assert_eq!(md["config"]["core.remote_token_expiry"], "4H");
+
+    // A member-local key, which also moves the listener and the addresses shown.
+    let addr = m.listen().await;
+    let (fourth, md) = get(m.unix()).await;
+    assert_ne!(fourth, third);
+    assert_eq!(md["config"]["core.https_address"], addr.as_str());
+    assert_eq!(md["environment"]["addresses"], json!([addr]));
+
+    // Another caller, same state: same ETag, its own name.
+    let cert = ClientCert::generate("t10-etag");
+    m.trust(&cert).await;
+    let (over_tls, md) = get(Target::tls(&addr, Some(&cert))).await;
+    assert_eq!(over_tls, fourth);
+    assert_eq!(md["auth_user_method"], "tls");
+    assert_eq!(md["auth_user_name"], cert.fingerprint);
+    let untrusted = Target::tls(&addr, None).get("/1.0").await.unwrap();
+    assert_eq!(untrusted.metadata()["auth"], "untrusted");
+    assert!(untrusted.metadata().get("environment").is_none());
+    assert!(untrusted.header("etag").is_none());
+    assert_eq!(get(m.unix()).await.1["auth_user_method"], "unix");
+}
