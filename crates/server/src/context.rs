@@ -109,7 +109,7 @@ impl Inner {
     /// This member's id (its Raft node id), or 0 while standalone: what operation ids
     /// carry ([`crate::ops::new_id`]).
     pub fn own_id(&self) -> u64 {
-        self.store.identity().map_or(0, |id| id.id)
+        self.member_id().unwrap_or(0)
     }
 
     /// This member as operations name it.

@@ -13,17 +13,21 @@ fn backend() -> Option<LxcBackend> {
 
 instance::conformance_tests!(backend());
 
+/// The ignored-signal mask in a `/proc/PID/status` text.
+fn ignored_mask(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+}
+
 /// What an exec'd command ignores, from its `/proc/self/status`.
 fn ignored(env: instance::conformance::Env) -> futures_util::future::BoxFuture<'static, ()> {
     Box::pin(async move {
         env.running("c1").await;
         let out = env.run("c1", &["grep", "SigIgn", "/proc/self/status"]).await;
         assert_eq!(out.code, 0, "{out:?}");
-        let mask = out
-            .stdout
-            .trim()
-            .strip_prefix("SigIgn:")
-            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+        let mask = ignored_mask(&out.stdout);
         // Signals 1 to 31; 32 and 33 belong to the C library's threads.
         assert_eq!(mask.map(|m| m & 0x7fff_ffff), Some(0), "{out:?}");
     })
@@ -36,11 +40,7 @@ fn ignored(env: instance::conformance::Env) -> futures_util::future::BoxFuture<'
 fn t27_exec_does_not_inherit_ignored_signals() {
     if std::env::var_os("STAPES_INNER_IGNORED").is_some() {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let mask = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            .unwrap_or(0);
+        let mask = ignored_mask(&status).unwrap_or(0);
         assert_eq!(
             mask & 0b111,
             0b111,
