@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{ConfigCommand, MemberCommand, State, TokenCommand, TrustCommand, WarningCommand};
+use crate::state::{
+    ConfigCommand, MemberCommand, PoolCommand, ProfileCommand, State, TokenCommand, TrustCommand,
+    WarningCommand,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -13,6 +16,8 @@ pub enum Command {
     Tokens(TokenCommand),
     Members(MemberCommand),
     Warnings(WarningCommand),
+    Pools(PoolCommand),
+    Profiles(ProfileCommand),
     /// The first entry of a new cluster: the state the member had while standalone.
     Restore {
         state: Box<State>,
@@ -28,6 +33,8 @@ impl Command {
             Command::Tokens(c) => c.name(),
             Command::Members(c) => c.name(),
             Command::Warnings(c) => c.name(),
+            Command::Pools(c) => c.name(),
+            Command::Profiles(c) => c.name(),
             Command::Restore { .. } => "restore",
         }
     }
@@ -47,5 +54,7 @@ domain!(
     Trust(TrustCommand),
     Tokens(TokenCommand),
     Members(MemberCommand),
-    Warnings(WarningCommand)
+    Warnings(WarningCommand),
+    Pools(PoolCommand),
+    Profiles(ProfileCommand)
 );

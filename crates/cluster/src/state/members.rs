@@ -5,7 +5,8 @@
 //! warning about it) hold its id ([`MemberId`]), never its name; names are looked up
 //! where the state is rendered for clients. Removing a member removes what only made
 //! sense on it (its server certificate, its warnings) and leaves no reference to it
-//! behind: tokens it issued stay usable cluster-wide and lose their location.
+//! behind: tokens it issued stay usable cluster-wide and lose their location, and its
+//! parts of storage pools go.
 
 use api::types::Certificate;
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,9 @@ pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateE
             let m = state.members.remove(name).ok_or(StateError::MemberNotFound)?;
             state.certificates.remove(&m.fingerprint);
             state.warnings.retain(|_, w| w.location != Some(m.id));
+            for pool in state.pools.values_mut() {
+                pool.parts.retain(|p| p.location != Some(m.id));
+            }
             for t in state.tokens.values_mut() {
                 if t.location == Some(m.id) {
                     t.location = None;

@@ -7,6 +7,8 @@
 //!             ├─ Tokens(TokenCommand)    ─> tokens::apply    tokens, spent
 //!             ├─ Members(MemberCommand)  ─> members::apply   members
 //!             ├─ Warnings(WarningCommand)─> warnings::apply  warnings
+//!             ├─ Pools(PoolCommand)      ─> pools::apply     pools
+//!             ├─ Profiles(ProfileCommand)─> profiles::apply  profiles
 //!             └─ Restore { state }       ─> the whole state (the first entry of a cluster)
 //! ```
 //!
@@ -15,7 +17,9 @@
 //! whatever the domain. A command of one domain writes only that domain's fields,
 //! except for the steps it must take together with another, named in its module: a
 //! redeemed token trusts a certificate, a member comes and goes with its server
-//! certificate (and a removed member with its warnings).
+//! certificate (and a removed member with its warnings and its parts of pools). Some
+//! domains read another's fields to refuse a command (a profile's disk names a pool that
+//! must exist; a pool used by a profile is not deleted), which writes nothing there.
 //!
 //! Invariants, checked by the property test below for random command sequences:
 //! - `apply` is deterministic, and a command it refuses changes nothing;
@@ -33,6 +37,8 @@
 
 mod config;
 mod members;
+mod pools;
+mod profiles;
 #[cfg(test)]
 mod proptests;
 mod tokens;
@@ -46,6 +52,8 @@ use serde::{Deserialize, Serialize};
 
 pub use config::ConfigCommand;
 pub use members::{Member, MemberCommand};
+pub use pools::{is_member_specific, Pool, PoolCommand, PoolPart, PoolStatus, MEMBER_SPECIFIC_KEYS};
+pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE};
 pub use tokens::{
     Spent, SpentToken, Token, TokenCommand, TokenKind, TokenRefusal, MAX_PENDING_TOKENS, SPENT_REMEMBERED,
 };
@@ -75,6 +83,12 @@ pub enum StateError {
     MemberNotFound,
     #[error("Too many pending {0} tokens (at most {MAX_PENDING_TOKENS}): revoke some, or let them expire")]
     TooManyTokens(String),
+    #[error("Storage pool not found")]
+    PoolNotFound,
+    #[error("Profile not found")]
+    ProfileNotFound,
+    #[error("The profile already exists")]
+    ProfileExists,
     #[error("{0}")]
     Invalid(String),
 }
@@ -113,6 +127,14 @@ pub struct State {
     /// Cluster members, by name. Empty while standalone.
     #[serde(default)]
     pub members: BTreeMap<String, Member>,
+    // pools
+    /// Storage pools, by name, each with its members' parts.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Pool>,
+    // profiles
+    /// Profiles, by name; `default` only once changed (see [`State::profile`]).
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
 }
 
 impl State {
@@ -124,6 +146,8 @@ impl State {
             Command::Tokens(c) => tokens::apply(self, c),
             Command::Members(c) => members::apply(self, c),
             Command::Warnings(c) => warnings::apply(self, c),
+            Command::Pools(c) => pools::apply(self, c),
+            Command::Profiles(c) => profiles::apply(self, c),
             Command::Restore { state } => {
                 *self = (**state).clone();
                 Ok(())
@@ -148,6 +172,9 @@ impl State {
         }
         for w in self.warnings.values_mut() {
             w.location.get_or_insert(id);
+        }
+        for part in self.pools.values_mut().flat_map(|p| p.parts.iter_mut()) {
+            part.location.get_or_insert(id);
         }
     }
 }

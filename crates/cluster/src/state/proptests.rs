@@ -6,6 +6,8 @@
 //! often: duplicates, renames onto taken names, tokens of removed members, and so on.
 
 use api::types::Certificate;
+use std::collections::BTreeMap;
+
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use time::OffsetDateTime;
@@ -103,6 +105,102 @@ fn spent() -> impl Strategy<Value = Spent> {
     ]
 }
 
+fn pool_config() -> impl Strategy<Value = BTreeMap<String, String>> {
+    btree_map(
+        prop_oneof![Just("source".to_string()), Just("size".to_string()), pick("k")],
+        pick("v"),
+        0..2,
+    )
+}
+
+fn pools() -> impl Strategy<Value = Command> {
+    let driver = || prop_oneof![Just("dir".to_string()), Just("zfs".to_string())];
+    prop_oneof![
+        (pick("p"), driver(), 1..=5u64, pool_config()).prop_map(|(name, driver, location, config)| {
+            PoolCommand::DefinePart {
+                name,
+                driver,
+                location,
+                config,
+            }
+        }),
+        (
+            pick("p"),
+            driver(),
+            pool_config(),
+            proptest::option::of(pool_config())
+        )
+            .prop_map(|(name, driver, config, standalone_part)| PoolCommand::Create {
+                name,
+                driver,
+                description: String::new(),
+                config,
+                standalone_part,
+            }),
+        (pick("p"), location(), pool_config()).prop_map(|(name, location, config)| {
+            PoolCommand::PartCreated {
+                name,
+                location,
+                config,
+            }
+        }),
+        pick("p").prop_map(|name| PoolCommand::MarkCreated { name }),
+        (pick("p"), pick("d"), pool_config()).prop_map(|(name, description, config)| PoolCommand::Update {
+            name,
+            description,
+            config
+        }),
+        (pick("p"), location(), pool_config()).prop_map(|(name, location, config)| PoolCommand::UpdatePart {
+            name,
+            location,
+            config
+        }),
+        pick("p").prop_map(|name| PoolCommand::Delete { name }),
+    ]
+    .prop_map(Command::from)
+}
+
+fn profile() -> impl Strategy<Value = Profile> {
+    let device = (
+        prop_oneof![Just("disk"), Just("nic"), Just("")],
+        prop_oneof![Just("/"), Just("/mnt"), Just("")],
+        pick("p"),
+    )
+        .prop_map(|(kind, path, pool)| {
+            BTreeMap::from([
+                ("type".to_string(), kind.to_string()),
+                ("path".to_string(), path.to_string()),
+                ("pool".to_string(), pool),
+            ])
+        });
+    (
+        prop_oneof![Just(DEFAULT_PROFILE.to_string()), pick("pr")],
+        btree_map(prop_oneof![Just("root".to_string()), pick("dev")], device, 0..2),
+        btree_map(
+            prop_oneof![Just("user.x".to_string()), Just("bogus".to_string())],
+            pick("v"),
+            0..2,
+        ),
+    )
+        .prop_map(|(name, devices, config)| Profile {
+            name,
+            description: String::new(),
+            config,
+            devices,
+        })
+}
+
+fn profiles() -> impl Strategy<Value = Command> {
+    let name = || prop_oneof![Just(DEFAULT_PROFILE.to_string()), pick("pr")];
+    prop_oneof![
+        profile().prop_map(|profile| ProfileCommand::Create { profile }),
+        profile().prop_map(|profile| ProfileCommand::Update { profile }),
+        (name(), name()).prop_map(|(name, new_name)| ProfileCommand::Rename { name, new_name }),
+        name().prop_map(|name| ProfileCommand::Delete { name }),
+    ]
+    .prop_map(Command::from)
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let config = btree_map(pick("k"), prop_oneof![Just(String::new()), pick("v")], 0..3)
         .prop_map(|changes| ConfigCommand::SetConfig { changes }.into());
@@ -169,6 +267,8 @@ fn command() -> impl Strategy<Value = Command> {
         4 => tokens,
         4 => members,
         3 => warnings,
+        4 => pools(),
+        3 => profiles(),
         1 => Just(Command::Restore { state: Box::default() }),
     ]
 }
@@ -179,12 +279,37 @@ fn references_resolve(s: &State) -> Result<(), TestCaseError> {
         .tokens
         .values()
         .map(|t| t.location)
-        .chain(s.warnings.values().map(|w| w.location));
+        .chain(s.warnings.values().map(|w| w.location))
+        .chain(
+            s.pools
+                .values()
+                .flat_map(|p| p.parts.iter().map(|part| part.location)),
+        );
     for at in refs.flatten() {
         prop_assert!(
             s.member_by_id(at).is_some(),
             "member {at} is referenced but gone: {s:?}"
         );
+    }
+    Ok(())
+}
+
+/// A profile's disks name pools that exist, and a pool's global keys are never
+/// member-specific.
+fn pools_and_profiles_agree(s: &State) -> Result<(), TestCaseError> {
+    for p in s.all_profiles() {
+        for d in p.devices.values() {
+            if let Some(pool) = d.get("pool") {
+                prop_assert!(
+                    s.pools.contains_key(pool),
+                    "profile {} names missing pool {pool}",
+                    p.name
+                );
+            }
+        }
+    }
+    for p in s.pools.values() {
+        prop_assert!(p.config.keys().all(|k| !is_member_specific(k)), "{p:?}");
     }
     Ok(())
 }
@@ -207,6 +332,7 @@ proptest! {
                 Err(e) => prop_assert_eq!(encoded(&s), before, "{} refused ({}) but changed the state", cmd.name(), e),
             }
             references_resolve(&s)?;
+            pools_and_profiles_agree(&s)?;
         }
         // Replay, through the log's encoding, on a fresh state.
         let mut replayed = State::default();
