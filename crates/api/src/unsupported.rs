@@ -8,7 +8,8 @@
 //!
 //! Paths are written as the router takes them, parameters named by position (`{p1}`,
 //! `{p2}`, a catch-all `{*p1}`): the router needs one name per position, and nothing
-//! reads them. The server turns each row into a route (`server::routes::not_yet`).
+//! reads them. Below a path that is served, a row takes the served route's name for
+//! that position (`/1.0/storage-pools/{name}/volumes`). The server turns each row into a route (`server::routes::not_yet`).
 
 /// Which methods of a path a row covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,115 +116,118 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
     (Methods::All, "/1.0/networks/{p1}/peers", "Networks"),
     (Methods::All, "/1.0/networks/{p1}/peers/{p2}", "Networks"),
     (Methods::All, "/1.0/networks/{p1}/state", "Networks"),
-    (Methods::All, "/1.0/profiles", "Profiles"),
-    (Methods::All, "/1.0/profiles/{p1}", "Profiles"),
     (Methods::All, "/1.0/projects", "Projects"),
     (Methods::All, "/1.0/projects/{p1}", "Projects"),
     (Methods::All, "/1.0/projects/{p1}/access", "Projects"),
     (Methods::All, "/1.0/projects/{p1}/state", "Projects"),
-    (Methods::All, "/1.0/storage-pools", "Storage pools"),
-    (Methods::All, "/1.0/storage-pools/{p1}/resources", "Storage pools"),
-    (Methods::All, "/1.0/storage-pools/{p1}", "Storage pools"),
-    (Methods::All, "/1.0/storage-pools/{p1}/buckets", "Storage buckets"),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/buckets/{p2}",
+        "/1.0/storage-pools/{name}/buckets",
         "Storage buckets",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/buckets/{p2}/backups",
+        "/1.0/storage-pools/{name}/buckets/{p2}",
         "Storage buckets",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/buckets/{p2}/backups/{p3}",
+        "/1.0/storage-pools/{name}/buckets/{p2}/backups",
         "Storage buckets",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/buckets/{p2}/backups/{p3}/export",
+        "/1.0/storage-pools/{name}/buckets/{p2}/backups/{p3}",
         "Storage buckets",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/buckets/{p2}/keys",
+        "/1.0/storage-pools/{name}/buckets/{p2}/backups/{p3}/export",
         "Storage buckets",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/buckets/{p2}/keys/{p3}",
+        "/1.0/storage-pools/{name}/buckets/{p2}/keys",
         "Storage buckets",
     ),
-    (Methods::All, "/1.0/storage-pools/{p1}/volumes", "Storage volumes"),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}",
+        "/1.0/storage-pools/{name}/buckets/{p2}/keys/{p3}",
+        "Storage buckets",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{name}/volumes",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}",
+        "/1.0/storage-pools/{name}/volumes/{p2}",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/backups",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/backups/{p4}",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/backups",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/backups/{p4}/export",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/backups/{p4}",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/bitmaps",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/backups/{p4}/export",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/bitmaps/{p4}",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/bitmaps",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/files",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/bitmaps/{p4}",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/nbd",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/files",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/rebuild",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/nbd",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/sftp",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/rebuild",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/snapshots",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/sftp",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/snapshots/{p4}",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/snapshots",
         "Storage volumes",
     ),
     (
         Methods::All,
-        "/1.0/storage-pools/{p1}/volumes/{p2}/{p3}/state",
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/snapshots/{p4}",
+        "Storage volumes",
+    ),
+    (
+        Methods::All,
+        "/1.0/storage-pools/{name}/volumes/{p2}/{p3}/state",
         "Storage volumes",
     ),
 ];

@@ -202,6 +202,41 @@ fn served() -> Vec<Route> {
         row(D, "/1.0/warnings/{uuid}", Full, Here, || {
             delete(h::warnings::delete)
         }),
+        row(G, "/1.0/storage-pools", Full, Here, || get(h::storage::list)),
+        // `?target=` defines that member's pending part; the handler reads it.
+        row(Po, "/1.0/storage-pools", Full, Here, || post(h::storage::create)),
+        row(G, "/1.0/storage-pools/{name}", Full, Target, || {
+            get(h::storage::get)
+        }),
+        row(Pu, "/1.0/storage-pools/{name}", Full, Target, || {
+            put(h::storage::put)
+        }),
+        row(Pa, "/1.0/storage-pools/{name}", Full, Target, || {
+            patch(h::storage::put)
+        }),
+        row(D, "/1.0/storage-pools/{name}", Full, Here, || {
+            delete(h::storage::delete)
+        }),
+        row(G, "/1.0/storage-pools/{name}/resources", Full, Target, || {
+            get(h::storage::resources)
+        }),
+        row(Po, "/internal/storage-pools/{name}", Access::Member, Here, || {
+            post(h::storage::internal_make)
+        }),
+        row(D, "/internal/storage-pools/{name}", Access::Member, Here, || {
+            delete(h::storage::internal_remove)
+        }),
+        row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
+        row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
+        row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),
+        row(Pu, "/1.0/profiles/{name}", Full, Here, || put(h::profiles::put)),
+        row(Pa, "/1.0/profiles/{name}", Full, Here, || patch(h::profiles::put)),
+        row(Po, "/1.0/profiles/{name}", Full, Here, || {
+            post(h::profiles::rename)
+        }),
+        row(D, "/1.0/profiles/{name}", Full, Here, || {
+            delete(h::profiles::delete)
+        }),
         row(G, "/1.0/cluster", Full, Here, || get(h::cluster::get)),
         row(Pu, "/1.0/cluster", Full, Here, || put(h::cluster::put)),
         // No GET, as in Incus: 501 to everyone.

@@ -10,6 +10,9 @@ pub enum Error {
     InvalidPoolName(String),
     #[error("Invalid volume name {name:?}: {reason}")]
     InvalidVolumeName { name: String, reason: &'static str },
+    /// A config key the driver does not have.
+    #[error("Invalid option {0:?}")]
+    InvalidOption(String),
     /// Incus's `ErrUnknownDriver`.
     #[error("Unknown driver")]
     UnknownDriver(String),

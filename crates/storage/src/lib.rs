@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub use dir::Dir;
 pub use error::{Error, Result};
-pub use names::{check_pool_name, check_volume_name};
+pub use names::{api_name_problem, check_pool_name, check_volume_name};
 
 /// Space of a pool's file system (`incus storage info`), from `statvfs`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,6 +156,28 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
 pub fn default_source(state_dir: &Path, name: &str) -> Result<PathBuf> {
     check_pool_name(name)?;
     Ok(state_dir.join("storage-pools").join(name))
+}
+
+/// Checks a pool's config keys for `driver` (values are checked where they are used):
+/// the `dir` driver's own keys, `volume.*` defaults for new volumes, `user.*`.
+pub fn check_config<'a>(driver: &str, keys: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    if driver != "dir" {
+        return Err(Error::UnknownDriver(driver.to_string()));
+    }
+    const DIR_KEYS: &[&str] = &[
+        "source",
+        "volatile.initial_source",
+        "rsync.bwlimit",
+        "rsync.compression",
+    ];
+    for key in keys {
+        let known =
+            DIR_KEYS.contains(&key.as_str()) || key.starts_with("user.") || key.starts_with("volume.");
+        if !known {
+            return Err(Error::InvalidOption(key.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the pool `config` describes on a member whose state directory is

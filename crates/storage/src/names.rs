@@ -5,26 +5,34 @@ use crate::error::{Error, Result};
 
 /// Checks a storage pool name as Incus does.
 pub fn check_pool_name(name: &str) -> Result<()> {
-    let bad = |why: String| Err(Error::InvalidPoolName(why));
+    match api_name_problem(name) {
+        Some(why) => Err(Error::InvalidPoolName(why)),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with `name` as an Incus API name (`validate.IsAPIName`: pools,
+/// profiles), or `None`.
+pub fn api_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
-        return bad("No name provided".into());
+        return Some("No name provided".into());
     }
     if name.len() > 64 {
-        return bad("Maximum name length is 64 characters".into());
+        return Some("Maximum name length is 64 characters".into());
     }
     if name.chars().any(char::is_whitespace) {
-        return bad("Name cannot contain white space".into());
+        return Some("Name cannot contain white space".into());
     }
     for c in ['$', '?', '&', '+', '"', '\'', '`', '*', '/'] {
         if name.contains(c) {
-            return bad(format!("Name contains invalid character {:?}", c.to_string()));
+            return Some(format!("Name contains invalid character {:?}", c.to_string()));
         }
     }
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
-        return bad("Names must start and end with an alphanumeric character".into());
+        return Some("Names must start and end with an alphanumeric character".into());
     }
-    Ok(())
+    None
 }
 
 /// Checks that a volume name is one plain path component. Instance names have their

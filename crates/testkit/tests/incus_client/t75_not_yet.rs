@@ -26,17 +26,13 @@ async fn t75_missing_features_are_named_through_the_official_client() {
             "Error: Images are not supported by this server yet",
         ),
         (
-            &["profile", "list"][..],
-            "Error: Profiles are not supported by this server yet",
-        ),
-        (
             &["info", "c1"][..],
             "Error: Instances are not supported by this server yet",
         ),
         // The client itself refuses these, on the API extensions the server lists.
         (
-            &["storage", "list"][..],
-            "Error: The server is missing the required \"storage\" API extension",
+            &["network", "list"][..],
+            "Error: The server is missing the required \"network\" API extension",
         ),
     ] {
         let (success, _, err) = incus(conf.path(), Some(&sock), args).await;

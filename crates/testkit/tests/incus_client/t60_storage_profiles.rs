@@ -1,0 +1,467 @@
+//! Storage pools and profiles driven by the official client, each command through a
+//! member other than the one before: pools pending on every member then created, a
+//! member that fails and a retry that finishes, `?target=` views, the root disk of
+//! `default` on a pool, and the profile commands. Standalone: one-step pools, `info`
+//! from the file system, and `admin init --preseed` with `storage_pools` and `profiles`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use stapes_testkit::{have_tool, Cluster, Member};
+
+use super::{incus, incus_stdin, ok};
+
+/// Runs `incus ARGS` expecting failure; its stderr.
+async fn fails(conf: &Path, socket: &Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = incus(conf, Some(socket), args).await;
+    assert!(!success, "incus {args:?} succeeded: {stdout}");
+    stderr
+}
+
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("yaml: {e}\n{text}"))
+}
+
+/// `NAME,DRIVER,...,STATE` rows of `storage list --format csv`, by name: the state.
+async fn pool_state(conf: &Path, socket: &Path, name: &str) -> String {
+    let list = ok(conf, Some(socket), &["storage", "list", "--format", "csv"]).await;
+    list.lines()
+        .find(|l| l.starts_with(&format!("{name},")))
+        .and_then(|l| l.rsplit(',').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn layout_made(pool_dir: &Path) -> bool {
+    ["containers", "images", "custom"]
+        .iter()
+        .all(|d| pool_dir.join(d).is_dir())
+}
+
+#[tokio::test]
+async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any_member() {
+    if !have_tool("incus") {
+        return;
+    }
+    let cluster = Cluster::start(3).await;
+    cluster.wait_healthy(3, Duration::from_secs(60)).await;
+    let conf = tempfile::tempdir().unwrap();
+    let c = conf.path();
+    let sock: Vec<PathBuf> = cluster.members.iter().map(Member::socket).collect();
+    let dir: Vec<PathBuf> = cluster.members.iter().map(|m| m.dir.clone()).collect();
+    // node3 keeps its pool in a directory of the operator's choosing.
+    let outside = tempfile::tempdir().unwrap();
+    let source3 = outside.path().join("pool1");
+    std::fs::create_dir(&source3).unwrap();
+
+    // Member-specific keys only with --target; the global step refuses them.
+    let err = fails(c, &sock[0], &["storage", "create", "pool1", "dir"]).await;
+    assert!(
+        err.contains("Pool not pending on any node (use --target <node> first)"),
+        "{err}"
+    );
+    let err = fails(
+        c,
+        &sock[1],
+        &[
+            "storage",
+            "create",
+            "pool1",
+            "dir",
+            "rsync.bwlimit=1",
+            "--target",
+            "node1",
+        ],
+    )
+    .await;
+    assert!(err.contains("may not be used as member-specific key"), "{err}");
+    ok(
+        c,
+        Some(&sock[0]),
+        &["storage", "create", "pool1", "dir", "--target", "node1"],
+    )
+    .await;
+    ok(
+        c,
+        Some(&sock[1]),
+        &["storage", "create", "pool1", "dir", "--target", "node2"],
+    )
+    .await;
+    let s3 = format!("source={}", source3.display());
+    ok(
+        c,
+        Some(&sock[2]),
+        &["storage", "create", "pool1", "dir", &s3, "--target", "node3"],
+    )
+    .await;
+    let err = fails(
+        c,
+        &sock[0],
+        &["storage", "create", "pool1", "dir", "--target", "node3"],
+    )
+    .await;
+    assert!(
+        err.contains("The storage pool already defined on member \"node3\""),
+        "{err}"
+    );
+    assert_eq!(pool_state(c, &sock[1], "pool1").await, "PENDING");
+    let err = fails(c, &sock[0], &["storage", "create", "pool1", "dir", "source=/x"]).await;
+    assert!(
+        err.contains("Config key \"source\" is cluster member specific"),
+        "{err}"
+    );
+
+    // The global step through node2 makes every member's part.
+    ok(
+        c,
+        Some(&sock[1]),
+        &["storage", "create", "pool1", "dir", "user.team=blue"],
+    )
+    .await;
+    assert_eq!(pool_state(c, &sock[2], "pool1").await, "CREATED");
+    assert!(
+        layout_made(&dir[0].join("storage-pools/pool1")),
+        "node1's default source"
+    );
+    assert!(
+        layout_made(&dir[1].join("storage-pools/pool1")),
+        "node2's default source"
+    );
+    assert!(layout_made(&source3), "node3's own source");
+    assert!(!dir[2].join("storage-pools/pool1").exists());
+
+    // The cluster's view has no member keys; a member's view has its own.
+    let global = yaml(&ok(c, Some(&sock[0]), &["storage", "show", "pool1"]).await);
+    assert_eq!(global["status"], "Created");
+    assert_eq!(global["config"]["user.team"], "blue");
+    assert!(global["config"].get("source").is_none(), "{global:?}");
+    assert_eq!(global["locations"].as_array().map(Vec::len), Some(3));
+    let on3 = yaml(
+        &ok(
+            c,
+            Some(&sock[0]),
+            &["storage", "show", "pool1", "--target", "node3"],
+        )
+        .await,
+    );
+    assert_eq!(on3["config"]["source"], source3.display().to_string());
+    let on1 = yaml(
+        &ok(
+            c,
+            Some(&sock[2]),
+            &["storage", "show", "pool1", "--target", "node1"],
+        )
+        .await,
+    );
+    assert_eq!(
+        on1["config"]["source"],
+        dir[0].join("storage-pools/pool1").display().to_string()
+    );
+    let info = ok(
+        c,
+        Some(&sock[0]),
+        &["storage", "info", "pool1", "--target", "node2", "--bytes"],
+    )
+    .await;
+    let total = yaml(&info)["info"]["total space"].clone();
+    assert!(
+        total
+            .as_str()
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| t > 0),
+        "{info}"
+    );
+
+    // get/set/unset/edit through different members.
+    ok(c, Some(&sock[2]), &["storage", "set", "pool1", "user.k", "v"]).await;
+    assert_eq!(
+        ok(c, Some(&sock[0]), &["storage", "get", "pool1", "user.k"])
+            .await
+            .trim(),
+        "v"
+    );
+    let err = fails(c, &sock[0], &["storage", "set", "pool1", "nonsense", "1"]).await;
+    assert!(err.contains("Invalid option \"nonsense\""), "{err}");
+    ok(c, Some(&sock[1]), &["storage", "unset", "pool1", "user.k"]).await;
+    assert_eq!(
+        ok(c, Some(&sock[2]), &["storage", "get", "pool1", "user.k"])
+            .await
+            .trim(),
+        ""
+    );
+    let edited = "config:\n  user.team: red\ndescription: shared\n";
+    let (success, _, err) = incus_stdin(c, Some(&sock[0]), &["storage", "edit", "pool1"], Some(edited)).await;
+    assert!(success, "{err}");
+    let shown = yaml(&ok(c, Some(&sock[1]), &["storage", "show", "pool1"]).await);
+    assert_eq!(shown["description"], "shared");
+    assert_eq!(shown["config"]["user.team"], "red");
+
+    // The root disk of `default` on the pool, through node3; seen through node1.
+    ok(
+        c,
+        Some(&sock[2]),
+        &[
+            "profile",
+            "device",
+            "add",
+            "default",
+            "root",
+            "disk",
+            "path=/",
+            "pool=pool1",
+        ],
+    )
+    .await;
+    let default = yaml(&ok(c, Some(&sock[0]), &["profile", "show", "default"]).await);
+    assert_eq!(default["devices"]["root"]["pool"], "pool1");
+    assert_eq!(default["devices"]["root"]["type"], "disk");
+    let used = yaml(&ok(c, Some(&sock[1]), &["storage", "show", "pool1"]).await);
+    assert_eq!(used["used_by"][0], "/1.0/profiles/default");
+    let err = fails(c, &sock[1], &["storage", "delete", "pool1"]).await;
+    assert!(err.contains("The storage pool is currently in use"), "{err}");
+
+    // Profiles: every command through a different member, replicated.
+    ok(c, Some(&sock[0]), &["profile", "create", "p1"]).await;
+    ok(c, Some(&sock[1]), &["profile", "set", "p1", "user.k", "v"]).await;
+    assert_eq!(
+        ok(c, Some(&sock[2]), &["profile", "get", "p1", "user.k"])
+            .await
+            .trim(),
+        "v"
+    );
+    ok(c, Some(&sock[2]), &["profile", "copy", "p1", "p2"]).await;
+    ok(c, Some(&sock[0]), &["profile", "rename", "p2", "p3"]).await;
+    ok(c, Some(&sock[1]), &["profile", "unset", "p1", "user.k"]).await;
+    let list = ok(c, Some(&sock[1]), &["profile", "list", "--format", "csv"]).await;
+    let names: Vec<&str> = list.lines().filter_map(|l| l.split(',').next()).collect();
+    assert_eq!(names, ["default", "p1", "p3"], "{list}");
+    assert_eq!(
+        ok(c, Some(&sock[0]), &["profile", "get", "p3", "user.k"])
+            .await
+            .trim(),
+        "v"
+    );
+    ok(
+        c,
+        Some(&sock[0]),
+        &[
+            "profile",
+            "device",
+            "add",
+            "p3",
+            "root",
+            "disk",
+            "path=/",
+            "pool=pool1",
+        ],
+    )
+    .await;
+    ok(
+        c,
+        Some(&sock[1]),
+        &["profile", "device", "set", "p3", "root", "size=1GiB"],
+    )
+    .await;
+    let p3 = yaml(&ok(c, Some(&sock[2]), &["profile", "show", "p3"]).await);
+    assert_eq!(p3["devices"]["root"]["size"], "1GiB");
+    ok(c, Some(&sock[2]), &["profile", "device", "remove", "p3", "root"]).await;
+    let edited = "config:\n  user.edited: \"yes\"\ndescription: edited\ndevices: {}\n";
+    let (success, _, err) = incus_stdin(c, Some(&sock[1]), &["profile", "edit", "p1"], Some(edited)).await;
+    assert!(success, "{err}");
+    let p1 = yaml(&ok(c, Some(&sock[2]), &["profile", "show", "p1"]).await);
+    assert_eq!(p1["description"], "edited");
+    assert_eq!(p1["config"]["user.edited"], "yes");
+
+    // Bad devices and names are refused with the reason, and change nothing.
+    for (args, message) in [
+        (
+            &[
+                "profile",
+                "device",
+                "add",
+                "p1",
+                "eth0",
+                "nic",
+                "network=incusbr0",
+            ][..],
+            "no networks yet",
+        ),
+        (
+            &[
+                "profile",
+                "device",
+                "add",
+                "p1",
+                "root",
+                "disk",
+                "path=/",
+                "pool=nope",
+            ][..],
+            "Failed loading storage pool \"nope\"",
+        ),
+        (
+            &["profile", "device", "add", "p1", "root", "disk", "path=/"][..],
+            "Root disk entry must have a \"pool\" property set",
+        ),
+        (
+            &["profile", "set", "p1", "nonsense", "1"][..],
+            "Unknown configuration key: nonsense",
+        ),
+        (
+            &["profile", "delete", "default"][..],
+            "The \"default\" profile cannot be deleted",
+        ),
+        (
+            &["profile", "rename", "default", "x"][..],
+            "The \"default\" profile cannot be renamed",
+        ),
+        (&["profile", "create", "p1"][..], "The profile already exists"),
+        (
+            &["profile", "rename", "p1", "p3"][..],
+            "Profile \"p3\" already exists",
+        ),
+        (&["profile", "create", "bad/name"][..], "Invalid profile name"),
+    ] {
+        let err = fails(c, &sock[2], args).await;
+        assert!(err.contains(message), "incus {args:?}: {err}");
+    }
+    let p1_after = yaml(&ok(c, Some(&sock[0]), &["profile", "show", "p1"]).await);
+    assert_eq!(p1_after, p1);
+
+    ok(c, Some(&sock[0]), &["profile", "delete", "p3"]).await;
+    let list = ok(c, Some(&sock[2]), &["profile", "list", "--format", "csv"]).await;
+    assert!(!list.contains("p3,"), "{list}");
+
+    // Freed, the pool is deleted from every member.
+    ok(
+        c,
+        Some(&sock[1]),
+        &["profile", "device", "remove", "default", "root"],
+    )
+    .await;
+    ok(c, Some(&sock[2]), &["storage", "delete", "pool1"]).await;
+    assert!(!dir[0].join("storage-pools/pool1").exists());
+    assert!(!dir[1].join("storage-pools/pool1").exists());
+    assert!(
+        source3.is_dir() && std::fs::read_dir(&source3).unwrap().next().is_none(),
+        "node3's source emptied, kept"
+    );
+    let list = ok(c, Some(&sock[0]), &["storage", "list", "--format", "csv"]).await;
+    assert!(list.trim().is_empty(), "{list}");
+}
+
+#[tokio::test]
+async fn t62_a_member_that_fails_leaves_the_pool_errored_until_a_retry() {
+    if !have_tool("incus") {
+        return;
+    }
+    let cluster = Cluster::start(3).await;
+    cluster.wait_healthy(3, Duration::from_secs(60)).await;
+    let conf = tempfile::tempdir().unwrap();
+    let c = conf.path();
+    let sock: Vec<PathBuf> = cluster.members.iter().map(Member::socket).collect();
+    let outside = tempfile::tempdir().unwrap();
+    let source2 = outside.path().join("busy");
+    std::fs::create_dir(&source2).unwrap();
+    std::fs::write(source2.join("precious"), b"keep me").unwrap();
+    let s2 = format!("source={}", source2.display());
+    ok(
+        c,
+        Some(&sock[0]),
+        &["storage", "create", "pool2", "dir", "--target", "node1"],
+    )
+    .await;
+    ok(
+        c,
+        Some(&sock[0]),
+        &["storage", "create", "pool2", "dir", &s2, "--target", "node2"],
+    )
+    .await;
+    ok(
+        c,
+        Some(&sock[0]),
+        &["storage", "create", "pool2", "dir", "--target", "node3"],
+    )
+    .await;
+
+    let err = fails(c, &sock[2], &["storage", "create", "pool2", "dir", "user.a=b"]).await;
+    assert!(err.contains("node2") && err.contains("isn't empty"), "{err}");
+    assert_eq!(pool_state(c, &sock[0], "pool2").await, "ERRORED");
+    assert_eq!(std::fs::read(source2.join("precious")).unwrap(), b"keep me");
+    let on1 = yaml(
+        &ok(
+            c,
+            Some(&sock[1]),
+            &["storage", "show", "pool2", "--target", "node1"],
+        )
+        .await,
+    );
+    assert_eq!(on1["status"], "Created", "node1's part was made");
+    let err = fails(c, &sock[1], &["storage", "create", "pool2", "dir", "user.a=c"]).await;
+    assert!(err.contains("already partially created"), "{err}");
+
+    // The operator clears the directory; the same create finishes the pool.
+    std::fs::remove_file(source2.join("precious")).unwrap();
+    ok(c, Some(&sock[1]), &["storage", "create", "pool2", "dir"]).await;
+    assert_eq!(pool_state(c, &sock[2], "pool2").await, "CREATED");
+    assert!(layout_made(&source2));
+    let shown = yaml(&ok(c, Some(&sock[0]), &["storage", "show", "pool2"]).await);
+    assert_eq!(
+        shown["config"]["user.a"], "b",
+        "the first attempt's global keys stay"
+    );
+}
+
+#[tokio::test]
+async fn t64_standalone_pools_info_and_preseed() {
+    if !have_tool("incus") {
+        return;
+    }
+    let m = Member::start().await;
+    let conf = tempfile::tempdir().unwrap();
+    let c = conf.path();
+    let s = m.socket();
+
+    // The default profile is there from the start.
+    let default = yaml(&ok(c, Some(&s), &["profile", "show", "default"]).await);
+    assert_eq!(default["name"], "default");
+    assert_eq!(default["description"], "Default Incus profile");
+
+    // A bad source leaves nothing behind; no --target needed.
+    let err = fails(c, &s, &["storage", "create", "bad", "dir", "source=relative"]).await;
+    assert!(err.contains("isn't an absolute path"), "{err}");
+    let err = fails(c, &s, &["storage", "create", "bad", "zfs"]).await;
+    assert!(err.contains("Unknown driver"), "{err}");
+    let err = fails(c, &s, &["storage", "create", "bad-", "dir"]).await;
+    assert!(err.contains("Invalid storage pool name"), "{err}");
+    let list = ok(c, Some(&s), &["storage", "list", "--format", "csv"]).await;
+    assert!(list.trim().is_empty(), "{list}");
+
+    // `incus admin init --preseed` makes the pool and puts the root disk on it.
+    let preseed = "storage_pools:\n- name: default\n  driver: dir\nprofiles:\n- name: default\n  devices:\n    root:\n      path: /\n      pool: default\n      type: disk\n";
+    let (success, _, err) = incus_stdin(c, Some(&s), &["admin", "init", "--preseed"], Some(preseed)).await;
+    assert!(success, "preseed: {err}");
+    assert!(layout_made(&m.dir.join("storage-pools/default")));
+    assert_eq!(pool_state(c, &s, "default").await, "CREATED");
+    let shown = yaml(&ok(c, Some(&s), &["storage", "show", "default"]).await);
+    assert_eq!(
+        shown["config"]["source"],
+        m.dir.join("storage-pools/default").display().to_string()
+    );
+    assert_eq!(shown["locations"][0], "none");
+    let default = yaml(&ok(c, Some(&s), &["profile", "show", "default"]).await);
+    assert_eq!(default["devices"]["root"]["pool"], "default");
+
+    // Space from the file system the pool is on.
+    let info = yaml(&ok(c, Some(&s), &["storage", "info", "default", "--bytes"]).await);
+    let total: u64 = info["info"]["total space"].as_str().unwrap().parse().unwrap();
+    let vfs = nix::sys::statvfs::statvfs(&m.dir).unwrap();
+    let expected = vfs.blocks() * vfs.fragment_size();
+    assert!(
+        total > 0 && total.abs_diff(expected) <= expected / 100,
+        "{total} vs {expected}"
+    );
+    let err = fails(c, &s, &["storage", "set", "default", "source", "/elsewhere"]).await;
+    assert!(err.contains("cannot be changed"), "{err}");
+}
