@@ -136,6 +136,13 @@ pub enum PoolCommand {
     MarkCreated {
         name: String,
     },
+    /// A member that joined after the pool was created made its part (with its own
+    /// keys, from the join's `member_config`).
+    AddPart {
+        name: String,
+        location: MemberId,
+        config: BTreeMap<String, String>,
+    },
     /// Replaces the description and global keys.
     Update {
         name: String,
@@ -160,6 +167,7 @@ impl PoolCommand {
             PoolCommand::Create { .. } => "create_pool",
             PoolCommand::PartCreated { .. } => "pool_part_created",
             PoolCommand::MarkCreated { .. } => "mark_pool_created",
+            PoolCommand::AddPart { .. } => "add_pool_part",
             PoolCommand::Update { .. } => "update_pool",
             PoolCommand::UpdatePart { .. } => "update_pool_part",
             PoolCommand::Delete { .. } => "delete_pool",
@@ -319,6 +327,26 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
                 return Err(invalid("The storage pool is not created on every member yet"));
             }
             pool.status = PoolStatus::Created;
+        }
+        PoolCommand::AddPart {
+            name,
+            location,
+            config,
+        } => {
+            state.check_member(Some(*location))?;
+            only_member_specific(config, "Config key \"{}\" may not be used as member-specific key")?;
+            let pool = state.pools.get_mut(name).ok_or(StateError::PoolNotFound)?;
+            if pool.status != PoolStatus::Created {
+                return Err(invalid("The storage pool is not created"));
+            }
+            if pool.part(Some(*location)).is_some() {
+                return Err(invalid("The storage pool is already defined on this member"));
+            }
+            pool.parts.push(PoolPart {
+                location: Some(*location),
+                config: config.clone(),
+                status: PoolStatus::Created,
+            });
         }
         PoolCommand::Update {
             name,

@@ -145,6 +145,11 @@ fn pools() -> impl Strategy<Value = Command> {
             }
         }),
         pick("p").prop_map(|name| PoolCommand::MarkCreated { name }),
+        (pick("p"), 1..=5u64, pool_config()).prop_map(|(name, location, config)| PoolCommand::AddPart {
+            name,
+            location,
+            config
+        }),
         (pick("p"), pick("d"), pool_config()).prop_map(|(name, description, config)| PoolCommand::Update {
             name,
             description,

@@ -32,7 +32,7 @@ pub async fn get(State(ctx): State<Ctx>) -> Result<Response> {
     let body = json!({
         "server_name": if clustered { ctx.server_name() } else { String::new() },
         "enabled": clustered,
-        "member_config": [],
+        "member_config": crate::routes::storage::member_config(&ctx.store.state()),
     });
     Ok(sync_etag(&body, &body))
 }
@@ -71,6 +71,7 @@ pub async fn put(State(ctx): State<Ctx>, Extension(id): Extension<Identity>, bod
             membership::JoinBy::Token(&req.cluster_token)
         };
         membership::join(&ctx, &req.server_name, &req.server_address, by).await?;
+        crate::routes::storage::join_parts(&ctx, req.member_config.as_deref().unwrap_or_default()).await?;
         ctx.events.lifecycle(
             "cluster-member-added",
             &format!("/1.0/cluster/members/{}", req.server_name),

@@ -405,6 +405,79 @@ async fn make_parts(ctx: &Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `GET /1.0/cluster`'s `member_config`: the keys a joining member gives for each pool
+/// (its `source`), as Incus lists them.
+pub fn member_config(state: &cluster::State) -> Vec<serde_json::Value> {
+    state
+        .pools
+        .keys()
+        .map(|name| {
+            serde_json::json!({
+                "entity": "storage-pool",
+                "name": name,
+                "key": "source",
+                "value": "",
+                "description": format!("\"source\" property for storage pool \"{name}\""),
+            })
+        })
+        .collect()
+}
+
+/// After this member joined: makes its part of every created pool, with the keys the
+/// join's `member_config` gives it (its `source`, or the default).
+pub async fn join_parts(ctx: &Ctx, member_config: &[serde_json::Value]) -> Result<()> {
+    let state = ctx.store.state();
+    let me = ctx
+        .member_id()
+        .ok_or_else(|| ApiError::internal("Joined, but this member has no id"))?;
+    let mut failures = Vec::new();
+    for pool in state.pools.values().filter(|p| p.status == PoolStatus::Created) {
+        if pool.part(Some(me)).is_some() {
+            continue;
+        }
+        let mut config = pool.config.clone();
+        for entry in member_config {
+            let field = |k: &str| {
+                entry
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            if field("entity") == "storage-pool" && field("name") == pool.name && !field("value").is_empty() {
+                config.insert(field("key"), field("value"));
+            }
+        }
+        let req = PartRequest {
+            driver: pool.driver.clone(),
+            config,
+        };
+        let made = match make_part(ctx, &pool.name, req).await {
+            Ok(made) => made,
+            Err(e) => {
+                failures.push(format!("{}: {}", pool.name, e.0.message));
+                continue;
+            }
+        };
+        ctx.store
+            .apply(PoolCommand::AddPart {
+                name: pool.name.clone(),
+                location: me,
+                config: made,
+            })
+            .await?;
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::internal(format!(
+            "Joined, but failed to create storage pools: {}",
+            failures.join("; ")
+        ))
+        .into())
+    }
+}
+
 pub async fn put(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,

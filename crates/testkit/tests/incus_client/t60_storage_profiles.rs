@@ -465,3 +465,68 @@ async fn t64_standalone_pools_info_and_preseed() {
     let err = fails(c, &s, &["storage", "set", "default", "source", "/elsewhere"]).await;
     assert!(err.contains("cannot be changed"), "{err}");
 }
+
+#[tokio::test]
+async fn t66_a_member_joining_later_makes_its_part_from_member_config() {
+    if !have_tool("incus") {
+        return;
+    }
+    let cluster = Cluster::start(2).await;
+    stapes_testkit::eventually(Duration::from_secs(60), "both members online", || async {
+        let list = cluster.members[0].members().await;
+        (list.len() == 2 && list.iter().all(|m| m["status"] == "Online")).then_some(())
+    })
+    .await;
+    let conf = tempfile::tempdir().unwrap();
+    let c = conf.path();
+    let sock: Vec<PathBuf> = cluster.members.iter().map(Member::socket).collect();
+    for (i, name) in ["node1", "node2"].iter().enumerate() {
+        ok(
+            c,
+            Some(&sock[i]),
+            &["storage", "create", "pool1", "dir", "--target", name],
+        )
+        .await;
+    }
+    ok(c, Some(&sock[0]), &["storage", "create", "pool1", "dir"]).await;
+    let cluster_info = ok(c, Some(&sock[1]), &["query", "/1.0/cluster"]).await;
+    let cluster_info: Value = serde_json::from_str(&cluster_info).unwrap();
+    assert_eq!(cluster_info["member_config"][0]["name"], "pool1");
+    assert_eq!(cluster_info["member_config"][0]["key"], "source");
+
+    // node3 joins with a preseed that gives its pool a directory of its own.
+    let n3 = Member::start().await;
+    let outside = tempfile::tempdir().unwrap();
+    let source3 = outside.path().join("p");
+    std::fs::create_dir(&source3).unwrap();
+    let token = ok(c, Some(&sock[0]), &["cluster", "add", "node3", "--quiet"])
+        .await
+        .trim()
+        .to_string();
+    let addr3 = format!("127.0.0.1:{}", stapes_testkit::free_port());
+    let preseed = format!(
+        "cluster:\n  enabled: true\n  server_name: node3\n  server_address: {addr3}\n  cluster_token: {token}\n  member_config:\n  - entity: storage-pool\n    name: pool1\n    key: source\n    value: {}\n",
+        source3.display()
+    );
+    let (success, _, stderr) = incus_stdin(
+        c,
+        Some(&n3.socket()),
+        &["admin", "init", "--preseed"],
+        Some(&preseed),
+    )
+    .await;
+    assert!(success, "preseed join: {stderr}");
+    assert!(layout_made(&source3));
+    let on3 = yaml(
+        &ok(
+            c,
+            Some(&sock[0]),
+            &["storage", "show", "pool1", "--target", "node3"],
+        )
+        .await,
+    );
+    assert_eq!(on3["status"], "Created");
+    assert_eq!(on3["config"]["source"], source3.display().to_string());
+    let global = yaml(&ok(c, Some(&n3.socket()), &["storage", "show", "pool1"]).await);
+    assert_eq!(global["locations"].as_array().map(Vec::len), Some(3));
+}
