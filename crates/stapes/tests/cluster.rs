@@ -293,3 +293,57 @@ async fn t20_member_properties_edit_and_formats() {
         "Error: Cluster member not found\n"
     );
 }
+
+/// `stapes storage` and `stapes profile` through different members of one cluster.
+#[tokio::test]
+async fn t30_storage_and_profiles_through_any_member() {
+    let cluster = testkit::Cluster::start(3).await;
+    cluster.wait_healthy(3, CONVERGE_LIMIT).await;
+    let cli = Stapes::new();
+    let s: Vec<std::path::PathBuf> = cluster.members.iter().map(Member::socket).collect();
+    for (i, name) in ["node1", "node2", "node3"].iter().enumerate() {
+        cli.ok(&s[i], &["storage", "create", "pool1", "dir", "--target", name])
+            .await;
+    }
+    let csv = cli.ok(&s[1], &["storage", "list", "-f", "csv"]).await;
+    assert!(
+        csv.starts_with("pool1,dir,") && csv.trim_end().ends_with("PENDING"),
+        "{csv}"
+    );
+    cli.ok(&s[2], &["storage", "create", "pool1", "dir"]).await;
+    let csv = cli.ok(&s[0], &["storage", "list", "-f", "csv"]).await;
+    assert!(csv.trim_end().ends_with("CREATED"), "{csv}");
+    let shown = cli
+        .ok(&s[0], &["storage", "show", "pool1", "--target", "node2"])
+        .await;
+    let expected = cluster.members[1].dir.join("storage-pools/pool1");
+    assert!(
+        shown.contains(&format!("source: {}", expected.display())),
+        "{shown}"
+    );
+    cli.ok(
+        &s[1],
+        &[
+            "profile",
+            "device",
+            "add",
+            "default",
+            "root",
+            "disk",
+            "path=/",
+            "pool=pool1",
+        ],
+    )
+    .await;
+    let shown = cli.ok(&s[2], &["profile", "show", "default"]).await;
+    assert!(shown.contains("pool: pool1"), "{shown}");
+    let err = cli.fails(&s[0], &["storage", "delete", "pool1"]).await;
+    assert!(err.contains("The storage pool is currently in use"), "{err}");
+    cli.ok(&s[2], &["profile", "create", "p1"]).await;
+    cli.ok(&s[0], &["profile", "rename", "p1", "p2"]).await;
+    let csv = cli.ok(&s[1], &["profile", "list", "-f", "csv"]).await;
+    assert!(
+        csv.contains("default,") && csv.contains("p2,") && !csv.contains("p1,"),
+        "{csv}"
+    );
+}
