@@ -171,3 +171,112 @@ async fn test_routes_do_not_exist_without_their_flag() {
     let r = on.unix().get("/internal/test/produced").await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// Storage pool and profile requests that try to escape, reuse someone's directory or
+/// reach the member-only channel are refused with the reason and leave nothing behind.
+#[tokio::test]
+async fn storage_pools_and_profiles_refuse_hostile_input() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let u = m.unix();
+    let refused = |r: &stapes_testkit::Resp, status: u16, message: &str| {
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        let body = r.json();
+        assert_eq!(body["type"], "error");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(message), "{error}");
+    };
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("mine"), b"data").unwrap();
+    let inside = m.dir.join("elsewhere");
+    std::fs::create_dir(&inside).unwrap();
+    for (body, status, message) in [
+        (
+            json!({"name": "../escape", "driver": "dir"}),
+            400,
+            "Invalid storage pool name",
+        ),
+        (
+            json!({"name": "..", "driver": "dir"}),
+            400,
+            "Invalid storage pool name",
+        ),
+        (json!({"name": "p", "driver": ""}), 400, "No driver provided"),
+        (
+            json!({"name": "p", "driver": "dir", "config": {"source": outside.path()}}),
+            400,
+            "isn't empty",
+        ),
+        (
+            json!({"name": "p", "driver": "dir", "config": {"source": inside}}),
+            400,
+            "within the state directory",
+        ),
+        (
+            json!({"name": "p", "driver": "dir", "config": {"source": "/tmp/../etc"}}),
+            400,
+            "isn't empty",
+        ),
+        (
+            json!({"name": "p", "driver": "dir", "config": {"x": "1"}}),
+            400,
+            "Invalid option \"x\"",
+        ),
+    ] {
+        let r = u.send_json("POST", "/1.0/storage-pools", &body).await.unwrap();
+        refused(&r, status, message);
+    }
+    assert_eq!(std::fs::read(outside.path().join("mine")).unwrap(), b"data");
+    assert!(
+        !m.dir.join("storage-pools/p").exists() && !m.dir.join("storage-pools/..").join("escape").exists()
+    );
+    let list = u.get("/1.0/storage-pools").await.unwrap();
+    assert_eq!(list.metadata(), json!([]), "no record left");
+    let r = u
+        .request("POST", "/1.0/storage-pools", Some(b"[]".to_vec()), &[])
+        .await
+        .unwrap();
+    refused(&r, 400, "expected a JSON object");
+
+    // The member channel is for members only: not the local socket, not a client.
+    let r = u
+        .send_json(
+            "POST",
+            "/internal/storage-pools/p",
+            &json!({"driver": "dir", "config": {}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    let client = ClientCert::generate("admin");
+    m.trust(&client).await;
+    let r = Target::tls(&addr, Some(&client))
+        .send_json(
+            "DELETE",
+            "/internal/storage-pools/p",
+            &json!({"driver": "dir", "config": {}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert!(!m.dir.join("storage-pools/p").exists());
+
+    // Profiles: names that are paths, devices that reach for the host.
+    for (body, message) in [
+        (json!({"name": "a/b"}), "Invalid profile name"),
+        (json!({"name": ""}), "No name provided"),
+        (
+            json!({"name": "p", "devices": {"d": {"type": "disk", "path": "/mnt", "source": "/etc"}}}),
+            "not supported by this server yet",
+        ),
+        (
+            json!({"name": "p", "devices": {"d": {"type": "unix-char", "path": "/dev/kmsg"}}}),
+            "only \"disk\" devices",
+        ),
+    ] {
+        let r = u.send_json("POST", "/1.0/profiles", &body).await.unwrap();
+        refused(&r, 400, message);
+    }
+    let list = u.get("/1.0/profiles").await.unwrap();
+    assert_eq!(list.metadata(), json!(["/1.0/profiles/default"]));
+}
