@@ -39,16 +39,21 @@ fn layout_made(pool_dir: &Path) -> bool {
         .all(|d| pool_dir.join(d).is_dir())
 }
 
+/// A healthy three-member cluster, a client config directory, and each member's socket.
+async fn three_members() -> (Cluster, tempfile::TempDir, Vec<PathBuf>) {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_healthy(3, Duration::from_secs(60)).await;
+    let sock = cluster.members.iter().map(Member::socket).collect();
+    (cluster, tempfile::tempdir().unwrap(), sock)
+}
+
 #[tokio::test]
 async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any_member() {
     if !have_tool("incus") {
         return;
     }
-    let cluster = Cluster::start(3).await;
-    cluster.wait_healthy(3, Duration::from_secs(60)).await;
-    let conf = tempfile::tempdir().unwrap();
+    let (cluster, conf, sock) = three_members().await;
     let c = conf.path();
-    let sock: Vec<PathBuf> = cluster.members.iter().map(Member::socket).collect();
     let dir: Vec<PathBuf> = cluster.members.iter().map(|m| m.dir.clone()).collect();
     // node3 keeps its pool in a directory of the operator's choosing.
     let outside = tempfile::tempdir().unwrap();
@@ -356,11 +361,8 @@ async fn t62_a_member_that_fails_leaves_the_pool_errored_until_a_retry() {
     if !have_tool("incus") {
         return;
     }
-    let cluster = Cluster::start(3).await;
-    cluster.wait_healthy(3, Duration::from_secs(60)).await;
-    let conf = tempfile::tempdir().unwrap();
+    let (_cluster, conf, sock) = three_members().await;
     let c = conf.path();
-    let sock: Vec<PathBuf> = cluster.members.iter().map(Member::socket).collect();
     let outside = tempfile::tempdir().unwrap();
     let source2 = outside.path().join("busy");
     std::fs::create_dir(&source2).unwrap();
