@@ -74,11 +74,38 @@ fn pool_config(name: &str, req: &PartRequest) -> storage::PoolConfig {
     }
 }
 
+/// Serializes the file-system work on this member's parts, as Incus's pool creation
+/// lock does: two creates of one pool at once must not both find the directory empty.
+static LOCAL_WORK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The pool (other than `name`) whose part on member `at` already has this `source`.
+fn source_taken(state: &cluster::State, name: &str, at: Option<MemberId>, source: &str) -> Option<String> {
+    state
+        .pools
+        .values()
+        .filter(|p| p.name != name)
+        .find(|p| {
+            p.part(at)
+                .and_then(|part| part.config.get("source"))
+                .is_some_and(|s| s == source)
+        })
+        .map(|p| p.name.clone())
+}
+
+/// A given `source` as the driver will use it (lexically cleaned), to compare with the
+/// sources recorded for other pools; `None` for the default one, which is per name.
+fn resolved_source(ctx: &Ctx, name: &str, req: &PartRequest) -> Option<String> {
+    req.config.get("source").filter(|s| !s.is_empty())?;
+    let pool = storage::open(&ctx.state_dir, &pool_config(name, req)).ok()?;
+    Some(pool.source().display().to_string())
+}
+
 /// Makes this member's part of a pool (or finds it already whole); returns the part's
 /// keys as they now are (`source` resolved, as Incus records it).
 async fn make_part(ctx: &Ctx, name: &str, req: PartRequest) -> Result<BTreeMap<String, String>> {
     let state_dir = ctx.state_dir.clone();
     let config = pool_config(name, &req);
+    let _local = LOCAL_WORK.lock().await;
     let made = tokio::task::spawn_blocking(move || {
         let pool = storage::open(&state_dir, &config)?;
         if pool.check().is_err() {
@@ -102,6 +129,7 @@ async fn make_part(ctx: &Ctx, name: &str, req: PartRequest) -> Result<BTreeMap<S
 async fn remove_part(ctx: &Ctx, name: &str, req: PartRequest) -> Result<()> {
     let state_dir = ctx.state_dir.clone();
     let config = pool_config(name, &req);
+    let _local = LOCAL_WORK.lock().await;
     tokio::task::spawn_blocking(move || {
         let pool = storage::open(&state_dir, &config)?;
         if pool.check().is_err() && !pool.source().exists() {
@@ -370,7 +398,20 @@ async fn make_parts(ctx: &Ctx, name: &str) -> Result<()> {
                 config: pool.config_at(p.location),
             };
             let at = p.location;
-            async move { (at, on_member(ctx, at, Method::POST, name, req).await) }
+            let taken = resolved_source(ctx, name, &req)
+                .and_then(|source| source_taken(&state, name, at, &source).map(|other| (source, other)));
+            async move {
+                if let Some((source, other)) = taken {
+                    let member = ctx.location_name(&ctx.store.state(), at);
+                    return (
+                        at,
+                        Err(format!(
+                            "Member {member:?}: Source path '{source}' is already used by storage pool {other:?}"
+                        )),
+                    );
+                }
+                (at, on_member(ctx, at, Method::POST, name, req).await)
+            }
         })
         .collect();
     let results = futures_util::future::join_all(pending).await;
@@ -452,6 +493,15 @@ pub async fn join_parts(ctx: &Ctx, member_config: &[serde_json::Value]) -> Resul
             driver: pool.driver.clone(),
             config,
         };
+        if let Some(other) = resolved_source(ctx, &pool.name, &req)
+            .and_then(|source| source_taken(&state, &pool.name, Some(me), &source))
+        {
+            failures.push(format!(
+                "{}: its source is already used by storage pool {other:?}",
+                pool.name
+            ));
+            continue;
+        }
         let made = match make_part(ctx, &pool.name, req).await {
             Ok(made) => made,
             Err(e) => {

@@ -238,6 +238,18 @@ async fn storage_pools_and_profiles_refuse_hostile_input() {
         .unwrap();
     refused(&r, 400, "expected a JSON object");
 
+    // A directory already holding a pool is not taken by another, however it is spelled.
+    let shared = tempfile::tempdir().unwrap();
+    let a = json!({"name": "a", "driver": "dir", "config": {"source": shared.path()}});
+    let r = u.send_json("POST", "/1.0/storage-pools", &a).await.unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let spelled = format!("{}/./", shared.path().display());
+    let b = json!({"name": "b", "driver": "dir", "config": {"source": spelled}});
+    let r = u.send_json("POST", "/1.0/storage-pools", &b).await.unwrap();
+    refused(&r, 400, "is already used by storage pool \"a\"");
+    let list = u.get("/1.0/storage-pools").await.unwrap();
+    assert_eq!(list.metadata(), json!(["/1.0/storage-pools/a"]));
+
     // The member channel is for members only: not the local socket, not a client.
     let r = u
         .send_json(
