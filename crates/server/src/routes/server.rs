@@ -121,12 +121,26 @@ fn document(ctx: &Ctx, inputs: &Inputs, config: &BTreeMap<String, String>) -> Se
             },
             server_pid: std::process::id(),
             server_version: env!("CARGO_PKG_VERSION").into(),
-            storage: String::new(),
-            storage_version: String::new(),
-            storage_supported_drivers: Vec::<StorageDriver>::new(),
+            // The drivers of the pools there are, as Incus lists them ("dir").
+            storage: storage_in_use(&inputs.state),
+            storage_version: if inputs.state.pools.is_empty() {
+                String::new()
+            } else {
+                "1".into()
+            },
+            storage_supported_drivers: vec![StorageDriver {
+                name: "dir".into(),
+                version: "1".into(),
+                remote: false,
+            }],
         }),
         ..Default::default()
     }
+}
+
+fn storage_in_use(state: &cluster::State) -> String {
+    let drivers: std::collections::BTreeSet<&str> = state.pools.values().map(|p| p.driver.as_str()).collect();
+    drivers.into_iter().collect::<Vec<_>>().join(" | ")
 }
 
 fn render(ctx: &Ctx, inputs: &Inputs) -> View {

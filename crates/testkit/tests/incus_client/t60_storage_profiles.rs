@@ -455,6 +455,17 @@ async fn t64_standalone_pools_info_and_preseed() {
     let default = yaml(&ok(c, Some(&s), &["profile", "show", "default"]).await);
     assert_eq!(default["devices"]["root"]["pool"], "default");
 
+    let server: Value = serde_json::from_str(&ok(c, Some(&s), &["query", "/1.0"]).await).unwrap();
+    assert_eq!(server["environment"]["storage"], "dir");
+    assert_eq!(
+        server["environment"]["storage_supported_drivers"][0]["Name"],
+        "dir"
+    );
+    assert!(server["api_extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&"storage".into()));
+
     // Space from the file system the pool is on.
     let info = yaml(&ok(c, Some(&s), &["storage", "info", "default", "--bytes"]).await);
     let total: u64 = info["info"]["total space"].as_str().unwrap().parse().unwrap();
