@@ -294,6 +294,23 @@ async fn t20_member_properties_edit_and_formats() {
     );
 }
 
+/// Waits until every member applied as much of the log as the others: a member answers
+/// reads from its own copy, a moment behind the one that took the last write.
+async fn settle(sockets: &[std::path::PathBuf]) {
+    eventually(CONVERGE_LIMIT, "members applied alike", || async {
+        let mut applied = std::collections::BTreeSet::new();
+        for s in sockets {
+            let r = testkit::Target::Unix(s.clone())
+                .get("/internal/ready")
+                .await
+                .ok()?;
+            applied.insert(r.metadata()["applied"].to_string());
+        }
+        (applied.len() == 1).then_some(())
+    })
+    .await
+}
+
 /// `stapes storage` and `stapes profile` through different members of one cluster.
 #[tokio::test]
 async fn t30_storage_and_profiles_through_any_member() {
@@ -305,14 +322,18 @@ async fn t30_storage_and_profiles_through_any_member() {
         cli.ok(&s[i], &["storage", "create", "pool1", "dir", "--target", name])
             .await;
     }
+    settle(&s).await;
     let csv = cli.ok(&s[1], &["storage", "list", "-f", "csv"]).await;
     assert!(
         csv.starts_with("pool1,dir,") && csv.trim_end().ends_with("PENDING"),
         "{csv}"
     );
+    settle(&s).await;
     cli.ok(&s[2], &["storage", "create", "pool1", "dir"]).await;
+    settle(&s).await;
     let csv = cli.ok(&s[0], &["storage", "list", "-f", "csv"]).await;
     assert!(csv.trim_end().ends_with("CREATED"), "{csv}");
+    settle(&s).await;
     let shown = cli
         .ok(&s[0], &["storage", "show", "pool1", "--target", "node2"])
         .await;
@@ -321,6 +342,7 @@ async fn t30_storage_and_profiles_through_any_member() {
         shown.contains(&format!("source: {}", expected.display())),
         "{shown}"
     );
+    settle(&s).await;
     cli.ok(
         &s[1],
         &[
@@ -335,12 +357,17 @@ async fn t30_storage_and_profiles_through_any_member() {
         ],
     )
     .await;
+    settle(&s).await;
     let shown = cli.ok(&s[2], &["profile", "show", "default"]).await;
     assert!(shown.contains("pool: pool1"), "{shown}");
+    settle(&s).await;
     let err = cli.fails(&s[0], &["storage", "delete", "pool1"]).await;
     assert!(err.contains("The storage pool is currently in use"), "{err}");
+    settle(&s).await;
     cli.ok(&s[2], &["profile", "create", "p1"]).await;
+    settle(&s).await;
     cli.ok(&s[0], &["profile", "rename", "p1", "p2"]).await;
+    settle(&s).await;
     let csv = cli.ok(&s[1], &["profile", "list", "-f", "csv"]).await;
     assert!(
         csv.contains("default,") && csv.contains("p2,") && !csv.contains("p1,"),

@@ -82,6 +82,9 @@ pub struct Pool {
     pub status: PoolStatus,
     /// The members' parts, in the order they were defined.
     pub parts: Vec<PoolPart>,
+    /// A delete has begun (its parts are being removed): nothing may start using it.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 impl Pool {
@@ -133,9 +136,7 @@ pub enum PoolCommand {
         config: BTreeMap<String, String>,
     },
     /// Every part is created: the pool is.
-    MarkCreated {
-        name: String,
-    },
+    MarkCreated { name: String },
     /// A member that joined after the pool was created made its part (with its own
     /// keys, from the join's `member_config`).
     AddPart {
@@ -155,9 +156,11 @@ pub enum PoolCommand {
         location: Option<MemberId>,
         config: BTreeMap<String, String>,
     },
-    Delete {
-        name: String,
-    },
+    /// The first step of a delete, checked against the latest state: refused while the
+    /// pool is used; from then on no profile may start using it.
+    BeginDelete { name: String },
+    /// The last step, once every member removed its part.
+    Delete { name: String },
 }
 
 impl PoolCommand {
@@ -170,9 +173,14 @@ impl PoolCommand {
             PoolCommand::AddPart { .. } => "add_pool_part",
             PoolCommand::Update { .. } => "update_pool",
             PoolCommand::UpdatePart { .. } => "update_pool_part",
+            PoolCommand::BeginDelete { .. } => "begin_delete_pool",
             PoolCommand::Delete { .. } => "delete_pool",
         }
     }
+}
+
+fn being_deleted() -> StateError {
+    invalid("The storage pool is being deleted")
 }
 
 fn invalid(msg: impl Into<String>) -> StateError {
@@ -225,6 +233,7 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
                 config: BTreeMap::new(),
                 status: PoolStatus::Pending,
                 parts: Vec::new(),
+                deleting: false,
             });
             pool.parts.push(PoolPart {
                 location: Some(*location),
@@ -261,6 +270,7 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
                                 config: part.clone(),
                                 status: PoolStatus::Pending,
                             }],
+                            deleting: false,
                         },
                     );
                 }
@@ -270,6 +280,9 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
                     ))
                 }
                 (Some(p), _) => {
+                    if p.deleting {
+                        return Err(being_deleted());
+                    }
                     if p.status == PoolStatus::Created {
                         return Err(invalid("The storage pool is already created"));
                     }
@@ -336,7 +349,7 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
             state.check_member(Some(*location))?;
             only_member_specific(config, "Config key \"{}\" may not be used as member-specific key")?;
             let pool = state.pools.get_mut(name).ok_or(StateError::PoolNotFound)?;
-            if pool.status != PoolStatus::Created {
+            if pool.status != PoolStatus::Created || pool.deleting {
                 return Err(invalid("The storage pool is not created"));
             }
             if pool.part(Some(*location)).is_some() {
@@ -375,6 +388,17 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
                 .ok_or_else(|| invalid("The storage pool is not defined on this member"))?;
             part.config = config.clone();
         }
+        PoolCommand::BeginDelete { name } => {
+            if !state.pools.contains_key(name) {
+                return Err(StateError::PoolNotFound);
+            }
+            if !state.pool_used_by(name).is_empty() {
+                return Err(invalid("The storage pool is currently in use"));
+            }
+            if let Some(p) = state.pools.get_mut(name) {
+                p.deleting = true;
+            }
+        }
         PoolCommand::Delete { name } => {
             if !state.pools.contains_key(name) {
                 return Err(StateError::PoolNotFound);
@@ -389,6 +413,17 @@ pub(super) fn apply(state: &mut State, cmd: &PoolCommand) -> Result<(), StateErr
 }
 
 impl State {
+    /// Whether a profile may put a disk on `pool` now.
+    pub(super) fn pool_usable(&self, pool: &str) -> Result<(), String> {
+        match self.pools.get(pool) {
+            None => Err(format!(
+                "Failed loading storage pool {pool:?}: Storage pool not found"
+            )),
+            Some(p) if p.deleting => Err(format!("Storage pool {pool:?} is being deleted")),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// What uses a pool, as API paths: the profiles whose disk devices are on it.
     pub fn pool_used_by(&self, pool: &str) -> Vec<String> {
         self.all_profiles()
@@ -589,8 +624,29 @@ mod tests {
             },
             "The storage pool is currently in use",
         );
+        refused(
+            &mut s,
+            PoolCommand::BeginDelete {
+                name: "default".into(),
+            },
+            "The storage pool is currently in use",
+        );
+        let root = p.clone();
         p.devices.clear();
         ap(&mut s, ProfileCommand::Update { profile: p }).unwrap();
+        ap(
+            &mut s,
+            PoolCommand::BeginDelete {
+                name: "default".into(),
+            },
+        )
+        .unwrap();
+        // Once a delete has begun, no profile may start using the pool.
+        refused(
+            &mut s,
+            ProfileCommand::Update { profile: root },
+            "Invalid devices: Device validation failed for \"root\": Storage pool \"default\" is being deleted",
+        );
         ap(
             &mut s,
             PoolCommand::Delete {

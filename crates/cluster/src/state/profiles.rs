@@ -155,12 +155,7 @@ pub fn validate(state: &State, profile: &Profile) -> Result<(), StateError> {
         }
         match device.get("pool").map(String::as_str) {
             None | Some("") => return Err(fail("Root disk entry must have a \"pool\" property set".into())),
-            Some(pool) if !state.pools.contains_key(pool) => {
-                return Err(fail(format!(
-                    "Failed loading storage pool {pool:?}: Storage pool not found"
-                )))
-            }
-            Some(_) => {}
+            Some(pool) => state.pool_usable(pool).map_err(fail)?,
         }
     }
     if roots > 1 {

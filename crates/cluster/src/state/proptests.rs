@@ -160,6 +160,7 @@ fn pools() -> impl Strategy<Value = Command> {
             location,
             config
         }),
+        pick("p").prop_map(|name| PoolCommand::BeginDelete { name }),
         pick("p").prop_map(|name| PoolCommand::Delete { name }),
     ]
     .prop_map(Command::from)

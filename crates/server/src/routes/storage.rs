@@ -472,7 +472,11 @@ pub async fn join_parts(ctx: &Ctx, member_config: &[serde_json::Value]) -> Resul
         .member_id()
         .ok_or_else(|| ApiError::internal("Joined, but this member has no id"))?;
     let mut failures = Vec::new();
-    for pool in state.pools.values().filter(|p| p.status == PoolStatus::Created) {
+    for pool in state
+        .pools
+        .values()
+        .filter(|p| p.status == PoolStatus::Created && !p.deleting)
+    {
         if pool.part(Some(me)).is_some() {
             continue;
         }
@@ -613,11 +617,16 @@ pub async fn delete(
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    let state = ctx.store.state();
-    let pool = state.pools.get(&name).ok_or_else(not_found)?;
-    if !state.pool_used_by(&name).is_empty() {
-        return Err(ApiError::bad_request("The storage pool is currently in use").into());
+    if !ctx.store.state().pools.contains_key(&name) {
+        return Err(not_found());
     }
+    // Checked where it applies, against the latest state (this member's copy may lag
+    // behind a profile just pointed at the pool); from here no profile can start using it.
+    let state = ctx
+        .store
+        .apply(PoolCommand::BeginDelete { name: name.clone() })
+        .await?;
+    let pool = state.pools.get(&name).ok_or_else(not_found)?;
     let removals = pool
         .parts
         .iter()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use stapes_testkit::{have_tool, Cluster, Member};
+use stapes_testkit::{have_tool, Cluster, Member, Target};
 
 use super::{incus, incus_stdin, ok};
 
@@ -39,12 +39,65 @@ fn layout_made(pool_dir: &Path) -> bool {
         .all(|d| pool_dir.join(d).is_dir())
 }
 
-/// A healthy three-member cluster, a client config directory, and each member's socket.
-async fn three_members() -> (Cluster, tempfile::TempDir, Vec<PathBuf>) {
+/// The official client on each member of a cluster, one client configuration for all.
+///
+/// A member answers reads from its own copy of the state, which may be a moment behind
+/// the member that took the last write; so each command first waits (bounded) until
+/// every member that answers has applied as much as the others, as a user typing the
+/// next command would give it time to.
+struct Via {
+    conf: tempfile::TempDir,
+    sock: Vec<PathBuf>,
+}
+
+impl Via {
+    fn new(cluster: &Cluster) -> Via {
+        Via {
+            conf: tempfile::tempdir().unwrap(),
+            sock: cluster.members.iter().map(Member::socket).collect(),
+        }
+    }
+
+    async fn settle(&self) {
+        stapes_testkit::eventually(Duration::from_secs(20), "members applied alike", || async {
+            let mut applied = std::collections::BTreeSet::new();
+            for s in &self.sock {
+                if let Ok(r) = Target::Unix(s.clone()).get("/internal/ready").await {
+                    applied.insert(r.metadata()["applied"].to_string());
+                }
+            }
+            (applied.len() == 1).then_some(())
+        })
+        .await
+    }
+
+    async fn ok(&self, i: usize, args: &[&str]) -> String {
+        self.settle().await;
+        ok(self.conf.path(), Some(&self.sock[i]), args).await
+    }
+
+    async fn fails(&self, i: usize, args: &[&str]) -> String {
+        self.settle().await;
+        fails(self.conf.path(), &self.sock[i], args).await
+    }
+
+    async fn stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        self.settle().await;
+        incus_stdin(self.conf.path(), Some(&self.sock[i]), args, stdin).await
+    }
+
+    async fn pool_state(&self, i: usize, name: &str) -> String {
+        self.settle().await;
+        pool_state(self.conf.path(), &self.sock[i], name).await
+    }
+}
+
+/// A healthy three-member cluster and the client on each member.
+async fn three_members() -> (Cluster, Via) {
     let cluster = Cluster::start(3).await;
     cluster.wait_healthy(3, Duration::from_secs(60)).await;
-    let sock = cluster.members.iter().map(Member::socket).collect();
-    (cluster, tempfile::tempdir().unwrap(), sock)
+    let v = Via::new(&cluster);
+    (cluster, v)
 }
 
 #[tokio::test]
@@ -52,8 +105,7 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
     if !have_tool("incus") {
         return;
     }
-    let (cluster, conf, sock) = three_members().await;
-    let c = conf.path();
+    let (cluster, v) = three_members().await;
     let dir: Vec<PathBuf> = cluster.members.iter().map(|m| m.dir.clone()).collect();
     // node3 keeps its pool in a directory of the operator's choosing.
     let outside = tempfile::tempdir().unwrap();
@@ -61,70 +113,56 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
     std::fs::create_dir(&source3).unwrap();
 
     // Member-specific keys only with --target; the global step refuses them.
-    let err = fails(c, &sock[0], &["storage", "create", "pool1", "dir"]).await;
+    let err = v.fails(0, &["storage", "create", "pool1", "dir"]).await;
     assert!(
         err.contains("Pool not pending on any node (use --target <node> first)"),
         "{err}"
     );
-    let err = fails(
-        c,
-        &sock[1],
-        &[
-            "storage",
-            "create",
-            "pool1",
-            "dir",
-            "rsync.bwlimit=1",
-            "--target",
-            "node1",
-        ],
-    )
-    .await;
+    let err = v
+        .fails(
+            1,
+            &[
+                "storage",
+                "create",
+                "pool1",
+                "dir",
+                "rsync.bwlimit=1",
+                "--target",
+                "node1",
+            ],
+        )
+        .await;
     assert!(err.contains("may not be used as member-specific key"), "{err}");
-    ok(
-        c,
-        Some(&sock[0]),
-        &["storage", "create", "pool1", "dir", "--target", "node1"],
-    )
-    .await;
-    ok(
-        c,
-        Some(&sock[1]),
-        &["storage", "create", "pool1", "dir", "--target", "node2"],
-    )
-    .await;
+    v.ok(0, &["storage", "create", "pool1", "dir", "--target", "node1"])
+        .await;
+    v.ok(1, &["storage", "create", "pool1", "dir", "--target", "node2"])
+        .await;
     let s3 = format!("source={}", source3.display());
-    ok(
-        c,
-        Some(&sock[2]),
+    v.ok(
+        2,
         &["storage", "create", "pool1", "dir", &s3, "--target", "node3"],
     )
     .await;
-    let err = fails(
-        c,
-        &sock[0],
-        &["storage", "create", "pool1", "dir", "--target", "node3"],
-    )
-    .await;
+    let err = v
+        .fails(0, &["storage", "create", "pool1", "dir", "--target", "node3"])
+        .await;
     assert!(
         err.contains("The storage pool already defined on member \"node3\""),
         "{err}"
     );
-    assert_eq!(pool_state(c, &sock[1], "pool1").await, "PENDING");
-    let err = fails(c, &sock[0], &["storage", "create", "pool1", "dir", "source=/x"]).await;
+    assert_eq!(v.pool_state(1, "pool1").await, "PENDING");
+    let err = v
+        .fails(0, &["storage", "create", "pool1", "dir", "source=/x"])
+        .await;
     assert!(
         err.contains("Config key \"source\" is cluster member specific"),
         "{err}"
     );
 
     // The global step through node2 makes every member's part.
-    ok(
-        c,
-        Some(&sock[1]),
-        &["storage", "create", "pool1", "dir", "user.team=blue"],
-    )
-    .await;
-    assert_eq!(pool_state(c, &sock[2], "pool1").await, "CREATED");
+    v.ok(1, &["storage", "create", "pool1", "dir", "user.team=blue"])
+        .await;
+    assert_eq!(v.pool_state(2, "pool1").await, "CREATED");
     assert!(
         layout_made(&dir[0].join("storage-pools/pool1")),
         "node1's default source"
@@ -137,38 +175,21 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
     assert!(!dir[2].join("storage-pools/pool1").exists());
 
     // The cluster's view has no member keys; a member's view has its own.
-    let global = yaml(&ok(c, Some(&sock[0]), &["storage", "show", "pool1"]).await);
+    let global = yaml(&v.ok(0, &["storage", "show", "pool1"]).await);
     assert_eq!(global["status"], "Created");
     assert_eq!(global["config"]["user.team"], "blue");
     assert!(global["config"].get("source").is_none(), "{global:?}");
     assert_eq!(global["locations"].as_array().map(Vec::len), Some(3));
-    let on3 = yaml(
-        &ok(
-            c,
-            Some(&sock[0]),
-            &["storage", "show", "pool1", "--target", "node3"],
-        )
-        .await,
-    );
+    let on3 = yaml(&v.ok(0, &["storage", "show", "pool1", "--target", "node3"]).await);
     assert_eq!(on3["config"]["source"], source3.display().to_string());
-    let on1 = yaml(
-        &ok(
-            c,
-            Some(&sock[2]),
-            &["storage", "show", "pool1", "--target", "node1"],
-        )
-        .await,
-    );
+    let on1 = yaml(&v.ok(2, &["storage", "show", "pool1", "--target", "node1"]).await);
     assert_eq!(
         on1["config"]["source"],
         dir[0].join("storage-pools/pool1").display().to_string()
     );
-    let info = ok(
-        c,
-        Some(&sock[0]),
-        &["storage", "info", "pool1", "--target", "node2", "--bytes"],
-    )
-    .await;
+    let info = v
+        .ok(0, &["storage", "info", "pool1", "--target", "node2", "--bytes"])
+        .await;
     let total = yaml(&info)["info"]["total space"].clone();
     assert!(
         total
@@ -179,33 +200,22 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
     );
 
     // get/set/unset/edit through different members.
-    ok(c, Some(&sock[2]), &["storage", "set", "pool1", "user.k", "v"]).await;
-    assert_eq!(
-        ok(c, Some(&sock[0]), &["storage", "get", "pool1", "user.k"])
-            .await
-            .trim(),
-        "v"
-    );
-    let err = fails(c, &sock[0], &["storage", "set", "pool1", "nonsense", "1"]).await;
+    v.ok(2, &["storage", "set", "pool1", "user.k", "v"]).await;
+    assert_eq!(v.ok(0, &["storage", "get", "pool1", "user.k"]).await.trim(), "v");
+    let err = v.fails(0, &["storage", "set", "pool1", "nonsense", "1"]).await;
     assert!(err.contains("Invalid option \"nonsense\""), "{err}");
-    ok(c, Some(&sock[1]), &["storage", "unset", "pool1", "user.k"]).await;
-    assert_eq!(
-        ok(c, Some(&sock[2]), &["storage", "get", "pool1", "user.k"])
-            .await
-            .trim(),
-        ""
-    );
+    v.ok(1, &["storage", "unset", "pool1", "user.k"]).await;
+    assert_eq!(v.ok(2, &["storage", "get", "pool1", "user.k"]).await.trim(), "");
     let edited = "config:\n  user.team: red\ndescription: shared\n";
-    let (success, _, err) = incus_stdin(c, Some(&sock[0]), &["storage", "edit", "pool1"], Some(edited)).await;
+    let (success, _, err) = v.stdin(0, &["storage", "edit", "pool1"], Some(edited)).await;
     assert!(success, "{err}");
-    let shown = yaml(&ok(c, Some(&sock[1]), &["storage", "show", "pool1"]).await);
+    let shown = yaml(&v.ok(1, &["storage", "show", "pool1"]).await);
     assert_eq!(shown["description"], "shared");
     assert_eq!(shown["config"]["user.team"], "red");
 
     // The root disk of `default` on the pool, through node3; seen through node1.
-    ok(
-        c,
-        Some(&sock[2]),
+    v.ok(
+        2,
         &[
             "profile",
             "device",
@@ -218,38 +228,27 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
         ],
     )
     .await;
-    let default = yaml(&ok(c, Some(&sock[0]), &["profile", "show", "default"]).await);
+    let default = yaml(&v.ok(0, &["profile", "show", "default"]).await);
     assert_eq!(default["devices"]["root"]["pool"], "pool1");
     assert_eq!(default["devices"]["root"]["type"], "disk");
-    let used = yaml(&ok(c, Some(&sock[1]), &["storage", "show", "pool1"]).await);
+    let used = yaml(&v.ok(1, &["storage", "show", "pool1"]).await);
     assert_eq!(used["used_by"][0], "/1.0/profiles/default");
-    let err = fails(c, &sock[1], &["storage", "delete", "pool1"]).await;
+    let err = v.fails(1, &["storage", "delete", "pool1"]).await;
     assert!(err.contains("The storage pool is currently in use"), "{err}");
 
     // Profiles: every command through a different member, replicated.
-    ok(c, Some(&sock[0]), &["profile", "create", "p1"]).await;
-    ok(c, Some(&sock[1]), &["profile", "set", "p1", "user.k", "v"]).await;
-    assert_eq!(
-        ok(c, Some(&sock[2]), &["profile", "get", "p1", "user.k"])
-            .await
-            .trim(),
-        "v"
-    );
-    ok(c, Some(&sock[2]), &["profile", "copy", "p1", "p2"]).await;
-    ok(c, Some(&sock[0]), &["profile", "rename", "p2", "p3"]).await;
-    ok(c, Some(&sock[1]), &["profile", "unset", "p1", "user.k"]).await;
-    let list = ok(c, Some(&sock[1]), &["profile", "list", "--format", "csv"]).await;
+    v.ok(0, &["profile", "create", "p1"]).await;
+    v.ok(1, &["profile", "set", "p1", "user.k", "v"]).await;
+    assert_eq!(v.ok(2, &["profile", "get", "p1", "user.k"]).await.trim(), "v");
+    v.ok(2, &["profile", "copy", "p1", "p2"]).await;
+    v.ok(0, &["profile", "rename", "p2", "p3"]).await;
+    v.ok(1, &["profile", "unset", "p1", "user.k"]).await;
+    let list = v.ok(1, &["profile", "list", "--format", "csv"]).await;
     let names: Vec<&str> = list.lines().filter_map(|l| l.split(',').next()).collect();
     assert_eq!(names, ["default", "p1", "p3"], "{list}");
-    assert_eq!(
-        ok(c, Some(&sock[0]), &["profile", "get", "p3", "user.k"])
-            .await
-            .trim(),
-        "v"
-    );
-    ok(
-        c,
-        Some(&sock[0]),
+    assert_eq!(v.ok(0, &["profile", "get", "p3", "user.k"]).await.trim(), "v");
+    v.ok(
+        0,
         &[
             "profile",
             "device",
@@ -262,19 +261,15 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
         ],
     )
     .await;
-    ok(
-        c,
-        Some(&sock[1]),
-        &["profile", "device", "set", "p3", "root", "size=1GiB"],
-    )
-    .await;
-    let p3 = yaml(&ok(c, Some(&sock[2]), &["profile", "show", "p3"]).await);
+    v.ok(1, &["profile", "device", "set", "p3", "root", "size=1GiB"])
+        .await;
+    let p3 = yaml(&v.ok(2, &["profile", "show", "p3"]).await);
     assert_eq!(p3["devices"]["root"]["size"], "1GiB");
-    ok(c, Some(&sock[2]), &["profile", "device", "remove", "p3", "root"]).await;
+    v.ok(2, &["profile", "device", "remove", "p3", "root"]).await;
     let edited = "config:\n  user.edited: \"yes\"\ndescription: edited\ndevices: {}\n";
-    let (success, _, err) = incus_stdin(c, Some(&sock[1]), &["profile", "edit", "p1"], Some(edited)).await;
+    let (success, _, err) = v.stdin(1, &["profile", "edit", "p1"], Some(edited)).await;
     assert!(success, "{err}");
-    let p1 = yaml(&ok(c, Some(&sock[2]), &["profile", "show", "p1"]).await);
+    let p1 = yaml(&v.ok(2, &["profile", "show", "p1"]).await);
     assert_eq!(p1["description"], "edited");
     assert_eq!(p1["config"]["user.edited"], "yes");
 
@@ -328,31 +323,26 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
         ),
         (&["profile", "create", "bad/name"][..], "Invalid profile name"),
     ] {
-        let err = fails(c, &sock[2], args).await;
+        let err = v.fails(2, args).await;
         assert!(err.contains(message), "incus {args:?}: {err}");
     }
-    let p1_after = yaml(&ok(c, Some(&sock[0]), &["profile", "show", "p1"]).await);
+    let p1_after = yaml(&v.ok(0, &["profile", "show", "p1"]).await);
     assert_eq!(p1_after, p1);
 
-    ok(c, Some(&sock[0]), &["profile", "delete", "p3"]).await;
-    let list = ok(c, Some(&sock[2]), &["profile", "list", "--format", "csv"]).await;
+    v.ok(0, &["profile", "delete", "p3"]).await;
+    let list = v.ok(2, &["profile", "list", "--format", "csv"]).await;
     assert!(!list.contains("p3,"), "{list}");
 
     // Freed, the pool is deleted from every member.
-    ok(
-        c,
-        Some(&sock[1]),
-        &["profile", "device", "remove", "default", "root"],
-    )
-    .await;
-    ok(c, Some(&sock[2]), &["storage", "delete", "pool1"]).await;
+    v.ok(1, &["profile", "device", "remove", "default", "root"]).await;
+    v.ok(2, &["storage", "delete", "pool1"]).await;
     assert!(!dir[0].join("storage-pools/pool1").exists());
     assert!(!dir[1].join("storage-pools/pool1").exists());
     assert!(
         source3.is_dir() && std::fs::read_dir(&source3).unwrap().next().is_none(),
         "node3's source emptied, kept"
     );
-    let list = ok(c, Some(&sock[0]), &["storage", "list", "--format", "csv"]).await;
+    let list = v.ok(0, &["storage", "list", "--format", "csv"]).await;
     assert!(list.trim().is_empty(), "{list}");
 }
 
@@ -361,58 +351,63 @@ async fn t62_a_member_that_fails_leaves_the_pool_errored_until_a_retry() {
     if !have_tool("incus") {
         return;
     }
-    let (_cluster, conf, sock) = three_members().await;
-    let c = conf.path();
+    let (mut cluster, v) = three_members().await;
     let outside = tempfile::tempdir().unwrap();
     let source2 = outside.path().join("busy");
     std::fs::create_dir(&source2).unwrap();
     std::fs::write(source2.join("precious"), b"keep me").unwrap();
     let s2 = format!("source={}", source2.display());
-    ok(
-        c,
-        Some(&sock[0]),
-        &["storage", "create", "pool2", "dir", "--target", "node1"],
-    )
-    .await;
-    ok(
-        c,
-        Some(&sock[0]),
+    v.ok(0, &["storage", "create", "pool2", "dir", "--target", "node1"])
+        .await;
+    v.ok(
+        0,
         &["storage", "create", "pool2", "dir", &s2, "--target", "node2"],
     )
     .await;
-    ok(
-        c,
-        Some(&sock[0]),
-        &["storage", "create", "pool2", "dir", "--target", "node3"],
-    )
-    .await;
+    v.ok(0, &["storage", "create", "pool2", "dir", "--target", "node3"])
+        .await;
 
-    let err = fails(c, &sock[2], &["storage", "create", "pool2", "dir", "user.a=b"]).await;
+    let err = v
+        .fails(2, &["storage", "create", "pool2", "dir", "user.a=b"])
+        .await;
     assert!(err.contains("node2") && err.contains("isn't empty"), "{err}");
-    assert_eq!(pool_state(c, &sock[0], "pool2").await, "ERRORED");
+    assert_eq!(v.pool_state(0, "pool2").await, "ERRORED");
     assert_eq!(std::fs::read(source2.join("precious")).unwrap(), b"keep me");
-    let on1 = yaml(
-        &ok(
-            c,
-            Some(&sock[1]),
-            &["storage", "show", "pool2", "--target", "node1"],
-        )
-        .await,
-    );
+    let on1 = yaml(&v.ok(1, &["storage", "show", "pool2", "--target", "node1"]).await);
     assert_eq!(on1["status"], "Created", "node1's part was made");
-    let err = fails(c, &sock[1], &["storage", "create", "pool2", "dir", "user.a=c"]).await;
+    let err = v
+        .fails(1, &["storage", "create", "pool2", "dir", "user.a=c"])
+        .await;
     assert!(err.contains("already partially created"), "{err}");
 
     // The operator clears the directory; the same create finishes the pool.
     std::fs::remove_file(source2.join("precious")).unwrap();
-    ok(c, Some(&sock[1]), &["storage", "create", "pool2", "dir"]).await;
-    assert_eq!(pool_state(c, &sock[2], "pool2").await, "CREATED");
+    v.ok(1, &["storage", "create", "pool2", "dir"]).await;
+    assert_eq!(v.pool_state(2, "pool2").await, "CREATED");
     assert!(layout_made(&source2));
-    let shown = yaml(&ok(c, Some(&sock[0]), &["storage", "show", "pool2"]).await);
+    let shown = yaml(&v.ok(0, &["storage", "show", "pool2"]).await);
     assert_eq!(
         shown["config"]["user.a"], "b",
         "the first attempt's global keys stay"
     );
+
+    // A member killed before the global step: the others make their parts, the pool is
+    // Errored; back, the member makes its part on the retry. The record survives the kill.
+    for (i, name) in ["node1", "node2", "node3"].iter().enumerate() {
+        v.ok(i, &["storage", "create", "pool3", "dir", "--target", name])
+            .await;
+    }
+    cluster.members[2].kill9();
+    let err = v.fails(0, &["storage", "create", "pool3", "dir"]).await;
+    assert!(err.contains("node3"), "{err}");
+    assert_eq!(v.pool_state(1, "pool3").await, "ERRORED");
+    assert!(layout_made(&cluster.members[0].dir.join("storage-pools/pool3")));
+    assert!(!cluster.members[2].dir.join("storage-pools/pool3").exists());
+    cluster.members[2].start_again().await;
+    cluster.wait_healthy(3, Duration::from_secs(60)).await;
+    v.ok(1, &["storage", "create", "pool3", "dir"]).await;
+    assert_eq!(v.pool_state(2, "pool3").await, "CREATED");
+    assert!(layout_made(&cluster.members[2].dir.join("storage-pools/pool3")));
 }
 
 #[tokio::test]
@@ -490,19 +485,14 @@ async fn t66_a_member_joining_later_makes_its_part_from_member_config() {
         (list.len() == 2 && list.iter().all(|m| m["status"] == "Online")).then_some(())
     })
     .await;
-    let conf = tempfile::tempdir().unwrap();
-    let c = conf.path();
-    let sock: Vec<PathBuf> = cluster.members.iter().map(Member::socket).collect();
+    let v = Via::new(&cluster);
+    let c = v.conf.path();
     for (i, name) in ["node1", "node2"].iter().enumerate() {
-        ok(
-            c,
-            Some(&sock[i]),
-            &["storage", "create", "pool1", "dir", "--target", name],
-        )
-        .await;
+        v.ok(i, &["storage", "create", "pool1", "dir", "--target", name])
+            .await;
     }
-    ok(c, Some(&sock[0]), &["storage", "create", "pool1", "dir"]).await;
-    let cluster_info = ok(c, Some(&sock[1]), &["query", "/1.0/cluster"]).await;
+    v.ok(0, &["storage", "create", "pool1", "dir"]).await;
+    let cluster_info = v.ok(1, &["query", "/1.0/cluster"]).await;
     let cluster_info: Value = serde_json::from_str(&cluster_info).unwrap();
     assert_eq!(cluster_info["member_config"][0]["name"], "pool1");
     assert_eq!(cluster_info["member_config"][0]["key"], "source");
@@ -512,7 +502,8 @@ async fn t66_a_member_joining_later_makes_its_part_from_member_config() {
     let outside = tempfile::tempdir().unwrap();
     let source3 = outside.path().join("p");
     std::fs::create_dir(&source3).unwrap();
-    let token = ok(c, Some(&sock[0]), &["cluster", "add", "node3", "--quiet"])
+    let token = v
+        .ok(0, &["cluster", "add", "node3", "--quiet"])
         .await
         .trim()
         .to_string();
@@ -530,14 +521,7 @@ async fn t66_a_member_joining_later_makes_its_part_from_member_config() {
     .await;
     assert!(success, "preseed join: {stderr}");
     assert!(layout_made(&source3));
-    let on3 = yaml(
-        &ok(
-            c,
-            Some(&sock[0]),
-            &["storage", "show", "pool1", "--target", "node3"],
-        )
-        .await,
-    );
+    let on3 = yaml(&v.ok(0, &["storage", "show", "pool1", "--target", "node3"]).await);
     assert_eq!(on3["status"], "Created");
     assert_eq!(on3["config"]["source"], source3.display().to_string());
     let global = yaml(&ok(c, Some(&n3.socket()), &["storage", "show", "pool1"]).await);
