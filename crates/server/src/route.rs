@@ -688,6 +688,34 @@ mod tests {
     }
 
     #[test]
+    fn storage_pools_one_members_view_and_cluster_wide_writes() {
+        let s = state();
+        let g = Method::GET;
+        // Show, edit and space: the member `?target=` names.
+        for (m, uri) in [
+            (&g, "/1.0/storage-pools/p?target=node2"),
+            (&Method::PUT, "/1.0/storage-pools/p?target=node2"),
+            (&Method::PATCH, "/1.0/storage-pools/p?target=node2"),
+            (&g, "/1.0/storage-pools/p/resources?target=node2"),
+        ] {
+            assert_eq!(at(&s, true, m, uri), fwd("node2", 0), "{m} {uri}");
+        }
+        assert_eq!(at(&s, true, &g, "/1.0/storage-pools/p"), Resolved::Local);
+        // Creating with `?target=` defines that member's part, from any member; the
+        // list, delete and profiles are cluster-wide.
+        for (m, uri) in [
+            (&Method::POST, "/1.0/storage-pools?target=node2"),
+            (&g, "/1.0/storage-pools?target=node2"),
+            (&Method::DELETE, "/1.0/storage-pools/p?target=node2"),
+            (&Method::PUT, "/1.0/profiles/default?target=node2"),
+        ] {
+            assert_eq!(at(&s, true, m, uri), Resolved::Local, "{m} {uri}");
+        }
+        assert!(member_only("/internal/storage-pools/p"));
+        assert!(!member_only("/1.0/storage-pools/p"));
+    }
+
+    #[test]
     fn access_by_caller() {
         use trust::{AuthMethod, Identity};
         let id = |method, cert_type: Option<&str>| Identity {
