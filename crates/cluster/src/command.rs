@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{ConfigCommand, MemberCommand, State, TokenCommand, TrustCommand, WarningCommand};
+use crate::state::{
+    ConfigCommand, ImageCommand, MemberCommand, State, TokenCommand, TrustCommand, WarningCommand,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -13,6 +15,7 @@ pub enum Command {
     Tokens(TokenCommand),
     Members(MemberCommand),
     Warnings(WarningCommand),
+    Images(ImageCommand),
     /// The first entry of a new cluster: the state the member had while standalone.
     Restore {
         state: Box<State>,
@@ -28,6 +31,7 @@ impl Command {
             Command::Tokens(c) => c.name(),
             Command::Members(c) => c.name(),
             Command::Warnings(c) => c.name(),
+            Command::Images(c) => c.name(),
             Command::Restore { .. } => "restore",
         }
     }
@@ -47,5 +51,6 @@ domain!(
     Trust(TrustCommand),
     Tokens(TokenCommand),
     Members(MemberCommand),
-    Warnings(WarningCommand)
+    Warnings(WarningCommand),
+    Images(ImageCommand)
 );

@@ -23,7 +23,8 @@ pub mod store;
 
 pub use command::Command;
 pub use state::{
-    ConfigCommand, Member, MemberCommand, MemberId, Spent, State, StateError, Token, TokenCommand, TokenKind,
-    TokenRefusal, TrustCommand, Warning, WarningCommand,
+    AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, Member, MemberCommand, MemberId,
+    Spent, State, StateError, Token, TokenCommand, TokenKind, TokenRefusal, TrustCommand, Warning,
+    WarningCommand,
 };
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

@@ -28,12 +28,16 @@ impl From<cluster::StoreError> for Error {
         use cluster::{StateError, StoreError};
         Error(match e {
             StoreError::State(StateError::CertificateExists)
-            | StoreError::State(StateError::MemberExists(_)) => ApiError::conflict(e.to_string()),
+            | StoreError::State(StateError::MemberExists(_))
+            | StoreError::State(StateError::AliasExists(_)) => ApiError::conflict(e.to_string()),
+            StoreError::State(StateError::ImageExists) => ApiError::bad_request(e.to_string()),
             StoreError::State(StateError::MemberNotFound) => ApiError::not_found_msg(e.to_string()),
             StoreError::Unavailable(_) => ApiError::unavailable(e.to_string()),
             StoreError::State(StateError::CertificateNotFound)
             | StoreError::State(StateError::TokenNotFound)
-            | StoreError::State(StateError::WarningNotFound) => ApiError::not_found_msg(e.to_string()),
+            | StoreError::State(StateError::WarningNotFound)
+            | StoreError::State(StateError::ImageNotFound)
+            | StoreError::State(StateError::AliasNotFound) => ApiError::not_found_msg(e.to_string()),
             StoreError::State(StateError::Invalid(m)) => ApiError::bad_request(m),
             StoreError::State(StateError::TooManyTokens(_)) => ApiError::bad_request(e.to_string()),
             StoreError::Storage(_) => ApiError::unavailable(e.to_string()),

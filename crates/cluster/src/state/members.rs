@@ -110,6 +110,7 @@ pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateE
             let m = state.members.remove(name).ok_or(StateError::MemberNotFound)?;
             state.certificates.remove(&m.fingerprint);
             state.warnings.retain(|_, w| w.location != Some(m.id));
+            super::images::forget_member(&mut state.images, m.id);
             for t in state.tokens.values_mut() {
                 if t.location == Some(m.id) {
                     t.location = None;

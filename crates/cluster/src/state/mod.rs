@@ -7,6 +7,7 @@
 //!             ├─ Tokens(TokenCommand)    ─> tokens::apply    tokens, spent
 //!             ├─ Members(MemberCommand)  ─> members::apply   members
 //!             ├─ Warnings(WarningCommand)─> warnings::apply  warnings
+//!             ├─ Images(ImageCommand)    ─> images::apply    images, image_aliases
 //!             └─ Restore { state }       ─> the whole state (the first entry of a cluster)
 //! ```
 //!
@@ -32,6 +33,7 @@
 //! removed.
 
 mod config;
+mod images;
 mod members;
 #[cfg(test)]
 mod proptests;
@@ -45,6 +47,7 @@ use api::types::Certificate;
 use serde::{Deserialize, Serialize};
 
 pub use config::ConfigCommand;
+pub use images::{AliasRecord, ImageCommand, ImageLookup, ImageRecord};
 pub use members::{Member, MemberCommand};
 pub use tokens::{
     Spent, SpentToken, Token, TokenCommand, TokenKind, TokenRefusal, MAX_PENDING_TOKENS, SPENT_REMEMBERED,
@@ -75,6 +78,14 @@ pub enum StateError {
     MemberNotFound,
     #[error("Too many pending {0} tokens (at most {MAX_PENDING_TOKENS}): revoke some, or let them expire")]
     TooManyTokens(String),
+    #[error("Image not found")]
+    ImageNotFound,
+    #[error("Image with same fingerprint already exists")]
+    ImageExists,
+    #[error("Image alias not found")]
+    AliasNotFound,
+    #[error("Alias \"{0}\" already exists")]
+    AliasExists(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -113,6 +124,13 @@ pub struct State {
     /// Cluster members, by name. Empty while standalone.
     #[serde(default)]
     pub members: BTreeMap<String, Member>,
+    // images
+    /// Images, by fingerprint.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+    /// Image aliases, by name.
+    #[serde(default)]
+    pub image_aliases: BTreeMap<String, AliasRecord>,
 }
 
 impl State {
@@ -124,6 +142,7 @@ impl State {
             Command::Tokens(c) => tokens::apply(self, c),
             Command::Members(c) => members::apply(self, c),
             Command::Warnings(c) => warnings::apply(self, c),
+            Command::Images(c) => images::apply(self, c),
             Command::Restore { state } => {
                 *self = (**state).clone();
                 Ok(())
@@ -149,6 +168,7 @@ impl State {
         for w in self.warnings.values_mut() {
             w.location.get_or_insert(id);
         }
+        images::adopt_standalone(&mut self.images, id);
     }
 }
 
