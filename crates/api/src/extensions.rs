@@ -45,4 +45,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "oidc_claim",
     "oidc_scopes",
     "oidc_allowed_subnets",
+    "image_create_aliases",
 ];
