@@ -33,6 +33,8 @@ use crate::context::Ctx;
 
 /// How long a fetch may go without receiving a byte.
 pub const FETCH_STALL: Duration = Duration::from_secs(60);
+/// How long a member asked to fetch an image waits for its record to arrive.
+pub const RECORD_WAIT: Duration = Duration::from_secs(30);
 /// The bound on asking a member to fetch an image (it answers when it has it).
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
@@ -157,6 +159,19 @@ pub async fn ensure_local(ctx: &Ctx, fingerprint: &str) -> Result<image::ImageFi
         }
         result?;
     }
+}
+
+/// Waits (at most `limit`) until this member's state has the image `fingerprint`.
+pub async fn wait_for_record(ctx: &Ctx, fingerprint: &str, limit: Duration) {
+    let mut changed = ctx.state_changed.subscribe();
+    let _ = tokio::time::timeout(limit, async {
+        while !ctx.store.state().images.contains_key(fingerprint) {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// An online member other than this one that holds the image.

@@ -412,8 +412,20 @@ pub(crate) async fn internal_export(State(ctx): State<Ctx>, Path(fp): Path<Strin
 /// `POST /internal/images/<fp>/fetch` (members): get the image from a holder; answers
 /// when this member has it.
 pub(crate) async fn internal_fetch(State(ctx): State<Ctx>, Path(fp): Path<String>) -> Result<Response> {
+    // The record was just committed: this member may not have applied it yet.
+    crate::images::wait_for_record(&ctx, &fp, crate::images::RECORD_WAIT).await;
     crate::images::ensure_local(&ctx, &fp).await?;
     Ok(sync(json!({})))
+}
+
+/// `POST /internal/test/images/<fp>/ensure` (`--test-routes`, `?target=` picks the
+/// member): runs [`crate::images::ensure_local`] there, as instance creation will.
+pub(crate) async fn test_ensure(State(ctx): State<Ctx>, Path(fp): Path<String>) -> Result<Response> {
+    let files = crate::images::ensure_local(&ctx, &fp).await?;
+    Ok(sync(json!({
+        "metadata": files.metadata,
+        "rootfs": files.rootfs,
+    })))
 }
 
 // Aliases.
