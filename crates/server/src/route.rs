@@ -192,7 +192,8 @@ fn served() -> Vec<Route> {
         row(G, "/1.0/events", Full, Anywhere, || get(h::events::stream)),
         // Images: records and aliases are replicated, so any member answers; an upload
         // lands on the member that receives it (a streamed route).
-        row(G, "/1.0/images", Full, Here, || get(h::images::list)),
+        // The untrusted see public images (the handlers filter), as in Incus.
+        row(G, "/1.0/images", Public, Here, || get(h::images::list)),
         row(Po, "/1.0/images", Full, Here, || post(h::images::create)),
         row(G, "/1.0/images/aliases", Full, Here, || {
             get(h::images::list_aliases)
@@ -200,7 +201,7 @@ fn served() -> Vec<Route> {
         row(Po, "/1.0/images/aliases", Full, Here, || {
             post(h::images::create_alias)
         }),
-        row(G, "/1.0/images/aliases/{*name}", Full, Here, || {
+        row(G, "/1.0/images/aliases/{*name}", Public, Here, || {
             get(h::images::get_alias)
         }),
         row(Pu, "/1.0/images/aliases/{*name}", Full, Here, || {
@@ -215,7 +216,9 @@ fn served() -> Vec<Route> {
         row(D, "/1.0/images/aliases/{*name}", Full, Here, || {
             delete(h::images::delete_alias)
         }),
-        row(G, "/1.0/images/{fingerprint}", Full, Here, || get(h::images::get)),
+        row(G, "/1.0/images/{fingerprint}", Public, Here, || {
+            get(h::images::get)
+        }),
         row(Pu, "/1.0/images/{fingerprint}", Full, Here, || {
             put(h::images::put)
         }),
@@ -226,7 +229,7 @@ fn served() -> Vec<Route> {
             delete(h::images::delete)
         }),
         // Here, or handed to an online member holding the files.
-        row(G, "/1.0/images/{fingerprint}/export", Full, Here, || {
+        row(G, "/1.0/images/{fingerprint}/export", Public, Here, || {
             get(h::images::export)
         }),
         row(G, "/internal/images/{fingerprint}", Access::Member, Here, || {

@@ -45,6 +45,22 @@ fn find<'a>(state: &'a cluster::State, prefix: &str) -> Result<&'a ImageRecord> 
     })
 }
 
+/// Whether `id` may see `image`: a trusted caller any, anyone else the public ones (as
+/// Incus, which answers "not found" for the others).
+fn visible(id: &Identity, image: &Image) -> bool {
+    id.trusted() || image.put.public
+}
+
+/// The image `prefix` names, if `id` may see it.
+fn find_visible<'a>(state: &'a cluster::State, id: &Identity, prefix: &str) -> Result<&'a ImageRecord> {
+    let record = find(state, prefix)?;
+    if visible(id, &record.image) {
+        Ok(record)
+    } else {
+        Err(ApiError::not_found_msg("Image not found").into())
+    }
+}
+
 /// What an image's ETag is made from (its writable part, as Incus).
 fn etag_basis(image: &Image) -> Value {
     json!([image.put.public, image.put.auto_update, image.put.properties])
@@ -52,13 +68,14 @@ fn etag_basis(image: &Image) -> Value {
 
 pub(crate) async fn list(
     State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     let state = ctx.store.state();
     let filter = q.get("filter").map(String::as_str).unwrap_or("");
     let filter = filter::parse(filter).map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))?;
     let mut images = Vec::new();
-    for record in state.images.values() {
+    for record in state.images.values().filter(|r| visible(&id, &r.image)) {
         let image = state.render_image(record);
         let value = serde_json::to_value(&image).unwrap_or(Value::Null);
         if filter::matches(&filter, &value) {
@@ -77,9 +94,13 @@ pub(crate) async fn list(
     }
 }
 
-pub(crate) async fn get(State(ctx): State<Ctx>, Path(fp): Path<String>) -> Result<Response> {
+pub(crate) async fn get(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(fp): Path<String>,
+) -> Result<Response> {
     let state = ctx.store.state();
-    let image = state.render_image(find(&state, &fp)?);
+    let image = state.render_image(find_visible(&state, &id, &fp)?);
     Ok(sync_etag(&image, &etag_basis(&image)))
 }
 
@@ -365,9 +386,14 @@ fn header_aliases(value: Option<&str>) -> Vec<ImageAlias> {
 }
 
 /// `GET /1.0/images/<fp>/export`: the files, from here or from an online holder.
-pub(crate) async fn export(State(ctx): State<Ctx>, Path(fp): Path<String>, req: Request) -> Result<Response> {
+pub(crate) async fn export(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(fp): Path<String>,
+    req: Request,
+) -> Result<Response> {
     let state = ctx.store.state();
-    let fingerprint = find(&state, &fp)?.image.fingerprint.clone();
+    let fingerprint = find_visible(&state, &id, &fp)?.image.fingerprint.clone();
     if crate::images::have(&ctx, &fingerprint) || req.extensions().get::<crate::auth::ViaMember>().is_some() {
         return local_export(&ctx, &fingerprint).await;
     }
@@ -510,8 +536,21 @@ fn alias_of(state: &cluster::State, name: &str) -> Result<api::types::ImageAlias
         .ok_or_else(|| ApiError::not_found_msg("Image alias not found").into())
 }
 
-pub(crate) async fn get_alias(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response> {
-    let alias = alias_of(&ctx.store.state(), &name)?;
+pub(crate) async fn get_alias(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let state = ctx.store.state();
+    let alias = alias_of(&state, &name)?;
+    // The untrusted see the aliases of public images only.
+    if !state
+        .images
+        .get(&alias.put.target)
+        .is_some_and(|r| visible(&id, &r.image))
+    {
+        return Err(ApiError::not_found_msg("Image alias not found").into());
+    }
     Ok(sync_etag(&alias, &alias))
 }
 

@@ -314,6 +314,46 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         "member-only, even for a trusted client"
     );
 
+    // Made public, a stranger exports it through node2, which does not hold it: the
+    // request goes to a holder with the stranger's (untrusted) identity.
+    let r = n1
+        .send_json(
+            "PATCH",
+            &format!("/1.0/images/{split}"),
+            &serde_json::json!({"public": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let via_n2 = Target::tls(&c.members[1].address().await, Some(&ClientCert::generate("y")));
+    let export = via_n2.get(&format!("/1.0/images/{split}/export")).await.unwrap();
+    assert_eq!(export.status, 200);
+    assert!(
+        export
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("multipart/form-data")),
+        "{:?}",
+        export.headers
+    );
+    assert_eq!(via_n2.get("/1.0/images/aliases").await.unwrap().status, 403);
+    let r = n1
+        .send_json(
+            "PATCH",
+            &format!("/1.0/images/{split}"),
+            &serde_json::json!({"public": false}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        via_n2
+            .get(&format!("/1.0/images/{split}/export"))
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+
     // Edit, set-property and aliases through different members, seen through others.
     ok(conf, None, &["image", "set-property", "n2:bb", "os", "Devuan"]).await;
     let show = ok(conf, None, &["image", "show", "n3:bb"]).await;

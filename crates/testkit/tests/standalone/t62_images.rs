@@ -163,3 +163,78 @@ async fn t62_refused_uploads_leave_nothing() {
     assert_eq!(files(&m), [fp]);
     assert_eq!(image_count(&m).await, 1);
 }
+
+#[tokio::test]
+async fn t62_the_untrusted_see_public_images_only() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let work = tempfile::tempdir().unwrap();
+    let image = unified(work.path());
+    let r = m
+        .unix()
+        .request(
+            "POST",
+            "/1.0/images",
+            Some(image.clone()),
+            &[
+                ("content-type", "application/octet-stream"),
+                ("x-incus-aliases", "pub"),
+            ],
+        )
+        .await
+        .unwrap();
+    let op = r.json()["operation"].as_str().unwrap().to_string();
+    let r = m.unix().get(&format!("{op}/wait?timeout=30")).await.unwrap();
+    let fp = r.metadata()["metadata"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stranger = Target::tls(&addr, Some(&ClientCert::generate("stranger")));
+    let status = |path: String| {
+        let stranger = &stranger;
+        async move { stranger.get(&path).await.unwrap().status }
+    };
+
+    // Private: as if it did not exist.
+    let list = stranger.get("/1.0/images?recursion=1").await.unwrap();
+    assert_eq!(list.status, 200);
+    assert_eq!(list.metadata(), serde_json::json!([]));
+    assert_eq!(status(format!("/1.0/images/{fp}")).await, 404);
+    assert_eq!(status(format!("/1.0/images/{fp}/export")).await, 404);
+    assert_eq!(status("/1.0/images/aliases/pub".into()).await, 404);
+    assert_eq!(status("/1.0/images/aliases".into()).await, 403);
+
+    // Public: listed, shown and exported; still not the stranger's to change.
+    let r = m
+        .unix()
+        .send_json(
+            "PATCH",
+            &format!("/1.0/images/{fp}"),
+            &serde_json::json!({"public": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let list = stranger.get("/1.0/images?recursion=1").await.unwrap();
+    assert_eq!(list.metadata()[0]["fingerprint"], fp.as_str());
+    assert_eq!(status(format!("/1.0/images/{}", &fp[..12])).await, 200);
+    assert_eq!(status("/1.0/images/aliases/pub".into()).await, 200);
+    let export = stranger.get(&format!("/1.0/images/{fp}/export")).await.unwrap();
+    assert_eq!(export.status, 200);
+    assert_eq!(export.body.as_ref(), image.as_slice());
+    let r = stranger
+        .send_json(
+            "PATCH",
+            &format!("/1.0/images/{fp}"),
+            &serde_json::json!({"public": false}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    let r = stranger
+        .request("DELETE", &format!("/1.0/images/{fp}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(image_count(&m).await, 1);
+}
