@@ -331,6 +331,33 @@ pub async fn replicate(ctx: &Ctx, fingerprint: &str) {
     tracing::info!(fingerprint, "syncing image to members finished");
 }
 
+/// How often the leader tops up images held by fewer members than wanted (Incus:
+/// hourly), e.g. after a member was down during an import or was removed.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Every [`SYNC_INTERVAL`], on the Raft leader only (one copy per image and round),
+/// copies each image to as many members as `cluster.images_minimal_replica` asks.
+pub async fn sync_task(ctx: Ctx) {
+    let mut stop = ctx.closing.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+            _ = transport::listen::stopped(&mut stop) => return,
+        }
+        if ctx.store.raft_view().is_some_and(|v| v.is_leader()) {
+            sync_all(&ctx).await;
+        }
+    }
+}
+
+/// Copies every image to as many members as `cluster.images_minimal_replica` asks.
+pub async fn sync_all(ctx: &Ctx) {
+    let fingerprints: Vec<String> = ctx.store.state().images.keys().cloned().collect();
+    for fp in fingerprints {
+        replicate(ctx, &fp).await;
+    }
+}
+
 /// Follows the state: removes this member's files of images the state no longer has.
 /// Runs when the set of images changed since it last ran, and not while an import or
 /// fetch is under way here.

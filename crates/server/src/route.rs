@@ -322,6 +322,7 @@ fn served() -> Vec<Route> {
             post(h::testing::start_operation)
         }),
         test_row(G, "/internal/test/routes", || get(h::testing::routes)),
+        test_row(Po, "/internal/test/images/sync", || post(h::images::test_sync)),
         test_row(Po, "/internal/test/images/{fingerprint}/ensure", || {
             post(h::images::test_ensure)
         }),

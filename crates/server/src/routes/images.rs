@@ -454,6 +454,13 @@ pub(crate) async fn test_ensure(State(ctx): State<Ctx>, Path(fp): Path<String>) 
     })))
 }
 
+/// `POST /internal/test/images/sync` (`--test-routes`): the leader's periodic top-up
+/// of image copies, now, on the member reached.
+pub(crate) async fn test_sync(State(ctx): State<Ctx>) -> Result<Response> {
+    crate::images::sync_all(&ctx).await;
+    Ok(sync(json!({})))
+}
+
 // Aliases.
 
 pub(crate) async fn list_aliases(

@@ -293,6 +293,26 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         sha256_concat(&copy.join(&split), &copy.join(format!("{split}.rootfs"))),
         split
     );
+    // Back to three replicas: the periodic top-up copies it to node2 as well.
+    ok(
+        conf,
+        None,
+        &["config", "set", "n1:", "cluster.images_minimal_replica=-1"],
+    )
+    .await;
+    let r = n1
+        .send_json("POST", "/internal/test/images/sync", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(holds(&c.members[1], &split), "{:?}", files_of(&c.members[1]));
+    ok(
+        conf,
+        None,
+        &["config", "set", "n1:", "cluster.images_minimal_replica", "1"],
+    )
+    .await;
+
     // A stranger cannot ask a member for an image's files.
     let stranger = Target::tls(&c.members[2].address().await, Some(&ClientCert::generate("x")));
     assert_eq!(
