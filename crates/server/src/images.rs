@@ -45,6 +45,8 @@ pub struct Local {
     busy: Mutex<usize>,
     /// Fingerprints being fetched here, so two callers do not fetch one image twice.
     fetching: Mutex<HashSet<String>>,
+    /// Woken when a fetch here ends (the callers waiting on it look again).
+    fetched: tokio::sync::Notify,
     /// The fingerprints the state had when reconcile last ran.
     seen: Mutex<Option<Vec<String>>>,
 }
@@ -150,13 +152,16 @@ pub async fn ensure_local(ctx: &Ctx, fingerprint: &str) -> Result<image::ImageFi
             .map(|mut f| f.insert(fingerprint.to_string()))
             .unwrap_or(false);
         if !claimed {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Look again when that fetch ends (or after a second, should the wake-up
+            // come between the claim and this wait).
+            let _ = tokio::time::timeout(Duration::from_secs(1), ctx.images.fetched.notified()).await;
             continue;
         }
         let result = fetch(ctx, &state, fingerprint, &dir).await;
         if let Ok(mut f) = ctx.images.fetching.lock() {
             f.remove(fingerprint);
         }
+        ctx.images.fetched.notify_waiters();
         result?;
     }
 }

@@ -93,6 +93,17 @@ fn fingerprint_from(out: &str) -> String {
         .to_string()
 }
 
+/// The output of `incus ARGS` once it succeeds and `wanted` accepts it: a member
+/// answers reads from its own replica, which follows a write made through another one
+/// within moments.
+async fn seen(conf: &Path, args: &[&str], wanted: impl Fn(&str) -> bool) -> String {
+    eventually(LONG, &format!("incus {args:?} to show the change"), || async {
+        let (success, out, _) = incus(conf, None, args).await;
+        (success && wanted(&out)).then_some(out)
+    })
+    .await
+}
+
 /// A client configuration trusted by the cluster, with remotes `n1`, `n2` and `n3`.
 async fn client(c: &Cluster) -> (tempfile::TempDir, ClientCert) {
     let conf = tempfile::tempdir().unwrap();
@@ -176,11 +187,11 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         );
     }
     // Listed and shown through node3, with Incus's fields.
-    let list = ok(conf, None, &["image", "list", "n3:", "--format", "csv"]).await;
-    assert!(
-        list.starts_with(&format!("bb,{},no,Test bookworm,x86_64,CONTAINER,", &fp[..12])),
-        "{list}"
-    );
+    let row = format!("bb,{},no,Test bookworm,x86_64,CONTAINER,", &fp[..12]);
+    seen(conf, &["image", "list", "n3:", "--format", "csv"], |l| {
+        l.starts_with(&row)
+    })
+    .await;
     let json: Value =
         serde_json::from_str(&ok(conf, None, &["image", "list", "n3:", "--format", "json"]).await).unwrap();
     assert_eq!(json[0]["fingerprint"], fp.as_str());
@@ -226,6 +237,12 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         &["config", "set", "n2:", "cluster.images_minimal_replica", "1"],
     )
     .await;
+    seen(
+        conf,
+        &["config", "get", "n3:", "cluster.images_minimal_replica"],
+        |v| v.trim() == "1",
+    )
+    .await;
     let tree = image_tree(w, "trixie");
     tar(&tree, &["-cf", "../meta.tar", "metadata.yaml"]);
     tar(&tree, &["-cJf", "../rootfs.tar.xz", "rootfs"]);
@@ -253,11 +270,8 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         .join(format!("{split}.rootfs"))
         .is_file());
     assert!(!holds(&c.members[0], &split) && !holds(&c.members[1], &split));
-    let info = ok(conf, None, &["image", "info", "n1:split"]).await;
-    assert!(
-        info.contains("Size: 0.01MiB") || info.contains("Size: 0.0"),
-        "{info}"
-    );
+    let info = seen(conf, &["image", "info", "n1:split"], |_| true).await;
+    assert!(info.contains(&format!("Fingerprint: {split}")), "{info}");
 
     // Export through node1, which lacks it: the files come from node3, whole.
     let out_dir = w.join("export");
@@ -278,21 +292,64 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
 
     // node1 needs it (as instance creation will): it fetches it from node3, verified.
     let n1 = Target::tls(&c.members[0].address().await, Some(&cert));
-    let r = n1
-        .send_json(
-            "POST",
-            &format!("/internal/test/images/{split}/ensure?target=node1"),
-            &serde_json::json!({}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Two callers at once: one fetch, both answered once the copy is there.
+    let ensure = format!("/internal/test/images/{split}/ensure?target=node1");
+    let empty = serde_json::json!({});
+    let (a, b) = tokio::join!(
+        n1.send_json("POST", &ensure, &empty),
+        n1.send_json("POST", &ensure, &empty)
+    );
+    for r in [a.unwrap(), b.unwrap()] {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
     assert!(holds(&c.members[0], &split) && !holds(&c.members[1], &split));
+    let fetches = c.members[0].log().matches("fetching image from member").count();
+    assert_eq!(fetches, 1, "one fetch for two callers");
     let copy = c.members[0].dir.join("images");
     assert_eq!(
         sha256_concat(&copy.join(&split), &copy.join(format!("{split}.rootfs"))),
         split
     );
+    // Made public, a stranger exports it through node2, which does not hold it: the
+    // request goes to a holder with the stranger's (untrusted) identity.
+    let r = n1
+        .send_json(
+            "PATCH",
+            &format!("/1.0/images/{split}"),
+            &serde_json::json!({"public": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let via_n2 = Target::tls(&c.members[1].address().await, Some(&ClientCert::generate("y")));
+    let path = format!("/1.0/images/{split}/export");
+    let export = eventually(LONG, "the public image exported through node2", || async {
+        let r = via_n2.get(&path).await.ok()?;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert!(!holds(&c.members[1], &split), "served by a holder");
+    assert!(
+        export
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("multipart/form-data")),
+        "{:?}",
+        export.headers
+    );
+    assert_eq!(via_n2.get("/1.0/images/aliases").await.unwrap().status, 403);
+    let r = n1
+        .send_json(
+            "PATCH",
+            &format!("/1.0/images/{split}"),
+            &serde_json::json!({"public": false}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    eventually(LONG, "private again", || async {
+        (via_n2.get(&path).await.ok()?.status == 404).then_some(())
+    })
+    .await;
     // Back to three replicas: the periodic top-up copies it to node2 as well.
     ok(
         conf,
@@ -334,56 +391,15 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         "member-only, even for a trusted client"
     );
 
-    // Made public, a stranger exports it through node2, which does not hold it: the
-    // request goes to a holder with the stranger's (untrusted) identity.
-    let r = n1
-        .send_json(
-            "PATCH",
-            &format!("/1.0/images/{split}"),
-            &serde_json::json!({"public": true}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let via_n2 = Target::tls(&c.members[1].address().await, Some(&ClientCert::generate("y")));
-    let export = via_n2.get(&format!("/1.0/images/{split}/export")).await.unwrap();
-    assert_eq!(export.status, 200);
-    assert!(
-        export
-            .header("content-type")
-            .is_some_and(|t| t.starts_with("multipart/form-data")),
-        "{:?}",
-        export.headers
-    );
-    assert_eq!(via_n2.get("/1.0/images/aliases").await.unwrap().status, 403);
-    let r = n1
-        .send_json(
-            "PATCH",
-            &format!("/1.0/images/{split}"),
-            &serde_json::json!({"public": false}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        via_n2
-            .get(&format!("/1.0/images/{split}/export"))
-            .await
-            .unwrap()
-            .status,
-        404
-    );
-
     // Edit, set-property and aliases through different members, seen through others.
     ok(conf, None, &["image", "set-property", "n2:bb", "os", "Devuan"]).await;
-    let show = ok(conf, None, &["image", "show", "n3:bb"]).await;
-    assert!(show.contains("os: Devuan"), "{show}");
+    let show = seen(conf, &["image", "show", "n3:bb"], |s| s.contains("os: Devuan")).await;
     let edited = show.replace("public: false", "public: true");
     let (success, _, err) = incus_stdin(conf, None, &["image", "edit", "n1:bb"], Some(&edited)).await;
     assert!(success, "{err}");
-    let list = ok(
+    let public = format!("bb,{}", &fp[..12]);
+    seen(
         conf,
-        None,
         &[
             "image",
             "list",
@@ -394,17 +410,20 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
             "-c",
             "lf",
         ],
+        |l| l.trim() == public,
     )
     .await;
-    assert_eq!(list.trim(), format!("bb,{}", &fp[..12]));
     ok(conf, None, &["image", "alias", "create", "n1:deb", &fp[..8]]).await;
+    seen(conf, &["image", "alias", "list", "n2:", "--format", "csv"], |l| {
+        l.contains("deb,")
+    })
+    .await;
     ok(conf, None, &["image", "alias", "rename", "n2:deb", "debian"]).await;
-    let aliases = ok(conf, None, &["image", "alias", "list", "n3:", "--format", "csv"]).await;
-    assert!(
-        aliases.contains(&format!("debian,{},CONTAINER,", &fp[..12])),
-        "{aliases}"
-    );
-    assert!(!aliases.contains("deb,"), "{aliases}");
+    let renamed = format!("debian,{},CONTAINER,", &fp[..12]);
+    seen(conf, &["image", "alias", "list", "n3:", "--format", "csv"], |l| {
+        l.contains(&renamed) && !l.contains("deb,")
+    })
+    .await;
     let (success, _, err) = incus(conf, None, &["image", "alias", "create", "n3:debian", &fp]).await;
     assert!(!success && err.contains("already exists"), "{err}");
     ok(conf, None, &["image", "alias", "delete", "n3:debian"]).await;
@@ -433,7 +452,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         assert!(!success && err.contains(message), "{file}: {err}");
     }
     assert_eq!(
-        ok(conf, None, &["image", "list", "n3:", "--format", "csv"]).await,
+        ok(conf, None, &["image", "list", "n1:", "--format", "csv"]).await,
         before
     );
     let files_after: Vec<Vec<String>> = c.members.iter().map(files_of).collect();
@@ -457,8 +476,10 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         (!holds(n2, &fp)).then_some(())
     })
     .await;
-    let list = ok(conf, None, &["image", "list", "n2:", "--format", "csv"]).await;
-    assert!(!list.contains("bb,") && list.contains("split,"), "{list}");
+    seen(conf, &["image", "list", "n2:", "--format", "csv"], |l| {
+        !l.contains("bb,") && l.contains("split,")
+    })
+    .await;
     ok(conf, None, &["image", "delete", "n2:split"]).await;
     for m in &c.members {
         eventually(LONG, "the split image removed everywhere", || async {
