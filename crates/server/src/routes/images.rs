@@ -51,13 +51,13 @@ fn visible(id: &Identity, image: &Image) -> bool {
     id.trusted() || image.put.public
 }
 
-/// The image `prefix` names, if `id` may see it.
+/// The image `prefix` names, if `id` may see it (the public routes: Incus names the
+/// fingerprint asked for in their "not found").
 fn find_visible<'a>(state: &'a cluster::State, id: &Identity, prefix: &str) -> Result<&'a ImageRecord> {
-    let record = find(state, prefix)?;
-    if visible(id, &record.image) {
-        Ok(record)
-    } else {
-        Err(ApiError::not_found_msg("Image not found").into())
+    match state.find_image(prefix) {
+        Ok(record) if visible(id, &record.image) => Ok(record),
+        Err(ImageLookup::Ambiguous) => Err(ApiError::bad_request("More than one image matches").into()),
+        _ => Err(ApiError::not_found_msg(format!("Image {prefix:?} not found")).into()),
     }
 }
 

@@ -18,7 +18,10 @@ async fn t75_missing_features_are_named_through_the_official_client() {
             "Error: Instances are not supported by this server yet",
         ),
         // No such image: the client looks the alias up, as against Incus.
-        (&["launch", "debian", "c1"][..], "Error: Image not found"),
+        (
+            &["launch", "debian", "c1"][..],
+            "Error: Image \"debian\" not found",
+        ),
         (
             &["profile", "list"][..],
             "Error: Profiles are not supported by this server yet",
