@@ -441,7 +441,21 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
     std::fs::write(w.join("text.txt"), b"just some text, not an image at all").unwrap();
     std::fs::create_dir_all(w.join("nometa/rootfs")).unwrap();
     tar(&w.join("nometa"), &["-czf", "../nometa.tar.gz", "rootfs"]);
+    for (name, metadata) in [
+        ("z80", "architecture: z80\ncreation_date: 1700000000\n"),
+        ("undated", "architecture: x86_64\nproperties: {}\n"),
+    ] {
+        let d = w.join(name);
+        std::fs::create_dir_all(d.join("rootfs")).unwrap();
+        std::fs::write(d.join("metadata.yaml"), metadata).unwrap();
+        tar(
+            &d,
+            &["-czf", &format!("../{name}.tar.gz"), "metadata.yaml", "rootfs"],
+        );
+    }
     for (file, message) in [
+        ("z80.tar.gz", "Architecture isn't supported: z80"),
+        ("undated.tar.gz", "Missing creation date"),
         ("garbage.tar.gz", "Invalid image file"),
         ("truncated.tar.gz", "Invalid image file"),
         ("text.txt", "Unsupported compression"),
