@@ -180,7 +180,7 @@ pub async fn wait_for_record(ctx: &Ctx, fingerprint: &str, limit: Duration) {
 }
 
 /// An online member other than this one that holds the image.
-fn holder(ctx: &Ctx, state: &State, fingerprint: &str) -> Option<cluster::Member> {
+pub fn holder(ctx: &Ctx, state: &State, fingerprint: &str) -> Option<cluster::Member> {
     let me = ctx.member_id();
     let record = state.images.get(fingerprint)?;
     record

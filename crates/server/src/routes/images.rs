@@ -397,16 +397,9 @@ pub(crate) async fn export(
     if crate::images::have(&ctx, &fingerprint) || req.extensions().get::<crate::auth::ViaMember>().is_some() {
         return local_export(&ctx, &fingerprint).await;
     }
-    let me = ctx.member_id();
-    let holder = state.images[&fingerprint]
-        .locations
-        .iter()
-        .filter(|at| **at != me)
-        .filter_map(|at| at.and_then(|id| state.member_by_id(id)))
-        .find(|m| crate::membership::is_online(&ctx, &state, &m.name))
-        .map(|m| m.name.clone())
+    let holder = crate::images::holder(&ctx, &state, &fingerprint)
         .ok_or_else(|| ApiError::unavailable("Image not available on any online member"))?;
-    Ok(crate::forward::to_member(&ctx, &holder, req).await)
+    Ok(crate::forward::to_member(&ctx, &holder.name, req).await)
 }
 
 async fn local_export(ctx: &Ctx, fingerprint: &str) -> Result<Response> {
