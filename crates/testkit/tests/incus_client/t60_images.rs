@@ -292,8 +292,35 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
 
     // node1 needs it (as instance creation will): it fetches it from node3, verified.
     let n1 = Target::tls(&c.members[0].address().await, Some(&cert));
-    // Two callers at once: one fetch, both answered once the copy is there.
+    // A copy that does not hash to its fingerprint is refused, and nothing of it kept.
     let ensure = format!("/internal/test/images/{split}/ensure?target=node1");
+    let held = c.members[2].dir.join("images").join(format!("{split}.rootfs"));
+    let good = std::fs::read(&held).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    std::fs::write(&held, &bad).unwrap();
+    let r = n1
+        .send_json("POST", &ensure, &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 500);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fingerprints don't match")),
+        "{}",
+        r.json()
+    );
+    let left = files_of(&c.members[0]);
+    assert!(
+        left.iter()
+            .all(|f| !f.starts_with(&split) && !f.starts_with(".partial")),
+        "{left:?}"
+    );
+    std::fs::write(&held, &good).unwrap();
+
+    // Two callers at once: one fetch, both answered once the copy is there.
     let empty = serde_json::json!({});
     let (a, b) = tokio::join!(
         n1.send_json("POST", &ensure, &empty),
@@ -304,7 +331,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
     }
     assert!(holds(&c.members[0], &split) && !holds(&c.members[1], &split));
     let fetches = c.members[0].log().matches("fetching image from member").count();
-    assert_eq!(fetches, 1, "one fetch for two callers");
+    assert_eq!(fetches, 2, "one fetch for two callers (after the refused one)");
     let copy = c.members[0].dir.join("images");
     assert_eq!(
         sha256_concat(&copy.join(&split), &copy.join(format!("{split}.rootfs"))),
