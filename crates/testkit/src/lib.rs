@@ -472,6 +472,20 @@ impl Member {
         m
     }
 
+    /// The names in the member's image directory (`<state>/images`), sorted; temporary
+    /// files of imports under way included.
+    pub fn image_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("images"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("unix.socket")
     }

@@ -65,19 +65,6 @@ fn image_tree(dir: &Path, release: &str) -> PathBuf {
     tree
 }
 
-/// The image files a member holds (names in `<state>/images`, temporary ones included).
-fn files_of(m: &Member) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(m.dir.join("images"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn holds(m: &Member, fp: &str) -> bool {
     m.dir.join("images").join(fp).is_file()
 }
@@ -182,7 +169,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
             holds(m, &fp),
             "a replica on {:?}: {:?}\n{}",
             m.dir,
-            files_of(m),
+            m.image_files(),
             logs
         );
     }
@@ -312,7 +299,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         "{}",
         r.json()
     );
-    let left = files_of(&c.members[0]);
+    let left = c.members[0].image_files();
     assert!(
         left.iter()
             .all(|f| !f.starts_with(&split) && !f.starts_with(".partial")),
@@ -389,7 +376,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(holds(&c.members[1], &split), "{:?}", files_of(&c.members[1]));
+    assert!(holds(&c.members[1], &split), "{:?}", c.members[1].image_files());
     ok(
         conf,
         None,
@@ -457,7 +444,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
 
     // Bad uploads through node2: a clear error, and nothing left anywhere.
     let before = ok(conf, None, &["image", "list", "n1:", "--format", "csv"]).await;
-    let files_before: Vec<Vec<String>> = c.members.iter().map(files_of).collect();
+    let files_before: Vec<Vec<String>> = c.members.iter().map(Member::image_files).collect();
     std::fs::write(
         w.join("garbage.tar.gz"),
         b"\x1f\x8b\x08\x00garbage that is no gzip stream",
@@ -496,7 +483,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         ok(conf, None, &["image", "list", "n1:", "--format", "csv"]).await,
         before
     );
-    let files_after: Vec<Vec<String>> = c.members.iter().map(files_of).collect();
+    let files_after: Vec<Vec<String>> = c.members.iter().map(Member::image_files).collect();
     assert_eq!(files_after, files_before, "no partial file, no record");
 
     // Delete while node2 is down: every member that is up drops its copy at once, and
@@ -524,7 +511,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
     ok(conf, None, &["image", "delete", "n2:split"]).await;
     for m in &c.members {
         eventually(LONG, "the split image removed everywhere", || async {
-            (!holds(m, &split) && files_of(m).is_empty()).then_some(())
+            (!holds(m, &split) && m.image_files().is_empty()).then_some(())
         })
         .await;
     }

@@ -10,19 +10,6 @@ use tokio::io::AsyncWriteExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Everything in the member's image directory.
-fn files(m: &Member) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(m.dir.join("images"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// A small unified image (gzip tarball).
 fn unified(dir: &Path) -> Vec<u8> {
     let tree = dir.join("tree");
@@ -133,12 +120,15 @@ async fn t62_refused_uploads_leave_nothing() {
     s.write_all(&image[..image.len() / 2]).await.unwrap();
     s.flush().await.unwrap();
     eventually(LIMIT, "the partial upload in progress", || async {
-        files(&m).iter().any(|f| f.starts_with(".partial-")).then_some(())
+        m.image_files()
+            .iter()
+            .any(|f| f.starts_with(".partial-"))
+            .then_some(())
     })
     .await;
     drop(s);
     eventually(LIMIT, "the partial upload removed", || async {
-        files(&m).is_empty().then_some(())
+        m.image_files().is_empty().then_some(())
     })
     .await;
     assert_eq!(image_count(&m).await, 0);
@@ -160,7 +150,7 @@ async fn t62_refused_uploads_leave_nothing() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(files(&m), [fp]);
+    assert_eq!(m.image_files(), [fp]);
     assert_eq!(image_count(&m).await, 1);
 }
 
