@@ -232,8 +232,8 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
     .await;
     let tree = image_tree(w, "trixie");
     tar(&tree, &["-cf", "../meta.tar", "metadata.yaml"]);
-    tar(&tree, &["-cJf", "../rootfs.tar.xz", "rootfs"]);
-    let (meta, rootfs) = (w.join("meta.tar"), w.join("rootfs.tar.xz"));
+    tar(&tree, &["-czf", "../rootfs.tar.gz", "rootfs"]);
+    let (meta, rootfs) = (w.join("meta.tar"), w.join("rootfs.tar.gz"));
     let out = ok(
         conf,
         None,
@@ -270,7 +270,7 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
     )
     .await;
     let exported_meta = out_dir.join(format!("meta-{split}.tar"));
-    let exported_rootfs = out_dir.join(format!("{split}.tar.xz"));
+    let exported_rootfs = out_dir.join(format!("{split}.tar.gz"));
     assert_eq!(sha256_concat(&exported_meta, &exported_rootfs), split);
     assert!(
         !holds(&c.members[0], &split),
