@@ -47,6 +47,8 @@ pub enum Kind {
     OddInteger {
         min: i64,
     },
+    /// A number of copies: at least 1, or -1 for every member.
+    ReplicaCount,
     /// A listen address: `host:port`, `[v6]:port`, `:port`, or a host with the default
     /// port; a wildcard host (`:port`, `0.0.0.0`, `[::]`) only when `wildcard`.
     ListenAddress {
@@ -69,7 +71,7 @@ impl Kind {
     fn type_name(self) -> &'static str {
         match self {
             Kind::Bool => "bool",
-            Kind::Integer { .. } | Kind::OddInteger { .. } => "integer",
+            Kind::Integer { .. } | Kind::OddInteger { .. } | Kind::ReplicaCount => "integer",
             _ => "string",
         }
     }
@@ -143,6 +145,13 @@ pub const KEYS: &[Key] = &[
         kind: Kind::ListenAddress { wildcard: false },
         default: None,
         description: "Address to use for clustering traffic",
+    },
+    Key {
+        name: "cluster.images_minimal_replica",
+        scope: Scope::Global,
+        kind: Kind::ReplicaCount,
+        default: Some("3"),
+        description: "Minimal number of cluster members that keep a copy of an image (1: only the member it was imported on, -1: all)",
     },
     Key {
         name: "cluster.join_token_expiry",
@@ -349,6 +358,15 @@ fn check_kind(kind: Kind, value: &str) -> Result<String, String> {
             let n = integer(value)?;
             if n < min || n > max {
                 return Err(format!("Value must be between {min} and {max}"));
+            }
+            Ok(n.to_string())
+        }
+        Kind::ReplicaCount => {
+            let n = value
+                .parse::<i64>()
+                .map_err(|_| "Minimal image replica count is not a number".to_string())?;
+            if n < 1 && n != -1 {
+                return Err("Invalid value for image replica count".into());
             }
             Ok(n.to_string())
         }
@@ -593,6 +611,7 @@ pub fn markdown() -> String {
         let kind = match k.kind {
             Kind::Integer { min, max } => format!("integer ({min} to {max})"),
             Kind::OddInteger { min } => format!("odd integer ({min} or more)"),
+            Kind::ReplicaCount => "integer (1 or more, -1 for all)".into(),
             Kind::ListenAddress { wildcard: true } => "address".into(),
             Kind::ListenAddress { wildcard: false } => "address (not a wildcard)".into(),
             Kind::AddressList => "addresses/CIDRs".into(),
@@ -682,6 +701,7 @@ mod tests {
             ("acme.http.port", &[(":8080", ":8080"), ("127.0.0.1:80", "127.0.0.1:80"), (":80", "")], &[(":http", "Invalid address")]),
             ("cluster.forward_timeout", &[("1", "1"), ("3600", "3600"), ("+30", "30"), ("10", "")], &[("0", "Value must be between 1 and 3600"), ("3601", "between"), ("ten", "invalid integer")]),
             ("cluster.https_address", &[("10.0.0.1:8443", "10.0.0.1:8443"), ("[2001:db8::1]:8443", "[2001:db8::1]:8443"), ("node1.example", "node1.example")], &[(":8443", "Wildcard addresses aren't allowed"), ("0.0.0.0:8443", "Wildcard"), ("[::]:8443", "Wildcard"), ("a b", "Invalid address")]),
+            ("cluster.images_minimal_replica", &[("1", "1"), ("-1", "-1"), ("5", "5"), ("3", "")], &[("0", "Invalid value for image replica count"), ("-2", "Invalid value for image replica count"), ("all", "Minimal image replica count is not a number")]),
             ("cluster.join_token_expiry", &[("1d 12H", "1d 12H"), ("1000y", "1000y"), ("3H", "")], &[("3h", "Invalid expiry expression"), ("8000y", "Expiry must be at most 1000 years")]),
             ("cluster.max_standby", &[("0", "0"), ("5", "5"), ("2", "")], &[("6", "Value must be between 0 and 5"), ("-1", "between"), ("x", "invalid integer")]),
             ("cluster.max_voters", &[("5", "5"), ("7", "7"), ("1001", "1001"), ("03", "")], &[("4", "Value must be an odd number equal to or higher than 3"), ("1", "odd number"), ("-3", "odd number"), ("2", "odd number"), ("three", "invalid integer")]),

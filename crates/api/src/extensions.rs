@@ -46,4 +46,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "oidc_scopes",
     "oidc_allowed_subnets",
     "storage",
+    "image_create_aliases",
 ];

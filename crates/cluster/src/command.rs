@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    ConfigCommand, MemberCommand, PoolCommand, ProfileCommand, State, TokenCommand, TrustCommand,
-    WarningCommand,
+    ConfigCommand, ImageCommand, MemberCommand, PoolCommand, ProfileCommand, State, TokenCommand,
+    TrustCommand, WarningCommand,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +18,7 @@ pub enum Command {
     Warnings(WarningCommand),
     Pools(PoolCommand),
     Profiles(ProfileCommand),
+    Images(ImageCommand),
     /// The first entry of a new cluster: the state the member had while standalone.
     Restore {
         state: Box<State>,
@@ -35,6 +36,7 @@ impl Command {
             Command::Warnings(c) => c.name(),
             Command::Pools(c) => c.name(),
             Command::Profiles(c) => c.name(),
+            Command::Images(c) => c.name(),
             Command::Restore { .. } => "restore",
         }
     }
@@ -56,5 +58,6 @@ domain!(
     Members(MemberCommand),
     Warnings(WarningCommand),
     Pools(PoolCommand),
-    Profiles(ProfileCommand)
+    Profiles(ProfileCommand),
+    Images(ImageCommand)
 );

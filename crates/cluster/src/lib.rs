@@ -23,8 +23,8 @@ pub mod store;
 
 pub use command::Command;
 pub use state::{
-    ConfigCommand, Member, MemberCommand, MemberId, Pool, PoolCommand, PoolPart, PoolStatus, Profile,
-    ProfileCommand, Spent, State, StateError, Token, TokenCommand, TokenKind, TokenRefusal, TrustCommand,
-    Warning, WarningCommand, DEFAULT_PROFILE,
+    AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, Member, MemberCommand, MemberId,
+    Pool, PoolCommand, PoolPart, PoolStatus, Profile, ProfileCommand, Spent, State, StateError, Token,
+    TokenCommand, TokenKind, TokenRefusal, TrustCommand, Warning, WarningCommand, DEFAULT_PROFILE,
 };
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

@@ -70,6 +70,8 @@ pub struct Inner {
     pub max_stream_body: u64,
     /// `GET /1.0` as last rendered, with what it was rendered from.
     pub server_doc: crate::routes::server::Rendered,
+    /// Image imports and fetches under way on this member.
+    pub images: crate::images::Local,
 }
 
 impl Inner {
@@ -239,6 +241,7 @@ pub fn on_state_change(ctx: &Ctx) {
         }
     }
     ctx.events.set_location(&ctx.server_name());
+    crate::images::on_state_change(ctx);
     if let Some((crt, key)) = &state.cluster_certificate {
         let served_pem = ctx.served_certificate().0.clone();
         let wanted = trust::cert::pem_to_der(crt)

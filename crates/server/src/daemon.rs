@@ -174,8 +174,10 @@ impl Daemon {
             driver: instance::open(config.driver, dir),
             max_stream_body: config.max_stream_body,
             server_doc: Default::default(),
+            images: Default::default(),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
+        crate::images::remove_partial(&ctx);
         crate::context::on_state_change(&ctx);
         if config.test_routes {
             tracing::warn!("serving the test routes under /internal/test (--test-routes)");
@@ -213,6 +215,7 @@ impl Daemon {
         tokio::spawn(crate::membership::run(ctx.clone()));
         tokio::spawn(crate::relay::run(ctx.clone()));
         tokio::spawn(crate::acme::run(ctx.clone()));
+        tokio::spawn(crate::images::sync_task(ctx.clone()));
         let anycast_task = tokio::spawn(crate::anycast::run(ctx.clone()));
         tracing::info!(
             dir = %dir.display(),

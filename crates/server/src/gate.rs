@@ -58,7 +58,7 @@ pub const BODY_RATE: u64 = 64 * 1024;
 /// Routes whose body is consumed as it arrives (to a file, a hash, another member) rather
 /// than held: they take no memory budget, and their bound is `--max-stream-body`.
 pub fn streamed(method: &http::Method, path: &str) -> bool {
-    *method == http::Method::POST && path == crate::routes::TEST_SINK
+    *method == http::Method::POST && (path == crate::routes::TEST_SINK || path == "/1.0/images")
 }
 
 /// The largest body an untrusted caller may send to `method path`; `None` where it may

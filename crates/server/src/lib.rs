@@ -25,6 +25,7 @@ pub mod events;
 mod forward;
 mod gate;
 mod http;
+pub mod images;
 mod listeners;
 mod log;
 mod membership;

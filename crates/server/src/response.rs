@@ -30,6 +30,8 @@ impl From<cluster::StoreError> for Error {
             StoreError::State(StateError::CertificateExists)
             | StoreError::State(StateError::MemberExists(_))
             | StoreError::State(StateError::ProfileExists) => ApiError::conflict(e.to_string()),
+            StoreError::State(StateError::AliasExists(_)) => ApiError::conflict(e.to_string()),
+            StoreError::State(StateError::ImageExists) => ApiError::bad_request(e.to_string()),
             StoreError::State(StateError::MemberNotFound) => ApiError::not_found_msg(e.to_string()),
             StoreError::Unavailable(_) => ApiError::unavailable(e.to_string()),
             StoreError::State(StateError::CertificateNotFound)
@@ -37,6 +39,9 @@ impl From<cluster::StoreError> for Error {
             | StoreError::State(StateError::WarningNotFound)
             | StoreError::State(StateError::PoolNotFound)
             | StoreError::State(StateError::ProfileNotFound) => ApiError::not_found_msg(e.to_string()),
+            StoreError::State(StateError::ImageNotFound) | StoreError::State(StateError::AliasNotFound) => {
+                ApiError::not_found_msg(e.to_string())
+            }
             StoreError::State(StateError::Invalid(m)) => ApiError::bad_request(m),
             StoreError::State(StateError::TooManyTokens(_)) => ApiError::bad_request(e.to_string()),
             StoreError::Storage(_) => ApiError::unavailable(e.to_string()),

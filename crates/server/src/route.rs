@@ -190,6 +190,58 @@ fn served() -> Vec<Route> {
             || get(h::operations::websocket),
         ),
         row(G, "/1.0/events", Full, Anywhere, || get(h::events::stream)),
+        // Images: records and aliases are replicated, so any member answers; an upload
+        // lands on the member that receives it (a streamed route).
+        // The untrusted see public images (the handlers filter), as in Incus.
+        row(G, "/1.0/images", Public, Here, || get(h::images::list)),
+        row(Po, "/1.0/images", Full, Here, || post(h::images::create)),
+        row(G, "/1.0/images/aliases", Full, Here, || {
+            get(h::images::list_aliases)
+        }),
+        row(Po, "/1.0/images/aliases", Full, Here, || {
+            post(h::images::create_alias)
+        }),
+        row(G, "/1.0/images/aliases/{*name}", Public, Here, || {
+            get(h::images::get_alias)
+        }),
+        row(Pu, "/1.0/images/aliases/{*name}", Full, Here, || {
+            put(h::images::put_alias)
+        }),
+        row(Pa, "/1.0/images/aliases/{*name}", Full, Here, || {
+            patch(h::images::patch_alias)
+        }),
+        row(Po, "/1.0/images/aliases/{*name}", Full, Here, || {
+            post(h::images::rename_alias)
+        }),
+        row(D, "/1.0/images/aliases/{*name}", Full, Here, || {
+            delete(h::images::delete_alias)
+        }),
+        row(G, "/1.0/images/{fingerprint}", Public, Here, || {
+            get(h::images::get)
+        }),
+        row(Pu, "/1.0/images/{fingerprint}", Full, Here, || {
+            put(h::images::put)
+        }),
+        row(Pa, "/1.0/images/{fingerprint}", Full, Here, || {
+            patch(h::images::patch)
+        }),
+        row(D, "/1.0/images/{fingerprint}", Full, Here, || {
+            delete(h::images::delete)
+        }),
+        // Here, or handed to an online member holding the files.
+        row(G, "/1.0/images/{fingerprint}/export", Public, Here, || {
+            get(h::images::export)
+        }),
+        row(G, "/internal/images/{fingerprint}", Access::Member, Here, || {
+            get(h::images::internal_export)
+        }),
+        row(
+            Po,
+            "/internal/images/{fingerprint}/fetch",
+            Access::Member,
+            Here,
+            || post(h::images::internal_fetch),
+        ),
         row(G, "/1.0/resources", Full, Target, || get(h::system::resources)),
         row(G, "/1.0/metrics", Metrics, Target, || get(h::system::metrics)),
         row(G, "/1.0/metadata/configuration", Full, Here, || {
@@ -305,6 +357,10 @@ fn served() -> Vec<Route> {
             post(h::testing::start_operation)
         }),
         test_row(G, "/internal/test/routes", || get(h::testing::routes)),
+        test_row(Po, "/internal/test/images/sync", || post(h::images::test_sync)),
+        test_row(Po, "/internal/test/images/{fingerprint}/ensure", || {
+            post(h::images::test_ensure)
+        }),
     ]
 }
 

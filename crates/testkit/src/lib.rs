@@ -401,6 +401,20 @@ async fn read(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Res
     })
 }
 
+/// VmRSS and VmHWM (peak) of process `pid`, in bytes.
+pub fn memory(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// A `stapesd` process with its own state directory. Killed when dropped.
 pub struct Member {
     pub dir: PathBuf,
@@ -456,6 +470,20 @@ impl Member {
         };
         m.spawn().await;
         m
+    }
+
+    /// The names in the member's image directory (`<state>/images`), sorted; temporary
+    /// files of imports under way included.
+    pub fn image_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("images"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -114,6 +114,7 @@ pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateE
             for pool in state.pools.values_mut() {
                 pool.parts.retain(|p| p.location != Some(m.id));
             }
+            super::images::forget_member(&mut state.images, m.id);
             for t in state.tokens.values_mut() {
                 if t.location == Some(m.id) {
                     t.location = None;

@@ -9,6 +9,7 @@
 //!             ├─ Warnings(WarningCommand)─> warnings::apply  warnings
 //!             ├─ Pools(PoolCommand)      ─> pools::apply     pools
 //!             ├─ Profiles(ProfileCommand)─> profiles::apply  profiles
+//!             ├─ Images(ImageCommand)    ─> images::apply    images, image_aliases
 //!             └─ Restore { state }       ─> the whole state (the first entry of a cluster)
 //! ```
 //!
@@ -36,6 +37,7 @@
 //! removed.
 
 mod config;
+mod images;
 mod members;
 mod pools;
 mod profiles;
@@ -51,6 +53,7 @@ use api::types::Certificate;
 use serde::{Deserialize, Serialize};
 
 pub use config::ConfigCommand;
+pub use images::{AliasRecord, ImageCommand, ImageLookup, ImageRecord};
 pub use members::{Member, MemberCommand};
 pub use pools::{is_member_specific, Pool, PoolCommand, PoolPart, PoolStatus, MEMBER_SPECIFIC_KEYS};
 pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE};
@@ -89,6 +92,14 @@ pub enum StateError {
     ProfileNotFound,
     #[error("The profile already exists")]
     ProfileExists,
+    #[error("Image not found")]
+    ImageNotFound,
+    #[error("Image with same fingerprint already exists")]
+    ImageExists,
+    #[error("Image alias not found")]
+    AliasNotFound,
+    #[error("Alias \"{0}\" already exists")]
+    AliasExists(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -135,6 +146,13 @@ pub struct State {
     /// Profiles, by name; `default` only once changed (see [`State::profile`]).
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    // images
+    /// Images, by fingerprint.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+    /// Image aliases, by name.
+    #[serde(default)]
+    pub image_aliases: BTreeMap<String, AliasRecord>,
 }
 
 impl State {
@@ -148,6 +166,7 @@ impl State {
             Command::Warnings(c) => warnings::apply(self, c),
             Command::Pools(c) => pools::apply(self, c),
             Command::Profiles(c) => profiles::apply(self, c),
+            Command::Images(c) => images::apply(self, c),
             Command::Restore { state } => {
                 *self = (**state).clone();
                 Ok(())
@@ -176,6 +195,7 @@ impl State {
         for part in self.pools.values_mut().flat_map(|p| p.parts.iter_mut()) {
             part.location.get_or_insert(id);
         }
+        images::adopt_standalone(&mut self.images, id);
     }
 }
 

@@ -267,8 +267,59 @@ fn command() -> impl Strategy<Value = Command> {
         pick("w").prop_map(|uuid| WarningCommand::DeleteWarning { uuid }),
     ]
     .prop_map(Command::from);
+    let image = (pick("f"), any::<bool>()).prop_map(|(fingerprint, public)| {
+        Box::new(api::types::Image {
+            fingerprint,
+            put: api::types::ImagePut {
+                public,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    });
+    let alias_put = || {
+        (pick("f"), pick("d"))
+            .prop_map(|(target, description)| api::types::ImageAliasesEntryPut { description, target })
+    };
+    let images = prop_oneof![
+        (image, location(), vec(pick("a"), 0..2)).prop_map(|(image, location, names)| {
+            ImageCommand::CreateImage {
+                image,
+                location,
+                aliases: names
+                    .into_iter()
+                    .map(|name| api::types::ImageAlias {
+                        name,
+                        description: String::new(),
+                    })
+                    .collect(),
+            }
+        }),
+        (pick("f"), any::<bool>()).prop_map(|(fingerprint, public)| ImageCommand::UpdateImage {
+            fingerprint,
+            put: api::types::ImagePut {
+                public,
+                ..Default::default()
+            }
+        }),
+        pick("f").prop_map(|fingerprint| ImageCommand::DeleteImage { fingerprint }),
+        (pick("f"), location()).prop_map(|(fingerprint, location)| ImageCommand::AddImageLocation {
+            fingerprint,
+            location
+        }),
+        (pick("f"), location()).prop_map(|(fingerprint, location)| ImageCommand::RemoveImageLocation {
+            fingerprint,
+            location
+        }),
+        (pick("a"), alias_put()).prop_map(|(name, alias)| ImageCommand::CreateAlias { name, alias }),
+        (pick("a"), alias_put()).prop_map(|(name, alias)| ImageCommand::UpdateAlias { name, alias }),
+        (pick("a"), pick("a")).prop_map(|(name, new_name)| ImageCommand::RenameAlias { name, new_name }),
+        pick("a").prop_map(|name| ImageCommand::DeleteAlias { name }),
+    ]
+    .prop_map(Command::from);
     prop_oneof![
         1 => config,
+        3 => images,
         4 => trust,
         4 => tokens,
         4 => members,
@@ -279,7 +330,7 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
-/// Every member reference names a current member.
+/// Every member reference names a current member, and every alias an image.
 fn references_resolve(s: &State) -> Result<(), TestCaseError> {
     let refs = s
         .tokens
@@ -290,7 +341,14 @@ fn references_resolve(s: &State) -> Result<(), TestCaseError> {
             s.pools
                 .values()
                 .flat_map(|p| p.parts.iter().map(|part| part.location)),
+        )
+        .chain(s.images.values().flat_map(|i| i.locations.iter().copied()));
+    for (name, a) in &s.image_aliases {
+        prop_assert!(
+            s.images.contains_key(&a.target),
+            "alias {name} names a deleted image"
         );
+    }
     for at in refs.flatten() {
         prop_assert!(
             s.member_by_id(at).is_some(),

@@ -11,5 +11,6 @@ mod t40_events;
 mod t50_durability;
 mod t52_service_manager;
 mod t60_proxy_protocol;
+mod t62_images;
 mod t90_adversarial;
 mod t95_limits;
