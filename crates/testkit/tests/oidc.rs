@@ -416,6 +416,14 @@ async fn a_browser_login_can_start_on_one_member_and_finish_on_another() {
     }
     c.wait_healthy(1, LONG).await;
     p.configure(&c.members[0]).await;
+    // The callback lands on the other member: wait until the setting reached it.
+    let second = c.members[1].unix();
+    eventually(LONG, "the OpenID settings reach the second member", || async {
+        let r = second.get("/1.0").await.ok()?;
+        let issuer = r.metadata()["config"]["oidc.issuer"].as_str()?.to_string();
+        (!issuer.is_empty()).then_some(())
+    })
+    .await;
     let (at_a, at_b) = (Target::tls(&a, None), Target::tls(&b, None));
 
     let start = at_a
