@@ -1227,6 +1227,19 @@ pub fn t32_files_see_the_running_view(env: Env) -> BoxFuture<'static, ()> {
             return;
         }
         let rootfs = env.running("c1").await;
+        // The image's init mounts the tmpfs once it runs, a moment after `start` returns.
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let mounts = env.run("c1", &["cat", "/proc/mounts"]).await;
+            if mounts.stdout.lines().any(|l| l.split(' ').nth(1) == Some("/tmp")) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the container's init never mounted /tmp: {mounts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         env.write(
             "c1",
             "/tmp/in-tmpfs",
