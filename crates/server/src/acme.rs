@@ -23,6 +23,8 @@ use instant_acme::{
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use api::settings::Acme;
+
 use crate::context::Ctx;
 
 /// The warning type recorded when issuing fails.
@@ -30,33 +32,8 @@ pub const WARNING_TYPE: &str = "Failed to get an ACME certificate";
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// What the ACME keys ask for, when they ask for anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Wanted {
-    domains: Vec<String>,
-    email: String,
-    ca_url: String,
-}
-
-fn wanted(state: &cluster::State) -> Option<Wanted> {
-    let cfg = &state.config;
-    let domains: Vec<String> = api::config::effective(cfg, "acme.domain")
-        .split(',')
-        .map(|d| d.trim().to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
-        .collect();
-    if domains.is_empty()
-        || !matches!(
-            api::config::effective(cfg, "acme.agree_tos"),
-            "true" | "1" | "yes" | "on"
-        )
-    {
-        return None;
-    }
-    Some(Wanted {
-        domains,
-        email: api::config::effective(cfg, "acme.email").to_string(),
-        ca_url: api::config::effective(cfg, "acme.ca_url").to_string(),
-    })
+fn wanted(ctx: &Ctx) -> Option<Acme> {
+    Some(ctx.settings().acme.clone()).filter(Acme::wanted)
 }
 
 /// Whether the certificate now served must be replaced: a name missing, or two thirds
@@ -88,10 +65,10 @@ pub async fn run(ctx: Ctx) {
     let mut listener: Option<(String, watch::Sender<bool>)> = None;
     let mut next_try = Instant::now();
     let mut failures = 0u32;
-    let mut last_wanted: Option<Wanted> = None;
+    let mut last_wanted: Option<Acme> = None;
     loop {
         let state = ctx.store.state();
-        let want = wanted(&state);
+        let want = wanted(&ctx);
         keep_listener(&ctx, want.is_some(), &mut listener).await;
         let in_charge = !ctx.store.clustered() || ctx.store.raft_view().is_some_and(|v| v.is_leader());
         if want != last_wanted {
@@ -133,7 +110,7 @@ pub async fn run(ctx: Ctx) {
     }
 }
 
-async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
+async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, String> {
     let e = |what: &str| {
         let what = what.to_string();
         move |err: instant_acme::Error| format!("{what}: {err}")
@@ -340,9 +317,7 @@ async fn resolve_warnings(ctx: &Ctx) {
 /// Where the challenge listener belongs: `acme.http.port` as `HOST:PORT`, or a bare
 /// `:PORT` on the interface of this member's API address when that is specific.
 fn listener_address(ctx: &Ctx) -> Option<String> {
-    let state = ctx.store.state();
-    let port = api::config::effective(&state.config, "acme.http.port");
-    let parsed = api::config::parse_listen_address(port, 80).ok()?;
+    let parsed = ctx.settings().acme.http_port.clone();
     if parsed.host.is_some() {
         return Some(parsed.bind_string());
     }

@@ -129,7 +129,7 @@ impl Daemon {
             lookup
                 .get()
                 .and_then(std::sync::Weak::upgrade)
-                .is_some_and(|ctx| crate::context::trusted_proxy(&ctx.store.state(), ip))
+                .is_some_and(|ctx| ctx.settings().trusted_proxy(ip))
         });
         let lookup = trusted_from.clone();
         let members: transport::listen::Priority = Arc::new(move |facts| {
@@ -174,6 +174,7 @@ impl Daemon {
             driver: instance::open(config.driver, dir),
             max_stream_body: config.max_stream_body,
             server_doc: Default::default(),
+            settings: Default::default(),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::context::on_state_change(&ctx);

@@ -81,7 +81,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     let state = ctx.store.state();
     let resolved = {
         let me = ctx.server_name();
-        let online = |name: &str| crate::membership::is_online(&ctx, &state, name);
+        let online = |name: &str| crate::membership::is_online(&ctx, name);
         let view = crate::route::View {
             state: &state,
             me: &me,
@@ -103,7 +103,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     match resolved {
         Resolved::Local => next.run(req).await,
         Resolved::Forward { member, wait } => {
-            let bound = forward_timeout(&state) + wait;
+            let bound = ctx.settings().forward_timeout + wait;
             to_member_within(&ctx, &member, req, bound).await
         }
         Resolved::NotFound(msg) => error_response(&ApiError::not_found_msg(msg)),
@@ -114,7 +114,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
 
 /// Forwards `req` to the member named `name`, bounded by `cluster.forward_timeout`.
 pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
-    let timeout = forward_timeout(&ctx.store.state());
+    let timeout = ctx.settings().forward_timeout;
     to_member_within(ctx, name, req, timeout).await
 }
 
@@ -124,7 +124,7 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, mut req: Request, timeout: 
     let Some(member) = state.members.get(name) else {
         return error_response(&ApiError::not_found_msg("Cluster member not found"));
     };
-    if !crate::membership::is_online(ctx, &state, name) {
+    if !crate::membership::is_online(ctx, name) {
         return error_response(&ApiError::unavailable(format!(
             "Cluster member \"{name}\" is offline"
         )));
@@ -185,13 +185,6 @@ fn is_hop_by_hop(name: &str) -> bool {
             | "trailer"
             | "host"
     )
-}
-
-pub fn forward_timeout(state: &cluster::State) -> Duration {
-    let secs: u64 = api::config::effective(&state.config, "cluster.forward_timeout")
-        .parse()
-        .unwrap_or(10);
-    Duration::from_secs(secs.max(1))
 }
 
 #[cfg(test)]

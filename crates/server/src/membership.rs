@@ -128,23 +128,17 @@ pub fn last_seen(ctx: &Ctx, name: &str) -> Option<Duration> {
     ctx.heartbeats.lock().ok()?.get(name).map(|t| t.elapsed())
 }
 
-pub fn offline_threshold(state: &State) -> Duration {
-    let secs: u64 = api::config::effective(&state.config, "cluster.offline_threshold")
-        .parse()
-        .unwrap_or(20);
-    Duration::from_secs(secs.max(1))
-}
-
-pub fn is_online(ctx: &Ctx, state: &State, name: &str) -> bool {
-    last_seen(ctx, name).is_some_and(|d| d < offline_threshold(state))
+/// Whether `name` answered a heartbeat within `cluster.offline_threshold`.
+pub fn is_online(ctx: &Ctx, name: &str) -> bool {
+    let threshold = ctx.settings().offline_threshold;
+    last_seen(ctx, name).is_some_and(|d| d < threshold)
 }
 
 /// The member object of `/1.0/cluster/members/NAME`.
-pub fn member_json(ctx: &Ctx, state: &State, m: &Member) -> Value {
+pub fn member_json(ctx: &Ctx, m: &Member) -> Value {
     let view = ctx.store.raft_view().unwrap_or_default();
-    let max_standby: usize = api::config::effective(&state.config, "cluster.max_standby")
-        .parse()
-        .unwrap_or(2);
+    let settings = ctx.settings();
+    let max_standby = settings.max_standby;
     let standbys: Vec<u64> = view
         .nodes
         .keys()
@@ -161,7 +155,7 @@ pub fn member_json(ctx: &Ctx, state: &State, m: &Member) -> Value {
     } else if standbys.contains(&m.id) {
         roles.push("database-standby");
     }
-    let threshold = offline_threshold(state);
+    let threshold = settings.offline_threshold;
     let applied = if m.name == ctx.server_name() {
         view.last_applied
     } else {
@@ -198,7 +192,7 @@ pub fn join_token_operation(ctx: &Ctx, token: &cluster::Token, server_name: &str
     let addresses: Vec<String> = state
         .members
         .values()
-        .filter(|m| is_online(ctx, &state, &m.name))
+        .filter(|m| is_online(ctx, &m.name))
         .map(|m| m.address.clone())
         .collect();
     let mut metadata = std::collections::BTreeMap::new();
@@ -250,10 +244,13 @@ fn own_member(ctx: &Ctx, name: &str, address: &str, id: u64) -> Member {
 /// The address members reach this one at: `cluster.https_address`, else a specific
 /// `core.https_address`.
 pub fn cluster_address(ctx: &Ctx) -> Option<String> {
-    let local = ctx.store.local();
-    let pick = |k: &str| local.get(k).filter(|v| !v.is_empty()).cloned();
-    let addr = pick("cluster.https_address").or_else(|| pick("core.https_address"))?;
-    let parsed = api::config::parse_listen_address(&addr, crate::listeners::DEFAULT_PORT).ok()?;
+    let settings = ctx.settings();
+    let addr = match &settings.cluster_https_address {
+        Some(addr) => addr,
+        None if settings.https_address.is_empty() => return None,
+        None => &settings.https_address,
+    };
+    let parsed = api::config::parse_listen_address(addr, crate::listeners::DEFAULT_PORT).ok()?;
     parsed.host.as_ref()?;
     Some(parsed.bind_string())
 }
@@ -362,10 +359,9 @@ pub async fn join(
         .ok_or_else(|| ApiError::bad_request(format!("Invalid server_address {server_address:?}")))?;
 
     // Members will call us at `address`: listen there first, and undo it on failure.
-    let before = ctx.store.local();
     let mut changes = std::collections::BTreeMap::new();
     changes.insert("cluster.https_address".to_string(), address.clone());
-    if before.get("core.https_address").is_none_or(|v| v.is_empty()) {
+    if ctx.settings().https_address.is_empty() {
         changes.insert("core.https_address".to_string(), address.clone());
         ctx.listeners
             .set_https(&address, ctx.conn_handler())
@@ -572,7 +568,7 @@ pub async fn run(ctx: Ctx) {
     loop {
         let state = ctx.store.state();
         let interval =
-            (offline_threshold(&state) / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
+            (ctx.settings().offline_threshold / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
         // Keeps the last time a leader was seen current between readiness probes.
         let _ = ctx.readiness();
         ctx.store.check_storage().await;
@@ -675,14 +671,8 @@ async fn reconcile(ctx: &Ctx, state: &State) {
             return;
         }
     }
-    let max_voters: usize = api::config::effective(&state.config, "cluster.max_voters")
-        .parse()
-        .unwrap_or(3);
-    let online = |id: &u64| {
-        state
-            .member_by_id(*id)
-            .is_some_and(|m| is_online(ctx, state, &m.name))
-    };
+    let max_voters = ctx.settings().max_voters;
+    let online = |id: &u64| state.member_by_id(*id).is_some_and(|m| is_online(ctx, &m.name));
     let known = |id: &u64| state.member_by_id(*id).is_some();
     let desired = desired_voters(
         &view.voters,

@@ -37,29 +37,20 @@ pub struct Oidc {
 }
 
 /// The OpenID settings, when `oidc.issuer` and `oidc.client.id` are both set.
-pub fn config(state: &cluster::State) -> Option<Config> {
-    let get = |k: &str| state.config.get(k).filter(|v| !v.trim().is_empty()).cloned();
-    let scopes = match get("oidc.scopes") {
-        Some(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        None => oidc::DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
-    };
+pub fn config(settings: &api::Settings) -> Option<Config> {
+    let o = settings.oidc.as_ref()?;
     Some(Config {
-        issuer: get("oidc.issuer")?,
-        client_id: get("oidc.client.id")?,
-        audience: get("oidc.audience"),
-        claim: get("oidc.claim"),
-        scopes,
+        issuer: o.issuer.clone(),
+        client_id: o.client_id.clone(),
+        audience: o.audience.clone(),
+        claim: o.claim.clone(),
+        scopes: o.scopes.clone(),
     })
 }
 
 impl Oidc {
-    pub fn verifier(&self, state: &cluster::State) -> Option<Arc<Verifier>> {
-        let config = config(state)?;
+    pub fn verifier(&self, settings: &api::Settings) -> Option<Arc<Verifier>> {
+        let config = config(settings)?;
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match cur.as_ref() {
             Some(v) if *v.config() == config => {}
@@ -160,7 +151,7 @@ pub async fn authenticate(
     let Some(token) = presented(headers) else {
         return Ok(None);
     };
-    let Some(verifier) = ctx.oidc.verifier(&ctx.store.state()) else {
+    let Some(verifier) = ctx.oidc.verifier(&ctx.settings()) else {
         return Ok(None);
     };
     let refuse = |status: u16, why: String| {
@@ -267,7 +258,7 @@ fn not_configured() -> Response {
 
 /// `GET /oidc/login`: off to the provider, with PKCE and a sealed state cookie.
 pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    let Some(verifier) = ctx.oidc.verifier(&ctx.store.state()) else {
+    let Some(verifier) = ctx.oidc.verifier(&ctx.settings()) else {
         return not_configured();
     };
     let result = async {
@@ -322,7 +313,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(verifier) = ctx.oidc.verifier(&ctx.store.state()) else {
+    let Some(verifier) = ctx.oidc.verifier(&ctx.settings()) else {
         return not_configured();
     };
     let result = async {
@@ -392,7 +383,7 @@ pub async fn callback(
 /// `GET /oidc/logout`: forgets the browser's tokens and ends the provider session when
 /// the provider offers that.
 pub async fn logout(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    let end_session = match ctx.oidc.verifier(&ctx.store.state()) {
+    let end_session = match ctx.oidc.verifier(&ctx.settings()) {
         Some(v) => v
             .discovery()
             .await
@@ -455,13 +446,14 @@ mod tests {
 
     #[test]
     fn settings_need_an_issuer_and_a_client_id() {
-        let mut s = cluster::State::default();
-        assert!(config(&s).is_none());
-        s.config.insert("oidc.issuer".into(), "https://idp.test".into());
-        assert!(config(&s).is_none());
-        s.config.insert("oidc.client.id".into(), "cli".into());
-        s.config.insert("oidc.scopes".into(), "openid, email,,".into());
-        let c = config(&s).unwrap();
+        let mut s = std::collections::BTreeMap::new();
+        let settings = |s: &_| api::Settings::new(s, &Default::default());
+        assert!(config(&settings(&s)).is_none());
+        s.insert("oidc.issuer".to_string(), "https://idp.test".to_string());
+        assert!(config(&settings(&s)).is_none());
+        s.insert("oidc.client.id".into(), "cli".into());
+        s.insert("oidc.scopes".into(), "openid, email,,".into());
+        let c = config(&settings(&s)).unwrap();
         assert_eq!(c.scopes, ["openid", "email"]);
         assert_eq!(c.audience, None);
         let mut h = HeaderMap::new();

@@ -103,14 +103,14 @@ pub async fn list_members(
     let members = state
         .members
         .iter()
-        .map(|(name, m)| (name, membership::member_json(&ctx, &state, m)));
+        .map(|(name, m)| (name, membership::member_json(&ctx, m)));
     Ok(listing(recursion(&q), "/1.0/cluster/members", members))
 }
 
 pub async fn get_member(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response> {
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?;
-    let body = membership::member_json(&ctx, &state, m);
+    let body = membership::member_json(&ctx, m);
     Ok(sync_etag(&body, &(&m.description, &m.failure_domain)))
 }
 
@@ -203,7 +203,7 @@ pub async fn delete_member(
         if let Some(other) = state
             .members
             .values()
-            .find(|m| m.name != name && membership::is_online(&ctx, &state, &m.name))
+            .find(|m| m.name != name && membership::is_online(&ctx, &m.name))
         {
             return Ok(crate::forward::to_member(&ctx, &other.name.clone(), req).await);
         }
@@ -211,7 +211,7 @@ pub async fn delete_member(
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?.clone();
-    if !force && !membership::is_online(&ctx, &state, &name) {
+    if !force && !membership::is_online(&ctx, &name) {
         return Err(ApiError::bad_request(format!(
             "Member \"{name}\" is offline; use --force to remove it anyway"
         ))
@@ -261,8 +261,8 @@ pub async fn add_member(
         TokenKind::Join {
             server_name: req.server_name.clone(),
         },
-        "cluster.join_token_expiry",
-    )?;
+        ctx.settings().join_token_expiry,
+    );
     ctx.store
         .apply(TokenCommand::CreateToken { token: token.clone() })
         .await?;
