@@ -24,8 +24,39 @@ use trust::Identity;
 
 use crate::auth::{FWD_ADDRESS, FWD_PROTOCOL, FWD_USERNAME};
 use crate::context::Ctx;
+use crate::peers::PeerError;
 use crate::response::{error_response, ApiError};
 use crate::route::Resolved;
+
+/// Why a request could not be handed to the member that owns it (mapped to the envelope
+/// in `response.rs`). It names the member as clients know it, and says which of the
+/// failures an operator tells apart it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("Cluster member \"{member}\" refused the connection or cannot be reached ({error})")]
+    Refused { member: String, error: PeerError },
+    #[error("Cluster member \"{member}\" did not answer in time ({error})")]
+    Timeout { member: String, error: PeerError },
+    #[error("Cluster member \"{member}\" presented a TLS certificate that is not the one the cluster trusts for it (at {address})")]
+    CertificateMismatch { member: String, address: String },
+    #[error("Cluster member \"{member}\" is unreachable: {error}")]
+    Other { member: String, error: PeerError },
+}
+
+impl ForwardError {
+    /// A failed call to the member `member`, by what failed.
+    pub fn new(member: &str, error: PeerError) -> ForwardError {
+        let member = member.to_string();
+        match error {
+            PeerError::Refused { .. } => ForwardError::Refused { member, error },
+            PeerError::Timeout { .. } => ForwardError::Timeout { member, error },
+            PeerError::CertificateMismatch { address } => {
+                ForwardError::CertificateMismatch { member, address }
+            }
+            _ => ForwardError::Other { member, error },
+        }
+    }
+}
 
 /// The value of `?target=`, if any.
 pub fn target_of(uri: &http::Uri) -> Option<String> {

@@ -44,6 +44,16 @@ impl From<cluster::StoreError> for Error {
     }
 }
 
+/// A request that could not be handed to the member that owns it: 503, whatever the
+/// cause (the member may come back, or be repaired), with a message that names the
+/// member and says whether it refused, did not answer in time, or presented a
+/// certificate the cluster does not trust for it.
+impl From<crate::forward::ForwardError> for ApiError {
+    fn from(e: crate::forward::ForwardError) -> Self {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         error_response(&self.0)
