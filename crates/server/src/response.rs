@@ -44,6 +44,40 @@ impl From<cluster::StoreError> for Error {
     }
 }
 
+impl From<crate::membership::MembershipError> for ApiError {
+    fn from(e: crate::membership::MembershipError) -> Self {
+        use crate::membership::MembershipError as M;
+        match e {
+            M::TokenRefused(kind, refusal) => crate::operations::token_refusal(kind, refusal),
+            M::Store(e) => Error::from(e).0,
+            M::Refused { status, message } => ApiError::new(status, message),
+            M::AlreadyClustered
+            | M::NotClustered
+            | M::NoAddress
+            | M::InvalidName(_)
+            | M::TrustTokenGiven
+            | M::InvalidToken(_)
+            | M::InvalidClusterCertificate(_)
+            | M::InvalidClusterAddress(_)
+            | M::InvalidServerAddress(_)
+            | M::TokenForAnotherName { .. }
+            | M::BadCertificate(_)
+            | M::Listen(_) => ApiError::bad_request(e.to_string()),
+            M::AdmitForAnotherName { .. } | M::CertificateNotTrusted(_) => ApiError::new(403, e.to_string()),
+            M::NoMemberAddress | M::Unreachable(_) | M::StateLate | M::Unavailable(_) => {
+                ApiError::unavailable(e.to_string())
+            }
+            M::BadAnswer { .. } | M::Certificate(_) | M::Database(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::membership::MembershipError> for Error {
+    fn from(e: crate::membership::MembershipError) -> Self {
+        Error(e.into())
+    }
+}
+
 /// A request that could not be handed to the member that owns it: 503, whatever the
 /// cause (the member may come back, or be repaired), with a message that names the
 /// member and says whether it refused, did not answer in time, or presented a
