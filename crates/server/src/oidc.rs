@@ -199,8 +199,33 @@ struct Pending {
     expires: i64,
 }
 
+/// Why a browser login failed (mapped to the envelope in `response.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("OpenID Connect is not configured")]
+    NotConfigured,
+    #[error("The request has no usable Host header")]
+    NoHost,
+    #[error("The callback needs code and state parameters")]
+    MissingParameters,
+    /// The provider cannot be reached or used (its discovery document, say).
+    #[error("The OpenID provider cannot be used: {0}")]
+    Provider(#[source] oidc::OidcError),
+    /// The provider's authorization endpoint is unusable.
+    #[error("{0}")]
+    AuthorizeUrl(#[source] oidc::OidcError),
+    /// The login itself is refused: the browser is told to log in again.
+    #[error("Failed to authenticate: {0}")]
+    Refused(String),
+    /// The cluster-wide secret could not be made.
+    #[error("{0}")]
+    Secret(#[source] cluster::StoreError),
+    #[error("the cluster secret was not recorded")]
+    SecretMissing,
+}
+
 /// The cluster-wide secret, made on first use (the first proposal wins cluster-wide).
-async fn secret(ctx: &Ctx) -> Result<Vec<u8>, ApiError> {
+async fn secret(ctx: &Ctx) -> Result<Vec<u8>, LoginError> {
     if let Some(s) = ctx.store.state().secret.clone() {
         return Ok(s.into_bytes());
     }
@@ -208,22 +233,22 @@ async fn secret(ctx: &Ctx) -> Result<Vec<u8>, ApiError> {
     ctx.store
         .apply(cluster::TrustCommand::SetSecret { secret: candidate })
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(LoginError::Secret)?;
     ctx.store
         .state()
         .secret
         .clone()
         .map(String::into_bytes)
-        .ok_or_else(|| ApiError::internal("the cluster secret was not recorded"))
+        .ok_or(LoginError::SecretMissing)
 }
 
-fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
+fn host_of(headers: &HeaderMap) -> Result<String, LoginError> {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
         .map(str::to_string)
-        .ok_or_else(|| ApiError::bad_request("The request has no usable Host header"))
+        .ok_or(LoginError::NoHost)
 }
 
 fn cookie_header(name: &str, value: &str, path: &str, same_site: &str, max_age: Option<i64>) -> String {
@@ -253,7 +278,7 @@ fn redirect(to: &str) -> Response {
 }
 
 fn not_configured() -> Response {
-    error_response(&ApiError::not_found_msg("OpenID Connect is not configured"))
+    error_response(&LoginError::NotConfigured.into())
 }
 
 /// `GET /oidc/login`: off to the provider, with PKCE and a sealed state cookie.
@@ -264,10 +289,7 @@ pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let result = async {
         let host = host_of(&headers)?;
         let secret = secret(&ctx).await?;
-        let discovery = verifier
-            .discovery()
-            .await
-            .map_err(|e| ApiError::unavailable(format!("The OpenID provider cannot be used: {e}")))?;
+        let discovery = verifier.discovery().await.map_err(LoginError::Provider)?;
         let config = verifier.config();
         let (code_verifier, challenge) = oidc::flow::pkce();
         let pending = Pending {
@@ -285,7 +307,7 @@ pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             &challenge,
             config.audience.as_deref(),
         )
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(LoginError::AuthorizeUrl)?;
         let sealed = trust::seal::seal(
             &secret,
             LOGIN_PURPOSE,
@@ -301,10 +323,10 @@ pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             "Lax",
             Some(LOGIN_TTL_SECS),
         );
-        Ok::<_, ApiError>(r)
+        Ok::<_, LoginError>(r)
     }
     .await;
-    result.unwrap_or_else(|e| error_response(&e))
+    result.unwrap_or_else(|e| error_response(&e.into()))
 }
 
 /// `GET /oidc/callback?code&state`: finishes a login begun on any member.
@@ -317,7 +339,7 @@ pub async fn callback(
         return not_configured();
     };
     let result = async {
-        let unauthorized = |m: &str| ApiError::unauthorized(format!("Failed to authenticate: {m}"));
+        let unauthorized = |m: &str| LoginError::Refused(m.to_string());
         if let Some(e) = q.get("error") {
             let why = q.get("error_description").unwrap_or(e);
             return Err(unauthorized(&format!(
@@ -325,9 +347,7 @@ pub async fn callback(
             )));
         }
         let (Some(code), Some(state)) = (q.get("code"), q.get("state")) else {
-            return Err(ApiError::bad_request(
-                "The callback needs code and state parameters",
-            ));
+            return Err(LoginError::MissingParameters);
         };
         let sealed = cookie(&headers, LOGIN_COOKIE)
             .ok_or_else(|| unauthorized("no login in progress (the login cookie is missing)"))?;
@@ -341,10 +361,7 @@ pub async fn callback(
         if oidc::flow::now() > pending.expires {
             return Err(unauthorized("the login took too long; start again"));
         }
-        let discovery = verifier
-            .discovery()
-            .await
-            .map_err(|e| ApiError::unavailable(format!("The OpenID provider cannot be used: {e}")))?;
+        let discovery = verifier.discovery().await.map_err(LoginError::Provider)?;
         let tokens = oidc::flow::exchange_code(
             &discovery,
             &verifier.config().client_id,
@@ -372,8 +389,9 @@ pub async fn callback(
     }
     .await;
     result.unwrap_or_else(|e| {
-        let mut r = error_response(&e);
-        if e.status == 401 {
+        let relogin = matches!(e, LoginError::Refused(_));
+        let mut r = error_response(&e.into());
+        if relogin {
             write_headers(r.headers_mut(), verifier.config());
         }
         r

@@ -78,6 +78,19 @@ impl From<crate::membership::MembershipError> for Error {
     }
 }
 
+impl From<crate::oidc::LoginError> for ApiError {
+    fn from(e: crate::oidc::LoginError) -> Self {
+        use crate::oidc::LoginError as L;
+        match e {
+            L::NotConfigured => ApiError::not_found_msg(e.to_string()),
+            L::NoHost | L::MissingParameters => ApiError::bad_request(e.to_string()),
+            L::Provider(_) | L::AuthorizeUrl(_) | L::Secret(_) => ApiError::unavailable(e.to_string()),
+            L::Refused(_) => ApiError::unauthorized(e.to_string()),
+            L::SecretMissing => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 /// A request that could not be handed to the member that owns it: 503, whatever the
 /// cause (the member may come back, or be repaired), with a message that names the
 /// member and says whether it refused, did not answer in time, or presented a
