@@ -94,7 +94,7 @@ pub async fn run(ctx: Ctx) {
                             (Duration::from_secs(5) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF);
                         next_try = Instant::now() + delay;
                         tracing::warn!(error = %e, retry_in = ?delay, "ACME certificate not issued; keeping the current certificate");
-                        record_warning(&ctx, &e).await;
+                        record_warning(&ctx, &e.to_string()).await;
                     }
                 }
                 clear_challenges(&ctx).await;
@@ -110,10 +110,36 @@ pub async fn run(ctx: Ctx) {
     }
 }
 
-async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, String> {
+/// Why a certificate was not issued: recorded as a warning, and retried with backoff.
+#[derive(Debug, thiserror::Error)]
+enum AcmeError {
+    /// The CA (or the client talking to it) failed at one step.
+    #[error("{step}: {source}")]
+    Ca {
+        step: String,
+        #[source]
+        source: instant_acme::Error,
+    },
+    #[error("the CA offers no HTTP-01 challenge")]
+    NoHttp01,
+    #[error("the order is {0}, not ready")]
+    NotReady(String),
+    #[error("sharing the challenge: {0}")]
+    Share(#[source] cluster::StoreError),
+    /// The account or the certificate could not be recorded in the cluster state.
+    #[error("{0}")]
+    Store(#[source] cluster::StoreError),
+    #[error("{0}")]
+    Credentials(#[source] serde_json::Error),
+    /// The CA's certificate could not be served (why, in the API's words).
+    #[error("{0}")]
+    Unusable(String),
+}
+
+async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, AcmeError> {
     let e = |what: &str| {
-        let what = what.to_string();
-        move |err: instant_acme::Error| format!("{what}: {err}")
+        let step = what.to_string();
+        move |source: instant_acme::Error| AcmeError::Ca { step, source }
     };
     let builder = match std::env::var("STAPES_ACME_CA_FILE") {
         Ok(path) if !path.is_empty() => Account::builder_with_root(path).map_err(e("loading the ACME CA"))?,
@@ -148,11 +174,11 @@ async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, String> {
                 )
                 .await
                 .map_err(e(&format!("registering with {}", want.ca_url)))?;
-            let credentials = serde_json::to_string(&creds).map_err(|err| err.to_string())?;
+            let credentials = serde_json::to_string(&creds).map_err(AcmeError::Credentials)?;
             ctx.store
                 .apply(TrustCommand::SetAcmeAccount { credentials })
                 .await
-                .map_err(|err| err.to_string())?;
+                .map_err(AcmeError::Store)?;
             account
         }
     };
@@ -169,9 +195,7 @@ async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, String> {
             if matches!(auth.status, instant_acme::AuthorizationStatus::Valid) {
                 continue;
             }
-            let challenge = auth
-                .challenge(ChallengeType::Http01)
-                .ok_or("the CA offers no HTTP-01 challenge")?;
+            let challenge = auth.challenge(ChallengeType::Http01).ok_or(AcmeError::NoHttp01)?;
             let token = challenge.token.clone();
             let key_authorization = challenge.key_authorization().as_str().to_string();
             ctx.store
@@ -180,7 +204,7 @@ async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, String> {
                     key_authorization: Some(key_authorization),
                 })
                 .await
-                .map_err(|err| format!("sharing the challenge: {err}"))?;
+                .map_err(AcmeError::Share)?;
             ready.push(token);
         }
     }
@@ -208,21 +232,22 @@ async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, String> {
         .await
         .map_err(e("waiting for validation"))?;
     if !matches!(status, instant_acme::OrderStatus::Ready) {
-        return Err(format!("the order is {status:?}, not ready"));
+        return Err(AcmeError::NotReady(format!("{status:?}")));
     }
     let key_pem = order.finalize().await.map_err(e("finalizing"))?;
     let chain_pem = order
         .poll_certificate(&policy)
         .await
         .map_err(e("fetching the certificate"))?;
-    crate::routes::validate_certificate_pair(&chain_pem, &key_pem).map_err(|err| err.0.message)?;
+    crate::routes::validate_certificate_pair(&chain_pem, &key_pem)
+        .map_err(|err| AcmeError::Unusable(err.0.message))?;
     ctx.store
         .apply(TrustCommand::SetClusterCertificate {
             cert_pem: chain_pem,
             key_pem,
         })
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(AcmeError::Store)?;
     crate::context::on_state_change(ctx);
     let fingerprint = ctx.served_certificate().1.clone();
     ctx.events.lifecycle(

@@ -292,8 +292,11 @@ pub enum MembershipError {
     Listen(String),
     #[error("The join token lists no member address")]
     NoMemberAddress,
+    /// The token's fingerprint is not the certificate the member presents.
+    #[error("Failed to reach any cluster member: {0} (does the token's fingerprint match the cluster?)")]
+    WrongCluster(#[source] crate::peers::PeerError),
     #[error("Failed to reach any cluster member: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] crate::peers::PeerError),
     #[error("Bad join answer from {target}: {source}")]
     BadAnswer {
         target: String,
@@ -486,7 +489,10 @@ async fn ask_to_join(
             }
             Err(e) => {
                 tracing::info!(target = %target, error = %e, "join attempt failed; trying the next member");
-                last_error = MembershipError::Unreachable(e);
+                last_error = match e {
+                    crate::peers::PeerError::CertificateMismatch { .. } => MembershipError::WrongCluster(e),
+                    e => MembershipError::Unreachable(e),
+                };
             }
         }
     }

@@ -30,6 +30,8 @@ use transport::tls::{self, ServerTrust, TlsConnector, MEMBER_SNI};
 
 /// TCP connect plus TLS handshake to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A joiner's request to be admitted: a Raft commit and a membership change.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// One call, once connected.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A member connection idle this long is probed (TCP keepalive, three probes a third of
@@ -511,35 +513,32 @@ impl Peers {
         address: &str,
         cluster_fingerprint: &str,
         body: &[u8],
-    ) -> Result<(u16, Bytes), String> {
+    ) -> Result<(u16, Bytes), PeerError> {
         let call = async {
             let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
-            let stream = self
-                .dial(address, cluster_fingerprint, b"http/1.1", host)
-                .await
-                .map_err(|e| format!("{e} (does the token's fingerprint match the cluster?)"))?;
+            let stream = self.dial(address, cluster_fingerprint, b"http/1.1", host).await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(PeerError::http(address))?;
             tokio::spawn(conn);
             let req = http::Request::post("/internal/cluster/join")
                 .header("host", address)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::copy_from_slice(body)))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                .map_err(|e| PeerError::answer(address, e))?;
+            let resp = sender.send_request(req).await.map_err(PeerError::http(address))?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(PeerError::http(address))?
                 .to_bytes();
             Ok((status, body))
         };
         // Admission includes a Raft commit and a membership change: allow for both.
-        tokio::time::timeout(Duration::from_secs(15), call)
+        tokio::time::timeout(JOIN_TIMEOUT, call)
             .await
-            .map_err(|_| format!("{address} did not answer the join within 15 s"))?
+            .map_err(|_| PeerError::timeout(address, JOIN_TIMEOUT))?
     }
 }

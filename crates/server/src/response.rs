@@ -44,6 +44,25 @@ impl From<cluster::StoreError> for Error {
     }
 }
 
+/// A snapshot the leader streams that this member will not take.
+impl From<cluster::raft::ReceiveError> for Error {
+    fn from(e: cluster::raft::ReceiveError) -> Self {
+        use cluster::raft::ReceiveError as R;
+        Error(match e {
+            R::TooLarge { .. } => ApiError::new(413, e.to_string()),
+            R::Storage(_) => ApiError::internal(e.to_string()),
+            R::Header(_) | R::Length(_) => ApiError::bad_request(e.to_string()),
+        })
+    }
+}
+
+/// A proposed server configuration refused by the key table, in Incus's words.
+impl From<api::config::ConfigErrors> for Error {
+    fn from(e: api::config::ConfigErrors) -> Self {
+        Error(ApiError::bad_request(e.to_string()))
+    }
+}
+
 impl From<crate::membership::MembershipError> for ApiError {
     fn from(e: crate::membership::MembershipError) -> Self {
         use crate::membership::MembershipError as M;
@@ -64,9 +83,11 @@ impl From<crate::membership::MembershipError> for ApiError {
             | M::BadCertificate(_)
             | M::Listen(_) => ApiError::bad_request(e.to_string()),
             M::AdmitForAnotherName { .. } | M::CertificateNotTrusted(_) => ApiError::new(403, e.to_string()),
-            M::NoMemberAddress | M::Unreachable(_) | M::StateLate | M::Unavailable(_) => {
-                ApiError::unavailable(e.to_string())
-            }
+            M::NoMemberAddress
+            | M::Unreachable(_)
+            | M::WrongCluster(_)
+            | M::StateLate
+            | M::Unavailable(_) => ApiError::unavailable(e.to_string()),
             M::BadAnswer { .. } | M::Certificate(_) | M::Database(_) => ApiError::internal(e.to_string()),
         }
     }

@@ -298,12 +298,7 @@ pub async fn raft_snapshot(State(ctx): State<Ctx>, body: Body) -> Result<Respons
     use futures_util::StreamExt;
     let refused = |e: ReceiveError| -> crate::response::Error {
         tracing::warn!(error = %e, "refused a snapshot from the leader");
-        match e {
-            ReceiveError::TooLarge { .. } => ApiError::new(413, e.to_string()),
-            ReceiveError::Storage(_) => ApiError::internal(e.to_string()),
-            _ => ApiError::bad_request(e.to_string()),
-        }
-        .into()
+        e.into()
     };
     let mut receiver = ctx.store.receive_snapshot()?;
     let mut stream = body.into_data_stream();

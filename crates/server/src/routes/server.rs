@@ -196,7 +196,7 @@ async fn update(
     let before = current_config(&ctx);
     check_if_match(&headers, &before)?;
     let proposed = to_strings(req.config)?;
-    let proposed = api::config::check(&proposed).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let proposed = api::config::check(&proposed)?;
 
     // What changes: every proposed key, plus (for PUT) every set key left out.
     let mut changes: BTreeMap<String, String> = proposed.clone();
