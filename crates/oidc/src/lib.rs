@@ -19,15 +19,8 @@ use serde_json::Value;
 
 pub use verifier::{check_subnets, username, Verified, Verifier, VerifyError, LEEWAY_SECS, REFETCH_EVERY};
 
-/// The server's OpenID settings (`oidc.*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub issuer: String,
-    pub client_id: String,
-    pub audience: Option<String>,
-    pub claim: Option<String>,
-    pub scopes: Vec<String>,
-}
+/// The server's OpenID settings (`oidc.*`), as the typed settings hold them.
+pub use api::settings::Oidc as Config;
 
 /// The scopes asked for when `oidc.scopes` is not set (its default in the key table).
 pub const DEFAULT_SCOPES: &[&str] = &["openid", "offline_access", "email", "profile"];

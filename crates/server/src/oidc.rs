@@ -38,14 +38,7 @@ pub struct Oidc {
 
 /// The OpenID settings, when `oidc.issuer` and `oidc.client.id` are both set.
 pub fn config(settings: &api::Settings) -> Option<Config> {
-    let o = settings.oidc.as_ref()?;
-    Some(Config {
-        issuer: o.issuer.clone(),
-        client_id: o.client_id.clone(),
-        audience: o.audience.clone(),
-        claim: o.claim.clone(),
-        scopes: o.scopes.clone(),
-    })
+    settings.oidc.clone()
 }
 
 impl Oidc {
