@@ -71,14 +71,15 @@ pub enum PeerError {
         #[source]
         source: hyper::Error,
     },
-    /// The member answered, but not as asked (a status or a body that is not the one).
+    /// Anything else: a request that cannot be built, a websocket the member would not
+    /// open, this member's own TLS settings.
     #[error("{address}: {detail}")]
-    Answer { address: String, detail: String },
+    Other { address: String, detail: String },
 }
 
 impl PeerError {
-    fn answer(address: &str, detail: impl std::fmt::Display) -> PeerError {
-        PeerError::Answer {
+    fn other(address: &str, detail: impl std::fmt::Display) -> PeerError {
+        PeerError::Other {
             address: address.to_string(),
             detail: detail.to_string(),
         }
@@ -149,7 +150,7 @@ impl Peers {
             .uri(path)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| PeerError::answer(address, e))?;
+            .map_err(|e| PeerError::other(address, e))?;
         self.send(address, req, timeout)
             .await
             .map(|r| (r.status().as_u16(), r.into_body()))
@@ -199,7 +200,7 @@ impl Peers {
             .to_string();
         parts.uri = format!("https://{address}{path}")
             .parse()
-            .map_err(|e| PeerError::answer(address, e))?;
+            .map_err(|e| PeerError::other(address, e))?;
         let req = http::Request::from_parts(parts, body);
         let mut sender = self.sender(address, &fingerprint, false).await?;
         let unsent = match sender.try_send_request(req).await {
@@ -436,7 +437,7 @@ impl Peers {
             let url = format!("wss://{address}/internal/events");
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
-                .map_err(|e| PeerError::answer(address, e))?;
+                .map_err(|e| PeerError::other(address, e))?;
             Ok::<_, PeerError>(ws)
         };
         tokio::time::timeout(CONNECT_TIMEOUT * 3, connect)
@@ -491,7 +492,7 @@ impl Peers {
             Some((&self.cert_pem, &self.key_pem)),
             &[alpn],
         )
-        .map_err(|e| PeerError::answer(address, e))?;
+        .map_err(|e| PeerError::other(address, e))?;
         TlsConnector::from(config)
             .connect(tls::server_name(sni), tcp)
             .await
@@ -525,7 +526,7 @@ impl Peers {
                 .header("host", address)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::copy_from_slice(body)))
-                .map_err(|e| PeerError::answer(address, e))?;
+                .map_err(|e| PeerError::other(address, e))?;
             let resp = sender.send_request(req).await.map_err(PeerError::http(address))?;
             let status = resp.status().as_u16();
             let body = resp

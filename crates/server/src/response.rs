@@ -269,6 +269,68 @@ pub fn recursion(query: &std::collections::HashMap<String, String>) -> bool {
 mod tests {
     use super::*;
 
+    /// Each domain error gets its status here, and its message unchanged.
+    #[test]
+    fn domain_errors_map_to_their_status() {
+        use crate::forward::ForwardError;
+        use crate::membership::MembershipError as M;
+        use crate::peers::PeerError;
+        let status = |e: ApiError| (e.status, e.message);
+        assert_eq!(
+            status(M::AlreadyClustered.into()),
+            (400, "This server is already clustered".into())
+        );
+        assert_eq!(status(M::CertificateNotTrusted("n2".into()).into()).0, 403);
+        assert_eq!(
+            status(M::TokenRefused("join", cluster::TokenRefusal::Unknown).into()),
+            (
+                403,
+                "No matching cluster join operation found: the token is unknown, already used or expired"
+                    .into()
+            )
+        );
+        assert_eq!(
+            status(
+                M::Refused {
+                    status: 409,
+                    message: "taken".into()
+                }
+                .into()
+            ),
+            (409, "taken".into())
+        );
+        assert_eq!(status(M::StateLate.into()).0, 503);
+        assert_eq!(
+            status(crate::oidc::LoginError::Refused("no".into()).into()),
+            (401, "Failed to authenticate: no".into())
+        );
+        assert_eq!(status(crate::oidc::LoginError::NotConfigured.into()).0, 404);
+
+        let address = "127.0.0.1:9".to_string();
+        let refused = PeerError::Refused {
+            address: address.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let timeout = PeerError::Timeout {
+            address: address.clone(),
+            after: std::time::Duration::from_secs(3),
+        };
+        let mismatch = PeerError::CertificateMismatch { address };
+        for (e, says) in [
+            (refused, "refused the connection"),
+            (timeout, "did not answer in time"),
+            (
+                mismatch,
+                "presented a TLS certificate that is not the one the cluster trusts",
+            ),
+        ] {
+            let (code, msg) = status(ForwardError::new("node3", e).into());
+            assert_eq!(code, 503);
+            assert!(msg.starts_with("Cluster member \"node3\" "), "{msg}");
+            assert!(msg.contains(says), "{msg}");
+        }
+    }
+
     #[test]
     fn bodies_must_be_objects() {
         #[derive(Debug, serde::Deserialize, Default)]
