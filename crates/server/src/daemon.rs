@@ -72,7 +72,7 @@ pub enum StartError {
     #[error("Failed to bind the unix socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
     #[error("Failed to open the HTTPS listener: {0}")]
-    Https(String),
+    Https(#[source] crate::listeners::ListenError),
     #[error("Refusing to start: {0}")]
     Damaged(#[from] crate::state_files::Damaged),
 }

@@ -289,7 +289,7 @@ pub enum MembershipError {
     #[error("{0}")]
     BadCertificate(#[source] trust::cert::CertError),
     #[error("{0}")]
-    Listen(String),
+    Listen(#[source] crate::listeners::ListenError),
     #[error("The join token lists no member address")]
     NoMemberAddress,
     /// The token's fingerprint is not the certificate the member presents.

@@ -56,6 +56,13 @@ impl From<cluster::raft::ReceiveError> for Error {
     }
 }
 
+/// A listen address this member cannot open: the client asked for it, so 400.
+impl From<crate::listeners::ListenError> for Error {
+    fn from(e: crate::listeners::ListenError) -> Self {
+        Error(ApiError::bad_request(e.to_string()))
+    }
+}
+
 /// A proposed server configuration refused by the key table, in Incus's words.
 impl From<api::config::ConfigErrors> for Error {
     fn from(e: api::config::ConfigErrors) -> Self {

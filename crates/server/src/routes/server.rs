@@ -216,10 +216,7 @@ async fn update(
     // Side effects that can fail come first, so a refused change persists nothing.
     if let Some(addr) = local.get("core.https_address") {
         let handler = ctx.conn_handler();
-        ctx.listeners
-            .set_https(addr, handler)
-            .await
-            .map_err(ApiError::bad_request)?;
+        ctx.listeners.set_https(addr, handler).await?;
     }
     if !local.is_empty() {
         ctx.store.set_local(&local).await?;
