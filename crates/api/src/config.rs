@@ -9,6 +9,9 @@
 //! (`cannot set 'K' to 'V': REASON`), so a rejected request applies nothing. Keys
 //! `user.*` are free-form and global, as in Incus. Where stapes accepts other values
 //! than Incus, `docs/differences.md` says so.
+//!
+//! The daemon reads values through [`crate::settings::Settings`], typed, never by key
+//! name here: a default lives in this table alone.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -241,7 +244,7 @@ pub const KEYS: &[Key] = &[
         name: "oidc.scopes",
         scope: Scope::Global,
         kind: Kind::String,
-        default: None,
+        default: Some("openid, offline_access, email, profile"),
         description: "Comma separated list of OpenID Connect scopes",
     },
 ];
@@ -561,14 +564,6 @@ pub fn parse_host_address(value: &str) -> Result<IpAddr, String> {
         ));
     }
     Ok(cidr.addr)
-}
-
-/// The effective value of a key: the configured one, else its default, else empty.
-pub fn effective<'a>(config: &'a BTreeMap<String, String>, name: &str) -> &'a str {
-    match config.get(name).map(String::as_str) {
-        Some(v) if !v.is_empty() => v,
-        _ => key(name).and_then(|k| k.default).unwrap_or(""),
-    }
 }
 
 /// `GET /1.0/metadata/configuration`, shaped as Incus shapes it:

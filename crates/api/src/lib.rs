@@ -10,9 +10,11 @@ pub mod envelope;
 pub mod error;
 pub mod expiry;
 pub mod extensions;
+pub mod settings;
 pub mod types;
 pub mod units;
 pub mod unsupported;
 
 pub use envelope::Envelope;
 pub use error::ApiError;
+pub use settings::Settings;

@@ -19,17 +19,10 @@ use serde_json::Value;
 
 pub use verifier::{check_subnets, username, Verified, Verifier, VerifyError, LEEWAY_SECS, REFETCH_EVERY};
 
-/// The server's OpenID settings (`oidc.*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub issuer: String,
-    pub client_id: String,
-    pub audience: Option<String>,
-    pub claim: Option<String>,
-    pub scopes: Vec<String>,
-}
+/// The server's OpenID settings (`oidc.*`), as the typed settings hold them.
+pub use api::settings::Oidc as Config;
 
-/// The scopes asked for when `oidc.scopes` is not set.
+/// The scopes asked for when `oidc.scopes` is not set (its default in the key table).
 pub const DEFAULT_SCOPES: &[&str] = &["openid", "offline_access", "email", "profile"];
 
 /// The parts of a provider's discovery document that are used.
@@ -81,4 +74,15 @@ pub async fn discover(issuer: &str) -> Result<Discovery, OidcError> {
         )));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The scopes a client asks for by default are those the server's key table names
+    /// as `oidc.scopes`'s default.
+    #[test]
+    fn default_scopes_are_the_key_tables() {
+        let table = api::config::key("oidc.scopes").and_then(|k| k.default);
+        assert_eq!(table, Some(super::DEFAULT_SCOPES.join(", ").as_str()));
+    }
 }

@@ -23,6 +23,8 @@ use instant_acme::{
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use api::settings::Acme;
+
 use crate::context::Ctx;
 
 /// The warning type recorded when issuing fails.
@@ -30,33 +32,8 @@ pub const WARNING_TYPE: &str = "Failed to get an ACME certificate";
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// What the ACME keys ask for, when they ask for anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Wanted {
-    domains: Vec<String>,
-    email: String,
-    ca_url: String,
-}
-
-fn wanted(state: &cluster::State) -> Option<Wanted> {
-    let cfg = &state.config;
-    let domains: Vec<String> = api::config::effective(cfg, "acme.domain")
-        .split(',')
-        .map(|d| d.trim().to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
-        .collect();
-    if domains.is_empty()
-        || !matches!(
-            api::config::effective(cfg, "acme.agree_tos"),
-            "true" | "1" | "yes" | "on"
-        )
-    {
-        return None;
-    }
-    Some(Wanted {
-        domains,
-        email: api::config::effective(cfg, "acme.email").to_string(),
-        ca_url: api::config::effective(cfg, "acme.ca_url").to_string(),
-    })
+fn wanted(ctx: &Ctx) -> Option<Acme> {
+    Some(ctx.settings().acme.clone()).filter(Acme::wanted)
 }
 
 /// Whether the certificate now served must be replaced: a name missing, or two thirds
@@ -88,10 +65,10 @@ pub async fn run(ctx: Ctx) {
     let mut listener: Option<(String, watch::Sender<bool>)> = None;
     let mut next_try = Instant::now();
     let mut failures = 0u32;
-    let mut last_wanted: Option<Wanted> = None;
+    let mut last_wanted: Option<Acme> = None;
     loop {
         let state = ctx.store.state();
-        let want = wanted(&state);
+        let want = wanted(&ctx);
         keep_listener(&ctx, want.is_some(), &mut listener).await;
         let in_charge = !ctx.store.clustered() || ctx.store.raft_view().is_some_and(|v| v.is_leader());
         if want != last_wanted {
@@ -117,7 +94,7 @@ pub async fn run(ctx: Ctx) {
                             (Duration::from_secs(5) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF);
                         next_try = Instant::now() + delay;
                         tracing::warn!(error = %e, retry_in = ?delay, "ACME certificate not issued; keeping the current certificate");
-                        record_warning(&ctx, &e).await;
+                        record_warning(&ctx, &e.to_string()).await;
                     }
                 }
                 clear_challenges(&ctx).await;
@@ -133,10 +110,36 @@ pub async fn run(ctx: Ctx) {
     }
 }
 
-async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
+/// Why a certificate was not issued: recorded as a warning, and retried with backoff.
+#[derive(Debug, thiserror::Error)]
+enum AcmeError {
+    /// The CA (or the client talking to it) failed at one step.
+    #[error("{step}: {source}")]
+    Ca {
+        step: String,
+        #[source]
+        source: instant_acme::Error,
+    },
+    #[error("the CA offers no HTTP-01 challenge")]
+    NoHttp01,
+    #[error("the order is {0}, not ready")]
+    NotReady(String),
+    #[error("sharing the challenge: {0}")]
+    Share(#[source] cluster::StoreError),
+    /// The account or the certificate could not be recorded in the cluster state.
+    #[error("{0}")]
+    Store(#[source] cluster::StoreError),
+    #[error("{0}")]
+    Credentials(#[source] serde_json::Error),
+    /// The CA's certificate could not be served (why, in the API's words).
+    #[error("{0}")]
+    Unusable(String),
+}
+
+async fn issue(ctx: &Ctx, want: &Acme) -> Result<String, AcmeError> {
     let e = |what: &str| {
-        let what = what.to_string();
-        move |err: instant_acme::Error| format!("{what}: {err}")
+        let step = what.to_string();
+        move |source: instant_acme::Error| AcmeError::Ca { step, source }
     };
     let builder = match std::env::var("STAPES_ACME_CA_FILE") {
         Ok(path) if !path.is_empty() => Account::builder_with_root(path).map_err(e("loading the ACME CA"))?,
@@ -171,11 +174,11 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
                 )
                 .await
                 .map_err(e(&format!("registering with {}", want.ca_url)))?;
-            let credentials = serde_json::to_string(&creds).map_err(|err| err.to_string())?;
+            let credentials = serde_json::to_string(&creds).map_err(AcmeError::Credentials)?;
             ctx.store
                 .apply(TrustCommand::SetAcmeAccount { credentials })
                 .await
-                .map_err(|err| err.to_string())?;
+                .map_err(AcmeError::Store)?;
             account
         }
     };
@@ -192,9 +195,7 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
             if matches!(auth.status, instant_acme::AuthorizationStatus::Valid) {
                 continue;
             }
-            let challenge = auth
-                .challenge(ChallengeType::Http01)
-                .ok_or("the CA offers no HTTP-01 challenge")?;
+            let challenge = auth.challenge(ChallengeType::Http01).ok_or(AcmeError::NoHttp01)?;
             let token = challenge.token.clone();
             let key_authorization = challenge.key_authorization().as_str().to_string();
             ctx.store
@@ -203,7 +204,7 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
                     key_authorization: Some(key_authorization),
                 })
                 .await
-                .map_err(|err| format!("sharing the challenge: {err}"))?;
+                .map_err(AcmeError::Share)?;
             ready.push(token);
         }
     }
@@ -231,21 +232,22 @@ async fn issue(ctx: &Ctx, want: &Wanted) -> Result<String, String> {
         .await
         .map_err(e("waiting for validation"))?;
     if !matches!(status, instant_acme::OrderStatus::Ready) {
-        return Err(format!("the order is {status:?}, not ready"));
+        return Err(AcmeError::NotReady(format!("{status:?}")));
     }
     let key_pem = order.finalize().await.map_err(e("finalizing"))?;
     let chain_pem = order
         .poll_certificate(&policy)
         .await
         .map_err(e("fetching the certificate"))?;
-    crate::routes::validate_certificate_pair(&chain_pem, &key_pem).map_err(|err| err.0.message)?;
+    crate::routes::validate_certificate_pair(&chain_pem, &key_pem)
+        .map_err(|err| AcmeError::Unusable(err.0.message))?;
     ctx.store
         .apply(TrustCommand::SetClusterCertificate {
             cert_pem: chain_pem,
             key_pem,
         })
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(AcmeError::Store)?;
     crate::context::on_state_change(ctx);
     let fingerprint = ctx.served_certificate().1.clone();
     ctx.events.lifecycle(
@@ -340,9 +342,7 @@ async fn resolve_warnings(ctx: &Ctx) {
 /// Where the challenge listener belongs: `acme.http.port` as `HOST:PORT`, or a bare
 /// `:PORT` on the interface of this member's API address when that is specific.
 fn listener_address(ctx: &Ctx) -> Option<String> {
-    let state = ctx.store.state();
-    let port = api::config::effective(&state.config, "acme.http.port");
-    let parsed = api::config::parse_listen_address(port, 80).ok()?;
+    let parsed = ctx.settings().acme.http_port.clone();
     if parsed.host.is_some() {
         return Some(parsed.bind_string());
     }

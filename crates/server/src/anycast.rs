@@ -37,11 +37,8 @@ pub enum Step {
 
 /// The address wanted on the host now: the configured one (already validated on
 /// write) while the member is ready.
-pub fn wanted(configured: &str, ready: bool) -> Option<IpAddr> {
-    if !ready || configured.is_empty() {
-        return None;
-    }
-    api::config::parse_host_address(configured).ok()
+pub fn wanted(configured: Option<IpAddr>, ready: bool) -> Option<IpAddr> {
+    configured.filter(|_| ready)
 }
 
 /// The steps that take the host from holding `held` to holding `want`: the old address
@@ -67,15 +64,9 @@ async fn apply(step: Step) -> Result<(), host::ip::IpError> {
 /// Follows readiness until shutdown begins, then removes the address and returns.
 pub async fn run(ctx: Ctx) {
     let mut stop = ctx.shutdown_tx.subscribe();
-    let configured = || {
-        ctx.store
-            .local()
-            .get("core.anycast_address")
-            .cloned()
-            .unwrap_or_default()
-    };
+    let configured = || ctx.settings().anycast_address;
     // A run that crashed may have left the address behind: start from "absent".
-    if let Some(stale) = wanted(&configured(), true) {
+    if let Some(stale) = wanted(configured(), true) {
         if let Err(e) = apply(Step::Remove(stale)).await {
             tracing::warn!(error = %e, "cannot remove the anycast address at start");
         }
@@ -93,7 +84,7 @@ pub async fn run(ctx: Ctx) {
             continue;
         }
         let readiness = ctx.readiness();
-        let want = wanted(&configured(), readiness.is_ok());
+        let want = wanted(configured(), readiness.is_ok());
         for step in plan(held, want) {
             match apply(step).await {
                 Ok(()) => {
@@ -144,12 +135,19 @@ mod tests {
 
     #[test]
     fn wanted_only_while_ready_and_configured() {
-        assert_eq!(wanted("203.0.113.10/32", true), Some(ip("203.0.113.10")));
-        assert_eq!(wanted("2001:db8::10", true), Some(ip("2001:db8::10")));
-        assert_eq!(wanted("203.0.113.10", false), None);
-        assert_eq!(wanted("", true), None);
+        let configured = |v: &str| {
+            let local = [("core.anycast_address".to_string(), v.to_string())].into();
+            api::Settings::new(&Default::default(), &local).anycast_address
+        };
+        assert_eq!(
+            wanted(configured("203.0.113.10/32"), true),
+            Some(ip("203.0.113.10"))
+        );
+        assert_eq!(wanted(configured("2001:db8::10"), true), Some(ip("2001:db8::10")));
+        assert_eq!(wanted(configured("203.0.113.10"), false), None);
+        assert_eq!(wanted(configured(""), true), None);
         // Never acts on a value validation would have refused.
-        assert_eq!(wanted("203.0.113.0/24", true), None);
+        assert_eq!(wanted(configured("203.0.113.0/24"), true), None);
     }
 
     #[test]

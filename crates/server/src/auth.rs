@@ -99,7 +99,7 @@ pub async fn layer(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Resp
     }
     // Refused callers learn where to log in.
     if matches!(resp.status().as_u16(), 401 | 403) {
-        if let Some(config) = crate::oidc::config(&state) {
+        if let Some(config) = crate::oidc::config(&ctx.settings()) {
             crate::oidc::write_headers(resp.headers_mut(), &config);
         }
     }

@@ -72,7 +72,18 @@ pub struct Inner {
     pub server_doc: crate::routes::server::Rendered,
     /// Image imports and fetches under way on this member.
     pub images: crate::images::Local,
+    /// The typed settings, made once per change of the global or local config.
+    pub settings: SettingsMemo,
 }
+
+/// [`Inner::settings`] as last made, with the state and local config it was made from.
+pub type SettingsMemo = crate::memo::Memo<
+    (
+        Arc<cluster::State>,
+        Arc<std::collections::BTreeMap<String, String>>,
+    ),
+    Arc<api::Settings>,
+>;
 
 impl Inner {
     /// PEM and fingerprint of the certificate now served.
@@ -90,13 +101,21 @@ impl Inner {
         )));
     }
 
+    /// The settings now in force: the state's global config and this member's local one,
+    /// typed (made again only when either has changed).
+    pub fn settings(&self) -> Arc<api::Settings> {
+        let inputs = (self.store.state(), self.store.local());
+        self.settings
+            .get(inputs, |(state, local)| {
+                Arc::new(api::Settings::new(&state.config, local))
+            })
+            .1
+            .clone()
+    }
+
     /// The member-local HTTPS address as configured (may be a wildcard).
     pub fn https_address(&self) -> String {
-        self.store
-            .local()
-            .get("core.https_address")
-            .cloned()
-            .unwrap_or_default()
+        self.settings().https_address.clone()
     }
 
     /// Where clients can reach this member.
@@ -260,12 +279,4 @@ pub fn on_state_change(ctx: &Ctx) {
             }
         }
     }
-}
-
-/// Whether `ip` is listed in `core.https_trusted_proxy` (addresses or CIDR ranges).
-pub fn trusted_proxy(state: &cluster::State, ip: std::net::IpAddr) -> bool {
-    api::config::effective(&state.config, "core.https_trusted_proxy")
-        .split(',')
-        .filter_map(|item| api::config::parse_cidr(item.trim()).ok())
-        .any(|cidr| cidr.contains(ip))
 }

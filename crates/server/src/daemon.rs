@@ -72,7 +72,7 @@ pub enum StartError {
     #[error("Failed to bind the unix socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
     #[error("Failed to open the HTTPS listener: {0}")]
-    Https(String),
+    Https(#[source] crate::listeners::ListenError),
     #[error("Refusing to start: {0}")]
     Damaged(#[from] crate::state_files::Damaged),
 }
@@ -129,7 +129,7 @@ impl Daemon {
             lookup
                 .get()
                 .and_then(std::sync::Weak::upgrade)
-                .is_some_and(|ctx| crate::context::trusted_proxy(&ctx.store.state(), ip))
+                .is_some_and(|ctx| ctx.settings().trusted_proxy(ip))
         });
         let lookup = trusted_from.clone();
         let members: transport::listen::Priority = Arc::new(move |facts| {
@@ -175,6 +175,7 @@ impl Daemon {
             max_stream_body: config.max_stream_body,
             server_doc: Default::default(),
             images: Default::default(),
+            settings: Default::default(),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::images::remove_partial(&ctx);

@@ -24,8 +24,39 @@ use trust::Identity;
 
 use crate::auth::{FWD_ADDRESS, FWD_PROTOCOL, FWD_USERNAME};
 use crate::context::Ctx;
+use crate::peers::PeerError;
 use crate::response::{error_response, ApiError};
 use crate::route::Resolved;
+
+/// Why a request could not be handed to the member that owns it (mapped to the envelope
+/// in `response.rs`). It names the member as clients know it, and says which of the
+/// failures an operator tells apart it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("Cluster member \"{member}\" refused the connection or cannot be reached ({error})")]
+    Refused { member: String, error: PeerError },
+    #[error("Cluster member \"{member}\" did not answer in time ({error})")]
+    Timeout { member: String, error: PeerError },
+    #[error("Cluster member \"{member}\" presented a TLS certificate that is not the one the cluster trusts for it (at {address})")]
+    CertificateMismatch { member: String, address: String },
+    #[error("Cluster member \"{member}\" is unreachable: {error}")]
+    Other { member: String, error: PeerError },
+}
+
+impl ForwardError {
+    /// A failed call to the member `member`, by what failed.
+    pub fn new(member: &str, error: PeerError) -> ForwardError {
+        let member = member.to_string();
+        match error {
+            PeerError::Refused { .. } => ForwardError::Refused { member, error },
+            PeerError::Timeout { .. } => ForwardError::Timeout { member, error },
+            PeerError::CertificateMismatch { address } => {
+                ForwardError::CertificateMismatch { member, address }
+            }
+            _ => ForwardError::Other { member, error },
+        }
+    }
+}
 
 /// The value of `?target=`, if any.
 pub fn target_of(uri: &http::Uri) -> Option<String> {
@@ -81,7 +112,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     let state = ctx.store.state();
     let resolved = {
         let me = ctx.server_name();
-        let online = |name: &str| crate::membership::is_online(&ctx, &state, name);
+        let online = |name: &str| crate::membership::is_online(&ctx, name);
         let view = crate::route::View {
             state: &state,
             me: &me,
@@ -103,7 +134,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     match resolved {
         Resolved::Local => next.run(req).await,
         Resolved::Forward { member, wait } => {
-            let bound = forward_timeout(&state) + wait;
+            let bound = ctx.settings().forward_timeout + wait;
             to_member_within(&ctx, &member, req, bound).await
         }
         Resolved::NotFound(msg) => error_response(&ApiError::not_found_msg(msg)),
@@ -114,7 +145,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
 
 /// Forwards `req` to the member named `name`, bounded by `cluster.forward_timeout`.
 pub async fn to_member(ctx: &Ctx, name: &str, req: Request) -> Response {
-    let timeout = forward_timeout(&ctx.store.state());
+    let timeout = ctx.settings().forward_timeout;
     to_member_within(ctx, name, req, timeout).await
 }
 
@@ -124,7 +155,7 @@ pub async fn to_member_within(ctx: &Ctx, name: &str, mut req: Request, timeout: 
     let Some(member) = state.members.get(name) else {
         return error_response(&ApiError::not_found_msg("Cluster member not found"));
     };
-    if !crate::membership::is_online(ctx, &state, name) {
+    if !crate::membership::is_online(ctx, name) {
         return error_response(&ApiError::unavailable(format!(
             "Cluster member \"{name}\" is offline"
         )));
@@ -185,13 +216,6 @@ fn is_hop_by_hop(name: &str) -> bool {
             | "trailer"
             | "host"
     )
-}
-
-pub fn forward_timeout(state: &cluster::State) -> Duration {
-    let secs: u64 = api::config::effective(&state.config, "cluster.forward_timeout")
-        .parse()
-        .unwrap_or(10);
-    Duration::from_secs(secs.max(1))
 }
 
 #[cfg(test)]

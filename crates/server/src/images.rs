@@ -188,7 +188,7 @@ pub fn holder(ctx: &Ctx, state: &State, fingerprint: &str) -> Option<cluster::Me
         .iter()
         .filter(|at| **at != me)
         .filter_map(|at| at.and_then(|id| state.member_by_id(id)))
-        .find(|m| crate::membership::is_online(ctx, state, &m.name))
+        .find(|m| crate::membership::is_online(ctx, &m.name))
         .cloned()
 }
 
@@ -201,7 +201,7 @@ async fn fetch(ctx: &Ctx, state: &State, fingerprint: &str, dir: &std::path::Pat
         .body(axum::body::Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let resp = tokio::time::timeout(
-        crate::forward::forward_timeout(state),
+        ctx.settings().forward_timeout,
         ctx.peers.exchange(&from.address, req),
     )
     .await
@@ -268,15 +268,6 @@ where
     }))
 }
 
-/// How many members should hold an image: `cluster.images_minimal_replica` (-1: all).
-pub fn wanted_replicas(state: &State) -> usize {
-    match api::config::effective(&state.config, "cluster.images_minimal_replica").parse::<i64>() {
-        Ok(-1) => usize::MAX,
-        Ok(n) if n >= 1 => n as usize,
-        _ => 3,
-    }
-}
-
 /// The members to copy an image to: online members that lack it, in id order, until
 /// `wanted` members hold it. Pure, for the tests.
 pub fn replica_targets(
@@ -310,8 +301,9 @@ pub async fn replicate(ctx: &Ctx, fingerprint: &str) {
     if state.members.is_empty() {
         return;
     }
-    let online = |name: &str| crate::membership::is_online(ctx, &state, name);
-    let targets = replica_targets(&state, fingerprint, wanted_replicas(&state), &online);
+    let online = |name: &str| crate::membership::is_online(ctx, name);
+    let wanted = ctx.settings().images_minimal_replica;
+    let targets = replica_targets(&state, fingerprint, wanted, &online);
     let calls = targets.into_iter().map(|m| {
         let ctx = ctx.clone();
         let path = format!("/internal/images/{fingerprint}/fetch");
@@ -483,10 +475,6 @@ mod tests {
         let not_a = |n: &str| n != "a";
         assert_eq!(names(replica_targets(&s, "f", 3, &not_a)), ["c", "d"]);
         assert!(replica_targets(&s, "nope", 3, &all).is_empty());
-        assert_eq!(wanted_replicas(&s), 3);
-        s.config
-            .insert("cluster.images_minimal_replica".into(), "-1".into());
-        assert_eq!(wanted_replicas(&s), usize::MAX);
     }
 
     #[test]

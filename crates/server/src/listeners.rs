@@ -87,7 +87,7 @@ impl Listeners {
     }
 
     /// Opens, moves or closes the HTTPS listener. On error the old listener stays.
-    pub async fn set_https(&self, address: &str, handler: ConnHandler) -> Result<(), String> {
+    pub async fn set_https(&self, address: &str, handler: ConnHandler) -> Result<(), ListenError> {
         let mut current = self.https.lock().await;
         if address.is_empty() {
             if let Some(old) = current.take() {
@@ -95,7 +95,7 @@ impl Listeners {
             }
             return Ok(());
         }
-        let wanted = parse_listen_address(address, DEFAULT_PORT)?;
+        let wanted = parse_listen_address(address, DEFAULT_PORT).map_err(ListenError::Address)?;
         if current.as_ref().is_some_and(|r| r.address == wanted) {
             return Ok(());
         }
@@ -113,11 +113,11 @@ impl Listeners {
                         if let Ok(l) = bind(&old_address).await {
                             *current = Some(self.start(l, old_address, handler));
                         }
-                        return Err(bind_error(address, &e));
+                        return Err(bind_error(address, e));
                     }
                 }
             }
-            Err(e) => return Err(bind_error(address, &e)),
+            Err(e) => return Err(bind_error(address, e)),
         };
         if let Some(old) = current.take() {
             stop(old).await;
@@ -160,8 +160,25 @@ async fn bind(address: &ListenAddress) -> std::io::Result<TcpListener> {
     TcpListener::bind(address.bind_string()).await
 }
 
-fn bind_error(address: &str, e: &std::io::Error) -> String {
-    format!("Cannot listen on https socket {address:?}: {e}")
+/// Why the HTTPS listener could not be opened where asked (the old one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The address does not parse (checked on write, so only from an old state).
+    #[error("{0}")]
+    Address(String),
+    #[error("Cannot listen on https socket {address:?}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn bind_error(address: &str, e: std::io::Error) -> ListenError {
+    ListenError::Bind {
+        address: address.to_string(),
+        source: e,
+    }
 }
 
 async fn stop(r: Running) {

@@ -33,7 +33,6 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::context::Ctx;
-use crate::response::ApiError;
 
 /// What a joiner sends.
 #[derive(Debug, Serialize, Deserialize)]
@@ -128,23 +127,17 @@ pub fn last_seen(ctx: &Ctx, name: &str) -> Option<Duration> {
     ctx.heartbeats.lock().ok()?.get(name).map(|t| t.elapsed())
 }
 
-pub fn offline_threshold(state: &State) -> Duration {
-    let secs: u64 = api::config::effective(&state.config, "cluster.offline_threshold")
-        .parse()
-        .unwrap_or(20);
-    Duration::from_secs(secs.max(1))
-}
-
-pub fn is_online(ctx: &Ctx, state: &State, name: &str) -> bool {
-    last_seen(ctx, name).is_some_and(|d| d < offline_threshold(state))
+/// Whether `name` answered a heartbeat within `cluster.offline_threshold`.
+pub fn is_online(ctx: &Ctx, name: &str) -> bool {
+    let threshold = ctx.settings().offline_threshold;
+    last_seen(ctx, name).is_some_and(|d| d < threshold)
 }
 
 /// The member object of `/1.0/cluster/members/NAME`.
-pub fn member_json(ctx: &Ctx, state: &State, m: &Member) -> Value {
+pub fn member_json(ctx: &Ctx, m: &Member) -> Value {
     let view = ctx.store.raft_view().unwrap_or_default();
-    let max_standby: usize = api::config::effective(&state.config, "cluster.max_standby")
-        .parse()
-        .unwrap_or(2);
+    let settings = ctx.settings();
+    let max_standby = settings.max_standby;
     let standbys: Vec<u64> = view
         .nodes
         .keys()
@@ -161,7 +154,7 @@ pub fn member_json(ctx: &Ctx, state: &State, m: &Member) -> Value {
     } else if standbys.contains(&m.id) {
         roles.push("database-standby");
     }
-    let threshold = offline_threshold(state);
+    let threshold = settings.offline_threshold;
     let applied = if m.name == ctx.server_name() {
         view.last_applied
     } else {
@@ -198,7 +191,7 @@ pub fn join_token_operation(ctx: &Ctx, token: &cluster::Token, server_name: &str
     let addresses: Vec<String> = state
         .members
         .values()
-        .filter(|m| is_online(ctx, &state, &m.name))
+        .filter(|m| is_online(ctx, &m.name))
         .map(|m| m.address.clone())
         .collect();
     let mut metadata = std::collections::BTreeMap::new();
@@ -250,38 +243,106 @@ fn own_member(ctx: &Ctx, name: &str, address: &str, id: u64) -> Member {
 /// The address members reach this one at: `cluster.https_address`, else a specific
 /// `core.https_address`.
 pub fn cluster_address(ctx: &Ctx) -> Option<String> {
-    let local = ctx.store.local();
-    let pick = |k: &str| local.get(k).filter(|v| !v.is_empty()).cloned();
-    let addr = pick("cluster.https_address").or_else(|| pick("core.https_address"))?;
-    let parsed = api::config::parse_listen_address(&addr, crate::listeners::DEFAULT_PORT).ok()?;
+    let settings = ctx.settings();
+    let addr = match &settings.cluster_https_address {
+        Some(addr) => addr,
+        None if settings.https_address.is_empty() => return None,
+        None => &settings.https_address,
+    };
+    let parsed = api::config::parse_listen_address(addr, crate::listeners::DEFAULT_PORT).ok()?;
     parsed.host.as_ref()?;
     Some(parsed.bind_string())
 }
 
+/// Why bootstrapping, joining or admitting a member failed (mapped to the envelope in
+/// `response.rs`; the words are the API's).
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("This server is already clustered")]
+    AlreadyClustered,
+    #[error("This server is not clustered")]
+    NotClustered,
+    #[error("Clustering needs a specific network address: set core.https_address or cluster.https_address (not a wildcard)")]
+    NoAddress,
+    #[error("Invalid member name {0:?}: use letters, digits and '-'")]
+    InvalidName(String),
+    #[error("This is a trust token (for adding a client, as incus remote add does), not a cluster join token: get one with `cluster add NAME` on a member")]
+    TrustTokenGiven,
+    #[error("Invalid cluster join token: {0}")]
+    InvalidToken(#[source] trust::token::TokenError),
+    #[error("Invalid cluster_certificate: {0}")]
+    InvalidClusterCertificate(#[source] trust::cert::CertError),
+    #[error("Invalid cluster_address {0:?}")]
+    InvalidClusterAddress(String),
+    #[error("Invalid server_address {0:?}")]
+    InvalidServerAddress(String),
+    /// The joiner asks with a token made for another name.
+    #[error("The join token is for a member named {token:?}, not {name:?}")]
+    TokenForAnotherName { token: String, name: String },
+    /// Seen by the member asked to admit: the token names another member.
+    #[error("The join token is for a member named {token:?}, not {name:?}")]
+    AdmitForAnotherName { token: String, name: String },
+    #[error("This server's certificate is not trusted as cluster member {0:?}: join with a join token")]
+    CertificateNotTrusted(String),
+    #[error("{}", crate::operations::token_refusal(.0, *.1).message)]
+    TokenRefused(&'static str, cluster::TokenRefusal),
+    #[error("{0}")]
+    BadCertificate(#[source] trust::cert::CertError),
+    #[error("{0}")]
+    Listen(#[source] crate::listeners::ListenError),
+    #[error("The join token lists no member address")]
+    NoMemberAddress,
+    /// The token's fingerprint is not the certificate the member presents.
+    #[error("Failed to reach any cluster member: {0} (does the token's fingerprint match the cluster?)")]
+    WrongCluster(#[source] crate::peers::PeerError),
+    #[error("Failed to reach any cluster member: {0}")]
+    Unreachable(#[source] crate::peers::PeerError),
+    #[error("Bad join answer from {target}: {source}")]
+    BadAnswer {
+        target: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The member asked answered, and its verdict is final (wrong token, taken name).
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    #[error("Joined, but the cluster state has not arrived within {} s", JOIN_STATE_WAIT.as_secs())]
+    StateLate,
+    #[error("{0}")]
+    Certificate(#[source] trust::cert::CertError),
+    /// This member's own database could not take the change.
+    #[error("{0}")]
+    Database(#[source] cluster::StoreError),
+    /// The cluster database refused or could not take the change.
+    #[error(transparent)]
+    Store(cluster::StoreError),
+    /// The cluster database cannot take the change now.
+    #[error("{0}")]
+    Unavailable(#[source] cluster::StoreError),
+}
+
 /// `cluster enable NAME`.
-pub async fn bootstrap(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
+pub async fn bootstrap(ctx: &Ctx, name: &str) -> Result<(), MembershipError> {
     if ctx.store.clustered() {
-        return Err(ApiError::bad_request("This server is already clustered"));
+        return Err(MembershipError::AlreadyClustered);
     }
     validate_name(name)?;
-    let address = cluster_address(ctx).ok_or_else(|| {
-        ApiError::bad_request("Clustering needs a specific network address: set core.https_address or cluster.https_address (not a wildcard)")
-    })?;
+    let address = cluster_address(ctx).ok_or(MembershipError::NoAddress)?;
     let host = ctx.host.hostname.clone();
-    let pair = trust::CertPair::generate_server(&host).map_err(|e| ApiError::internal(e.to_string()))?;
+    let pair = trust::CertPair::generate_server(&host).map_err(MembershipError::Certificate)?;
     let member = own_member(ctx, name, &address, random_id());
     ctx.peers
         .set_pins([(address.clone(), member.fingerprint.clone())].into());
     ctx.store
         .bootstrap(member, (pair.cert_pem, pair.key_pem))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(MembershipError::Database)?;
     crate::context::on_state_change(ctx);
     tracing::info!(name, address = %address, "cluster bootstrapped");
     Ok(())
 }
 
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_name(name: &str) -> Result<(), MembershipError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -289,9 +350,7 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
-            "Invalid member name {name:?}: use letters, digits and '-'"
-        )))
+        Err(MembershipError::InvalidName(name.to_string()))
     }
 }
 
@@ -306,14 +365,12 @@ pub enum JoinBy<'a> {
 }
 
 /// Decodes a join token, saying so when it is a trust token instead.
-fn decode_join_token(text: &str) -> Result<trust::token::JoinToken, ApiError> {
+fn decode_join_token(text: &str) -> Result<trust::token::JoinToken, MembershipError> {
     trust::token::decode(text).map_err(|e| {
         if trust::token::decode::<trust::token::TrustToken>(text).is_ok() {
-            ApiError::bad_request(
-                "This is a trust token (for adding a client, as incus remote add does), not a cluster join token: get one with `cluster add NAME` on a member",
-            )
+            MembershipError::TrustTokenGiven
         } else {
-            ApiError::bad_request(format!("Invalid cluster join token: {e}"))
+            MembershipError::InvalidToken(e)
         }
     })
 }
@@ -325,21 +382,21 @@ pub async fn join(
     server_name: &str,
     server_address: &str,
     by: JoinBy<'_>,
-) -> Result<(), ApiError> {
+) -> Result<(), MembershipError> {
     if ctx.store.clustered() {
-        return Err(ApiError::bad_request("This server is already clustered"));
+        return Err(MembershipError::AlreadyClustered);
     }
     validate_name(server_name)?;
     let token = match by {
         JoinBy::Token(text) => decode_join_token(text)?,
         JoinBy::Certificate { address, certificate } => {
-            let der = trust::cert::pem_to_der(certificate)
-                .map_err(|e| ApiError::bad_request(format!("Invalid cluster_certificate: {e}")))?;
+            let der =
+                trust::cert::pem_to_der(certificate).map_err(MembershipError::InvalidClusterCertificate)?;
             let address = api::config::parse_listen_address(address, crate::listeners::DEFAULT_PORT)
                 .ok()
                 .filter(|a| a.host.is_some())
                 .map(|a| a.bind_string())
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid cluster_address {address:?}")))?;
+                .ok_or_else(|| MembershipError::InvalidClusterAddress(address.to_string()))?;
             trust::token::JoinToken {
                 server_name: server_name.to_string(),
                 fingerprint: trust::fingerprint(&der),
@@ -350,34 +407,33 @@ pub async fn join(
         }
     };
     if token.server_name != server_name {
-        return Err(ApiError::bad_request(format!(
-            "The join token is for a member named {:?}, not {server_name:?}",
-            token.server_name
-        )));
+        return Err(MembershipError::TokenForAnotherName {
+            token: token.server_name,
+            name: server_name.to_string(),
+        });
     }
     let address = api::config::parse_listen_address(server_address, crate::listeners::DEFAULT_PORT)
         .ok()
         .filter(|a| a.host.is_some())
         .map(|a| a.bind_string())
-        .ok_or_else(|| ApiError::bad_request(format!("Invalid server_address {server_address:?}")))?;
+        .ok_or_else(|| MembershipError::InvalidServerAddress(server_address.to_string()))?;
 
     // Members will call us at `address`: listen there first, and undo it on failure.
-    let before = ctx.store.local();
     let mut changes = std::collections::BTreeMap::new();
     changes.insert("cluster.https_address".to_string(), address.clone());
-    if before.get("core.https_address").is_none_or(|v| v.is_empty()) {
+    if ctx.settings().https_address.is_empty() {
         changes.insert("core.https_address".to_string(), address.clone());
         ctx.listeners
             .set_https(&address, ctx.conn_handler())
             .await
-            .map_err(ApiError::bad_request)?;
+            .map_err(MembershipError::Listen)?;
     }
     match ask_to_join(ctx, &token, server_name, &address).await {
         Ok((reply, id)) => {
             ctx.store
                 .set_local(&changes)
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(MembershipError::Database)?;
             finish_join(
                 ctx,
                 reply,
@@ -402,7 +458,7 @@ async fn ask_to_join(
     token: &trust::token::JoinToken,
     name: &str,
     address: &str,
-) -> Result<(JoinReply, u64), ApiError> {
+) -> Result<(JoinReply, u64), MembershipError> {
     let id = random_id();
     let req = JoinRequest {
         secret: token.secret.clone(),
@@ -413,12 +469,15 @@ async fn ask_to_join(
         architecture: ctx.host.kernel_architecture.clone(),
     };
     let body = serde_json::to_vec(&req).expect("join requests serialize");
-    let mut last_error = ApiError::unavailable("The join token lists no member address");
+    let mut last_error = MembershipError::NoMemberAddress;
     for target in &token.addresses {
         match ctx.peers.join(target, &token.fingerprint, &body).await {
             Ok((200, bytes)) => {
-                let reply: JoinReply = serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::internal(format!("Bad join answer from {target}: {e}")))?;
+                let reply: JoinReply =
+                    serde_json::from_slice(&bytes).map_err(|source| MembershipError::BadAnswer {
+                        target: target.clone(),
+                        source,
+                    })?;
                 return Ok((reply, id));
             }
             Ok((status, bytes)) => {
@@ -426,18 +485,21 @@ async fn ask_to_join(
                     .map(|e| e.error)
                     .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
                 // The member answered: its verdict is final (wrong token, taken name).
-                return Err(ApiError::new(status, msg));
+                return Err(MembershipError::Refused { status, message: msg });
             }
             Err(e) => {
                 tracing::info!(target = %target, error = %e, "join attempt failed; trying the next member");
-                last_error = ApiError::unavailable(format!("Failed to reach any cluster member: {e}"));
+                last_error = match e {
+                    crate::peers::PeerError::CertificateMismatch { .. } => MembershipError::WrongCluster(e),
+                    e => MembershipError::Unreachable(e),
+                };
             }
         }
     }
     Err(last_error)
 }
 
-async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> Result<(), ApiError> {
+async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> Result<(), MembershipError> {
     let pins = reply
         .members
         .iter()
@@ -450,7 +512,7 @@ async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> R
     ctx.store
         .start_joining(identity)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(MembershipError::Database)?;
     let (crt, key) = &reply.cluster_certificate;
     if let Ok(k) = transport::tls::certified_key(crt, key) {
         ctx.set_served_certificate(k);
@@ -464,10 +526,7 @@ async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> R
             .await
             .is_err()
         {
-            return Err(ApiError::unavailable(format!(
-                "Joined, but the cluster state has not arrived within {} s",
-                JOIN_STATE_WAIT.as_secs()
-            )));
+            return Err(MembershipError::StateLate);
         }
     }
     crate::context::on_state_change(ctx);
@@ -477,13 +536,13 @@ async fn finish_join(ctx: &Ctx, reply: JoinReply, identity: MemberIdentity) -> R
 
 /// The member side of a join: checks the secret (or, with none, that the joiner's
 /// certificate is trusted as a server of that name) and admits the joiner.
-pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
+pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, MembershipError> {
     let state = ctx.store.state();
     let Some((cert, key)) = state.cluster_certificate.clone() else {
-        return Err(ApiError::bad_request("This server is not clustered"));
+        return Err(MembershipError::NotClustered);
     };
     validate_name(&req.server_name)?;
-    let der = trust::cert::pem_to_der(&req.certificate).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let der = trust::cert::pem_to_der(&req.certificate).map_err(MembershipError::BadCertificate)?;
     let token_id = if req.secret.is_empty() {
         // The handler checked that this is the certificate of the TLS session.
         let trusted = state
@@ -492,32 +551,23 @@ pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
             .is_some_and(|c| c.kind == "server" && c.name == req.server_name);
         if !trusted {
             tracing::info!(name = %req.server_name, "refused a join by a certificate not trusted as that server");
-            return Err(ApiError::new(
-                403,
-                format!(
-                    "This server's certificate is not trusted as cluster member {:?}: join with a join token",
-                    req.server_name
-                ),
-            ));
+            return Err(MembershipError::CertificateNotTrusted(req.server_name));
         }
         None
     } else {
         match state.find_token("join", &req.secret, OffsetDateTime::now_utc()) {
             Ok(token) => match &token.kind {
                 cluster::TokenKind::Join { server_name } if server_name != &req.server_name => {
-                    return Err(ApiError::new(
-                        403,
-                        format!(
-                            "The join token is for a member named {server_name:?}, not {:?}",
-                            req.server_name
-                        ),
-                    ));
+                    return Err(MembershipError::AdmitForAnotherName {
+                        token: server_name.clone(),
+                        name: req.server_name,
+                    });
                 }
                 _ => Some(token.id.clone()),
             },
             Err(refusal) => {
                 tracing::info!(name = %req.server_name, ?refusal, "refused a join token");
-                return Err(crate::operations::token_refusal("join", refusal));
+                return Err(MembershipError::TokenRefused("join", refusal));
             }
         }
     };
@@ -540,15 +590,15 @@ pub async fn admit(ctx: &Ctx, req: JoinRequest) -> Result<JoinReply, ApiError> {
         .map_err(|e| match e {
             // Another join spent it first.
             cluster::StoreError::State(cluster::StateError::TokenNotFound) => {
-                crate::operations::token_refusal("join", cluster::TokenRefusal::Spent(cluster::Spent::Used))
+                MembershipError::TokenRefused("join", cluster::TokenRefusal::Spent(cluster::Spent::Used))
             }
-            other => crate::response::Error::from(other).0,
+            other => MembershipError::Store(other),
         })?;
     crate::context::on_state_change(ctx);
     ctx.store
         .add_learner(member.id, &member.address)
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(MembershipError::Unavailable)?;
     tracing::info!(name = %member.name, address = %member.address, "member admitted");
     // Give the new member its seat (or standby role) now rather than at the next round.
     let later = ctx.clone();
@@ -572,7 +622,7 @@ pub async fn run(ctx: Ctx) {
     loop {
         let state = ctx.store.state();
         let interval =
-            (offline_threshold(&state) / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
+            (ctx.settings().offline_threshold / 6).clamp(Duration::from_millis(200), Duration::from_secs(3));
         // Keeps the last time a leader was seen current between readiness probes.
         let _ = ctx.readiness();
         ctx.store.check_storage().await;
@@ -675,14 +725,8 @@ async fn reconcile(ctx: &Ctx, state: &State) {
             return;
         }
     }
-    let max_voters: usize = api::config::effective(&state.config, "cluster.max_voters")
-        .parse()
-        .unwrap_or(3);
-    let online = |id: &u64| {
-        state
-            .member_by_id(*id)
-            .is_some_and(|m| is_online(ctx, state, &m.name))
-    };
+    let max_voters = ctx.settings().max_voters;
+    let online = |id: &u64| state.member_by_id(*id).is_some_and(|m| is_online(ctx, &m.name));
     let known = |id: &u64| state.member_by_id(*id).is_some();
     let desired = desired_voters(
         &view.voters,

@@ -34,6 +34,12 @@ impl<T> Same for Option<Arc<T>> {
     }
 }
 
+impl<A: Same, B: Same> Same for (A, B) {
+    fn same(&self, other: &Self) -> bool {
+        self.0.same(&other.0) && self.1.same(&other.1)
+    }
+}
+
 impl Same for bool {
     fn same(&self, other: &Self) -> bool {
         self == other
@@ -106,12 +112,6 @@ impl<C: PartialEq, V: Clone, const N: usize> PerCaller<C, V, N> {
 mod tests {
     use super::*;
     use std::cell::Cell;
-
-    impl Same for (Arc<u32>, bool) {
-        fn same(&self, o: &Self) -> bool {
-            self.0.same(&o.0) && self.1.same(&o.1)
-        }
-    }
 
     #[test]
     fn made_again_only_when_an_input_is_replaced() {

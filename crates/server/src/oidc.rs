@@ -37,29 +37,13 @@ pub struct Oidc {
 }
 
 /// The OpenID settings, when `oidc.issuer` and `oidc.client.id` are both set.
-pub fn config(state: &cluster::State) -> Option<Config> {
-    let get = |k: &str| state.config.get(k).filter(|v| !v.trim().is_empty()).cloned();
-    let scopes = match get("oidc.scopes") {
-        Some(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        None => oidc::DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
-    };
-    Some(Config {
-        issuer: get("oidc.issuer")?,
-        client_id: get("oidc.client.id")?,
-        audience: get("oidc.audience"),
-        claim: get("oidc.claim"),
-        scopes,
-    })
+pub fn config(settings: &api::Settings) -> Option<Config> {
+    settings.oidc.clone()
 }
 
 impl Oidc {
-    pub fn verifier(&self, state: &cluster::State) -> Option<Arc<Verifier>> {
-        let config = config(state)?;
+    pub fn verifier(&self, settings: &api::Settings) -> Option<Arc<Verifier>> {
+        let config = config(settings)?;
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match cur.as_ref() {
             Some(v) if *v.config() == config => {}
@@ -160,7 +144,7 @@ pub async fn authenticate(
     let Some(token) = presented(headers) else {
         return Ok(None);
     };
-    let Some(verifier) = ctx.oidc.verifier(&ctx.store.state()) else {
+    let Some(verifier) = ctx.oidc.verifier(&ctx.settings()) else {
         return Ok(None);
     };
     let refuse = |status: u16, why: String| {
@@ -208,8 +192,33 @@ struct Pending {
     expires: i64,
 }
 
+/// Why a browser login failed (mapped to the envelope in `response.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("OpenID Connect is not configured")]
+    NotConfigured,
+    #[error("The request has no usable Host header")]
+    NoHost,
+    #[error("The callback needs code and state parameters")]
+    MissingParameters,
+    /// The provider cannot be reached or used (its discovery document, say).
+    #[error("The OpenID provider cannot be used: {0}")]
+    Provider(#[source] oidc::OidcError),
+    /// The provider's authorization endpoint is unusable.
+    #[error("{0}")]
+    AuthorizeUrl(#[source] oidc::OidcError),
+    /// The login itself is refused: the browser is told to log in again.
+    #[error("Failed to authenticate: {0}")]
+    Refused(String),
+    /// The cluster-wide secret could not be made.
+    #[error("{0}")]
+    Secret(#[source] cluster::StoreError),
+    #[error("the cluster secret was not recorded")]
+    SecretMissing,
+}
+
 /// The cluster-wide secret, made on first use (the first proposal wins cluster-wide).
-async fn secret(ctx: &Ctx) -> Result<Vec<u8>, ApiError> {
+async fn secret(ctx: &Ctx) -> Result<Vec<u8>, LoginError> {
     if let Some(s) = ctx.store.state().secret.clone() {
         return Ok(s.into_bytes());
     }
@@ -217,22 +226,22 @@ async fn secret(ctx: &Ctx) -> Result<Vec<u8>, ApiError> {
     ctx.store
         .apply(cluster::TrustCommand::SetSecret { secret: candidate })
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(LoginError::Secret)?;
     ctx.store
         .state()
         .secret
         .clone()
         .map(String::into_bytes)
-        .ok_or_else(|| ApiError::internal("the cluster secret was not recorded"))
+        .ok_or(LoginError::SecretMissing)
 }
 
-fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
+fn host_of(headers: &HeaderMap) -> Result<String, LoginError> {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
         .map(str::to_string)
-        .ok_or_else(|| ApiError::bad_request("The request has no usable Host header"))
+        .ok_or(LoginError::NoHost)
 }
 
 fn cookie_header(name: &str, value: &str, path: &str, same_site: &str, max_age: Option<i64>) -> String {
@@ -262,21 +271,18 @@ fn redirect(to: &str) -> Response {
 }
 
 fn not_configured() -> Response {
-    error_response(&ApiError::not_found_msg("OpenID Connect is not configured"))
+    error_response(&LoginError::NotConfigured.into())
 }
 
 /// `GET /oidc/login`: off to the provider, with PKCE and a sealed state cookie.
 pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    let Some(verifier) = ctx.oidc.verifier(&ctx.store.state()) else {
+    let Some(verifier) = ctx.oidc.verifier(&ctx.settings()) else {
         return not_configured();
     };
     let result = async {
         let host = host_of(&headers)?;
         let secret = secret(&ctx).await?;
-        let discovery = verifier
-            .discovery()
-            .await
-            .map_err(|e| ApiError::unavailable(format!("The OpenID provider cannot be used: {e}")))?;
+        let discovery = verifier.discovery().await.map_err(LoginError::Provider)?;
         let config = verifier.config();
         let (code_verifier, challenge) = oidc::flow::pkce();
         let pending = Pending {
@@ -294,7 +300,7 @@ pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             &challenge,
             config.audience.as_deref(),
         )
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(LoginError::AuthorizeUrl)?;
         let sealed = trust::seal::seal(
             &secret,
             LOGIN_PURPOSE,
@@ -310,10 +316,10 @@ pub async fn login(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             "Lax",
             Some(LOGIN_TTL_SECS),
         );
-        Ok::<_, ApiError>(r)
+        Ok::<_, LoginError>(r)
     }
     .await;
-    result.unwrap_or_else(|e| error_response(&e))
+    result.unwrap_or_else(|e| error_response(&e.into()))
 }
 
 /// `GET /oidc/callback?code&state`: finishes a login begun on any member.
@@ -322,11 +328,11 @@ pub async fn callback(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(verifier) = ctx.oidc.verifier(&ctx.store.state()) else {
+    let Some(verifier) = ctx.oidc.verifier(&ctx.settings()) else {
         return not_configured();
     };
     let result = async {
-        let unauthorized = |m: &str| ApiError::unauthorized(format!("Failed to authenticate: {m}"));
+        let unauthorized = |m: &str| LoginError::Refused(m.to_string());
         if let Some(e) = q.get("error") {
             let why = q.get("error_description").unwrap_or(e);
             return Err(unauthorized(&format!(
@@ -334,9 +340,7 @@ pub async fn callback(
             )));
         }
         let (Some(code), Some(state)) = (q.get("code"), q.get("state")) else {
-            return Err(ApiError::bad_request(
-                "The callback needs code and state parameters",
-            ));
+            return Err(LoginError::MissingParameters);
         };
         let sealed = cookie(&headers, LOGIN_COOKIE)
             .ok_or_else(|| unauthorized("no login in progress (the login cookie is missing)"))?;
@@ -350,10 +354,7 @@ pub async fn callback(
         if oidc::flow::now() > pending.expires {
             return Err(unauthorized("the login took too long; start again"));
         }
-        let discovery = verifier
-            .discovery()
-            .await
-            .map_err(|e| ApiError::unavailable(format!("The OpenID provider cannot be used: {e}")))?;
+        let discovery = verifier.discovery().await.map_err(LoginError::Provider)?;
         let tokens = oidc::flow::exchange_code(
             &discovery,
             &verifier.config().client_id,
@@ -381,8 +382,9 @@ pub async fn callback(
     }
     .await;
     result.unwrap_or_else(|e| {
-        let mut r = error_response(&e);
-        if e.status == 401 {
+        let relogin = matches!(e, LoginError::Refused(_));
+        let mut r = error_response(&e.into());
+        if relogin {
             write_headers(r.headers_mut(), verifier.config());
         }
         r
@@ -392,7 +394,7 @@ pub async fn callback(
 /// `GET /oidc/logout`: forgets the browser's tokens and ends the provider session when
 /// the provider offers that.
 pub async fn logout(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    let end_session = match ctx.oidc.verifier(&ctx.store.state()) {
+    let end_session = match ctx.oidc.verifier(&ctx.settings()) {
         Some(v) => v
             .discovery()
             .await
@@ -455,13 +457,14 @@ mod tests {
 
     #[test]
     fn settings_need_an_issuer_and_a_client_id() {
-        let mut s = cluster::State::default();
-        assert!(config(&s).is_none());
-        s.config.insert("oidc.issuer".into(), "https://idp.test".into());
-        assert!(config(&s).is_none());
-        s.config.insert("oidc.client.id".into(), "cli".into());
-        s.config.insert("oidc.scopes".into(), "openid, email,,".into());
-        let c = config(&s).unwrap();
+        let mut s = std::collections::BTreeMap::new();
+        let settings = |s: &_| api::Settings::new(s, &Default::default());
+        assert!(config(&settings(&s)).is_none());
+        s.insert("oidc.issuer".to_string(), "https://idp.test".to_string());
+        assert!(config(&settings(&s)).is_none());
+        s.insert("oidc.client.id".into(), "cli".into());
+        s.insert("oidc.scopes".into(), "openid, email,,".into());
+        let c = config(&settings(&s)).unwrap();
         assert_eq!(c.scopes, ["openid", "email"]);
         assert_eq!(c.audience, None);
         let mut h = HeaderMap::new();

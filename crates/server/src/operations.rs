@@ -94,24 +94,19 @@ where
     crate::response::operation(&op)
 }
 
-/// A new pending token of `kind`, expiring per the configuration key `expiry_key`.
-pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry_key: &str) -> Result<Token, api::ApiError> {
+/// A new pending token of `kind`, expiring after `expiry` (a setting), or never.
+pub fn new_token(ctx: &Ctx, kind: TokenKind, expiry: Option<api::expiry::Expiry>) -> Token {
     let now = time::OffsetDateTime::now_utc();
-    let state = ctx.store.state();
-    let expiry = api::config::effective(&state.config, expiry_key);
-    // Checked when set; a value that is wrong anyway (an older member's state) fails
-    // here, and a large one saturates rather than overflowing.
-    let expires_at = api::expiry::parse(expiry)
-        .map_err(|e| api::ApiError::internal(format!("{expiry_key} {expiry:?}: {e}")))?
-        .map(|e| e.after(now));
-    Ok(Token {
+    // A large expiry saturates rather than overflowing.
+    let expires_at = expiry.map(|e| e.after(now));
+    Token {
         id: new_uuid(),
         kind,
         secret: trust::random_hex(32),
         location: ctx.member_id(),
         created_at: now,
         expires_at,
-    })
+    }
 }
 
 /// Why a presented token opens nothing, as the API says it: Incus's words first (clients

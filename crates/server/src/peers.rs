@@ -30,6 +30,8 @@ use transport::tls::{self, ServerTrust, TlsConnector, MEMBER_SNI};
 
 /// TCP connect plus TLS handshake to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A joiner's request to be admitted: a Raft commit and a membership change.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// One call, once connected.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A member connection idle this long is probed (TCP keepalive, three probes a third of
@@ -37,6 +39,66 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MEMBER_KEEPALIVE: Duration = Duration::from_secs(30);
 
 type Sender = SendRequest<Body>;
+
+/// Why a call to another member failed. The first three are what an operator acts on
+/// differently: a member down (or its address wrong), a member hung or overloaded, and
+/// a member presenting a certificate the cluster does not know for it (replaced by
+/// hand, or not the member at all).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{address}: {source}")]
+    Refused {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{address} did not answer within {after:?}")]
+    Timeout { address: String, after: Duration },
+    #[error("{address} presented a certificate that is not the one the cluster trusts for it")]
+    CertificateMismatch { address: String },
+    #[error("{address} is not a known member")]
+    NotMember { address: String },
+    #[error("TLS with {address} failed: {source}")]
+    Tls {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke, or the member spoke something other than HTTP.
+    #[error("{address}: {source}")]
+    Http {
+        address: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// Anything else: a request that cannot be built, a websocket the member would not
+    /// open, this member's own TLS settings.
+    #[error("{address}: {detail}")]
+    Other { address: String, detail: String },
+}
+
+impl PeerError {
+    fn other(address: &str, detail: impl std::fmt::Display) -> PeerError {
+        PeerError::Other {
+            address: address.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn http(address: &str) -> impl FnOnce(hyper::Error) -> PeerError + '_ {
+        move |source| PeerError::Http {
+            address: address.to_string(),
+            source,
+        }
+    }
+
+    fn timeout(address: &str, after: Duration) -> PeerError {
+        PeerError::Timeout {
+            address: address.to_string(),
+            after,
+        }
+    }
+}
 
 pub struct Peers {
     cert_pem: String,
@@ -57,12 +119,14 @@ impl Peers {
     }
 
     /// The fingerprint the member at `address` must present.
-    fn pin(&self, address: &str) -> Result<String, String> {
+    fn pin(&self, address: &str) -> Result<String, PeerError> {
         self.pins
             .load()
             .get(address)
             .cloned()
-            .ok_or_else(|| format!("{address} is not a known member"))
+            .ok_or_else(|| PeerError::NotMember {
+                address: address.to_string(),
+            })
     }
 
     /// Replaces the address -> fingerprint pins (from the member list).
@@ -80,13 +144,13 @@ impl Peers {
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<(u16, Bytes), String> {
+    ) -> Result<(u16, Bytes), PeerError> {
         let req = http::Request::builder()
             .method(method)
             .uri(path)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| PeerError::other(address, e))?;
         self.send(address, req, timeout)
             .await
             .map(|r| (r.status().as_u16(), r.into_body()))
@@ -100,36 +164,33 @@ impl Peers {
         address: &str,
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<http::Response<Bytes>, String> {
+    ) -> Result<http::Response<Bytes>, PeerError> {
         let call = async {
             let resp = self.exchange(address, req.map(Body::new)).await?;
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok::<_, String>(http::Response::from_parts(parts, body))
+            let body = body.collect().await.map_err(PeerError::http(address))?.to_bytes();
+            Ok::<_, PeerError>(http::Response::from_parts(parts, body))
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                self.forget(address);
-                Err(format!("{address}: {e}"))
-            }
-            Err(_) => {
-                self.forget(address);
-                Err(format!("{address} did not answer within {timeout:?}"))
-            }
+        let result = tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(PeerError::timeout(address, timeout)));
+        if result.is_err() {
+            self.forget(address);
         }
+        result
     }
 
     /// Sends a request with a streamed body on the pooled connection to `address` and
     /// returns the answer's head with its body still to come. Connecting is bounded by
     /// [`CONNECT_TIMEOUT`]; the caller bounds the rest (it knows how the body moves).
+    /// A pooled connection found closed before the request went out is replaced once,
+    /// so a member that restarted is dialled afresh rather than failing the call.
     pub async fn exchange(
         &self,
         address: &str,
         req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+    ) -> Result<http::Response<hyper::body::Incoming>, PeerError> {
         let fingerprint = self.pin(address)?;
-        let mut sender = self.sender(address, &fingerprint).await?;
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -139,11 +200,22 @@ impl Peers {
             .to_string();
         parts.uri = format!("https://{address}{path}")
             .parse()
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|e| PeerError::other(address, e))?;
+        let req = http::Request::from_parts(parts, body);
+        let mut sender = self.sender(address, &fingerprint, false).await?;
+        let unsent = match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => unsent,
+                None => return Err(PeerError::http(address)(e.into_error())),
+            },
+        };
+        self.forget(address);
+        let mut sender = self.sender(address, &fingerprint, true).await?;
         sender
-            .send_request(http::Request::from_parts(parts, body))
+            .send_request(unsent)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(PeerError::http(address))
     }
 
     /// Drops the pooled connection to `address` (after a failure on it).
@@ -153,9 +225,10 @@ impl Peers {
         }
     }
 
-    async fn sender(&self, address: &str, fingerprint: &str) -> Result<Sender, String> {
+    /// The pooled connection to `address`, or (when there is none, or `fresh`) a new one.
+    async fn sender(&self, address: &str, fingerprint: &str, fresh: bool) -> Result<Sender, PeerError> {
         if let Some(s) = self.conns.lock().ok().and_then(|c| c.get(address).cloned()) {
-            if !s.is_closed() {
+            if !fresh && !s.is_closed() {
                 return Ok(s);
             }
         }
@@ -167,13 +240,13 @@ impl Peers {
                 .keep_alive_timeout(Duration::from_secs(5))
                 .handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(PeerError::http(address))?;
             tokio::spawn(conn);
-            Ok::<_, String>(sender)
+            Ok::<_, PeerError>(sender)
         };
         let sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| format!("{address} did not complete a connection within {CONNECT_TIMEOUT:?}"))??;
+            .map_err(|_| PeerError::timeout(address, CONNECT_TIMEOUT))??;
         if let Ok(mut c) = self.conns.lock() {
             c.insert(address.to_string(), sender.clone());
         }
@@ -200,7 +273,8 @@ impl Rpc for RaftRpc {
         Box::pin(async move {
             let (status, body) = peers
                 .request(&address, http::Method::POST, kind.path(), body, CALL_TIMEOUT)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             if status != 200 {
                 return Err(format!(
                     "{address} answered {status}: {}",
@@ -225,7 +299,7 @@ impl Peers {
         data: std::fs::File,
     ) -> Result<Vec<u8>, String> {
         let size = data.metadata().map_err(|e| e.to_string())?.len();
-        let stream = self.connect_http1(address).await?;
+        let stream = self.connect_http1(address).await.map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
@@ -357,18 +431,18 @@ pub type EventStream =
 
 impl Peers {
     /// Opens `/internal/events` on the member at `address`.
-    pub async fn open_events(&self, address: &str) -> Result<EventStream, String> {
+    pub async fn open_events(&self, address: &str) -> Result<EventStream, PeerError> {
         let connect = async {
             let stream = self.connect_http1(address).await?;
             let url = format!("wss://{address}/internal/events");
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(ws)
+                .map_err(|e| PeerError::other(address, e))?;
+            Ok::<_, PeerError>(ws)
         };
         tokio::time::timeout(CONNECT_TIMEOUT * 3, connect)
             .await
-            .map_err(|_| format!("{address} did not open its event stream in time"))?
+            .map_err(|_| PeerError::timeout(address, CONNECT_TIMEOUT * 3))?
     }
 
     /// A fresh mutual-TLS connection to the member at `address` speaking HTTP/1.1 (for
@@ -377,14 +451,14 @@ impl Peers {
     pub async fn connect_http1(
         &self,
         address: &str,
-    ) -> Result<transport::tls::ClientTlsStream<tokio::net::TcpStream>, String> {
+    ) -> Result<transport::tls::ClientTlsStream<tokio::net::TcpStream>, PeerError> {
         let fingerprint = self.pin(address)?;
         tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.dial(address, &fingerprint, b"http/1.1", MEMBER_SNI),
         )
         .await
-        .map_err(|_| format!("{address} did not complete a connection within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|_| PeerError::timeout(address, CONNECT_TIMEOUT))?
     }
 }
 
@@ -397,10 +471,13 @@ impl Peers {
         fingerprint: &str,
         alpn: &[u8],
         sni: &str,
-    ) -> Result<transport::tls::ClientTlsStream<tokio::net::TcpStream>, String> {
+    ) -> Result<transport::tls::ClientTlsStream<tokio::net::TcpStream>, PeerError> {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| PeerError::Refused {
+                address: address.to_string(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         // A member that vanishes without closing (a host gone, a partition) is noticed
         // on connections that outlive a request: tunnels, which may idle for long.
@@ -415,11 +492,19 @@ impl Peers {
             Some((&self.cert_pem, &self.key_pem)),
             &[alpn],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PeerError::other(address, e))?;
         TlsConnector::from(config)
             .connect(tls::server_name(sni), tcp)
             .await
-            .map_err(|e| format!("TLS with {address}: {e}"))
+            .map_err(|source| match tls::is_pin_mismatch(&source) {
+                true => PeerError::CertificateMismatch {
+                    address: address.to_string(),
+                },
+                false => PeerError::Tls {
+                    address: address.to_string(),
+                    source,
+                },
+            })
     }
 
     /// A joiner's one call to a member: the member is pinned by the cluster
@@ -429,35 +514,32 @@ impl Peers {
         address: &str,
         cluster_fingerprint: &str,
         body: &[u8],
-    ) -> Result<(u16, Bytes), String> {
+    ) -> Result<(u16, Bytes), PeerError> {
         let call = async {
             let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
-            let stream = self
-                .dial(address, cluster_fingerprint, b"http/1.1", host)
-                .await
-                .map_err(|e| format!("{e} (does the token's fingerprint match the cluster?)"))?;
+            let stream = self.dial(address, cluster_fingerprint, b"http/1.1", host).await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(PeerError::http(address))?;
             tokio::spawn(conn);
             let req = http::Request::post("/internal/cluster/join")
                 .header("host", address)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::copy_from_slice(body)))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                .map_err(|e| PeerError::other(address, e))?;
+            let resp = sender.send_request(req).await.map_err(PeerError::http(address))?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(PeerError::http(address))?
                 .to_bytes();
             Ok((status, body))
         };
         // Admission includes a Raft commit and a membership change: allow for both.
-        tokio::time::timeout(Duration::from_secs(15), call)
+        tokio::time::timeout(JOIN_TIMEOUT, call)
             .await
-            .map_err(|_| format!("{address} did not answer the join within 15 s"))?
+            .map_err(|_| PeerError::timeout(address, JOIN_TIMEOUT))?
     }
 }

@@ -52,6 +52,91 @@ impl From<cluster::StoreError> for Error {
     }
 }
 
+/// A snapshot the leader streams that this member will not take.
+impl From<cluster::raft::ReceiveError> for Error {
+    fn from(e: cluster::raft::ReceiveError) -> Self {
+        use cluster::raft::ReceiveError as R;
+        Error(match e {
+            R::TooLarge { .. } => ApiError::new(413, e.to_string()),
+            R::Storage(_) => ApiError::internal(e.to_string()),
+            R::Header(_) | R::Length(_) => ApiError::bad_request(e.to_string()),
+        })
+    }
+}
+
+/// A listen address this member cannot open: the client asked for it, so 400.
+impl From<crate::listeners::ListenError> for Error {
+    fn from(e: crate::listeners::ListenError) -> Self {
+        Error(ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// A proposed server configuration refused by the key table, in Incus's words.
+impl From<api::config::ConfigErrors> for Error {
+    fn from(e: api::config::ConfigErrors) -> Self {
+        Error(ApiError::bad_request(e.to_string()))
+    }
+}
+
+impl From<crate::membership::MembershipError> for ApiError {
+    fn from(e: crate::membership::MembershipError) -> Self {
+        use crate::membership::MembershipError as M;
+        match e {
+            M::TokenRefused(kind, refusal) => crate::operations::token_refusal(kind, refusal),
+            M::Store(e) => Error::from(e).0,
+            M::Refused { status, message } => ApiError::new(status, message),
+            M::AlreadyClustered
+            | M::NotClustered
+            | M::NoAddress
+            | M::InvalidName(_)
+            | M::TrustTokenGiven
+            | M::InvalidToken(_)
+            | M::InvalidClusterCertificate(_)
+            | M::InvalidClusterAddress(_)
+            | M::InvalidServerAddress(_)
+            | M::TokenForAnotherName { .. }
+            | M::BadCertificate(_)
+            | M::Listen(_) => ApiError::bad_request(e.to_string()),
+            M::AdmitForAnotherName { .. } | M::CertificateNotTrusted(_) => ApiError::new(403, e.to_string()),
+            M::NoMemberAddress
+            | M::Unreachable(_)
+            | M::WrongCluster(_)
+            | M::StateLate
+            | M::Unavailable(_) => ApiError::unavailable(e.to_string()),
+            M::BadAnswer { .. } | M::Certificate(_) | M::Database(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::membership::MembershipError> for Error {
+    fn from(e: crate::membership::MembershipError) -> Self {
+        Error(e.into())
+    }
+}
+
+impl From<crate::oidc::LoginError> for ApiError {
+    fn from(e: crate::oidc::LoginError) -> Self {
+        use crate::oidc::LoginError as L;
+        match e {
+            L::NotConfigured => ApiError::not_found_msg(e.to_string()),
+            L::NoHost | L::MissingParameters => ApiError::bad_request(e.to_string()),
+            L::Provider(_) | L::AuthorizeUrl(_) | L::Secret(_) => ApiError::unavailable(e.to_string()),
+            L::Refused(_) => ApiError::unauthorized(e.to_string()),
+            L::SecretMissing => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// A request that could not be handed to the member that owns it: 503, whatever the
+/// cause (the member may come back, or be repaired), with a message that names the
+/// member and says whether it refused, did not answer in time, or presented a
+/// certificate the cluster does not trust for it.
+impl From<crate::forward::ForwardError> for ApiError {
+    fn from(e: crate::forward::ForwardError) -> Self {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         error_response(&self.0)
@@ -198,6 +283,68 @@ pub fn recursion(query: &std::collections::HashMap<String, String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each domain error gets its status here, and its message unchanged.
+    #[test]
+    fn domain_errors_map_to_their_status() {
+        use crate::forward::ForwardError;
+        use crate::membership::MembershipError as M;
+        use crate::peers::PeerError;
+        let status = |e: ApiError| (e.status, e.message);
+        assert_eq!(
+            status(M::AlreadyClustered.into()),
+            (400, "This server is already clustered".into())
+        );
+        assert_eq!(status(M::CertificateNotTrusted("n2".into()).into()).0, 403);
+        assert_eq!(
+            status(M::TokenRefused("join", cluster::TokenRefusal::Unknown).into()),
+            (
+                403,
+                "No matching cluster join operation found: the token is unknown, already used or expired"
+                    .into()
+            )
+        );
+        assert_eq!(
+            status(
+                M::Refused {
+                    status: 409,
+                    message: "taken".into()
+                }
+                .into()
+            ),
+            (409, "taken".into())
+        );
+        assert_eq!(status(M::StateLate.into()).0, 503);
+        assert_eq!(
+            status(crate::oidc::LoginError::Refused("no".into()).into()),
+            (401, "Failed to authenticate: no".into())
+        );
+        assert_eq!(status(crate::oidc::LoginError::NotConfigured.into()).0, 404);
+
+        let address = "127.0.0.1:9".to_string();
+        let refused = PeerError::Refused {
+            address: address.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let timeout = PeerError::Timeout {
+            address: address.clone(),
+            after: std::time::Duration::from_secs(3),
+        };
+        let mismatch = PeerError::CertificateMismatch { address };
+        for (e, says) in [
+            (refused, "refused the connection"),
+            (timeout, "did not answer in time"),
+            (
+                mismatch,
+                "presented a TLS certificate that is not the one the cluster trusts",
+            ),
+        ] {
+            let (code, msg) = status(ForwardError::new("node3", e).into());
+            assert_eq!(code, 503);
+            assert!(msg.starts_with("Cluster member \"node3\" "), "{msg}");
+            assert!(msg.contains(says), "{msg}");
+        }
+    }
 
     #[test]
     fn bodies_must_be_objects() {

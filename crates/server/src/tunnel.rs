@@ -38,6 +38,8 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
 use crate::context::Ctx;
+use crate::forward::ForwardError;
+use crate::peers::PeerError;
 use crate::response::{error_response, ApiError};
 
 /// The buffer in each direction of a spliced upgrade.
@@ -76,7 +78,7 @@ pub async fn stream(
                 }
                 if watch.stalled(timeout) {
                     ctx.peers.forget(address);
-                    return unreachable(name, &format!("{address} did not answer within {timeout:?}"));
+                    return failed(name, PeerError::Timeout { address: address.to_string(), after: timeout });
                 }
             }
         }
@@ -92,16 +94,15 @@ pub async fn stream(
                 return error_response(&e);
             }
             ctx.peers.forget(address);
-            unreachable(name, &format!("{address}: {e}"))
+            failed(name, e)
         }
     }
 }
 
-fn unreachable(name: &str, why: &str) -> Response {
-    tracing::info!(member = %name, error = %why, "forwarding failed");
-    error_response(&ApiError::unavailable(format!(
-        "Cluster member \"{name}\" is unreachable: {why}"
-    )))
+fn failed(name: &str, error: PeerError) -> Response {
+    let error = ForwardError::new(name, error);
+    tracing::info!(member = %name, error = %error, "forwarding failed");
+    error_response(&error.into())
 }
 
 /// Whether a request asks to switch protocols (websocket, `Upgrade: sftp`) and came on a
@@ -137,21 +138,34 @@ pub async fn upgrade(
     timeout: Duration,
 ) -> Response {
     let open = async {
+        let http = |source| PeerError::Http {
+            address: address.to_string(),
+            source,
+        };
         let stream = ctx.peers.connect_http1(address).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(http)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "tunnel connection ended with an error");
             }
         });
-        sender.send_request(req).await.map_err(|e| e.to_string())
+        sender.send_request(req).await.map_err(http)
     };
     let mut resp = match tokio::time::timeout(timeout, open).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return unreachable(name, &format!("{address}: {e}")),
-        Err(_) => return unreachable(name, &format!("{address} did not answer within {timeout:?}")),
+        Ok(Err(e)) => return failed(name, e),
+        Err(_) => {
+            let address = address.to_string();
+            return failed(
+                name,
+                PeerError::Timeout {
+                    address,
+                    after: timeout,
+                },
+            );
+        }
     };
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // A refusal: relayed as any answer.

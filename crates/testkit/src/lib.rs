@@ -504,6 +504,29 @@ impl Member {
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process again on the same state directory without waiting for it to
+    /// be ready (a member that cannot rejoin never is): only until its HTTPS address
+    /// `https` accepts connections, bounded.
+    pub async fn restart_unready(&mut self, https: &str) {
+        self.kill9();
+        self.launch();
+        let addr = https.to_string();
+        eventually(
+            Duration::from_secs(20),
+            "the restarted member accepts connections",
+            || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(&addr).await.ok().map(drop) }
+            },
+        )
+        .await;
+    }
+
+    fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -534,7 +557,6 @@ impl Member {
                 )
             });
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
     pub async fn wait_ready(&self) {

@@ -247,6 +247,20 @@ impl ServerCertVerifier for ServerVerifier {
     }
 }
 
+/// Whether a failed client handshake failed because the server presented a certificate
+/// other than the pinned one ([`ServerTrust::Pinned`]), rather than for any other reason
+/// (a reset, a protocol error, a refused client certificate).
+pub fn is_pin_mismatch(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+            )
+        })
+}
+
 /// The client side: the server is trusted by pin (names are not checked: every member
 /// presents the one cluster certificate whatever address it is reached at), and the
 /// client presents its own certificate when it has one.
@@ -303,6 +317,48 @@ pub use tokio_rustls::{client::TlsStream as ClientTlsStream, TlsAcceptor, TlsCon
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// One handshake over loopback: a server presenting `served`, a client pinning
+    /// `pinned`'s fingerprint; the client's error, if any.
+    async fn handshake(served: &trust::CertPair, pinned: &trust::CertPair) -> Option<std::io::Error> {
+        let key = certified_key(&served.cert_pem, &served.key_pem).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(CertResolver::new(key)).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(tcp).await;
+        });
+        let der = pem_to_der(&pinned.cert_pem);
+        let config = client_config(ServerTrust::Pinned(trust::fingerprint(&der)), None, &[b"h2"]).unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let result = TlsConnector::from(config)
+            .connect(server_name("member"), tcp)
+            .await;
+        server.abort();
+        result.err()
+    }
+
+    fn pem_to_der(pem: &str) -> Vec<u8> {
+        trust::cert::pem_to_der(pem).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pin_mismatch_is_told_apart() {
+        install_default_provider();
+        let a = trust::CertPair::generate_server("a").unwrap();
+        let b = trust::CertPair::generate_server("b").unwrap();
+        assert!(
+            handshake(&a, &a).await.is_none(),
+            "the pinned certificate is accepted"
+        );
+        let e = handshake(&a, &b).await.expect("another certificate is refused");
+        assert!(is_pin_mismatch(&e), "{e}");
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!is_pin_mismatch(&other));
+    }
+
     /// aws-lc-rs is the only crypto provider: a second one in the build would make
     /// rustls refuse to pick a default at run time. (`ring` appears in Cargo.lock as an
     /// optional dependency of rustls-webpki; what matters is that nothing builds it.)

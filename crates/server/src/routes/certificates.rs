@@ -182,8 +182,8 @@ async fn issue_trust_token(ctx: &Ctx, id: &Identity, req: CertificatesPost) -> R
             restricted: req.restricted,
             projects: req.projects.clone().unwrap_or_default(),
         },
-        "core.remote_token_expiry",
-    )?;
+        ctx.settings().remote_token_expiry,
+    );
     ctx.store
         .apply(TokenCommand::CreateToken { token: token.clone() })
         .await?;

@@ -104,14 +104,14 @@ pub async fn list_members(
     let members = state
         .members
         .iter()
-        .map(|(name, m)| (name, membership::member_json(&ctx, &state, m)));
+        .map(|(name, m)| (name, membership::member_json(&ctx, m)));
     Ok(listing(recursion(&q), "/1.0/cluster/members", members))
 }
 
 pub async fn get_member(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response> {
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?;
-    let body = membership::member_json(&ctx, &state, m);
+    let body = membership::member_json(&ctx, m);
     Ok(sync_etag(&body, &(&m.description, &m.failure_domain)))
 }
 
@@ -204,7 +204,7 @@ pub async fn delete_member(
         if let Some(other) = state
             .members
             .values()
-            .find(|m| m.name != name && membership::is_online(&ctx, &state, &m.name))
+            .find(|m| m.name != name && membership::is_online(&ctx, &m.name))
         {
             return Ok(crate::forward::to_member(&ctx, &other.name.clone(), req).await);
         }
@@ -212,7 +212,7 @@ pub async fn delete_member(
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?.clone();
-    if !force && !membership::is_online(&ctx, &state, &name) {
+    if !force && !membership::is_online(&ctx, &name) {
         return Err(ApiError::bad_request(format!(
             "Member \"{name}\" is offline; use --force to remove it anyway"
         ))
@@ -262,8 +262,8 @@ pub async fn add_member(
         TokenKind::Join {
             server_name: req.server_name.clone(),
         },
-        "cluster.join_token_expiry",
-    )?;
+        ctx.settings().join_token_expiry,
+    );
     ctx.store
         .apply(TokenCommand::CreateToken { token: token.clone() })
         .await?;
@@ -299,12 +299,7 @@ pub async fn raft_snapshot(State(ctx): State<Ctx>, body: Body) -> Result<Respons
     use futures_util::StreamExt;
     let refused = |e: ReceiveError| -> crate::response::Error {
         tracing::warn!(error = %e, "refused a snapshot from the leader");
-        match e {
-            ReceiveError::TooLarge { .. } => ApiError::new(413, e.to_string()),
-            ReceiveError::Storage(_) => ApiError::internal(e.to_string()),
-            _ => ApiError::bad_request(e.to_string()),
-        }
-        .into()
+        e.into()
     };
     let mut receiver = ctx.store.receive_snapshot()?;
     let mut stream = body.into_data_stream();

@@ -50,11 +50,11 @@ fn not_found() -> crate::response::Error {
 async fn others(ctx: &Ctx, wanted: impl Fn(&str) -> bool) -> Vec<Operation> {
     let state = ctx.store.state();
     let me = ctx.server_name();
-    let timeout = crate::forward::forward_timeout(&state);
+    let timeout = ctx.settings().forward_timeout;
     let calls = state
         .members
         .values()
-        .filter(|m| m.name != me && wanted(&m.name) && crate::membership::is_online(ctx, &state, &m.name))
+        .filter(|m| m.name != me && wanted(&m.name) && crate::membership::is_online(ctx, &m.name))
         .map(|m| {
             let peers = ctx.peers.clone();
             let address = m.address.clone();

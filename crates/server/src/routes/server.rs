@@ -30,10 +30,9 @@ fn current_config(ctx: &Ctx) -> BTreeMap<String, String> {
     config
 }
 
-fn auth_methods(config: &BTreeMap<String, String>) -> Vec<String> {
+fn auth_methods(settings: &api::Settings) -> Vec<String> {
     let mut methods = vec!["tls".to_string()];
-    let set = |k: &str| config.get(k).is_some_and(|v| !v.is_empty());
-    if set("oidc.issuer") && set("oidc.client.id") {
+    if settings.oidc.is_some() {
         methods.push("oidc".into());
     }
     methods
@@ -62,6 +61,7 @@ impl Same for Inputs {
 /// the trusted body per caller (it names the caller).
 pub struct View {
     config: BTreeMap<String, String>,
+    settings: api::Settings,
     etag: String,
     untrusted: Bytes,
     trusted: PerCaller<(String, &'static str), Bytes, 16>,
@@ -81,7 +81,7 @@ fn inputs(ctx: &Ctx) -> Inputs {
 }
 
 /// The document without the caller: what every trusted body shares.
-fn document(ctx: &Ctx, inputs: &Inputs, config: &BTreeMap<String, String>) -> Server {
+fn document(ctx: &Ctx, inputs: &Inputs, settings: &api::Settings) -> Server {
     Server {
         config: BTreeMap::new(),
         api_extensions: api::extensions::API_EXTENSIONS
@@ -92,12 +92,9 @@ fn document(ctx: &Ctx, inputs: &Inputs, config: &BTreeMap<String, String>) -> Se
         api_version: "1.0".into(),
         auth: "untrusted".into(),
         public: false,
-        auth_methods: auth_methods(config),
+        auth_methods: auth_methods(settings),
         environment: Some(ServerEnvironment {
-            addresses: host::listen_addresses(
-                inputs.local.get("core.https_address").map_or("", String::as_str),
-                crate::listeners::DEFAULT_PORT,
-            ),
+            addresses: host::listen_addresses(&settings.https_address, crate::listeners::DEFAULT_PORT),
             architectures: ctx.host.architectures.clone(),
             certificate: inputs.served.0.clone(),
             certificate_fingerprint: inputs.served.1.clone(),
@@ -146,9 +143,11 @@ fn storage_in_use(state: &cluster::State) -> String {
 fn render(ctx: &Ctx, inputs: &Inputs) -> View {
     let mut config = inputs.state.config.clone();
     config.extend(inputs.local.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut untrusted = document(ctx, inputs, &config);
+    let settings = api::Settings::new(&inputs.state.config, &inputs.local);
+    let mut untrusted = document(ctx, inputs, &settings);
     untrusted.environment = None;
     View {
+        settings,
         etag: response::etag(&config),
         untrusted: sync_body(untrusted),
         trusted: PerCaller::default(),
@@ -165,7 +164,7 @@ pub async fn get(State(ctx): State<Ctx>, Extension(id): Extension<Identity>) -> 
     }
     let method = id.method.as_str();
     let body = view.trusted.get((id.username.clone(), method), || {
-        let mut server = document(&ctx, inputs, &view.config);
+        let mut server = document(&ctx, inputs, &view.settings);
         server.auth = "trusted".into();
         server.auth_user_name = Some(id.username.clone());
         server.auth_user_method = Some(method.into());
@@ -211,7 +210,7 @@ async fn update(
     let before = current_config(&ctx);
     check_if_match(&headers, &before)?;
     let proposed = to_strings(req.config)?;
-    let proposed = api::config::check(&proposed).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let proposed = api::config::check(&proposed)?;
 
     // What changes: every proposed key, plus (for PUT) every set key left out.
     let mut changes: BTreeMap<String, String> = proposed.clone();
@@ -231,10 +230,7 @@ async fn update(
     // Side effects that can fail come first, so a refused change persists nothing.
     if let Some(addr) = local.get("core.https_address") {
         let handler = ctx.conn_handler();
-        ctx.listeners
-            .set_https(addr, handler)
-            .await
-            .map_err(ApiError::bad_request)?;
+        ctx.listeners.set_https(addr, handler).await?;
     }
     if !local.is_empty() {
         ctx.store.set_local(&local).await?;

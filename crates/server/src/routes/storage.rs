@@ -164,12 +164,12 @@ async fn on_member(
     let member = at
         .and_then(|id| state.member_by_id(id))
         .ok_or_else(|| "Cluster member not found".to_string())?;
-    if !crate::membership::is_online(ctx, &state, &member.name) {
+    if !crate::membership::is_online(ctx, &member.name) {
         return Err(format!("Cluster member {:?} is offline", member.name));
     }
     let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     let path = format!("/internal/storage-pools/{name}");
-    let timeout = crate::forward::forward_timeout(&state);
+    let timeout = ctx.settings().forward_timeout;
     let (status, bytes) = ctx
         .peers
         .request(&member.address, method, &path, body, timeout)

@@ -9,6 +9,7 @@ mod t20_tokens;
 mod t25_join_by_certificate;
 mod t30_replication;
 mod t40_failures;
+mod t42_forward_failures;
 mod t45_catch_up;
 mod t50_membership;
 mod t55_logs;
