@@ -116,9 +116,12 @@ async fn untrusted_callers_are_refused_before_their_body_is_read() {
         .expect("the 403 body arrives whole");
 }
 
-/// With curl, the HTTP/2 client the issue was found with: an early 403 to a request with
-/// a body ends without an error (curl exited 92 before), from the gate (a stranger) and
-/// from a handler (a metrics certificate, trusted for /1.0/metrics only).
+/// With curl, the client the issue was found with: an early refusal to a request with a
+/// body ends without an error (curl exited 92 over h2 before) and the client gets the
+/// whole envelope, whatever the body's size (the member reads no more than a few MiB of
+/// it), over h2 and HTTP/1.1, from the gate (a stranger: 403; a trusted client over the
+/// size bound: 413) and from a handler (a metrics certificate, trusted on
+/// /1.0/metrics only: 403).
 #[tokio::test]
 async fn curl_sees_an_early_refusal_end_cleanly() {
     if !stapes_testkit::have_tool("curl") {
@@ -126,45 +129,67 @@ async fn curl_sees_an_early_refusal_end_cleanly() {
     }
     let mut m = Member::start().await;
     let addr = m.listen().await;
-    let body = m.dir.with_file_name("body.json");
-    let mut json = b"{\"config\": {}}".to_vec();
-    json.resize(200 * 1024, b' ');
-    std::fs::write(&body, json).unwrap();
-    let metrics = ClientCert::generate("metrics");
-    m.trust_as(&metrics, "metrics").await;
     let dir = m.dir.with_file_name("curl");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("crt"), &metrics.cert_pem).unwrap();
-    std::fs::write(dir.join("key"), &metrics.key_pem).unwrap();
-    for with_cert in [false, true] {
-        let mut curl = tokio::process::Command::new("curl");
-        curl.args([
-            "-skS",
-            "--http2",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PUT",
-        ]);
-        if with_cert {
-            curl.arg("--cert")
-                .arg(dir.join("crt"))
-                .arg("--key")
-                .arg(dir.join("key"));
-        }
-        let out = curl
-            .arg("--data-binary")
-            .arg(format!("@{}", body.display()))
-            .arg(format!("https://{addr}/1.0"))
-            .output()
-            .await
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{stderr}");
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let small = dir.join("small.json");
+    let large = dir.join("large.json");
+    for (file, size) in [(&small, 200 * 1024), (&large, 64 * 1024 * 1024)] {
+        let mut json = b"{\"config\": {}}".to_vec();
+        json.resize(size, b' ');
+        std::fs::write(file, json).unwrap();
     }
+    let metrics = ClientCert::generate("metrics");
+    m.trust_as(&metrics, "metrics").await;
+    let admin = ClientCert::generate("admin");
+    m.trust(&admin).await;
+    for (name, cert) in [("metrics", &metrics), ("admin", &admin)] {
+        std::fs::write(dir.join(format!("{name}.crt")), &cert.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &cert.key_pem).unwrap();
+    }
+    let answer = dir.join("answer.json");
+    for protocol in ["--http2", "--http1.1"] {
+        for body in [&small, &large] {
+            for (caller, status) in [(None, 403), (Some("metrics"), 403), (Some("admin"), 413)] {
+                if caller == Some("admin") && body == &small {
+                    continue;
+                }
+                let what = format!(
+                    "{protocol}, {} bytes, {}",
+                    std::fs::metadata(body).unwrap().len(),
+                    caller.unwrap_or("stranger")
+                );
+                let mut curl = tokio::process::Command::new("curl");
+                curl.args(["-skS", protocol, "-w", "%{http_code}", "-X", "PUT", "-o"])
+                    .arg(&answer);
+                if let Some(name) = caller {
+                    curl.arg("--cert")
+                        .arg(dir.join(format!("{name}.crt")))
+                        .arg("--key")
+                        .arg(dir.join(format!("{name}.key")));
+                }
+                let out = curl
+                    .arg("--data-binary")
+                    .arg(format!("@{}", body.display()))
+                    .arg(format!("https://{addr}/1.0"))
+                    .output()
+                    .await
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout),
+                    status.to_string(),
+                    "{what}: {stderr}"
+                );
+                let envelope: serde_json::Value = serde_json::from_slice(&std::fs::read(&answer).unwrap())
+                    .unwrap_or_else(|e| panic!("{what}: the answer is not JSON: {e}"));
+                assert_eq!(envelope["type"], "error", "{what}: {envelope}");
+                assert_eq!(envelope["error_code"], status, "{what}: {envelope}");
+            }
+        }
+    }
+    // Still serving on the same listener.
+    assert_eq!(Target::tls(&addr, None).get("/1.0").await.unwrap().status, 200);
 }
 
 /// A body that trickles in is cut off: 30 s, plus a second per 64 KiB received.
