@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use stapes_testkit::{eventually, tls_stream, ClientCert, Cluster, Target};
+use stapes_testkit::{eventually, memory, tls_stream, ClientCert, Cluster, Target};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{slot, FAST, LONG};
@@ -38,20 +38,6 @@ async fn two_members(env: &[(&str, &str)]) -> (Cluster, ClientCert) {
     c.wait_healthy(1, LONG).await;
     let cert = crate::trusted_client(&c).await;
     (c, cert)
-}
-
-/// VmRSS and VmHWM of `pid`, in bytes.
-fn memory(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Asserts the peak memory of `pid` since `before` stayed within [`RSS_ROOM`] of it.
