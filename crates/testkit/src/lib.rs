@@ -664,6 +664,21 @@ impl Member {
         self.spawn().await;
     }
 
+    /// Waits (bounded by `limit`) for the process to exit by itself; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let child = self.child.as_mut().expect("running");
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("stapesd did not exit within {limit:?}: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts the process again after it exited by itself (no signal sent).
     pub async fn start_again(&mut self) {
         self.child = None;
