@@ -268,7 +268,7 @@ pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -346,9 +346,10 @@ mod tests {
         assert_eq!(body_error(e, 0).status, 408);
     }
 
-    type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+    pub(crate) type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
-    fn futures_channel() -> (Sender, Body) {
+    /// A request body fed through a channel, a frame at a time.
+    pub(crate) fn futures_channel() -> (Sender, Body) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let stream =
             futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });

@@ -225,14 +225,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
-
-    fn channel_body() -> (Sender, Body) {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let stream =
-            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
-        (tx, Body::new(http_body_util::StreamBody::new(stream)))
-    }
+    use crate::gate::tests::futures_channel as channel_body;
 
     fn answer_then(rest: Rest<Body>) -> AnswerThenRest<Body> {
         AnswerThenRest {
