@@ -28,6 +28,8 @@
 #   CEILING=1          0 leaves the ceiling out
 #   STAPESD=path       use this stapesd binary (then only the benchmark is built)
 #   STAPESD_ARGS="..." extra stapesd arguments, e.g. "--log-level warn"
+#   LISTENERS=0        event listeners (every type, unix socket) held on stapesd and
+#                      incusd during the load (single mode; at most 256)
 #   INCUSD=path        incusd binary (default /usr/libexec/incus/incusd)
 #   OHA=path           oha binary (default: PATH, then ~/.cargo/bin/oha)
 #   RESULTS_DIR=dir    keep raw oha JSON, logs and summary.txt there

@@ -240,8 +240,30 @@ pub async fn single(s: &Settings, lab: &mut Lab, oha: &Oha) -> anyhow::Result<(S
             members: vec![m],
         });
     }
+    let mut held = Vec::new();
+    if s.listeners > 0 {
+        for side in sides.iter().filter(|sd| sd.kind != Kind::Ceiling) {
+            held.push((
+                side.kind,
+                crate::listeners::hold(side.front(), s.listeners).await?,
+            ));
+        }
+        log(format!(
+            "holding {} event listeners (every type) on stapesd and incusd",
+            s.listeners
+        ));
+    }
     info.busy = idle_check().await;
     rounds(s, lab, oha, &cases, &sides, &mut results).await?;
+    for (kind, h) in held.drain(..) {
+        log(format!(
+            "{}: {} of {} event listeners still open; {} event frames received",
+            kind.name(),
+            h.open(),
+            s.listeners,
+            h.frames()
+        ));
+    }
     for side in &sides {
         if let Some(mem) = lab.memory(&side.front().key) {
             results.add_figure(Fig::RssKb, side.kind, mem.rss_kb);

@@ -83,6 +83,10 @@ pub struct Settings {
     /// Single mode: where the ceiling listens (loopback only).
     #[arg(long, env = "CEILING_HTTPS", default_value = "127.0.0.3:8443")]
     pub ceiling_https: String,
+    /// Single mode: event listeners (every type, over the unix socket) held open on
+    /// stapesd and on incusd while the load runs.
+    #[arg(long, env = "LISTENERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub listeners: u32,
     /// Keep the raw oha JSON, the logs and summary.txt in this directory.
     #[arg(long, env = "RESULTS_DIR")]
     pub results_dir: Option<PathBuf>,

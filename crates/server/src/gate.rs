@@ -13,11 +13,8 @@
 //!              arrive within 30 s plus 1 s per 64 KiB received (a trickle is cut off)
 //! ```
 //!
-//! Whoever refuses a request with a small body (the gate, or a handler that answers
-//! before reading), the rest of the body is read and dropped before the answer goes, so
-//! the client has finished sending when it comes: no connection reset under HTTP/1.1,
-//! and an h2 stream that ends cleanly rather than with a reset clients report as an
-//! error. A larger body is dropped unread (the stream is reset, RFC 9113 §8.1).
+//! A refusal is decided before any of the body is read; what the client still sends is
+//! read and dropped, bounded, by [`crate::unread`], so that the exchange ends cleanly.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,7 +87,7 @@ impl Default for ConnBudget {
 
 pub async fn layer(State((ctx, test_routes)): State<(Ctx, bool)>, req: Request, next: Next) -> Response {
     let Some(id) = req.extensions().get::<Identity>().cloned() else {
-        return refuse(req, &ApiError::forbidden()).await;
+        return error_response(&ApiError::forbidden());
     };
     let path = req.uri().path().to_string();
     // Access from the route table; an unknown route goes on to its 404 or 501.
@@ -99,10 +96,13 @@ pub async fn layer(State((ctx, test_routes)): State<(Ctx, bool)>, req: Request, 
         .lookup(req.method(), &path, test_routes)
         .is_none_or(|found| crate::route::allows(found.route.access, &id, via_member));
     if !allowed {
-        return refuse(req, &ApiError::forbidden()).await;
+        return error_response(&ApiError::forbidden());
     }
     if req.body().is_end_stream() {
         return next.run(req).await;
+    }
+    if id.trusted() {
+        crate::unread::BeforeAnswer::trusted(&req);
     }
     // A snapshot is bounded by `--max-snapshot-size` where it is installed.
     let snapshot = path == "/internal/raft/snapshot";
@@ -115,7 +115,7 @@ pub async fn layer(State((ctx, test_routes)): State<(Ctx, bool)>, req: Request, 
     } else if !id.trusted() {
         match untrusted_body(req.method(), &path) {
             Some(limit) => limit,
-            None => return refuse(req, &ApiError::forbidden()).await,
+            None => return error_response(&ApiError::forbidden()),
         }
     } else if path.starts_with("/internal/raft/") {
         RAFT_MAX_BODY
@@ -124,7 +124,7 @@ pub async fn layer(State((ctx, test_routes)): State<(Ctx, bool)>, req: Request, 
     };
     let declared = content_length(&req);
     if declared.is_some_and(|n| n > limit as u64) {
-        return refuse(req, &ApiError::payload_too_large(limit)).await;
+        return error_response(&ApiError::payload_too_large(limit));
     }
     // A streamed body goes to a file (or on) as it arrives: it holds no memory budget.
     let _permits = if streamed {
@@ -135,50 +135,15 @@ pub async fn layer(State((ctx, test_routes)): State<(Ctx, bool)>, req: Request, 
         match reserve(&ctx.bodies, &conn, need, BUDGET_WAIT).await {
             Some(p) => Some(p),
             None => {
-                return refuse(
-                    req,
-                    &ApiError::unavailable("Too many request bodies in flight; retry shortly"),
-                )
-                .await
+                return error_response(&ApiError::unavailable(
+                    "Too many request bodies in flight; retry shortly",
+                ))
             }
         }
     };
-    let leftover = drain_limit(&req);
     let (parts, body) = req.into_parts();
-    let kept = Kept(Arc::new(std::sync::Mutex::new(body)));
-    let bounded = Bounded::new(Body::new(kept.clone()), limit as u64);
-    let resp = next.run(Request::from_parts(parts, Body::new(bounded))).await;
-    // A handler that answered before reading all of a small body: read the rest first.
-    if let Some(limit) = leftover {
-        drain(Body::new(kept), limit).await;
-    }
-    resp
-}
-
-/// A request body the handler reads while the gate keeps a hold on it, to drain what the
-/// handler left.
-#[derive(Clone)]
-struct Kept(Arc<std::sync::Mutex<Body>>);
-
-impl HttpBody for Kept {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let mut body = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        Pin::new(&mut *body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.lock().map(|b| b.is_end_stream()).unwrap_or(true)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.lock().map(|b| b.size_hint()).unwrap_or_default()
-    }
+    let bounded = Bounded::new(body, limit as u64);
+    next.run(Request::from_parts(parts, Body::new(bounded))).await
 }
 
 fn content_length(req: &Request) -> Option<u64> {
@@ -204,38 +169,6 @@ async fn reserve(
         Some((c, o))
     };
     tokio::time::timeout(wait, both).await.ok().flatten()
-}
-
-/// Bodies up to this size are read and dropped before a refusal is sent, so that the
-/// client has finished writing when the answer comes: over HTTP/1.1 a connection closed
-/// with unread data is reset and the client may never see the answer; over h2 a stream
-/// reset while a client still sends is reported as an error by clients such as curl. A
-/// stranger gets no more than Go's HTTP server (and so Incus) reads for anyone.
-const DRAIN_MAX: u64 = 4 * 1024 * 1024;
-const DRAIN_MAX_UNTRUSTED: u64 = 256 * 1024;
-
-/// How much of an unread body is read and dropped before answering `req`.
-fn drain_limit(req: &Request) -> Option<u64> {
-    let trusted = req.extensions().get::<Identity>().is_some_and(Identity::trusted);
-    let most = if trusted { DRAIN_MAX } else { DRAIN_MAX_UNTRUSTED };
-    content_length(req).filter(|n| *n <= most)
-}
-
-/// Reads and drops what is left of a body, bounded like any body.
-async fn drain(body: Body, limit: u64) {
-    let mut body = Bounded::new(body, limit);
-    while let Some(Ok(_)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {}
-}
-
-/// An error response, sent once a small request body is out of the way (read and
-/// dropped); a larger one is dropped unread. A refusal for want of room is never delayed
-/// by reading.
-async fn refuse(req: Request, err: &ApiError) -> Response {
-    let busy = err.status == 503;
-    if let Some(limit) = drain_limit(&req).filter(|_| !busy) {
-        drain(req.into_body(), limit).await;
-    }
-    error_response(err)
 }
 
 /// Why a request body was cut off.
@@ -335,7 +268,7 @@ pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -413,9 +346,10 @@ mod tests {
         assert_eq!(body_error(e, 0).status, 408);
     }
 
-    type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+    pub(crate) type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
-    fn futures_channel() -> (Sender, Body) {
+    /// A request body fed through a channel, a frame at a time.
+    pub(crate) fn futures_channel() -> (Sender, Body) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let stream =
             futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });

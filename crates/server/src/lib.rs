@@ -41,6 +41,7 @@ mod route;
 mod routes;
 mod state_files;
 mod tunnel;
+mod unread;
 
 pub use cluster::store::DEFAULT_SNAPSHOT_LIMIT as DEFAULT_MAX_SNAPSHOT_SIZE;
 pub use daemon::{Daemon, DaemonConfig};

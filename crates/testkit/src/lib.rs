@@ -97,6 +97,20 @@ pub fn have_tool(tool: &str) -> bool {
     found
 }
 
+/// VmRSS and VmHWM (its peak) of process `pid`, in bytes.
+pub fn memory(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
@@ -698,6 +712,21 @@ impl Member {
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit by itself; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let child = self.child.as_mut().expect("running");
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("stapesd did not exit within {limit:?}: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts the process again after it exited by itself (no signal sent).

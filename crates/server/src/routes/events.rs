@@ -1,8 +1,11 @@
 //! `/1.0/events`: a websocket streaming the events a listener asked for.
 //!
-//! A listener is woken by each event it may want, writes every event already waiting
-//! (up to [`BATCH`]) and flushes once. One that falls behind skips what it missed,
-//! and says so once per episode, under a target that never becomes an event.
+//! A listener is woken by an event it may want, writes every event already waiting
+//! (flushing every [`BATCH`]) and flushes once. Under a stream of events it is woken
+//! at most once per [`GATHER`]: it writes what gathered meanwhile in one go, so that
+//! the cost of many listeners is one wake-up and one write each per period rather than
+//! per event (a lone event still goes out at once). One that falls behind skips what it
+//! missed, and says so once per episode, under a target that never becomes an event.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +27,14 @@ use crate::response::{ApiError, Result};
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// Events written before one flush.
 const BATCH: usize = 64;
+/// A listener's read buffer. A listener sends next to nothing (pongs, a close), and the
+/// websocket zero-fills this buffer on every read attempt, which comes with every wake-up:
+/// at the default 128 KiB that memset was most of the cost of many listeners.
+const LISTENER_READ_BUFFER: usize = 4 * 1024;
+/// The least time between two wake-ups of a busy listener.
+const GATHER: Duration = Duration::from_millis(10);
+/// The most events written for one wake-up (the others wait for the next one).
+const MOST_PER_WAKE: usize = crate::events::BACKLOG;
 
 pub async fn stream(
     State(ctx): State<Ctx>,
@@ -54,6 +65,7 @@ pub async fn stream(
     tracing::debug!(user = %id.username, ?filter, "event listener connected");
     Ok(upgrade
         .max_message_size(64 * 1024)
+        .read_buffer_size(LISTENER_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             pump(ctx, socket, filter).await;
             drop(place);
@@ -75,6 +87,7 @@ pub async fn internal(
         only_own: true,
     };
     Ok(upgrade
+        .read_buffer_size(LISTENER_READ_BUFFER)
         .on_upgrade(move |socket| pump(ctx, socket, filter))
         .into_response())
 }
@@ -108,12 +121,18 @@ async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
     let mut stop = ctx.closing.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut lag = Lag::default();
+    let mut last_wake: Option<tokio::time::Instant> = None;
     ping.tick().await;
     loop {
         tokio::select! {
             first = events.recv() => {
+                // Busy: let what comes in the rest of the period gather first.
+                if let Some(at) = last_wake {
+                    tokio::time::sleep_until(at + GATHER).await;
+                }
+                last_wake = Some(tokio::time::Instant::now());
                 let mut next = Some(first);
-                let mut written = 0;
+                let (mut written, mut unflushed) = (0, 0);
                 let mut drained = false;
                 while let Some(e) = next.take() {
                     match e {
@@ -122,12 +141,19 @@ async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
                                 return;
                             }
                             written += 1;
+                            unflushed += 1;
                         }
                         Ok(_) => {}
                         Err(RecvError::Lagged(n)) => lag.dropped(n),
                         Err(RecvError::Closed) => return,
                     }
-                    if written < BATCH {
+                    if unflushed == BATCH {
+                        if socket.flush().await.is_err() {
+                            return;
+                        }
+                        unflushed = 0;
+                    }
+                    if written < MOST_PER_WAKE {
                         next = match events.try_recv() {
                             Ok(p) => Some(Ok(p)),
                             Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
@@ -139,7 +165,7 @@ async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
                         };
                     }
                 }
-                if written > 0 && socket.flush().await.is_err() {
+                if unflushed > 0 && socket.flush().await.is_err() {
                     return;
                 }
                 if drained {

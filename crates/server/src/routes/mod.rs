@@ -52,6 +52,7 @@ pub fn router(ctx: Ctx, test_routes: bool) -> Router {
         .layer(from_fn_with_state((ctx.clone(), test_routes), crate::gate::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
+        .layer(axum::middleware::from_fn(crate::unread::layer))
         .with_state(ctx)
 }
 

@@ -245,24 +245,20 @@ async fn key_and_database_files_are_private() {
     }
 }
 
-/// A full disk: writes fail with a clear 503 and the member reports not-ready; once
-/// space returns it recovers by itself (redb refuses every write after an I/O error
-/// until the database is reopened).
-#[tokio::test]
-async fn a_full_disk_is_not_ready_and_recovers() {
-    use std::time::Duration;
-    if !stapes_testkit::have_root() {
-        return;
+/// A tmpfs mounted on a member's state directory, unmounted when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
-    struct Mount(std::path::PathBuf);
-    impl Drop for Mount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
+}
+
+/// A member whose state directory is an 8 MiB tmpfs (root only).
+async fn on_small_tmpfs() -> (Member, Mount) {
     let mut mounted = None;
     let m = Member::start_prepared(None, &[], |dir| {
         let ok = std::process::Command::new("mount")
@@ -276,16 +272,38 @@ async fn a_full_disk_is_not_ready_and_recovers() {
         mounted = Some(Mount(dir.to_path_buf()));
     })
     .await;
-    let filler = m.dir.join("filler");
+    (m, mounted.expect("mounted"))
+}
+
+/// Fills the file system of `dir` with one file, returned.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
     let _ = std::process::Command::new("dd")
         .args(["if=/dev/zero", "bs=64k"])
         .arg(format!("of={}", filler.display()))
         .stderr(std::process::Stdio::null())
         .status();
-    let write = |i: usize| {
-        let cert = ClientCert::generate(&format!("w{i}"));
-        json!({"type": "client", "certificate": cert.cert_pem, "description": "d".repeat(256 * 1024)})
-    };
+    filler
+}
+
+/// A certificate to trust, with a description that takes room on disk.
+fn bulky_certificate(i: usize) -> serde_json::Value {
+    let cert = ClientCert::generate(&format!("w{i}"));
+    json!({"type": "client", "certificate": cert.cert_pem, "description": "d".repeat(256 * 1024)})
+}
+
+/// A full disk: writes fail with a clear 503 and the member reports not-ready; once
+/// space returns it recovers by itself (redb refuses every write after an I/O error
+/// until the database is reopened).
+#[tokio::test]
+async fn a_full_disk_is_not_ready_and_recovers() {
+    use std::time::Duration;
+    if !stapes_testkit::have_root() {
+        return;
+    }
+    let (m, mounted) = on_small_tmpfs().await;
+    let filler = fill(&m.dir);
+    let write = bulky_certificate;
     let u = m.unix();
     let mut failed = None;
     for i in 0..20 {
@@ -315,6 +333,90 @@ async fn a_full_disk_is_not_ready_and_recovers() {
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.json());
+    drop(m);
+    drop(mounted);
+}
+
+/// A clustered member whose disk fills: the write that meets the full disk is not
+/// acknowledged, Raft stops for good (it does after a storage error), and the member
+/// exits with 75 (EX_TEMPFAIL) so that its service manager restarts it. Started again
+/// once space has returned, it has every write it acknowledged.
+#[tokio::test]
+async fn a_clustered_member_whose_storage_fails_exits_75() {
+    use std::time::Duration;
+    if !stapes_testkit::have_root() {
+        return;
+    }
+    let (mut m, mounted) = on_small_tmpfs().await;
+    m.enable_cluster("solo").await;
+    let u = m.unix();
+    stapes_testkit::eventually(Duration::from_secs(60), "the member clustered", || {
+        let u = m.unix();
+        async move {
+            let me = u.get("/1.0").await.ok()?.metadata();
+            (me["environment"]["server_clustered"] == true).then_some(())
+        }
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for i in 0..3 {
+        let cert = ClientCert::generate(&format!("before{i}"));
+        let body = json!({"type": "client", "certificate": cert.cert_pem});
+        let r = u.send_json("POST", "/1.0/certificates", &body).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.json());
+        acknowledged.push(body["certificate"].clone());
+    }
+    let filler = fill(&m.dir);
+    for i in 0..40 {
+        let cert = bulky_certificate(i);
+        match u.send_json("POST", "/1.0/certificates", &cert).await {
+            Ok(r) if r.status == 201 => acknowledged.push(cert["certificate"].clone()),
+            Ok(r) => {
+                assert!(r.status >= 500, "{} {}", r.status, r.json());
+                break;
+            }
+            // The member may be stopping already.
+            Err(_) => break,
+        }
+    }
+    let code = m.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code, 75, "{}", m.log());
+    assert!(
+        m.log()
+            .contains("stopping so that the service manager restarts this member"),
+        "{}",
+        m.log()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    m.start_again().await;
+    stapes_testkit::eventually(Duration::from_secs(60), "ready after the restart", || {
+        let u = m.unix();
+        async move { (u.get("/ready").await.ok()?.status == 200).then_some(()) }
+    })
+    .await;
+    let listed = m
+        .unix()
+        .get("/1.0/certificates?recursion=1")
+        .await
+        .unwrap()
+        .metadata();
+    let listed: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["certificate"].as_str().unwrap_or_default().trim().to_string())
+        .collect();
+    for pem in &acknowledged {
+        let pem = pem.as_str().unwrap().trim();
+        assert!(
+            listed.iter().any(|l| l == pem),
+            "an acknowledged write is missing"
+        );
+    }
+    println!(
+        "{} writes acknowledged before the disk filled",
+        acknowledged.len()
+    );
     drop(m);
     drop(mounted);
 }
