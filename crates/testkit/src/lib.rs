@@ -415,20 +415,6 @@ async fn read(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Res
     })
 }
 
-/// VmRSS and VmHWM (peak) of process `pid`, in bytes.
-pub fn memory(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// A `stapesd` process with its own state directory. Killed when dropped.
 pub struct Member {
     pub dir: PathBuf,
