@@ -19,7 +19,8 @@
 //!
 //! Module map: [`settings`] (knobs), [`lab`] and [`cluster`] (the one place that starts
 //! and stops daemons and clusters), [`procs`] (processes, /proc), [`oha`] (the load
-//! tool), [`cases`] (what is measured), [`run`] (the load modes), [`failover`] (the
+//! tool), [`cases`] (what is measured), [`import`] (image import with the official
+//! client), [`run`] (the load modes), [`failover`] (the
 //! client failover mode), [`results`], [`stats`], [`targets`], [`report`] (the one place
 //! that prints), and [`ceiling`] (the `stapes-ceiling` server).
 
@@ -27,6 +28,7 @@ pub mod cases;
 pub mod ceiling;
 pub mod cluster;
 pub mod failover;
+pub mod import;
 pub mod lab;
 pub mod oha;
 pub mod procs;
