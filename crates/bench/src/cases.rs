@@ -242,16 +242,8 @@ pub fn all() -> Vec<Box<dyn Case>> {
             concs: &[1, 32],
             sides: ALL_SIDES,
         }),
-        Box::new(Import::new(
-            "import256",
-            "incus image import (receiving member)",
-            256,
-        )),
-        Box::new(Import::new(
-            "import2g",
-            "incus image import (receiving member)",
-            2048,
-        )),
+        Box::new(Import::new("import256", "incus image import, first member", 256)),
+        Box::new(Import::new("import2g", "incus image import, first member", 2048)),
     ]
 }
 

@@ -122,8 +122,10 @@ pub fn make_image(path: &Path, mib: u64) -> anyhow::Result<()> {
 /// The fingerprint `incus image import` prints.
 pub fn fingerprint_in(out: &str) -> Option<String> {
     out.lines().find_map(|l| {
+        // Progress lines end in \r, not \n: the last piece of a line is what stayed.
         let fp = l
-            .trim_start_matches('\r')
+            .rsplit('\r')
+            .find(|piece| !piece.trim().is_empty())?
             .trim()
             .strip_prefix("Image imported with fingerprint: ")?
             .trim();
@@ -305,7 +307,8 @@ impl Case for Import {
             let reset = reset_peak(pid);
             let remote = format!("{}:", side.kind.name());
             let path = image.display().to_string();
-            let args = ["image", "import", path.as_str(), remote.as_str(), "--quiet"];
+            // Not --quiet: that also hides the fingerprint.
+            let args = ["image", "import", path.as_str(), remote.as_str()];
             let t = Instant::now();
             let import = incus(ctx, &conf, &args, IMPORT_TIMEOUT);
             tokio::pin!(import);
@@ -357,6 +360,9 @@ mod tests {
     fn t10_the_fingerprint_the_client_prints() {
         let fp = "ab".repeat(32);
         let out = format!("Importing the image: 100%\r\nImage imported with fingerprint: {fp}\n");
+        assert_eq!(fingerprint_in(&out), Some(fp.clone()));
+        let out =
+            format!("Transferring image: 99% (300MB/s)\r   \rImage imported with fingerprint: {fp}\r\n");
         assert_eq!(fingerprint_in(&out), Some(fp));
         assert_eq!(fingerprint_in("Image imported with fingerprint: xyz\n"), None);
         assert_eq!(fingerprint_in(""), None);
