@@ -11,6 +11,8 @@
 #
 # usage: scripts/bench.sh                 (as root)
 #        MODE=cluster scripts/bench.sh    three-member clusters, side by side
+#        MODE=cluster CASES="import256 import2g" CEILING=0 scripts/bench.sh
+#                                          image import through node1, both sides
 #        scripts/bench.sh --help          every setting of stapes-bench
 #
 # Environment (all optional; stapes-bench --help lists them with their flags):
@@ -19,7 +21,9 @@
 #   STARTS=3           restarts per daemon for start-to-ready (single mode)
 #   FORMS=1            cluster formations per side (cluster mode)
 #   CASES="tls unix"   load cases, in order (also: tls_handshake);
-#                      MODE=cluster: "members fwd direct unix" by default
+#                      MODE=cluster: "members fwd direct unix" by default;
+#                      image imports through the first member, either mode:
+#                      import256, import2g (256 MiB, 2 GiB; made in the temp dir)
 #   MODE=single        single (one standalone daemon per side) or cluster
 #   CLUSTER_STAPES_PORT=8444  CLUSTER_INCUS_PORT=8443  CLUSTER_CEILING_PORT=8445
 #                      (cluster mode, on 127.0.0.1-3)

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use futures_util::future::BoxFuture;
 
+use crate::import::Import;
 use crate::lab::{Kind, Lab, Side};
 use crate::oha::Oha;
 use crate::results::{Metric, Sample};
@@ -189,6 +190,7 @@ impl Case for Load {
 
 /// Every case, by name. Single mode runs `tls unix` by default, cluster mode `members
 /// fwd direct unix`; each works in both (in cluster mode the first member is node1).
+/// The image imports (`import256`, `import2g`) run only when named.
 pub fn all() -> Vec<Box<dyn Case>> {
     vec![
         Box::new(Load {
@@ -240,6 +242,8 @@ pub fn all() -> Vec<Box<dyn Case>> {
             concs: &[1, 32],
             sides: ALL_SIDES,
         }),
+        Box::new(Import::new("import256", "incus image import, first member", 256)),
+        Box::new(Import::new("import2g", "incus image import, first member", 2048)),
     ]
 }
 
@@ -288,8 +292,12 @@ mod tests {
         assert!(!members.measures(Kind::Ceiling));
         assert!(all
             .iter()
-            .filter(|c| c.name() != "members")
+            .filter(|c| c.name() != "members" && !c.name().starts_with("import"))
             .all(|c| c.measures(Kind::Ceiling)));
+        assert!(all
+            .iter()
+            .filter(|c| c.name().starts_with("import"))
+            .all(|c| !c.measures(Kind::Ceiling) && c.measures(Kind::Incus)));
     }
 
     #[test]

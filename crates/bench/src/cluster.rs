@@ -362,7 +362,8 @@ impl Lab {
     }
 }
 
-fn append(path: &std::path::Path, text: &str) {
+/// Appends `text` to the file at `path` (a log), ignoring errors.
+pub fn append(path: &std::path::Path, text: &str) {
     use std::io::Write as _;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(text.as_bytes());

@@ -134,6 +134,7 @@ fn cases_table(out: &mut String, r: &Results, kinds: &[Kind]) {
         let primary = row.metrics[0];
         let details: Vec<&str> = row.metrics[1..].iter().map(|m| m.name).collect();
         let detail_unit = row.metrics.get(1).map_or("", |m| m.unit);
+        let same_unit = row.metrics[1..].iter().all(|m| m.unit == detail_unit);
         if last_metrics != Some(row.metrics) {
             let _ = write!(out, "{:<34} {:>5}", "case", "");
             for k in kinds {
@@ -162,10 +163,18 @@ fn cases_table(out: &mut String, r: &Results, kinds: &[Kind]) {
                 let shown: Vec<String> = (1..row.metrics.len())
                     .map(|i| num(row.median(*k, i), row.metrics[i].decimals))
                     .collect();
-                let text = if row.measured(*k) {
+                let text = if !row.measured(*k) {
+                    "-".to_string()
+                } else if same_unit {
                     format!("{} {detail_unit}", shown.join("/"))
                 } else {
-                    "-".to_string()
+                    // Mixed units (an import: seconds, MB): each value with its own.
+                    let each: Vec<String> = shown
+                        .iter()
+                        .zip(&row.metrics[1..])
+                        .map(|(v, m)| format!("{v} {}", m.unit).trim_end().to_string())
+                        .collect();
+                    each.join(" / ")
                 };
                 let _ = write!(out, " {text:>19}");
             }

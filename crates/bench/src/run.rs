@@ -52,7 +52,7 @@ pub async fn rounds(
         .map(|c| c.variants().len() * sides.iter().filter(|sd| c.measures(sd.kind)).count())
         .sum();
     log(format!(
-        "load: {runs} runs x {} rounds x {}s",
+        "cases: {runs} runs x {} rounds (a load run lasts {}s)",
         s.rounds, s.duration
     ));
     for r in 1..=s.rounds {

@@ -40,8 +40,10 @@ pub struct Settings {
     /// over them.
     #[arg(long, env = "FORMS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub forms: u32,
-    /// Load cases to run, in order, separated by spaces. Single mode: tls unix
-    /// (default), tls_handshake; cluster mode: members fwd direct unix (default).
+    /// Cases to run, in order, separated by spaces. Single mode: tls unix (default),
+    /// tls_handshake; cluster mode: members fwd direct unix (default); either mode:
+    /// import256 import2g (incus image import of a 256 MiB / 2 GiB image through the
+    /// first member).
     #[arg(long, env = "CASES")]
     pub cases: Option<String>,
     /// Cluster mode: stapes members listen on 127.0.0.1-3 at this port.

@@ -100,6 +100,26 @@ const fn case(case: &'static str, variant: &'static str, metric: &'static str) -
 }
 
 const ISSUE_13: &str = "issue 13 point 9";
+const ISSUE_14: &str = "issue 14 point 9";
+
+/// Point 9 of issue 14: an image import through the receiving member at least as fast
+/// as Incus's, with at most half its peak RSS, at each size.
+fn import_targets() -> Vec<Target> {
+    let mut t = Vec::new();
+    for (name, size) in [("import256", "256MiB"), ("import2g", "2GiB")] {
+        t.push(Target {
+            what: case(name, size, "MB/s"),
+            rule: Rule::AtLeast(Kind::Incus, 1.0),
+            source: ISSUE_14,
+        });
+        t.push(Target {
+            what: case(name, size, "peak RSS"),
+            rule: Rule::AtMost(Kind::Incus, 0.5),
+            source: ISSUE_14,
+        });
+    }
+    t
+}
 
 /// Point 9 of issue 13: against the ceiling measured in the same run. "Nothing slower
 /// than today at c=32" is read as: no lower a share of the ceiling than the 0.34x
@@ -154,6 +174,7 @@ pub fn single() -> Vec<Target> {
             source: "",
         },
     ];
+    t.extend(import_targets());
     t.extend(ceiling_targets("tls"));
     t
 }
@@ -192,6 +213,7 @@ pub fn cluster() -> Vec<Target> {
             source: "",
         },
     ];
+    t.extend(import_targets());
     t.extend(ceiling_targets("direct"));
     t
 }
@@ -256,5 +278,50 @@ mod tests {
         // The load targets were not measured: nothing to say.
         let tls = single()[0];
         assert_eq!(tls.check(&r), None);
+    }
+
+    #[test]
+    fn t10_import_targets_read_throughput_and_peak_rss() {
+        use crate::results::{Results, Sample};
+        let all = crate::cases::all();
+        let import = all.iter().find(|c| c.name() == "import256").unwrap();
+        let mut r = Results::default();
+        for (kind, mbs, peak) in [(Kind::Stapes, 300.0, 30.0), (Kind::Incus, 250.0, 80.0)] {
+            r.add(
+                import.as_ref(),
+                "256MiB",
+                kind,
+                Sample {
+                    values: vec![mbs, 1.0, peak, 5.0],
+                    unexpected: 0,
+                },
+            );
+        }
+        let targets: Vec<Target> = cluster().into_iter().filter(|t| t.source == ISSUE_14).collect();
+        let judged: Vec<bool> = targets
+            .iter()
+            .filter_map(|t| t.check(&r))
+            .map(|o| o.pass)
+            .collect();
+        // 300 >= 250 and 30 <= 40; the 2 GiB import was not run.
+        assert_eq!(judged, [true, true]);
+        // Two slower rounds move stapes's medians to 200 MB/s and a 50 MB peak.
+        for _ in 0..2 {
+            r.add(
+                import.as_ref(),
+                "256MiB",
+                Kind::Stapes,
+                Sample {
+                    values: vec![200.0, 1.0, 50.0, 5.0],
+                    unexpected: 0,
+                },
+            );
+        }
+        let judged: Vec<bool> = targets
+            .iter()
+            .filter_map(|t| t.check(&r))
+            .map(|o| o.pass)
+            .collect();
+        assert_eq!(judged, [false, false], "medians: 200 MB/s, 50 MB peak");
     }
 }
