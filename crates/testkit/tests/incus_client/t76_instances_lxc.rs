@@ -1,6 +1,7 @@
 //! Real LXC containers on a three-member cluster with the official client, every step
 //! through a member other than the owner: launch onto node2 through node1, list, stop
-//! and start, delete leaving no process, mount or cgroup. The image is built offline
+//! and start, the holder killed with -9 and started again with the container still
+//! running, delete leaving no process, mount or cgroup. The image is built offline
 //! from Debian's `busybox-static`.
 //!
 //! Needs root, `lxc`, `incus` and `busybox-static`: skipped with a message without
@@ -10,13 +11,15 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use instance::forkfile::Helper;
 use instance::{Driver, LxcDriver, LxcOptions};
 use serde_json::Value;
-use stapes_testkit::{bin, have_root, have_tool, Cluster};
+use stapes_testkit::{bin, eventually, have_root, have_tool, Cluster};
 
+use super::incus;
 use super::t60_storage_profiles::Via;
 
 /// Whether this machine can run the test (else a message, or a panic under CI=true).
@@ -108,8 +111,9 @@ async fn state_of(v: &Via, i: usize, name: &str) -> Value {
     serde_json::from_str(&out).expect("state JSON")
 }
 
-async fn body(c: &Cluster, work: &Path) {
+async fn body(c: &mut Cluster, work: &Path) {
     let v = Via::new(c);
+    let conf = v.conf.path().to_path_buf();
     for n in ["node1", "node2", "node3"] {
         v.ok(0, &["storage", "create", "pool1", "dir", "--target", n])
             .await;
@@ -158,6 +162,18 @@ async fn body(c: &Cluster, work: &Path) {
     let pid = state_of(&v, 2, "c1").await["pid"].as_i64().unwrap_or(0);
     assert!(pid > 0);
 
+    // The daemon is not the container: node2 killed (-9) and started again finds c1
+    // still running, with the same init, and serves it through node1.
+    c.members[1].restart().await;
+    let sock = v.sock[0].clone();
+    let again = eventually(Duration::from_secs(60), "node2 to serve c1 again", || async {
+        let (ok, out, _) = incus(&conf, Some(&sock), &["query", "/1.0/instances/c1/state"]).await;
+        let st: Value = serde_json::from_str(&out).ok()?;
+        (ok && st["status"] == "Running").then_some(st)
+    })
+    .await;
+    assert_eq!(again["pid"].as_i64(), Some(pid), "{again}");
+
     // Delete leaves no process, mount, runtime directory, cgroup or volume.
     v.ok(2, &["stop", "c1", "--force"]).await;
     v.ok(0, &["delete", "c1"]).await;
@@ -179,14 +195,14 @@ async fn t76_real_containers_through_members_that_do_not_hold_them() {
     if !ready() {
         return;
     }
-    let c = Cluster::start(3).await;
+    let mut c = Cluster::start(3).await;
     c.wait_healthy(3, std::time::Duration::from_secs(60)).await;
     // The container's root (uid 1000000) must be able to reach its rootfs.
     for m in &c.members {
         std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
     let work = tempfile::tempdir().unwrap();
-    let outcome = std::panic::AssertUnwindSafe(body(&c, work.path()))
+    let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
         .catch_unwind()
         .await;
     let dirs: Vec<PathBuf> = c.members.iter().map(|m| m.dir.clone()).collect();
