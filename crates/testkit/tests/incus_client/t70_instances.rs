@@ -48,6 +48,13 @@ async fn cluster_with_image(work: &Path) -> (Cluster, Via) {
     let c = Cluster::start_env(3, &[("cluster.offline_threshold", "3")], &[FAKE_DRIVER]).await;
     c.wait_healthy(3, LONG).await;
     let v = Via::new(&c);
+    prepare(&v, &image(work), "img").await;
+    (c, v)
+}
+
+/// `pool1` on every member of three, the default profile's root disk on it, and the
+/// image `file` imported through node1 as `alias`.
+pub(crate) async fn prepare(v: &Via, file: &Path, alias: &str) {
     for n in ["node1", "node2", "node3"] {
         v.ok(0, &["storage", "create", "pool1", "dir", "--target", n])
             .await;
@@ -67,10 +74,8 @@ async fn cluster_with_image(work: &Path) -> (Cluster, Via) {
         ],
     )
     .await;
-    let file = image(work);
-    v.ok(0, &["image", "import", file.to_str().unwrap(), "--alias", "img"])
+    v.ok(0, &["image", "import", file.to_str().unwrap(), "--alias", alias])
         .await;
-    (c, v)
 }
 
 #[tokio::test]

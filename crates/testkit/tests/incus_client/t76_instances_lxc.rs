@@ -114,28 +114,7 @@ async fn state_of(v: &Via, i: usize, name: &str) -> Value {
 async fn body(c: &mut Cluster, work: &Path) {
     let v = Via::new(c);
     let conf = v.conf.path().to_path_buf();
-    for n in ["node1", "node2", "node3"] {
-        v.ok(0, &["storage", "create", "pool1", "dir", "--target", n])
-            .await;
-    }
-    v.ok(1, &["storage", "create", "pool1", "dir"]).await;
-    v.ok(
-        2,
-        &[
-            "profile",
-            "device",
-            "add",
-            "default",
-            "root",
-            "disk",
-            "path=/",
-            "pool=pool1",
-        ],
-    )
-    .await;
-    let file = busybox_image(work);
-    v.ok(0, &["image", "import", file.to_str().unwrap(), "--alias", "bb"])
-        .await;
+    super::t70_instances::prepare(&v, &busybox_image(work), "bb").await;
 
     // Launched through node1 onto node2; seen running through node3.
     v.ok(0, &["launch", "bb", "c1", "--target", "node2"]).await;
