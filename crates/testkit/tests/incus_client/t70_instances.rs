@@ -191,3 +191,72 @@ async fn t74_a_hung_member_shows_its_instances_as_error_and_the_list_still_answe
     .await;
     assert!(out.contains("a1,RUNNING,node1"), "{out}");
 }
+
+#[tokio::test]
+async fn t78_bad_launches_are_refused_and_leave_nothing() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (c, v) = cluster_with_image(work.path()).await;
+    v.settle().await;
+    let t = stapes_testkit::Target::Unix(v.sock[0].clone());
+    let img = serde_json::json!({"type": "image", "alias": "img"});
+    for (body, status, message) in [
+        (
+            serde_json::json!({"name": "a.b", "source": img}),
+            400,
+            "Invalid instance name: Name can only contain alphanumeric and hyphen characters",
+        ),
+        (
+            serde_json::json!({"name": "../x", "source": img}),
+            400,
+            "The character \"/\" is reserved for snapshots",
+        ),
+        (
+            serde_json::json!({"name": "-x", "source": img}),
+            400,
+            "Invalid instance name: Name must not start with \"-\" character",
+        ),
+        (
+            serde_json::json!({"name": "x", "type": "virtual-machine", "source": img}),
+            400,
+            "not supported",
+        ),
+        (
+            serde_json::json!({"name": "x", "source": {"type": "copy", "source": "c1"}}),
+            400,
+            "source type",
+        ),
+        (
+            serde_json::json!({"name": "x", "source": {"type": "image", "alias": "nope"}}),
+            404,
+            "Image alias \"nope\" not found",
+        ),
+        (
+            serde_json::json!({"name": "x", "profiles": ["nope"], "source": img}),
+            400,
+            "Requested profile \"nope\" doesn't exist",
+        ),
+        (
+            serde_json::json!({"name": "x", "config": {"limits.memory": "lots"}, "source": img}),
+            400,
+            "limits.memory",
+        ),
+    ] {
+        let r = t.send_json("POST", "/1.0/instances", &body).await.unwrap();
+        let err = r.json()["error"].as_str().unwrap_or("").to_string();
+        assert_eq!(r.status, status, "{body}: {err}");
+        assert!(err.contains(message), "{body}: {err}");
+    }
+    let r = t.get("/1.0/instances").await.unwrap();
+    assert_eq!(r.metadata(), serde_json::json!([]), "nothing recorded");
+    for m in &c.members {
+        let containers = m.dir.join("storage-pools/pool1/containers");
+        let left: Vec<_> = std::fs::read_dir(&containers)
+            .map(|d| d.flatten().count())
+            .into_iter()
+            .collect();
+        assert!(left.iter().all(|n| *n == 0), "{containers:?} holds {left:?}");
+    }
+}
