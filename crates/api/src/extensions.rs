@@ -47,4 +47,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "oidc_allowed_subnets",
     "storage",
     "image_create_aliases",
+    "instance_create_start",
 ];

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    ConfigCommand, ImageCommand, MemberCommand, PoolCommand, ProfileCommand, State, TokenCommand,
-    TrustCommand, WarningCommand,
+    ConfigCommand, ImageCommand, InstanceCommand, MemberCommand, PoolCommand, ProfileCommand, State,
+    TokenCommand, TrustCommand, WarningCommand,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,7 @@ pub enum Command {
     Pools(PoolCommand),
     Profiles(ProfileCommand),
     Images(ImageCommand),
+    Instances(InstanceCommand),
     /// The first entry of a new cluster: the state the member had while standalone.
     Restore {
         state: Box<State>,
@@ -37,6 +38,7 @@ impl Command {
             Command::Pools(c) => c.name(),
             Command::Profiles(c) => c.name(),
             Command::Images(c) => c.name(),
+            Command::Instances(c) => c.name(),
             Command::Restore { .. } => "restore",
         }
     }
@@ -59,5 +61,6 @@ domain!(
     Warnings(WarningCommand),
     Pools(PoolCommand),
     Profiles(ProfileCommand),
-    Images(ImageCommand)
+    Images(ImageCommand),
+    Instances(InstanceCommand)
 );

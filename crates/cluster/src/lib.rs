@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Every change of shared state is a [`Command`], grouped by domain (trust, tokens,
-//! members, config, warnings; see [`state`]). [`state::State::apply`] is pure and
+//! members, config, warnings, pools, profiles, images, instances; see [`state`]). [`state::State::apply`] is pure and
 //! deterministic: the same commands in the same order give the same state on every
 //! member, which is what lets a consensus log replicate it. The store keeps a log of
 //! applied commands plus a snapshot, like a Raft log, so a crash at any point replays to
@@ -17,14 +17,16 @@
 //! read published snapshots (`Arc<State>`).
 
 pub mod command;
+pub mod placement;
 pub mod raft;
 pub mod state;
 pub mod store;
 
 pub use command::Command;
 pub use state::{
-    AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, Member, MemberCommand, MemberId,
-    Pool, PoolCommand, PoolPart, PoolStatus, Profile, ProfileCommand, Spent, State, StateError, Token,
-    TokenCommand, TokenKind, TokenRefusal, TrustCommand, Warning, WarningCommand, DEFAULT_PROFILE,
+    AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, InstanceCommand, InstanceRecord,
+    InstanceStatus, Member, MemberCommand, MemberId, Pool, PoolCommand, PoolPart, PoolStatus, Profile,
+    ProfileCommand, Spent, State, StateError, Token, TokenCommand, TokenKind, TokenRefusal, TrustCommand,
+    Warning, WarningCommand, DEFAULT_PROFILE,
 };
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

@@ -29,7 +29,8 @@ impl From<cluster::StoreError> for Error {
         Error(match e {
             StoreError::State(StateError::CertificateExists)
             | StoreError::State(StateError::MemberExists(_))
-            | StoreError::State(StateError::ProfileExists) => ApiError::conflict(e.to_string()),
+            | StoreError::State(StateError::ProfileExists)
+            | StoreError::State(StateError::InstanceExists(_)) => ApiError::conflict(e.to_string()),
             StoreError::State(StateError::AliasExists(_)) => ApiError::conflict(e.to_string()),
             StoreError::State(StateError::ImageExists) => ApiError::bad_request(e.to_string()),
             StoreError::State(StateError::MemberNotFound) => ApiError::not_found_msg(e.to_string()),
@@ -38,7 +39,8 @@ impl From<cluster::StoreError> for Error {
             | StoreError::State(StateError::TokenNotFound)
             | StoreError::State(StateError::WarningNotFound)
             | StoreError::State(StateError::PoolNotFound)
-            | StoreError::State(StateError::ProfileNotFound) => ApiError::not_found_msg(e.to_string()),
+            | StoreError::State(StateError::ProfileNotFound)
+            | StoreError::State(StateError::InstanceNotFound) => ApiError::not_found_msg(e.to_string()),
             StoreError::State(StateError::ImageNotFound) | StoreError::State(StateError::AliasNotFound) => {
                 ApiError::not_found_msg(e.to_string())
             }

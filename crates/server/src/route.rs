@@ -55,9 +55,9 @@ pub enum Owner {
     Target,
     /// The member named by the path parameter.
     Member(&'static str),
-    /// The member that holds the instance named by the path parameter (no route uses
-    /// it until instances are served).
-    #[allow(dead_code)]
+    /// The member that holds the instance named by the path parameter (its record's
+    /// location); this member for an instance the state does not have (the handler
+    /// answers not found).
     Instance(&'static str),
     /// The member encoded in the operation id of the path parameter.
     Operation(&'static str),
@@ -278,6 +278,44 @@ fn served() -> Vec<Route> {
         row(D, "/internal/storage-pools/{name}", Access::Member, Here, || {
             delete(h::storage::internal_remove)
         }),
+        // Instances: the list gathers every member's; creation is placed (the handler
+        // forwards to the chosen member); the rest runs where the instance is.
+        row(G, "/1.0/instances", Full, Each, || get(h::instances::list)),
+        row(Po, "/1.0/instances", Full, Here, || post(h::instances::create)),
+        row(G, "/internal/instances", Access::Member, Here, || {
+            get(h::instances::internal_list)
+        }),
+        row(G, "/1.0/instances/{name}", Full, Instance("name"), || {
+            get(h::instances::get)
+        }),
+        row(Pu, "/1.0/instances/{name}", Full, Instance("name"), || {
+            put(h::instances::put)
+        }),
+        row(Pa, "/1.0/instances/{name}", Full, Instance("name"), || {
+            patch(h::instances::put)
+        }),
+        row(D, "/1.0/instances/{name}", Full, Instance("name"), || {
+            delete(h::instances::delete)
+        }),
+        row(G, "/1.0/instances/{name}/state", Full, Instance("name"), || {
+            get(h::instances::get_state)
+        }),
+        row(Pu, "/1.0/instances/{name}/state", Full, Instance("name"), || {
+            put(h::instances::put_state)
+        }),
+        row(G, "/1.0/instances/{name}/logs", Full, Instance("name"), || {
+            get(h::instances::list_logs)
+        }),
+        row(
+            G,
+            "/1.0/instances/{name}/logs/{file}",
+            Full,
+            Instance("name"),
+            || get(h::instances::get_log),
+        ),
+        row(G, "/1.0/instances/{name}/console", Full, Instance("name"), || {
+            get(h::instances::console_log)
+        }),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
         row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),
@@ -484,8 +522,18 @@ pub fn resolve(method: &http::Method, uri: &http::Uri, view: &View<'_>) -> Resol
             Some(name) if view.clustered => to_named(name, view, Duration::ZERO),
             _ => Resolved::Local,
         },
-        // No instance lives in the replicated state yet: every instance is local.
-        Owner::Instance(_) => Resolved::Local,
+        Owner::Instance(param) => {
+            let Some(rec) = found.param(param).and_then(|n| view.state.instances.get(n)) else {
+                return Resolved::Local;
+            };
+            match rec.location.filter(|at| *at != view.me_id) {
+                Some(at) => match view.state.member_by_id(at) {
+                    Some(m) => to_named(&m.name, view, Duration::ZERO),
+                    None => Resolved::Local,
+                },
+                None => Resolved::Local,
+            }
+        }
         Owner::Operation(param) => {
             let Some(id) = found.param(param) else {
                 return Resolved::Local;
@@ -581,6 +629,62 @@ mod tests {
         Resolved::Forward {
             member: member.into(),
             wait: Duration::from_secs(wait),
+        }
+    }
+
+    #[test]
+    fn instance_routes_go_to_the_member_in_the_record() {
+        let mut s = state();
+        for (name, at) in [("c1", Some(1)), ("c2", Some(2)), ("c3", Some(3)), ("c0", None)] {
+            s.instances.insert(
+                name.into(),
+                cluster::InstanceRecord {
+                    name: name.into(),
+                    location: at,
+                    kind: "container".into(),
+                    architecture: "x86_64".into(),
+                    description: String::new(),
+                    config: Default::default(),
+                    devices: Default::default(),
+                    profiles: vec![],
+                    ephemeral: false,
+                    status: cluster::InstanceStatus::Running,
+                    created_at: time::OffsetDateTime::UNIX_EPOCH,
+                },
+            );
+        }
+        let g = Method::GET;
+        for uri in [
+            "/1.0/instances/c2",
+            "/1.0/instances/c2/state",
+            "/1.0/instances/c2/logs/lxc.log",
+            "/1.0/instances/c2/console",
+            "/1.0/instances/c2?target=node1",
+        ] {
+            assert_eq!(at(&s, true, &g, uri), fwd("node2", 0), "{uri}");
+        }
+        assert_eq!(
+            at(&s, true, &Method::PUT, "/1.0/instances/c2/state"),
+            fwd("node2", 0)
+        );
+        assert_eq!(
+            at(&s, true, &Method::DELETE, "/1.0/instances/c2"),
+            fwd("node2", 0)
+        );
+        assert_eq!(
+            at(&s, true, &g, "/1.0/instances/c3"),
+            Resolved::Unavailable("Cluster member \"node3\" is offline".into())
+        );
+        // Its own, one it does not know (the handler says not found), the lists, creation.
+        for (m, uri) in [
+            (&g, "/1.0/instances/c1"),
+            (&g, "/1.0/instances/c0"),
+            (&g, "/1.0/instances/nope"),
+            (&g, "/1.0/instances"),
+            (&g, "/1.0/instances?target=node2"),
+            (&Method::POST, "/1.0/instances?target=node2"),
+        ] {
+            assert_eq!(at(&s, true, m, uri), Resolved::Local, "{uri}");
         }
     }
 

@@ -6,7 +6,8 @@
 //! where the state is rendered for clients. Removing a member removes what only made
 //! sense on it (its server certificate, its warnings) and leaves no reference to it
 //! behind: tokens it issued stay usable cluster-wide and lose their location, and its
-//! parts of storage pools go.
+//! parts of storage pools go. A member holding instances is kept unless the removal is
+//! forced, which drops their records too.
 
 use api::types::Certificate;
 use serde::{Deserialize, Serialize};
@@ -68,8 +69,12 @@ pub enum MemberCommand {
         name: String,
         new_name: String,
     },
+    /// Refused while the member holds instances, unless `force` (then their records
+    /// go with it, as in Incus).
     RemoveMember {
         name: String,
+        #[serde(default)]
+        force: bool,
     },
 }
 
@@ -107,8 +112,17 @@ pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateE
             }
             state.members.insert(new_name.clone(), m);
         }
-        MemberCommand::RemoveMember { name } => {
+        MemberCommand::RemoveMember { name, force } => {
+            let id = state.members.get(name).ok_or(StateError::MemberNotFound)?.id;
+            let held = state.instances_on(Some(id));
+            if !held.is_empty() && !force {
+                return Err(StateError::Invalid(format!(
+                    "Node still has the following instances: {}",
+                    held.join(", ")
+                )));
+            }
             let m = state.members.remove(name).ok_or(StateError::MemberNotFound)?;
+            state.instances.retain(|_, i| i.location != Some(m.id));
             state.certificates.remove(&m.fingerprint);
             state.warnings.retain(|_, w| w.location != Some(m.id));
             for pool in state.pools.values_mut() {

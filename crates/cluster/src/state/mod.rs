@@ -10,6 +10,7 @@
 //!             ├─ Pools(PoolCommand)      ─> pools::apply     pools
 //!             ├─ Profiles(ProfileCommand)─> profiles::apply  profiles
 //!             ├─ Images(ImageCommand)    ─> images::apply    images, image_aliases
+//!             ├─ Instances(InstanceCommand) ─> instances::apply instances
 //!             └─ Restore { state }       ─> the whole state (the first entry of a cluster)
 //! ```
 //!
@@ -28,7 +29,7 @@
 //! - an object that lives on a member refers to it by [`MemberId`], and the id names a
 //!   current member (`None` means "this server, while standalone").
 //!
-//! Adding a domain (instances, images, storage pools, profiles): a module here with its
+//! Adding a domain: a module here with its
 //! record types, a `XCommand` enum with `name()`, `apply(&mut State, &XCommand)` that
 //! checks everything before it changes anything, its fields on `State` with
 //! `#[serde(default)]`, a variant of [`Command`] and of its `name()`, and generators in
@@ -38,6 +39,7 @@
 
 mod config;
 mod images;
+mod instances;
 mod members;
 mod pools;
 mod profiles;
@@ -54,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::ConfigCommand;
 pub use images::{AliasRecord, ImageCommand, ImageLookup, ImageRecord};
+pub use instances::{root_pool_of, valid_instance_name, InstanceCommand, InstanceRecord, InstanceStatus};
 pub use members::{Member, MemberCommand};
 pub use pools::{is_member_specific, Pool, PoolCommand, PoolPart, PoolStatus, MEMBER_SPECIFIC_KEYS};
 pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE};
@@ -100,6 +103,10 @@ pub enum StateError {
     AliasNotFound,
     #[error("Alias \"{0}\" already exists")]
     AliasExists(String),
+    #[error("Instance \"{0}\" already exists")]
+    InstanceExists(String),
+    #[error("Instance not found")]
+    InstanceNotFound,
     #[error("{0}")]
     Invalid(String),
 }
@@ -153,6 +160,10 @@ pub struct State {
     /// Image aliases, by name.
     #[serde(default)]
     pub image_aliases: BTreeMap<String, AliasRecord>,
+    // instances
+    /// Instances, by name: one name space for the whole cluster.
+    #[serde(default)]
+    pub instances: BTreeMap<String, InstanceRecord>,
 }
 
 impl State {
@@ -167,6 +178,7 @@ impl State {
             Command::Pools(c) => pools::apply(self, c),
             Command::Profiles(c) => profiles::apply(self, c),
             Command::Images(c) => images::apply(self, c),
+            Command::Instances(c) => instances::apply(self, c),
             Command::Restore { state } => {
                 *self = (**state).clone();
                 Ok(())
@@ -196,6 +208,9 @@ impl State {
             part.location.get_or_insert(id);
         }
         images::adopt_standalone(&mut self.images, id);
+        for i in self.instances.values_mut() {
+            i.location.get_or_insert(id);
+        }
     }
 }
 

@@ -424,8 +424,14 @@ impl State {
         }
     }
 
-    /// What uses a pool, as API paths: the profiles whose disk devices are on it.
+    /// What uses a pool, as API paths: the profiles whose disk devices are on it, and
+    /// the instances whose root disk is.
     pub fn pool_used_by(&self, pool: &str) -> Vec<String> {
+        let instances = self
+            .instances
+            .values()
+            .filter(|i| i.root_pool(self).is_some_and(|p| p == pool))
+            .map(|i| format!("/1.0/instances/{}", i.name));
         self.all_profiles()
             .filter(|p| {
                 p.devices
@@ -433,6 +439,7 @@ impl State {
                     .any(|d| d.get("pool").is_some_and(|v| v == pool))
             })
             .map(|p| format!("/1.0/profiles/{}", p.name))
+            .chain(instances)
             .collect()
     }
 }
@@ -582,7 +589,14 @@ mod tests {
             "Storage pool is not in pending state",
         );
         // A member that leaves takes its part with it.
-        ap(&mut s, MemberCommand::RemoveMember { name: "node2".into() }).unwrap();
+        ap(
+            &mut s,
+            MemberCommand::RemoveMember {
+                name: "node2".into(),
+                force: false,
+            },
+        )
+        .unwrap();
         assert_eq!(s.pools["p1"].parts.len(), 1);
     }
 

@@ -180,7 +180,21 @@ pub(super) fn apply(state: &mut State, cmd: &ProfileCommand) -> Result<(), State
                 return Err(StateError::ProfileNotFound);
             }
             validate(state, profile)?;
-            state.profiles.insert(profile.name.clone(), profile.clone());
+            let old = state.profiles.insert(profile.name.clone(), profile.clone());
+            let rootless = state
+                .instances
+                .values()
+                .find(|i| i.profiles.contains(&profile.name) && i.root_pool(state).is_none())
+                .map(|i| i.name.clone());
+            if let Some(name) = rootless {
+                match old {
+                    Some(old) => state.profiles.insert(profile.name.clone(), old),
+                    None => state.profiles.remove(&profile.name),
+                };
+                return Err(StateError::Invalid(format!(
+                    "Instance {name:?} would have no root disk device"
+                )));
+            }
         }
         ProfileCommand::Rename { name, new_name } => {
             if name == DEFAULT_PROFILE {
@@ -196,6 +210,7 @@ pub(super) fn apply(state: &mut State, cmd: &ProfileCommand) -> Result<(), State
             let mut p = state.profiles.remove(name).ok_or(StateError::ProfileNotFound)?;
             p.name = new_name.clone();
             state.profiles.insert(new_name.clone(), p);
+            super::instances::rename_profile(state, name, new_name);
         }
         ProfileCommand::Delete { name } => {
             if name == DEFAULT_PROFILE {
@@ -203,7 +218,13 @@ pub(super) fn apply(state: &mut State, cmd: &ProfileCommand) -> Result<(), State
                     "The \"default\" profile cannot be deleted".into(),
                 ));
             }
-            state.profiles.remove(name).ok_or(StateError::ProfileNotFound)?;
+            if !state.profiles.contains_key(name) {
+                return Err(StateError::ProfileNotFound);
+            }
+            if !state.profile_used_by(name).is_empty() {
+                return Err(StateError::Invalid("Profile is currently in use".into()));
+            }
+            state.profiles.remove(name);
         }
     }
     Ok(())

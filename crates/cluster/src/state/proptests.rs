@@ -196,6 +196,75 @@ fn profile() -> impl Strategy<Value = Profile> {
         })
 }
 
+fn instances() -> impl Strategy<Value = Command> {
+    let status = || {
+        prop_oneof![
+            Just(InstanceStatus::Creating),
+            Just(InstanceStatus::Running),
+            Just(InstanceStatus::Stopped),
+            Just(InstanceStatus::Error),
+        ]
+    };
+    let profiles = || vec(prop_oneof![Just(DEFAULT_PROFILE.to_string()), pick("pr")], 0..3);
+    let devices = || {
+        btree_map(
+            Just("root".to_string()),
+            pick("p").prop_map(|pool| {
+                BTreeMap::from([
+                    ("type".to_string(), "disk".to_string()),
+                    ("path".to_string(), "/".to_string()),
+                    ("pool".to_string(), pool),
+                ])
+            }),
+            0..2,
+        )
+    };
+    let config = || {
+        btree_map(
+            prop_oneof![
+                Just("volatile.base_image".to_string()),
+                Just("limits.memory".to_string()),
+                Just("bogus".to_string())
+            ],
+            pick("v"),
+            0..2,
+        )
+    };
+    prop_oneof![
+        (pick("i"), location(), profiles(), devices(), config(), status()).prop_map(
+            |(name, location, profiles, devices, config, status)| InstanceCommand::Create {
+                instance: Box::new(InstanceRecord {
+                    name,
+                    location,
+                    kind: "container".into(),
+                    architecture: "x86_64".into(),
+                    description: String::new(),
+                    config,
+                    devices,
+                    profiles,
+                    ephemeral: false,
+                    status,
+                    created_at: OffsetDateTime::UNIX_EPOCH,
+                }),
+            }
+        ),
+        (pick("i"), profiles(), devices(), config()).prop_map(|(name, profiles, devices, config)| {
+            InstanceCommand::Update {
+                name,
+                description: String::new(),
+                config,
+                devices,
+                profiles,
+                ephemeral: false,
+            }
+        }),
+        (pick("i"), status()).prop_map(|(name, status)| InstanceCommand::SetStatus { name, status }),
+        (pick("i"), pick("i")).prop_map(|(name, new_name)| InstanceCommand::Rename { name, new_name }),
+        pick("i").prop_map(|name| InstanceCommand::Delete { name }),
+    ]
+    .prop_map(Command::from)
+}
+
 fn profiles() -> impl Strategy<Value = Command> {
     let name = || prop_oneof![Just(DEFAULT_PROFILE.to_string()), pick("pr")];
     prop_oneof![
@@ -251,7 +320,7 @@ fn command() -> impl Strategy<Value = Command> {
             failure_domain: "rack".into(),
         }),
         (pick("n"), pick("n")).prop_map(|(name, new_name)| MemberCommand::RenameMember { name, new_name }),
-        pick("n").prop_map(|name| MemberCommand::RemoveMember { name }),
+        (pick("n"), any::<bool>()).prop_map(|(name, force)| MemberCommand::RemoveMember { name, force }),
     ]
     .prop_map(Command::from);
     let warnings = prop_oneof![
@@ -326,6 +395,7 @@ fn command() -> impl Strategy<Value = Command> {
         3 => warnings,
         4 => pools(),
         3 => profiles(),
+        4 => instances(),
         1 => Just(Command::Restore { state: Box::default() }),
     ]
 }
@@ -342,7 +412,8 @@ fn references_resolve(s: &State) -> Result<(), TestCaseError> {
                 .values()
                 .flat_map(|p| p.parts.iter().map(|part| part.location)),
         )
-        .chain(s.images.values().flat_map(|i| i.locations.iter().copied()));
+        .chain(s.images.values().flat_map(|i| i.locations.iter().copied()))
+        .chain(s.instances.values().map(|i| i.location));
     for (name, a) in &s.image_aliases {
         prop_assert!(
             s.images.contains_key(&a.target),
@@ -374,6 +445,16 @@ fn pools_and_profiles_agree(s: &State) -> Result<(), TestCaseError> {
     }
     for p in s.pools.values() {
         prop_assert!(p.config.keys().all(|k| !is_member_specific(k)), "{p:?}");
+    }
+    // An instance's profiles exist, and its root disk is on a pool that exists.
+    for (name, i) in &s.instances {
+        prop_assert_eq!(name, &i.name);
+        prop_assert!(i.profiles.iter().all(|p| s.profile(p).is_some()), "{i:?}");
+        let pool = i.root_pool(s);
+        prop_assert!(
+            pool.is_some_and(|p| s.pools.contains_key(&p)),
+            "{i:?} has no root disk on a pool"
+        );
     }
     Ok(())
 }
@@ -498,6 +579,7 @@ fn member_references_follow_renames_and_removal() {
         &mut s,
         MemberCommand::RemoveMember {
             name: "renamed".into(),
+            force: false,
         }
         .into(),
     );

@@ -222,7 +222,10 @@ pub async fn delete_member(
         return Err(ApiError::bad_request("Cannot remove the last member of a cluster").into());
     }
     ctx.store
-        .apply(MemberCommand::RemoveMember { name: name.clone() })
+        .apply(MemberCommand::RemoveMember {
+            name: name.clone(),
+            force,
+        })
         .await?;
     ctx.store.remove_node(m.id).await?;
     tracing::info!(member = %name, force, by = %id.username, "member removed");

@@ -7,6 +7,7 @@ pub(crate) mod cluster;
 pub use cluster::validate_certificate_pair;
 pub(crate) mod events;
 pub(crate) mod images;
+pub(crate) mod instances;
 pub(crate) mod internal;
 pub mod not_yet;
 pub(crate) mod operations;

@@ -33,8 +33,8 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// The profile as clients see it. Nothing uses a profile until instances exist.
-fn render(p: &cluster::Profile) -> Profile {
+/// The profile as clients see it, with the instances that use it.
+fn render(state: &cluster::State, p: &cluster::Profile) -> Profile {
     Profile {
         put: ProfilePut {
             config: p.config.clone(),
@@ -42,7 +42,7 @@ fn render(p: &cluster::Profile) -> Profile {
             devices: p.devices.clone(),
         },
         name: p.name.clone(),
-        used_by: Vec::new(),
+        used_by: state.profile_used_by(&p.name),
         project: "default".into(),
     }
 }
@@ -65,7 +65,7 @@ pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String
     let state = ctx.store.state();
     let all: Vec<(String, Profile)> = state
         .all_profiles()
-        .map(|p| (p.name.clone(), render(&p)))
+        .map(|p| (p.name.clone(), render(&state, &p)))
         .collect();
     Ok(listing(
         recursion(&q),
@@ -75,7 +75,8 @@ pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String
 }
 
 pub async fn get(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response> {
-    let p = render(&ctx.store.state().profile(&name).ok_or_else(not_found)?);
+    let state = ctx.store.state();
+    let p = render(&state, &state.profile(&name).ok_or_else(not_found)?);
     let basis = etag_basis(&p);
     Ok(sync_etag(p, &basis))
 }
@@ -116,8 +117,9 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let current = ctx.store.state().profile(&name).ok_or_else(not_found)?;
-    check_if_match(&headers, &etag_basis(&render(&current)))?;
+    let state = ctx.store.state();
+    let current = state.profile(&name).ok_or_else(not_found)?;
+    check_if_match(&headers, &etag_basis(&render(&state, &current)))?;
     let mut req: ProfilePut = json_body(body).await?;
     if method == Method::PATCH {
         for (k, v) in &current.config {

@@ -5,7 +5,9 @@ mod t45_interactive_join;
 mod t55_quiet_monitor;
 mod t60_images;
 mod t60_storage_profiles;
+mod t70_instances;
 mod t75_not_yet;
+mod t76_instances_lxc;
 mod t90_validation;
 
 use std::path::Path;

@@ -45,20 +45,20 @@ fn layout_made(pool_dir: &Path) -> bool {
 /// the member that took the last write; so each command first waits (bounded) until
 /// every member that answers has applied as much as the others, as a user typing the
 /// next command would give it time to.
-struct Via {
-    conf: tempfile::TempDir,
-    sock: Vec<PathBuf>,
+pub(crate) struct Via {
+    pub(crate) conf: tempfile::TempDir,
+    pub(crate) sock: Vec<PathBuf>,
 }
 
 impl Via {
-    fn new(cluster: &Cluster) -> Via {
+    pub(crate) fn new(cluster: &Cluster) -> Via {
         Via {
             conf: tempfile::tempdir().unwrap(),
             sock: cluster.members.iter().map(Member::socket).collect(),
         }
     }
 
-    async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         stapes_testkit::eventually(Duration::from_secs(20), "members applied alike", || async {
             let mut applied = std::collections::BTreeSet::new();
             for s in &self.sock {
@@ -71,17 +71,17 @@ impl Via {
         .await
     }
 
-    async fn ok(&self, i: usize, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, i: usize, args: &[&str]) -> String {
         self.settle().await;
         ok(self.conf.path(), Some(&self.sock[i]), args).await
     }
 
-    async fn fails(&self, i: usize, args: &[&str]) -> String {
+    pub(crate) async fn fails(&self, i: usize, args: &[&str]) -> String {
         self.settle().await;
         fails(self.conf.path(), &self.sock[i], args).await
     }
 
-    async fn stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    pub(crate) async fn stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         self.settle().await;
         incus_stdin(self.conf.path(), Some(&self.sock[i]), args, stdin).await
     }
