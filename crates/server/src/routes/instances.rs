@@ -161,10 +161,7 @@ fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Fact
         .values()
         .map(|m| {
             let here = Some(m.id) == ctx.member_id();
-            (
-                m.name.clone(),
-                here || crate::membership::is_online(ctx, state, &m.name),
-            )
+            (m.name.clone(), here || crate::membership::is_online(ctx, &m.name))
         })
         .collect();
     move |m: &cluster::Member| Facts {
@@ -495,7 +492,7 @@ async fn member_instances(
     }
     let from_member = async {
         let member = at.and_then(|id| state.member_by_id(id))?;
-        if !crate::membership::is_online(ctx, state, &member.name) {
+        if !crate::membership::is_online(ctx, &member.name) {
             return None;
         }
         let (status, bytes) = ctx
