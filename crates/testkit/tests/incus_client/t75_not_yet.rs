@@ -15,7 +15,7 @@ async fn t75_missing_features_are_named_through_the_official_client() {
     for (args, message) in [
         (
             &["snapshot", "create", "c1"][..],
-            "Error: Instances are not supported by this server yet",
+            "Error: Instance snapshots are not supported by this server yet",
         ),
         // No such image: the client looks the alias up, as against Incus.
         (
