@@ -227,6 +227,91 @@ async fn spawn_terminal(args: &[String], cwd: &str, size: WindowSize) -> Result<
     })
 }
 
+/// `lxc-console`'s arguments: the console itself (`-t 0`; the container has no other
+/// terminals), with the escape key turned off (`^@` gives LXC a negative escape code):
+/// clients detach on their own, as Incus's do, and every byte typed reaches the console.
+pub(crate) fn console_args(name: &str, lxcpath: &Path) -> Vec<String> {
+    vec![
+        "-n".into(),
+        name.into(),
+        "-P".into(),
+        lxcpath.display().to_string(),
+        "-t".into(),
+        "0".into(),
+        "-e".into(),
+        "^@".into(),
+    ]
+}
+
+/// Attaches to container `name`'s console with `lxc-console` on a host terminal that is
+/// its controlling terminal, so a resize reaches it as SIGWINCH and it resizes the
+/// console in turn. Detaching ends lxc-console only; the console stays the container's.
+pub(crate) async fn spawn_console(name: &str, lxcpath: &Path, size: WindowSize) -> Result<Process> {
+    let (primary, secondary) = pty::open(size).map_err(Error::io("opening a terminal"))?;
+    let stdio = |fd: &OwnedFd| -> Result<Stdio> {
+        Ok(Stdio::from(
+            fd.try_clone().map_err(Error::io("opening a terminal"))?,
+        ))
+    };
+    let child = tools::default_signals(&["setsid", "--ctty", "--wait"], "lxc-console")?
+        .args(console_args(name, lxcpath))
+        .current_dir("/")
+        .stdin(stdio(&secondary)?)
+        .stdout(stdio(&secondary)?)
+        .stderr(stdio(&secondary)?)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Unsupported(
+                "lxc-console is not installed: the lxc driver needs Debian's lxc package".into(),
+            ),
+            _ => Error::io("starting lxc-console")(e),
+        })?;
+    drop(secondary);
+    let pid = child
+        .id()
+        .and_then(|p| Pid::from_raw(p as i32))
+        .ok_or_else(|| Error::Tool {
+            command: "lxc-console".into(),
+            detail: "exited before it could be watched".into(),
+        })?;
+    // `setsid` and `env` exec in place: the pid is lxc-console's, held as a pidfd so a
+    // detach never signals a reused pid.
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Error::io("watching lxc-console")(e.into()))?;
+    let control_fd = primary.try_clone().map_err(Error::io("opening a terminal"))?;
+    let stream = pty::Primary::new(primary).map_err(Error::io("opening a terminal"))?;
+    let (read, write) = tokio::io::split(stream);
+    Ok(Process {
+        stdin: Box::pin(write) as Writer,
+        stdout: Box::pin(read) as Reader,
+        stderr: None,
+        control: Arc::new(ConsoleControl {
+            pidfd,
+            primary: control_fd,
+        }),
+        exit: Box::pin(async move { wait(child).await }),
+    })
+}
+
+/// A console attachment: resizes its terminal; any signal ends lxc-console (a detach).
+struct ConsoleControl {
+    pidfd: OwnedFd,
+    primary: OwnedFd,
+}
+
+impl Control for ConsoleControl {
+    fn resize(&self, size: WindowSize) -> Result<()> {
+        pty::resize(&self.primary, size).map_err(Error::io("resizing the terminal"))
+    }
+
+    fn signal(&self, _signal: i32) -> Result<()> {
+        match rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(Error::io("detaching from the console")(e.into())),
+        }
+    }
+}
+
 /// The command's exit code: lxc-attach exits with it (128+n for a signal); a signal that
 /// killed lxc-attach itself counts the same way.
 async fn wait(mut child: tokio::process::Child) -> Result<i32> {
