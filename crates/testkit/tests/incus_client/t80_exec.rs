@@ -269,13 +269,23 @@ pub(crate) async fn streams_and_codes(v: &Via, i: usize, name: &str) {
     let r = run(
         v,
         i,
-        &["exec", name, "--env", "FOO=bar baz", "--", "printenv", "FOO"],
+        &[
+            "exec",
+            name,
+            "--env",
+            "FOO=bar baz",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$FOO\"",
+        ],
         None,
     )
     .await;
     assert_eq!(r.out, "bar baz\n", "{r:?}");
     for (var, want) in [("HOME", "/root"), ("LANG", "C.UTF-8"), ("USER", "root")] {
-        let r = run(v, i, &["exec", name, "--", "printenv", var], None).await;
+        let script = format!("echo ${var}");
+        let r = run(v, i, &["exec", name, "--", "sh", "-c", &script], None).await;
         assert_eq!(r.out.trim(), want, "{var}: {r:?}");
     }
     let r = run(v, i, &["exec", name, "--cwd", "/etc", "--", "pwd"], None).await;
