@@ -410,6 +410,14 @@ async fn start_exec(on: &Target, body: Value) -> Value {
     r.metadata()
 }
 
+/// The operation `id` once it ended (waited on through `on`).
+async fn wait_op(on: &Target, id: &str) -> Value {
+    on.get(&format!("/1.0/operations/{id}/wait?timeout=30"))
+        .await
+        .unwrap()
+        .metadata()
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<transport::tls::ClientTlsStream<tokio::net::TcpStream>>;
 
 async fn websocket(
@@ -551,11 +559,7 @@ async fn t90_who_may_attach_and_sockets_that_never_connect() {
         tokio::time::timeout(LONG, stderr.next()).await.unwrap(),
         Some(Ok(Message::Text(t))) if t.is_empty()
     ));
-    let done = Target::tls(&addr[0], Some(&alice))
-        .get(&format!("/1.0/operations/{id}/wait?timeout=30"))
-        .await
-        .unwrap()
-        .metadata();
+    let done = wait_op(&Target::tls(&addr[0], Some(&alice)), id).await;
     assert_eq!(
         (done["status"].as_str(), done["metadata"]["return"].as_i64()),
         (Some("Success"), Some(0)),
@@ -571,11 +575,7 @@ async fn t90_who_may_attach_and_sockets_that_never_connect() {
     // Nobody connects: the operation fails after its bound, and nothing runs on.
     let op = start_exec(&Target::tls(&addr[2], Some(&alice)), body.clone()).await;
     let id = op["id"].as_str().unwrap();
-    let done = Target::tls(&addr[0], Some(&alice))
-        .get(&format!("/1.0/operations/{id}/wait?timeout=30"))
-        .await
-        .unwrap()
-        .metadata();
+    let done = wait_op(&Target::tls(&addr[0], Some(&alice)), id).await;
     assert_eq!(
         (done["status"].as_str(), done["err"].as_str()),
         (
@@ -612,11 +612,7 @@ async fn t90_who_may_attach_and_sockets_that_never_connect() {
     rec["record-output"] = json!(true);
     let op = start_exec(&Target::tls(&addr[2], Some(&alice)), rec).await;
     let id = op["id"].as_str().unwrap();
-    let done = Target::tls(&addr[0], Some(&alice))
-        .get(&format!("/1.0/operations/{id}/wait?timeout=30"))
-        .await
-        .unwrap()
-        .metadata();
+    let done = wait_op(&Target::tls(&addr[0], Some(&alice)), id).await;
     assert_eq!(done["metadata"]["return"], 0, "{done}");
     let out = done["metadata"]["output"]["1"].as_str().unwrap().to_string();
     let r = Target::tls(&addr[0], Some(&alice)).get(&out).await.unwrap();
