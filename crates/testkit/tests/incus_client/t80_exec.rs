@@ -605,6 +605,50 @@ async fn t90_who_may_attach_and_sockets_that_never_connect() {
         .unwrap();
     assert_eq!(r.status, 403, "a stranger makes no exec: {}", r.json());
 
+    // The console: the same rules for its two sockets, through the third member.
+    let console = json!({"width": 80, "height": 24, "type": "console", "force": false});
+    let r = Target::tls(&addr[2], None)
+        .send_json("POST", "/1.0/instances/c1/console", &console)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "a stranger opens no console: {}", r.json());
+    let r = Target::tls(&addr[0], Some(&alice))
+        .send_json("POST", "/1.0/instances/c1/console", &console)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.json());
+    let op = r.metadata();
+    assert_eq!(op["description"], "Showing console");
+    let id = op["id"].as_str().unwrap();
+    let s0 = op["metadata"]["fds"]["0"].as_str().unwrap();
+    let path = format!("/1.0/operations/{id}/websocket?secret={s0}");
+    let e = websocket(third, Some(&bob), &path, &[]).await.unwrap_err();
+    assert_eq!(refusal(e), (403, "Requestor mismatch".into()));
+    let e = websocket(third, None, &path, &forged).await.unwrap_err();
+    assert_eq!(refusal(e), (403, "Requestor mismatch".into()));
+    let e = websocket(
+        third,
+        Some(&alice),
+        &format!("/1.0/operations/{id}/websocket?secret={wrong}"),
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refusal(e).0, 403);
+    let done = wait_op(&Target::tls(&addr[0], Some(&alice)), id).await;
+    assert_eq!(
+        done["err"].as_str(),
+        Some("Timed out waiting for websockets to connect"),
+        "{done}"
+    );
+    let mut bad = console.clone();
+    bad["type"] = json!("vga");
+    let r = Target::tls(&addr[2], Some(&alice))
+        .send_json("POST", "/1.0/instances/c1/console", &bad)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.json());
+
     // record-output without websockets: the output lands in the instance's logs.
     let mut rec = body.clone();
     rec["command"] = json!(["sh", "-c", "echo kept; echo also >&2"]);

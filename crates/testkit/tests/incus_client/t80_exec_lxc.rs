@@ -123,6 +123,27 @@ async fn body(c: &mut Cluster, work: &Path) {
         Path::new(&format!("/proc/{}", sleep[0])).exists(),
         "and the daemon's return"
     );
+    // A clean stop of the owner's daemon (what a restart does) kills nothing either.
+    let before = pids_running(&["sleep", "600"]);
+    let child = sleeping(&v, 2, "c1").await;
+    let second = eventually(LONG, "the second sleep in the container", || async {
+        let new: Vec<u32> = pids_running(&["sleep", "600"])
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        (new.len() == 1).then_some(new[0])
+    })
+    .await;
+    assert_eq!(c.members[1].terminate().expect("node2 stops"), 0);
+    let r = finish(child).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.err.contains("\"node2\""), "{r:?}");
+    c.members[1].start_again().await;
+    c.wait_healthy(3, LONG).await;
+    assert!(
+        Path::new(&format!("/proc/{second}")).exists(),
+        "a clean stop kills no command"
+    );
     v.ok(2, &["stop", "c1", "--force"]).await;
     v.ok(0, &["delete", "c1"]).await;
 }
