@@ -48,4 +48,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage",
     "image_create_aliases",
     "instance_create_start",
+    "console",
+    "container_exec_recording",
+    "container_exec_signal_handling",
+    "container_exec_user_group_cwd",
 ];

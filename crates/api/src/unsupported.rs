@@ -64,11 +64,6 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
     ),
     (Methods::All, "/1.0/instances/{name}/bitmaps", "Instance bitmaps"),
     (
-        Methods::Post,
-        "/1.0/instances/{name}/console",
-        "Instance consoles",
-    ),
-    (
         Methods::All,
         "/1.0/instances/{name}/debug/memory",
         "Instance debugging tools",
@@ -80,23 +75,8 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
     ),
     (
         Methods::All,
-        "/1.0/instances/{name}/exec",
-        "Instance exec sessions",
-    ),
-    (
-        Methods::All,
         "/1.0/instances/{name}/files",
         "Instance file transfers",
-    ),
-    (
-        Methods::All,
-        "/1.0/instances/{name}/logs/exec-output",
-        "Exec output logs",
-    ),
-    (
-        Methods::All,
-        "/1.0/instances/{name}/logs/exec-output/{p2}",
-        "Exec output logs",
     ),
     (
         Methods::All,

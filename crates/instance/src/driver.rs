@@ -207,6 +207,13 @@ pub trait Driver: Send + Sync {
     fn log<'a>(&'a self, name: &'a str, log: Log) -> BoxFuture<'a, Result<Reader>>;
     /// Runs a command in a running container.
     fn exec<'a>(&'a self, name: &'a str, spec: ExecSpec) -> BoxFuture<'a, Result<Process>>;
+    /// Attaches to a running container's console (the terminal its init has as
+    /// `/dev/console`) on a host terminal of `size`. The [`Process`] is the attachment,
+    /// not a process of the container: its `stdout` is what the console shows, its
+    /// `stdin` what is typed there, `control` resizes the terminal, and any signal
+    /// through `control` detaches (the console and what runs on it stay as they are);
+    /// `exit` resolves once detached.
+    fn console<'a>(&'a self, name: &'a str, size: WindowSize) -> BoxFuture<'a, Result<Process>>;
 
     /// One file operation inside the container.
     fn fs<'a>(&'a self, name: &'a str, op: FsOp) -> BoxFuture<'a, Result<FsReply>>;

@@ -316,6 +316,39 @@ fn served() -> Vec<Route> {
         row(G, "/1.0/instances/{name}/console", Full, Instance("name"), || {
             get(h::instances::console_log)
         }),
+        // Exec and console: websocket operations on the holder; their sockets reach it
+        // through any member (`/1.0/operations/{id}/websocket`).
+        row(Po, "/1.0/instances/{name}/exec", Full, Instance("name"), || {
+            post(h::exec::exec)
+        }),
+        row(
+            Po,
+            "/1.0/instances/{name}/console",
+            Full,
+            Instance("name"),
+            || post(h::console::console),
+        ),
+        row(
+            G,
+            "/1.0/instances/{name}/logs/exec-output",
+            Full,
+            Instance("name"),
+            || get(h::exec_output::list),
+        ),
+        row(
+            G,
+            "/1.0/instances/{name}/logs/exec-output/{file}",
+            Full,
+            Instance("name"),
+            || get(h::exec_output::get),
+        ),
+        row(
+            D,
+            "/1.0/instances/{name}/logs/exec-output/{file}",
+            Full,
+            Instance("name"),
+            || delete(h::exec_output::delete),
+        ),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
         row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),

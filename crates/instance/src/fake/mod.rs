@@ -366,6 +366,33 @@ impl Driver for FakeDriver {
         })
     }
 
+    /// The fake console is a shell on a terminal (its prompt is what the console
+    /// shows); a signal through `control` ends it, as a detach.
+    fn console<'a>(&'a self, name: &'a str, size: WindowSize) -> BoxFuture<'a, Result<Process>> {
+        Box::pin(async move {
+            let env = [
+                ("HOME", "/root"),
+                (
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                ),
+                ("TERM", "linux"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let spec = ExecSpec {
+                command: vec!["sh".into()],
+                env,
+                cwd: Some("/".into()),
+                uid: 0,
+                gid: 0,
+                tty: Some(size),
+            };
+            self.exec(name, spec).await
+        })
+    }
+
     fn fs<'a>(&'a self, name: &'a str, op: FsOp) -> BoxFuture<'a, Result<FsReply>> {
         Box::pin(async move { crate::local::run(self.rootfs(name).await?, op).await })
     }

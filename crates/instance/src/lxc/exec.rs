@@ -153,12 +153,12 @@ pub(crate) async fn spawn(name: &str, lxcpath: &Path, spec: ExecSpec) -> Result<
     }
 }
 
-fn spawn_error(e: std::io::Error) -> Error {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Unsupported(
-            "lxc-attach is not installed: the lxc driver needs Debian's lxc package".into(),
-        ),
-        _ => Error::io("starting lxc-attach")(e),
+fn spawn_error(program: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Unsupported(format!(
+            "{program} is not installed: the lxc driver needs Debian's lxc package"
+        )),
+        _ => Error::io(format!("starting {program}"))(e),
     }
 }
 
@@ -170,7 +170,7 @@ async fn spawn_pipes(args: &[String], cwd: &str) -> Result<Process> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(spawn_error)?;
+        .map_err(spawn_error("lxc-attach"))?;
     let pid = child.id().ok_or_else(|| Error::Tool {
         command: "lxc-attach".into(),
         detail: "exited before it could be watched".into(),
@@ -191,40 +191,124 @@ async fn spawn_pipes(args: &[String], cwd: &str) -> Result<Process> {
     })
 }
 
-async fn spawn_terminal(args: &[String], cwd: &str, size: WindowSize) -> Result<Process> {
+/// A tool run as `setsid --ctty --wait TOOL ARGS` on a new host terminal of `size`,
+/// which is its controlling terminal (a resize reaches it as SIGWINCH).
+struct OnTerminal {
+    child: tokio::process::Child,
+    pid: u32,
+    /// The primary side, for resizes.
+    primary: OwnedFd,
+    read: Reader,
+    write: Writer,
+}
+
+fn spawn_on_terminal(program: &str, args: &[String], cwd: &str, size: WindowSize) -> Result<OnTerminal> {
     let (primary, secondary) = pty::open(size).map_err(Error::io("opening a terminal"))?;
     let stdio = |fd: &OwnedFd| -> Result<Stdio> {
         Ok(Stdio::from(
             fd.try_clone().map_err(Error::io("opening a terminal"))?,
         ))
     };
-    let child = tools::default_signals(&["setsid", "--ctty", "--wait"], "lxc-attach")?
+    let child = tools::default_signals(&["setsid", "--ctty", "--wait"], program)?
         .args(args)
         .current_dir(cwd)
         .stdin(stdio(&secondary)?)
         .stdout(stdio(&secondary)?)
         .stderr(stdio(&secondary)?)
         .spawn()
-        .map_err(spawn_error)?;
+        .map_err(spawn_error(program))?;
     // Only the child holds the secondary side now: when it is done, reads end.
     drop(secondary);
     let pid = child.id().ok_or_else(|| Error::Tool {
-        command: "lxc-attach".into(),
+        command: program.into(),
         detail: "exited before it could be watched".into(),
     })?;
     let control_fd = primary.try_clone().map_err(Error::io("opening a terminal"))?;
     let stream = pty::Primary::new(primary).map_err(Error::io("opening a terminal"))?;
     let (read, write) = tokio::io::split(stream);
+    Ok(OnTerminal {
+        child,
+        pid,
+        primary: control_fd,
+        read: Box::pin(read),
+        write: Box::pin(write),
+    })
+}
+
+async fn spawn_terminal(args: &[String], cwd: &str, size: WindowSize) -> Result<Process> {
+    let t = spawn_on_terminal("lxc-attach", args, cwd, size)?;
+    let child = t.child;
     Ok(Process {
-        stdin: Box::pin(write) as Writer,
-        stdout: Box::pin(read) as Reader,
+        stdin: t.write,
+        stdout: t.read,
         stderr: None,
         control: Arc::new(AttachControl {
-            pid,
-            primary: Some(control_fd),
+            pid: t.pid,
+            primary: Some(t.primary),
         }),
         exit: Box::pin(async move { wait(child).await }),
     })
+}
+
+/// `lxc-console`'s arguments: the console itself (`-t 0`; the container has no other
+/// terminals), with the escape key turned off (`^@` gives LXC a negative escape code):
+/// clients detach on their own, as Incus's do, and every byte typed reaches the console.
+pub(crate) fn console_args(name: &str, lxcpath: &Path) -> Vec<String> {
+    vec![
+        "-n".into(),
+        name.into(),
+        "-P".into(),
+        lxcpath.display().to_string(),
+        "-t".into(),
+        "0".into(),
+        "-e".into(),
+        "^@".into(),
+    ]
+}
+
+/// Attaches to container `name`'s console with `lxc-console` on a host terminal that is
+/// its controlling terminal, so a resize reaches it as SIGWINCH and it resizes the
+/// console in turn. Detaching ends lxc-console only; the console stays the container's.
+pub(crate) async fn spawn_console(name: &str, lxcpath: &Path, size: WindowSize) -> Result<Process> {
+    let t = spawn_on_terminal("lxc-console", &console_args(name, lxcpath), "/", size)?;
+    // `setsid` and `env` exec in place: the pid is lxc-console's, held as a pidfd so a
+    // detach never signals a reused pid.
+    let pid = Pid::from_raw(t.pid as i32).ok_or_else(|| Error::Tool {
+        command: "lxc-console".into(),
+        detail: "exited before it could be watched".into(),
+    })?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Error::io("watching lxc-console")(e.into()))?;
+    let child = t.child;
+    Ok(Process {
+        stdin: t.write,
+        stdout: t.read,
+        stderr: None,
+        control: Arc::new(ConsoleControl {
+            pidfd,
+            primary: t.primary,
+        }),
+        exit: Box::pin(async move { wait(child).await }),
+    })
+}
+
+/// A console attachment: resizes its terminal; any signal ends lxc-console (a detach).
+struct ConsoleControl {
+    pidfd: OwnedFd,
+    primary: OwnedFd,
+}
+
+impl Control for ConsoleControl {
+    fn resize(&self, size: WindowSize) -> Result<()> {
+        pty::resize(&self.primary, size).map_err(Error::io("resizing the terminal"))
+    }
+
+    fn signal(&self, _signal: i32) -> Result<()> {
+        match rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(Error::io("detaching from the console")(e.into())),
+        }
+    }
 }
 
 /// The command's exit code: lxc-attach exits with it (128+n for a signal); a signal that

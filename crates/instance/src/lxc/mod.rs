@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::{
     BoxFuture, CpuLimit, CreateSpec, Driver, ExecSpec, Limits, Listed, Log, Process, Reader, State, Status,
-    Stop,
+    Stop, WindowSize,
 };
 use crate::error::{Error, Result};
 use crate::forkfile::Helper;
@@ -637,6 +637,17 @@ impl Driver for LxcDriver {
                 _ => return Err(Error::NotRunning(name.into())),
             }
             exec::spawn(name, &self.dir, spec).await
+        })
+    }
+
+    fn console<'a>(&'a self, name: &'a str, size: WindowSize) -> BoxFuture<'a, Result<Process>> {
+        Box::pin(async move {
+            let (_, info) = self.status(name).await?;
+            match info.status {
+                Status::Running | Status::Frozen | Status::Freezing => {}
+                _ => return Err(Error::NotRunning(name.into())),
+            }
+            exec::spawn_console(name, &self.dir, size).await
         })
     }
 

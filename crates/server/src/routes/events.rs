@@ -117,6 +117,13 @@ impl Lag {
 }
 
 async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
+    // Said when the member stops; the official client prints it as its error. (Made now:
+    // by then the cluster may be torn down.)
+    let reason = if ctx.store.clustered() {
+        format!("Cluster member {:?} is shutting down", ctx.server_name())
+    } else {
+        "The server is shutting down".to_string()
+    };
     let mut events = ctx.events.subscribe(&filter);
     let mut stop = ctx.closing.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -182,7 +189,11 @@ async fn pump(ctx: Ctx, mut socket: WebSocket, filter: Filter) {
                 }
             }
             _ = transport::listen::stopped(&mut stop) => {
-                let _ = socket.send(Message::Close(None)).await;
+                let frame = axum::extract::ws::CloseFrame {
+                    code: 1001,
+                    reason: reason.clone().into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
                 return;
             }
         }

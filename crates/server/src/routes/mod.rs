@@ -4,8 +4,11 @@
 
 pub(crate) mod certificates;
 pub(crate) mod cluster;
+pub(crate) mod console;
 pub use cluster::validate_certificate_pair;
 pub(crate) mod events;
+pub(crate) mod exec;
+pub(crate) mod exec_output;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod internal;
