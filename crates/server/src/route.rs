@@ -316,6 +316,19 @@ fn served() -> Vec<Route> {
         row(G, "/1.0/instances/{name}/console", Full, Instance("name"), || {
             get(h::instances::console_log)
         }),
+        // Files: an SFTP upgrade (tunnelled to the owner) and the older files API.
+        row(G, "/1.0/instances/{name}/sftp", Full, Instance("name"), || {
+            get(h::files::sftp)
+        }),
+        row(G, "/1.0/instances/{name}/files", Full, Instance("name"), || {
+            get(h::files::get)
+        }),
+        row(Po, "/1.0/instances/{name}/files", Full, Instance("name"), || {
+            post(h::files::post)
+        }),
+        row(D, "/1.0/instances/{name}/files", Full, Instance("name"), || {
+            delete(h::files::delete)
+        }),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
         row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),

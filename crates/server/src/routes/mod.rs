@@ -6,6 +6,7 @@ pub(crate) mod certificates;
 pub(crate) mod cluster;
 pub use cluster::validate_certificate_pair;
 pub(crate) mod events;
+pub(crate) mod files;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod internal;
