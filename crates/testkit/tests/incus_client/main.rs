@@ -9,6 +9,7 @@ mod t70_instances;
 mod t75_not_yet;
 mod t76_instances_lxc;
 mod t80_files;
+mod t82_files_lxc;
 mod t90_validation;
 
 use std::path::Path;
