@@ -433,3 +433,48 @@ async fn t90_no_way_out_of_the_container() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     swapper.join().unwrap();
 }
+
+#[tokio::test]
+async fn t85_the_owner_killed_mid_transfer_ends_it_with_an_error_naming_the_member() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (mut c, v, rootfs) = with_c1(work.path()).await;
+    std::fs::write(rootfs.join("root/big"), noise(400 << 20, 85)).unwrap();
+    v.settle().await;
+    let out = work.path().join("out");
+    let pull = tokio::process::Command::new("incus")
+        .args(["file", "pull", "c1/root/big", out.to_str().unwrap()])
+        .env("INCUS_CONF", v.conf.path())
+        .env("HOME", v.conf.path())
+        .env("INCUS_SOCKET", &v.sock[0])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    stapes_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the pull under way",
+        || async {
+            let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            (len > 1 << 20).then_some(())
+        },
+    )
+    .await;
+    c.members[1].kill9();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(60), pull.wait_with_output())
+        .await
+        .expect("the pull ended after its owner died")
+        .unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success(), "a cut pull cannot succeed: {err}");
+    assert!(std::fs::metadata(&out).unwrap().len() < 400 << 20);
+    // The client quotes the server's message (`\"node2\"`).
+    assert!(
+        err.contains("Cluster member") && err.contains("node2") && err.contains("unreachable"),
+        "{err}"
+    );
+}
