@@ -435,6 +435,101 @@ mod tests {
         assert_eq!(clean("."), "/");
     }
 
+    /// A client session to an SFTP server over the directory `root`, in process.
+    async fn session(root: &std::path::Path) -> russh_sftp::client::SftpSession {
+        let server = crate::local::sftp(root.to_path_buf()).await.unwrap();
+        let (near, far) = tokio::io::duplex(1 << 20);
+        tokio::spawn(server(Box::new(far)));
+        russh_sftp::client::SftpSession::new(near).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_go_in_and_out_with_relative_paths_and_attributes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("root")).unwrap();
+        let s = session(&root).await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut f = s.create("root/f").await.unwrap();
+        f.write_all(&data).await.unwrap();
+        f.shutdown().await.unwrap();
+        assert_eq!(std::fs::read(root.join("root/f")).unwrap(), data);
+        let mut back = Vec::new();
+        s.open("/root/f")
+            .await
+            .unwrap()
+            .read_to_end(&mut back)
+            .await
+            .unwrap();
+        assert_eq!(back, data);
+        let mut attrs = FileAttributes::empty();
+        attrs.permissions = Some(0o600);
+        s.set_metadata("root/f", attrs).await.unwrap();
+        let meta = s.metadata("/root/f").await.unwrap();
+        assert_eq!(
+            (meta.permissions.unwrap_or(0) & 0o7777, meta.size),
+            (0o600, Some(3_000_000))
+        );
+        s.create_dir("root/d").await.unwrap();
+        s.rename("root/f", "root/d/g").await.unwrap();
+        let names: Vec<String> = s
+            .read_dir("root/d")
+            .await
+            .unwrap()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["g"]);
+        assert_eq!(s.canonicalize("root/d/../d/./g").await.unwrap(), "/root/d/g");
+        s.remove_file("root/d/g").await.unwrap();
+        s.remove_dir("root/d").await.unwrap();
+        assert!(std::fs::read_dir(root.join("root")).unwrap().next().is_none());
+        let err = s.metadata("root/none").await.unwrap_err().to_string();
+        assert!(err.contains("No such file"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_and_dot_dots_stay_inside() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let host = dir.path().join("host");
+        std::fs::create_dir_all(root.join("root")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("secret"), b"HOST").unwrap();
+        std::fs::write(root.join("etc/shadow"), b"inside").unwrap();
+        let secret = host.join("secret").to_string_lossy().into_owned();
+        let up = "../".repeat(12);
+        std::os::unix::fs::symlink(&secret, root.join("root/abs")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("{up}{}", secret.trim_start_matches('/')),
+            root.join("root/rel"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&host, root.join("root/dir")).unwrap();
+        let s = session(&root).await;
+        for p in ["root/abs", "root/rel", "root/dir/secret"] {
+            assert!(s.read(p).await.is_err(), "{p} read");
+            if let Ok(mut f) = s.create(p).await {
+                f.write_all(b"x").await.unwrap();
+                f.shutdown().await.unwrap();
+            }
+            assert_eq!(std::fs::read(host.join("secret")).unwrap(), b"HOST", "{p}");
+        }
+        assert_eq!(std::fs::read_dir(&host).unwrap().count(), 1);
+        assert_eq!(s.read(format!("{up}etc/shadow")).await.unwrap(), b"inside");
+        assert_eq!(s.read("/../../etc/shadow").await.unwrap(), b"inside");
+        // A link made over SFTP: the first string on the wire is the target, as OpenSSH
+        // sends it (this client's first argument).
+        s.symlink("/etc/shadow", "root/made").await.unwrap();
+        assert_eq!(
+            std::fs::read_link(root.join("root/made")).unwrap(),
+            std::path::Path::new("/etc/shadow")
+        );
+        assert_eq!(s.read_link("root/made").await.unwrap(), "/etc/shadow");
+    }
+
     #[test]
     fn ssh_strings_are_bounded() {
         let mut data = vec![0, 0, 0, 2, b'a', b'b', 0, 0, 0, 9, b'c'];
