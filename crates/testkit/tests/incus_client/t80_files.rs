@@ -1,7 +1,8 @@
 //! Files with the official client on a three-member cluster of fake-driver members,
 //! always through node1 while the container lives on node2: `incus file push/pull/delete`
-//! over the SFTP upgrade (a 100 MiB file whole, modes and owners, `-p`, `-r`), the older
-//! files API, and every way out of the container's root refused.
+//! over the SFTP upgrade (a 100 MiB file whole, modes and owners, `-p`, `-r`), `incus file
+//! mount` (sshfs), the older files API, every way out of the container's root refused,
+//! and the owner killed mid-transfer.
 
 use std::path::{Path, PathBuf};
 
@@ -477,4 +478,76 @@ async fn t85_the_owner_killed_mid_transfer_ends_it_with_an_error_naming_the_memb
         err.contains("Cluster member") && err.contains("node2") && err.contains("unreachable"),
         "{err}"
     );
+}
+
+/// Unmounts a FUSE mount point when dropped.
+struct FuseMount(PathBuf);
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount")
+            .arg("-uz")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn t83_file_mount_through_a_member_without_the_container() {
+    if !have_tool("incus") || !have_tool("sshfs") || !have_root() {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "/dev/fuse is needed under CI=true"
+        );
+        eprintln!("SKIP: no /dev/fuse for sshfs");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (_c, v, rootfs) = with_c1(work.path()).await;
+    std::fs::write(rootfs.join("root/hello"), b"hello from c1\n").unwrap();
+    v.settle().await;
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _unmount = FuseMount(mnt.clone());
+    let _mount = tokio::process::Command::new("incus")
+        .args(["file", "mount", "c1/root", mnt.to_str().unwrap()])
+        .env("INCUS_CONF", v.conf.path())
+        .env("HOME", v.conf.path())
+        .env("INCUS_SOCKET", &v.sock[0])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let hello = mnt.join("hello");
+    stapes_testkit::eventually(std::time::Duration::from_secs(30), "the mount", || async {
+        std::fs::read(&hello).ok().filter(|d| d == b"hello from c1\n")
+    })
+    .await;
+    // Written, appended, renamed, listed and removed through the mount.
+    std::fs::write(mnt.join("new"), b"one").unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("new"))
+            .unwrap();
+        f.write_all(b" two").unwrap();
+    }
+    std::fs::rename(mnt.join("new"), mnt.join("renamed")).unwrap();
+    assert_eq!(std::fs::read(rootfs.join("root/renamed")).unwrap(), b"one two");
+    std::fs::create_dir(mnt.join("sub")).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hello", "renamed", "sub"]);
+    std::fs::remove_file(mnt.join("renamed")).unwrap();
+    std::fs::remove_dir(mnt.join("sub")).unwrap();
+    assert!(!rootfs.join("root/renamed").exists() && !rootfs.join("root/sub").exists());
 }
