@@ -185,6 +185,33 @@ async fn t81_the_files_api_through_a_member_without_the_container() {
         (Some("5"), Some("6"))
     );
 
+    // A body far above the JSON limit streams through to the owner, and back.
+    let big = noise(24 << 20, 81);
+    let r = node1
+        .request_within(
+            "POST",
+            &url("/root/big"),
+            Some(big.clone()),
+            &[],
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(std::fs::read(rootfs.join("root/big")).unwrap() == big);
+    let r = node1
+        .request_within(
+            "GET",
+            &url("/root/big"),
+            None,
+            &[],
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(r.body[..] == big[..]);
+    assert_eq!(r.header("Content-Length"), Some("25165824"));
+
     // A directory, a link, a listing.
     let r = node1
         .request(

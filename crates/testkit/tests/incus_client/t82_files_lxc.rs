@@ -112,6 +112,36 @@ async fn body(c: &mut Cluster, work: &Path) {
     );
     assert_eq!(&api_get(&node1, "/tmp/in-tmpfs").await.body[..], b"hello\n");
 
+    // A stopped container is served from its disk, with the same owners.
+    v.ok(2, &["stop", "c1", "--force"]).await;
+    v.ok(
+        0,
+        &[
+            "file",
+            "push",
+            s,
+            "c1/root/cold",
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--mode",
+            "0640",
+        ],
+    )
+    .await;
+    let r = api_get(&node1, "/root/cold").await;
+    assert_eq!(
+        (r.header("X-Incus-uid"), r.header("X-Incus-mode"), &r.body[..]),
+        (Some("1000"), Some("0640"), &b"hello\n"[..])
+    );
+    v.ok(0, &["start", "c1"]).await;
+    let r = api_get(&node1, "/root/cold").await;
+    assert_eq!(
+        (r.header("X-Incus-uid"), &r.body[..]),
+        (Some("1000"), &b"hello\n"[..])
+    );
+
     // No way out. A host file, and the container's own /etc/shadow at a known content.
     let host = work.join("host");
     std::fs::create_dir(&host).unwrap();
