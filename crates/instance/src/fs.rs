@@ -283,14 +283,7 @@ impl RootFs {
         before: &rustix::fs::Stat,
     ) -> Result<(OwnedFd, rustix::fs::Stat), FsError> {
         let fd = self.walk(path, flags)?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(path, e))?;
-        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
-            return Err(FsError::new(
-                FsErrorKind::Other,
-                path,
-                "the file changed while it was opened",
-            ));
-        }
+        let st = same_file(&fd, before, path)?;
         Ok((fd, st))
     }
 
@@ -436,14 +429,7 @@ impl RootFs {
         };
         let fd = rustix::fs::openat(&dir, name.as_str(), base, Mode::empty())
             .map_err(|e| FsError::from_errno(path, e))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(path, e))?;
-        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
-            return Err(FsError::new(
-                FsErrorKind::Other,
-                path,
-                "the file changed while it was opened",
-            ));
-        }
+        let st = same_file(&fd, &before, path)?;
         if !is_dir {
             regular_only(&st, path)?;
         }
@@ -712,6 +698,19 @@ fn set_owner_mode(fd: &impl AsFd, path: &str, uid: u32, gid: u32, mode: u32) -> 
     )
     .map_err(|e| FsError::from_errno(path, e))?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| FsError::from_errno(path, e))
+}
+
+/// The attributes of `fd`, if it is still the file `before` described.
+fn same_file(fd: &OwnedFd, before: &rustix::fs::Stat, path: &str) -> Result<rustix::fs::Stat, FsError> {
+    let st = rustix::fs::fstat(fd).map_err(|e| FsError::from_errno(path, e))?;
+    if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
+        return Err(FsError::new(
+            FsErrorKind::Other,
+            path,
+            "the file changed while it was opened",
+        ));
+    }
+    Ok(st)
 }
 
 fn regular_only(st: &rustix::fs::Stat, path: &str) -> Result<(), FsError> {

@@ -17,7 +17,7 @@ use stapes_testkit::{memory, Cluster, Target};
 
 use super::t60_storage_profiles::Via;
 use super::t76_instances_lxc::{busybox_image, purge, ready};
-use super::t80_files::{noise, sha256};
+use super::t80_files::{escape_links, noise, sha256, through, Swapper};
 
 async fn api_get(t: &Target, path: &str) -> stapes_testkit::Resp {
     t.request("GET", &format!("/1.0/instances/c1/files?path={path}"), None, &[])
@@ -154,17 +154,9 @@ async fn body(c: &mut Cluster, work: &Path) {
     v.ok(0, &["file", "push", shadow.to_str().unwrap(), "c1/etc/shadow"])
         .await;
     let secret_s = secret.to_str().unwrap().to_string();
-    let host_s = host.to_str().unwrap().to_string();
     let up = "../".repeat(20);
-    let links = [
-        ("abs", secret_s.clone()),
-        ("rel", format!("{up}{}", secret_s.trim_start_matches('/'))),
-        ("proc", format!("/proc/self/root{secret_s}")),
-        ("proc1", format!("/proc/1/root{secret_s}")),
-        ("absdir", host_s.clone()),
-        ("reldir", format!("{up}{}", host_s.trim_start_matches('/'))),
-        ("procdir", format!("/proc/self/root{host_s}")),
-    ];
+    let mut links = escape_links(&secret, &host);
+    links.push(("proc1", format!("/proc/1/root{secret_s}")));
     for (name, target) in &links {
         let r = node1
             .request(
@@ -177,14 +169,8 @@ async fn body(c: &mut Cluster, work: &Path) {
             .unwrap();
         assert_eq!(r.status, 200, "{name}: {:?}", r.body);
     }
-    let through: Vec<String> = links
-        .iter()
-        .map(|(name, _)| match name.strip_suffix("dir") {
-            Some(_) => format!("root/{name}/secret"),
-            None => format!("root/{name}"),
-        })
-        .chain([format!("{up}{}", secret_s.trim_start_matches('/'))])
-        .collect();
+    let mut through = through(&links);
+    through.push(format!("{up}{}", secret_s.trim_start_matches('/')));
     let got = work.join("got");
     let g = got.to_str().unwrap();
     let payload = work.join("payload");
@@ -195,7 +181,7 @@ async fn body(c: &mut Cluster, work: &Path) {
         let (ok, _, _) = v
             .stdin(0, &["file", "pull", &format!("c1/{name}"), g], None)
             .await;
-        if ok && !std::fs::symlink_metadata(&got).unwrap().file_type().is_symlink() {
+        if ok && std::fs::symlink_metadata(&got).is_ok_and(|m| m.file_type().is_file()) {
             assert_ne!(std::fs::read(&got).unwrap(), b"HOST SECRET", "{name}");
         }
         let r = api_get(&node1, &format!("/{name}")).await;
@@ -229,25 +215,13 @@ async fn body(c: &mut Cluster, work: &Path) {
     // A path swapped between a file and a link to the host's file, from the host side of
     // the container's disk, while transfers go on.
     let swap = rootfs.join("root/swap");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let swapper = {
-        let (swap, stop, secret) = (swap.clone(), stop.clone(), secret.clone());
-        std::thread::spawn(move || {
-            let (f, l) = (swap.with_extension("f"), swap.with_extension("l"));
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 10_000_000 {
-                n += 1;
-                let _ = std::fs::write(&f, b"inside");
-                let _ = std::fs::rename(&f, &swap);
-                let _ = std::os::unix::fs::symlink(&secret, &l);
-                let _ = std::fs::rename(&l, &swap);
-            }
-        })
-    };
+    let swapper = Swapper::start(&swap, &secret);
     for i in 0..10 {
         let _ = std::fs::remove_file(&got);
         let pulled = v.stdin(0, &["file", "pull", "c1/root/swap", g], None).await.0;
-        if pulled && !std::fs::symlink_metadata(&got).unwrap().file_type().is_symlink() {
+        // The client may leave nothing when the path changed kind under it.
+        let local = std::fs::symlink_metadata(&got);
+        if pulled && local.is_ok_and(|m| m.file_type().is_file()) {
             assert_ne!(std::fs::read(&got).unwrap(), b"HOST SECRET", "round {i}");
         }
         let r = api_get(&node1, "/root/swap").await;
@@ -258,8 +232,7 @@ async fn body(c: &mut Cluster, work: &Path) {
         let _ = v.stdin(0, &["file", "push", p, "c1/root/swap"], None).await;
         assert_eq!(std::fs::read(&secret).unwrap(), b"HOST SECRET", "round {i}");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    swapper.join().unwrap();
+    drop(swapper);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
