@@ -27,6 +27,11 @@ use serde_json::Value;
 use crate::context::Ctx;
 use crate::response::{sync, ApiError, Result};
 
+/// SFTP sessions served by this member at once (each holds a helper process or a
+/// blocking-pool thread for as long as its client keeps the connection).
+const MAX_SFTP_SESSIONS: usize = 128;
+static SFTP_SESSIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_SFTP_SESSIONS);
+
 /// The longest symbolic link target a POST may set.
 const MAX_LINK_TARGET: usize = 4096;
 /// The most entries a forced (recursive) delete removes.
@@ -71,11 +76,18 @@ pub async fn sftp(State(ctx): State<Ctx>, Path(name): Path<String>, mut req: Req
     let Some(upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return Err(ApiError::bad_request("This connection cannot switch protocols").into());
     };
+    let Ok(permit) = SFTP_SESSIONS.try_acquire() else {
+        return Err(ApiError::unavailable(format!(
+            "This member already serves {MAX_SFTP_SESSIONS} SFTP sessions"
+        ))
+        .into());
+    };
     let server = ctx.driver.sftp(&name).await.map_err(|e| match e {
         instance::Error::NotFound(_) => file_error(e),
         e => ApiError::internal(format!("Failed getting instance SFTP connection: {e}")).into(),
     })?;
     tokio::spawn(async move {
+        let _permit = permit;
         match upgrade.await {
             Ok(io) => {
                 if let Err(e) = server(Box::new(TokioIo::new(io))).await {
