@@ -280,6 +280,16 @@ pub(crate) mod tests {
     use super::*;
 
     #[test]
+    fn files_pushed_into_an_instance_stream() {
+        let post = http::Method::POST;
+        assert!(streamed(&post, "/1.0/instances/c1/files"));
+        assert!(!streamed(&http::Method::GET, "/1.0/instances/c1/files"));
+        assert!(!streamed(&post, "/1.0/instances//files"));
+        assert!(!streamed(&post, "/1.0/instances/c1/x/files"));
+        assert!(!streamed(&post, "/1.0/instances/c1"));
+    }
+
+    #[test]
     fn untrusted_callers_send_bodies_to_two_routes_only() {
         let post = http::Method::POST;
         assert_eq!(

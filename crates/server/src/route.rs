@@ -672,6 +672,8 @@ mod tests {
             "/1.0/instances/c2/state",
             "/1.0/instances/c2/logs/lxc.log",
             "/1.0/instances/c2/console",
+            "/1.0/instances/c2/sftp",
+            "/1.0/instances/c2/files?path=/root",
             "/1.0/instances/c2?target=node1",
         ] {
             assert_eq!(at(&s, true, &g, uri), fwd("node2", 0), "{uri}");
@@ -684,6 +686,12 @@ mod tests {
             at(&s, true, &Method::DELETE, "/1.0/instances/c2"),
             fwd("node2", 0)
         );
+        for m in [Method::POST, Method::DELETE] {
+            assert_eq!(
+                at(&s, true, &m, "/1.0/instances/c2/files?path=/x"),
+                fwd("node2", 0)
+            );
+        }
         assert_eq!(
             at(&s, true, &g, "/1.0/instances/c3"),
             Resolved::Unavailable("Cluster member \"node3\" is offline".into())
