@@ -7,7 +7,8 @@
 # blackholed-member test, keepalived and bird2 (with iproute2) for the VRRP and ECMP
 # tests in network namespaces, curl, cargo-deny, Debian's lxc tools and busybox-static
 # for the LXC driver's tests (the test containers' root file systems are built from it,
-# offline), and lintian, dpkg-dev and systemd for the package test.
+# offline), sshfs for `incus file mount`, and lintian, dpkg-dev and systemd for the
+# package test.
 set -euo pipefail
 # A node installed from npm lands in /usr/local/bin, which must come first.
 export PATH="/usr/local/bin:$PATH"
@@ -96,6 +97,8 @@ command -v incus >/dev/null 2>&1 || need+=(incus-client)
 # The CLI's tests against a real Incus daemon (crates/stapes/tests/against_incus.rs).
 [ -x /usr/libexec/incus/incusd ] || need+=(incus-base)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# `incus file mount` runs sshfs over the instance's SFTP connection.
+command -v sshfs >/dev/null 2>&1 || need+=(sshfs)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # dnsmasq lives in /usr/sbin, which is not on every user's PATH
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)

@@ -75,11 +75,6 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
     ),
     (
         Methods::All,
-        "/1.0/instances/{name}/files",
-        "Instance file transfers",
-    ),
-    (
-        Methods::All,
         "/1.0/instances/{name}/metadata",
         "Instance metadata and templates",
     ),
@@ -110,11 +105,6 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
         "Instance port forwards",
     ),
     (Methods::All, "/1.0/instances/{name}/rebuild", "Instance rebuilds"),
-    (
-        Methods::All,
-        "/1.0/instances/{name}/sftp",
-        "Instance file transfers",
-    ),
     (
         Methods::All,
         "/1.0/instances/{name}/snapshots",

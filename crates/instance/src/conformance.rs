@@ -754,6 +754,7 @@ pub fn t17_privileged(env: Env) -> BoxFuture<'static, ()> {
             mode: None,
             uid: Some(1234),
             gid: Some(1234),
+            append: false,
         };
         env.write("c1", "/root/owned", b"x", owner).await;
         let on_disk = std::fs::metadata(rootfs.join("root/owned")).expect("on disk");
@@ -1045,6 +1046,7 @@ async fn files_round_trip(env: &Env, rootfs: &Path) {
         mode: Some(0o640),
         uid: Some(1000),
         gid: Some(1001),
+        append: false,
     };
     env.write("c1", "/root/hello", b"hello world\n", spec).await;
     let st = d.stat("c1", "/root/hello").await.expect("stat");

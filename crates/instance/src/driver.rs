@@ -32,6 +32,15 @@ pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
 /// A byte stream written into the instance (stdin).
 pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// A byte stream both ways: an upgraded HTTP connection.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+/// A boxed [`Duplex`].
+pub type Conn = Box<dyn Duplex>;
+/// An SFTP server ready for one connection (the instance was found and entered): it
+/// serves until the client closes the connection.
+pub type SftpServer = Box<dyn FnOnce(Conn) -> BoxFuture<'static, Result<()>> + Send>;
+
 /// What a new container is made of. The caller prepares the root file system (an
 /// unpacked image); the driver owns everything else (its runtime directory with the
 /// generated configuration and logs, its cgroups).
@@ -228,6 +237,10 @@ pub trait Driver: Send + Sync {
         spec: WriteSpec,
         data: Reader,
     ) -> BoxFuture<'a, Result<FileStat>>;
+    /// An SFTP v3 server inside the container ([`crate::sftp`]), with the same path rules
+    /// as `fs`. Errors here (no such instance, the container could not be entered) come
+    /// before anything is served.
+    fn sftp<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<SftpServer>>;
 }
 
 /// Typed shorthands over [`Driver::fs`].

@@ -61,8 +61,15 @@ struct Request {
 #[serde(rename_all = "snake_case")]
 enum Action {
     Fs(FsOp),
-    Read { path: String },
-    Write { path: String, spec: WriteSpec },
+    Read {
+        path: String,
+    },
+    Write {
+        path: String,
+        spec: WriteSpec,
+    },
+    /// Serve SFTP on stdin and stdout until stdin ends.
+    Sftp,
 }
 
 /// How to start the helper: a program and the arguments before the request (for the
@@ -133,6 +140,26 @@ pub fn main() -> i32 {
             }
         },
         Action::Write { path, spec } => write_side(&root, &path, spec, &mut stdin, &mut stdout),
+        Action::Sftp => {
+            if reply::<()>(&mut stdout, &Ok(())).is_err() {
+                return 1;
+            }
+            // Raw writes to our stdout (the lock's line buffering would flush at every
+            // newline byte of a file); the daemon sends nothing before the answer above,
+            // so the locked stdin holds no SFTP bytes yet and goes on serving them.
+            let out = match std::io::stdout().as_fd().try_clone_to_owned() {
+                Ok(fd) => std::fs::File::from(fd),
+                Err(_) => return 1,
+            };
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
+            match crate::sftp::serve(&root, &mut stdin, &mut out).and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("sftp: {e}");
+                    1
+                }
+            }
+        }
     }
 }
 
@@ -400,6 +427,54 @@ impl Helper {
     }
 }
 
+impl Helper {
+    /// An SFTP server inside the container: the helper has entered it and answered
+    /// before this returns; serving splices the connection to its stdin and stdout.
+    pub(crate) async fn sftp(&self, pid: u32, cgroup: &str) -> Result<crate::driver::SftpServer> {
+        let request = Request {
+            pid,
+            cgroup: cgroup.into(),
+            action: Action::Sftp,
+        };
+        let mut running = self.start(&request).await?;
+        let ready: std::result::Result<(), FsError> = answer(&mut running.stdout).await?;
+        ready?;
+        Ok(Box::new(move |conn: crate::driver::Conn| {
+            Box::pin(splice(running, conn)) as crate::driver::BoxFuture<'static, Result<()>>
+        }))
+    }
+}
+
+/// Copies the client's bytes to the helper and the helper's back until both ends are
+/// done. The client's end of file closes the helper's stdin, which ends its loop.
+async fn splice(running: Running, conn: crate::driver::Conn) -> Result<()> {
+    let Running {
+        mut child,
+        mut stdin,
+        mut stdout,
+    } = running;
+    let (mut from_client, mut to_client) = tokio::io::split(conn);
+    let inbound = async move {
+        let r = tokio::io::copy(&mut from_client, &mut stdin).await;
+        drop(stdin);
+        r
+    };
+    let outbound = async move {
+        let r = tokio::io::copy(&mut stdout, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+        r
+    };
+    let (inbound, outbound) = tokio::join!(inbound, outbound);
+    // The helper exits once its stdin closed; a stuck one is killed.
+    if tokio::time::timeout(ANSWER, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    inbound.map_err(Error::io("relaying SFTP to the container"))?;
+    outbound.map_err(Error::io("relaying SFTP from the container"))?;
+    Ok(())
+}
+
 /// Reads one reply line, bounded in time and size.
 async fn answer<T: for<'de> Deserialize<'de>>(
     stdout: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
@@ -485,6 +560,7 @@ mod tests {
                     mode: Some(0o600),
                     uid: None,
                     gid: Some(5),
+                    append: false,
                 },
             },
         };

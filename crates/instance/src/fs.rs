@@ -81,6 +81,24 @@ pub struct WriteSpec {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The new file starts with the old one's content (`X-Incus-write: append`); the
+    /// replacement stays atomic.
+    #[serde(default)]
+    pub append: bool,
+}
+
+/// How [`RootFs::open_file`] opens a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenHow {
+    pub read: bool,
+    pub write: bool,
+    pub append: bool,
+    pub create: bool,
+    /// With `create`: fail when the file exists.
+    pub exclusive: bool,
+    pub truncate: bool,
+    /// Permission bits of a created file.
+    pub mode: u32,
 }
 
 /// Attributes to change; `None` leaves one as it is.
@@ -265,14 +283,7 @@ impl RootFs {
         before: &rustix::fs::Stat,
     ) -> Result<(OwnedFd, rustix::fs::Stat), FsError> {
         let fd = self.walk(path, flags)?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(path, e))?;
-        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
-            return Err(FsError::new(
-                FsErrorKind::Other,
-                path,
-                "the file changed while it was opened",
-            ));
-        }
+        let st = same_file(&fd, before, path)?;
         Ok((fd, st))
     }
 
@@ -367,6 +378,68 @@ impl RootFs {
         Ok((to_stat(&st), std::fs::File::from(fd)))
     }
 
+    /// Opens a regular file in place for random access (SFTP): links at `path` are
+    /// followed inside, a missing file is created with `mode` when `how.create` says so
+    /// (owned by whoever the caller is: the container's root in the helper), and anything
+    /// that is not a regular file is refused before it is opened for reading or writing.
+    pub fn open_file(&self, path: &str, how: OpenHow) -> Result<std::fs::File, FsError> {
+        let mut access = match (how.read, how.write) {
+            (true, true) => OFlags::RDWR,
+            (false, true) => OFlags::WRONLY,
+            _ => OFlags::RDONLY,
+        };
+        if how.append {
+            access |= OFlags::APPEND;
+        }
+        let base = access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let target = self.follow_links(path)?;
+        let (dir, name) = self.parent(&target).map_err(|e| FsError {
+            path: path.into(),
+            ..e
+        })?;
+        if how.create {
+            match rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                base | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => {
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(how.mode & 0o7777))
+                        .map_err(|e| FsError::from_errno(path, e))?;
+                    rustix::fs::fcntl_setfl(&fd, access).map_err(|e| FsError::from_errno(path, e))?;
+                    return Ok(std::fs::File::from(fd));
+                }
+                Err(Errno::EXIST) if !how.exclusive => {}
+                Err(e) => return Err(FsError::from_errno(path, e)),
+            }
+        }
+        // An existing entry: it must be a regular file now, and still the same one once
+        // opened (a swap in between fails one of the checks, or the NOFOLLOW).
+        let before = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| FsError::from_errno(path, e))?;
+        // A directory opens for reading, as `open(2)` allows (SFTP clients open one
+        // before they list it); its reads fail.
+        let is_dir = rustix::fs::FileType::from_raw_mode(before.st_mode) == rustix::fs::FileType::Directory;
+        let base = if is_dir && !how.write && !how.append {
+            base | OFlags::DIRECTORY
+        } else {
+            regular_only(&before, path)?;
+            base
+        };
+        let fd = rustix::fs::openat(&dir, name.as_str(), base, Mode::empty())
+            .map_err(|e| FsError::from_errno(path, e))?;
+        let st = same_file(&fd, &before, path)?;
+        if !is_dir {
+            regular_only(&st, path)?;
+        }
+        if how.truncate && how.write {
+            rustix::fs::ftruncate(&fd, 0).map_err(|e| FsError::from_errno(path, e))?;
+        }
+        rustix::fs::fcntl_setfl(&fd, access).map_err(|e| FsError::from_errno(path, e))?;
+        Ok(std::fs::File::from(fd))
+    }
+
     /// Starts replacing the file at `path`. Links at `path` are followed (inside) to the
     /// file they name, which is created if missing (its directory must exist).
     pub fn begin_write(&self, path: &str, spec: WriteSpec) -> Result<PendingWrite, FsError> {
@@ -399,8 +472,36 @@ impl RootFs {
                 Mode::from_raw_mode(0o600),
             ) {
                 Ok(fd) => {
+                    let file = std::fs::File::from(fd);
+                    if spec.append && existing.is_some() {
+                        // Dropping the pending write on failure removes the temporary.
+                        let mut pending = PendingWrite {
+                            file,
+                            dir,
+                            temp,
+                            name,
+                            path: path.to_string(),
+                            mode: 0,
+                            uid: 0,
+                            gid: 0,
+                            done: false,
+                        };
+                        let old = self.open_file(
+                            path,
+                            OpenHow {
+                                read: true,
+                                ..OpenHow::default()
+                            },
+                        )?;
+                        std::io::copy(&mut &old, &mut pending.file)
+                            .map_err(|e| FsError::from_io(path, &e))?;
+                        pending.mode = spec.mode.unwrap_or(mode) & 0o7777;
+                        pending.uid = spec.uid.unwrap_or(uid);
+                        pending.gid = spec.gid.unwrap_or(gid);
+                        return Ok(pending);
+                    }
                     return Ok(PendingWrite {
-                        file: std::fs::File::from(fd),
+                        file,
                         dir,
                         temp,
                         name,
@@ -409,7 +510,7 @@ impl RootFs {
                         uid: spec.uid.unwrap_or(uid),
                         gid: spec.gid.unwrap_or(gid),
                         done: false,
-                    })
+                    });
                 }
                 Err(Errno::EXIST) if attempt < 8 => attempt += 1,
                 Err(e) => return Err(FsError::from_errno(path, e)),
@@ -597,6 +698,19 @@ fn set_owner_mode(fd: &impl AsFd, path: &str, uid: u32, gid: u32, mode: u32) -> 
     )
     .map_err(|e| FsError::from_errno(path, e))?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| FsError::from_errno(path, e))
+}
+
+/// The attributes of `fd`, if it is still the file `before` described.
+fn same_file(fd: &OwnedFd, before: &rustix::fs::Stat, path: &str) -> Result<rustix::fs::Stat, FsError> {
+    let st = rustix::fs::fstat(fd).map_err(|e| FsError::from_errno(path, e))?;
+    if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
+        return Err(FsError::new(
+            FsErrorKind::Other,
+            path,
+            "the file changed while it was opened",
+        ));
+    }
+    Ok(st)
 }
 
 fn regular_only(st: &rustix::fs::Stat, path: &str) -> Result<(), FsError> {

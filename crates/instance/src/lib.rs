@@ -18,7 +18,8 @@
 //!   them); [`forkfile`]: the helper process for file access inside a running container.
 //! - [`fake`]: simulated containers for tests of placement, forwarding and lists on any
 //!   machine, without root.
-//! - [`fs`]: the file operations both use, resolved with `openat2(RESOLVE_IN_ROOT)`.
+//! - [`fs`]: the file operations both use, resolved with `openat2(RESOLVE_IN_ROOT)`;
+//!   [`sftp`]: an SFTP v3 server over them (in the helper, or in process).
 //! - [`config`]: Incus's `limits.*` and `security.privileged` values, parsed.
 
 pub mod config;
@@ -29,6 +30,7 @@ pub mod forkfile;
 pub mod fs;
 mod local;
 pub mod lxc;
+pub mod sftp;
 mod store;
 
 #[cfg(feature = "testing")]
@@ -38,8 +40,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use driver::{
-    BoxFuture, Control, CpuLimit, CreateSpec, Driver, ExecSpec, Limits, Listed, Log, Process, Reader, State,
-    Status, Stop, WindowSize, Writer,
+    BoxFuture, Conn, Control, CpuLimit, CreateSpec, Driver, Duplex, ExecSpec, Limits, Listed, Log, Process,
+    Reader, SftpServer, State, Status, Stop, WindowSize, Writer,
 };
 pub use error::{Error, FsError, FsErrorKind, Result};
 pub use fake::FakeDriver;

@@ -55,3 +55,62 @@ pub(crate) async fn write(root: PathBuf, path: &str, spec: WriteSpec, mut data: 
         Ok(()) => blocking(move || Ok(pending.commit()?)).await,
     }
 }
+
+/// An SFTP server over the root file system `root`, run on the blocking pool: the
+/// synchronous loop of [`crate::sftp::serve`] reads and writes the connection through
+/// [`Blocking`].
+pub(crate) async fn sftp(root: PathBuf) -> Result<crate::driver::SftpServer> {
+    let fs = blocking(move || open(&root)).await?;
+    Ok(Box::new(move |conn: crate::driver::Conn| {
+        Box::pin(async move {
+            let handle = tokio::runtime::Handle::current();
+            blocking(move || {
+                let (read, write) = tokio::io::split(conn);
+                let mut input = std::io::BufReader::with_capacity(
+                    256 * 1024,
+                    Blocking {
+                        handle: handle.clone(),
+                        inner: read,
+                    },
+                );
+                let mut output = std::io::BufWriter::with_capacity(
+                    256 * 1024,
+                    Blocking {
+                        handle: handle.clone(),
+                        inner: write,
+                    },
+                );
+                let served = crate::sftp::serve(&fs, &mut input, &mut output);
+                let _ = std::io::Write::flush(&mut output);
+                if let Ok(mut w) = output.into_inner() {
+                    let _ = handle.block_on(tokio::io::AsyncWriteExt::shutdown(&mut w.inner));
+                }
+                served.map_err(Error::io("serving SFTP"))
+            })
+            .await
+        }) as crate::driver::BoxFuture<'static, Result<()>>
+    }))
+}
+
+/// Synchronous reads and writes over an async stream, for a blocking-pool thread.
+struct Blocking<T> {
+    handle: tokio::runtime::Handle,
+    inner: T,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> std::io::Read for Blocking<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.handle
+            .block_on(tokio::io::AsyncReadExt::read(&mut self.inner, buf))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> std::io::Write for Blocking<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.handle.block_on(self.inner.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.handle.block_on(self.inner.flush())
+    }
+}

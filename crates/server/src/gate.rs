@@ -55,7 +55,15 @@ pub const BODY_RATE: u64 = 64 * 1024;
 /// Routes whose body is consumed as it arrives (to a file, a hash, another member) rather
 /// than held: they take no memory budget, and their bound is `--max-stream-body`.
 pub fn streamed(method: &http::Method, path: &str) -> bool {
-    *method == http::Method::POST && (path == crate::routes::TEST_SINK || path == "/1.0/images")
+    *method == http::Method::POST
+        && (path == crate::routes::TEST_SINK || path == "/1.0/images" || instance_files(path))
+}
+
+/// `/1.0/instances/{name}/files`: a file pushed into an instance.
+fn instance_files(path: &str) -> bool {
+    path.strip_prefix("/1.0/instances/")
+        .and_then(|rest| rest.strip_suffix("/files"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
 }
 
 /// The largest body an untrusted caller may send to `method path`; `None` where it may
@@ -270,6 +278,16 @@ pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn files_pushed_into_an_instance_stream() {
+        let post = http::Method::POST;
+        assert!(streamed(&post, "/1.0/instances/c1/files"));
+        assert!(!streamed(&http::Method::GET, "/1.0/instances/c1/files"));
+        assert!(!streamed(&post, "/1.0/instances//files"));
+        assert!(!streamed(&post, "/1.0/instances/c1/x/files"));
+        assert!(!streamed(&post, "/1.0/instances/c1"));
+    }
 
     #[test]
     fn untrusted_callers_send_bodies_to_two_routes_only() {

@@ -349,6 +349,19 @@ fn served() -> Vec<Route> {
             Instance("name"),
             || delete(h::exec_output::delete),
         ),
+        // Files: an SFTP upgrade (tunnelled to the owner) and the older files API.
+        row(G, "/1.0/instances/{name}/sftp", Full, Instance("name"), || {
+            get(h::files::sftp)
+        }),
+        row(G, "/1.0/instances/{name}/files", Full, Instance("name"), || {
+            get(h::files::get)
+        }),
+        row(Po, "/1.0/instances/{name}/files", Full, Instance("name"), || {
+            post(h::files::post)
+        }),
+        row(D, "/1.0/instances/{name}/files", Full, Instance("name"), || {
+            delete(h::files::delete)
+        }),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
         row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),
@@ -692,6 +705,8 @@ mod tests {
             "/1.0/instances/c2/state",
             "/1.0/instances/c2/logs/lxc.log",
             "/1.0/instances/c2/console",
+            "/1.0/instances/c2/sftp",
+            "/1.0/instances/c2/files?path=/root",
             "/1.0/instances/c2?target=node1",
         ] {
             assert_eq!(at(&s, true, &g, uri), fwd("node2", 0), "{uri}");
@@ -704,6 +719,12 @@ mod tests {
             at(&s, true, &Method::DELETE, "/1.0/instances/c2"),
             fwd("node2", 0)
         );
+        for m in [Method::POST, Method::DELETE] {
+            assert_eq!(
+                at(&s, true, &m, "/1.0/instances/c2/files?path=/x"),
+                fwd("node2", 0)
+            );
+        }
         assert_eq!(
             at(&s, true, &g, "/1.0/instances/c3"),
             Resolved::Unavailable("Cluster member \"node3\" is offline".into())

@@ -137,6 +137,10 @@ pub async fn upgrade(
     client: hyper::upgrade::OnUpgrade,
     timeout: Duration,
 ) -> Response {
+    let sftp = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"sftp"));
     let open = async {
         let http = |source| PeerError::Http {
             address: address.to_string(),
@@ -190,8 +194,21 @@ pub async fn upgrade(
             }
         };
         let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
-        let splice =
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut owner, SPLICE_BUFFER, SPLICE_BUFFER);
+        let splice = async {
+            if sftp {
+                // Packet by packet, so that a lost owner is named to the client.
+                crate::sftp_relay::splice(&mut client, &mut owner, &member).await
+            } else {
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut owner,
+                    SPLICE_BUFFER,
+                    SPLICE_BUFFER,
+                )
+                .await
+                .map(drop)
+            }
+        };
         tokio::select! {
             r = splice => {
                 if let Err(e) = r {

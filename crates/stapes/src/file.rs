@@ -385,7 +385,9 @@ async fn push_tree(ctx: &Ctx, sftp: &SftpSession, source: &Path, target: &str) -
                     sftp.remove_file(dest.clone()).await.map_err(sftp_err)?;
                 }
             }
-            sftp.symlink(dest.clone(), link.to_string_lossy().into_owned())
+            // Servers (OpenSSH, Incus's, stapesd's) take SSH_FXP_SYMLINK's strings as
+            // target then link, the reverse of the draft this client follows.
+            sftp.symlink(link.to_string_lossy().into_owned(), dest.clone())
                 .await
                 .map_err(sftp_err)?;
         } else if meta.is_file() {

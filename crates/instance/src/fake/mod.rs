@@ -410,6 +410,10 @@ impl Driver for FakeDriver {
     ) -> BoxFuture<'a, Result<FileStat>> {
         Box::pin(async move { crate::local::write(self.rootfs(name).await?, path, spec, data).await })
     }
+
+    fn sftp<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<crate::driver::SftpServer>> {
+        Box::pin(async move { crate::local::sftp(self.rootfs(name).await?).await })
+    }
 }
 
 /// The working directory: the one asked for if it is a directory inside, else `/`.

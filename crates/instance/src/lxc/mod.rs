@@ -687,6 +687,15 @@ impl Driver for LxcDriver {
             }
         })
     }
+
+    fn sftp<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<crate::driver::SftpServer>> {
+        Box::pin(async move {
+            match self.file_target(name).await? {
+                FileTarget::Stopped(rootfs) => crate::local::sftp(rootfs).await,
+                FileTarget::Running(pid) => self.helper.sftp(pid, &self.container_cgroup(name)).await,
+            }
+        })
+    }
 }
 
 #[cfg(test)]

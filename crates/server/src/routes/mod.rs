@@ -9,6 +9,7 @@ pub use cluster::validate_certificate_pair;
 pub(crate) mod events;
 pub(crate) mod exec;
 pub(crate) mod exec_output;
+pub(crate) mod files;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod internal;

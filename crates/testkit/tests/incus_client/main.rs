@@ -10,6 +10,8 @@ mod t75_not_yet;
 mod t76_instances_lxc;
 mod t80_exec;
 mod t80_exec_lxc;
+mod t80_files;
+mod t82_files_lxc;
 mod t90_validation;
 
 use std::path::Path;

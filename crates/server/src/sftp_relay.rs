@@ -1,0 +1,192 @@
+//! The relay of an SFTP session forwarded to the instance's member, packet by packet, so
+//! that a lost owner ends the client's requests with an answer that names it.
+//!
+//! ```text
+//!  client ──packets──> up: note each request id ──> owner
+//!  client <──replies── down: strike each answered id <── owner
+//!                      owner gone with ids open: STATUS Failure "Cluster member "m" …"
+//!                      for each, then the client's connection closes
+//! ```
+//!
+//! A byte splice would leave the client with a bare "connection lost". Packets are at
+//! most [`MAX_PACKET`] (the server side refuses more), one at a time per direction, and
+//! at most [`MAX_PENDING`] ids are remembered, so the relay's memory is bounded.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest packet relayed (the SFTP server's own limit).
+const MAX_PACKET: u32 = instance::sftp::MAX_PACKET;
+/// Request ids remembered at once (clients keep at most 64 in flight).
+const MAX_PENDING: usize = 4096;
+/// `SSH_FXP_INIT` and `SSH_FXP_VERSION` carry no request id.
+const FXP_INIT: u8 = 1;
+const FXP_VERSION: u8 = 2;
+const FXP_STATUS: u8 = 101;
+const FX_FAILURE: u32 = 4;
+
+/// One packet (length, then body) into `buf`; `None` at a clean end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Option<()>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_be_bytes(len);
+    if n == 0 || n > MAX_PACKET {
+        return Err(std::io::Error::other(format!("an SFTP packet of {n} bytes")));
+    }
+    buf.clear();
+    buf.extend_from_slice(&len);
+    buf.resize(4 + n as usize, 0);
+    r.read_exact(&mut buf[4..]).await?;
+    Ok(Some(()))
+}
+
+/// The type and request id of a packet in `buf` (length included).
+fn kind_and_id(buf: &[u8]) -> (u8, Option<u32>) {
+    let kind = buf.get(4).copied().unwrap_or(0);
+    let id = match kind {
+        FXP_INIT | FXP_VERSION => None,
+        _ => buf
+            .get(5..9)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+    };
+    (kind, id)
+}
+
+/// An `SSH_FXP_STATUS` failure for request `id`.
+pub fn failure(id: u32, message: &str) -> Vec<u8> {
+    let mut body = vec![FXP_STATUS];
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(&FX_FAILURE.to_be_bytes());
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message.as_bytes());
+    body.extend_from_slice(&5u32.to_be_bytes());
+    body.extend_from_slice(b"en-US");
+    let mut packet = (body.len() as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// Relays until both sides are done. When the owner's side ends or fails while requests
+/// wait, each gets a failure naming `member`.
+pub async fn splice<C, O>(client: C, owner: O, member: &str) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    O: AsyncRead + AsyncWrite + Unpin,
+{
+    let pending: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut owner_r, mut owner_w) = tokio::io::split(owner);
+    let up = {
+        let pending = pending.clone();
+        async move {
+            let mut buf = Vec::new();
+            let result = loop {
+                match read_packet(&mut client_r, &mut buf).await {
+                    Ok(Some(())) => {}
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+                if let (_, Some(id)) = kind_and_id(&buf) {
+                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if p.len() < MAX_PENDING {
+                        p.insert(id);
+                    }
+                }
+                if let Err(e) = owner_w.write_all(&buf).await {
+                    break Err(e);
+                }
+            };
+            let _ = owner_w.shutdown().await;
+            result
+        }
+    };
+    let down = async move {
+        let mut buf = Vec::new();
+        let ended = loop {
+            match read_packet(&mut owner_r, &mut buf).await {
+                Ok(Some(())) => {}
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+            if let (_, Some(id)) = kind_and_id(&buf) {
+                pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+            client_w.write_all(&buf).await?;
+        };
+        let open: Vec<u32> = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        if !open.is_empty() {
+            let why = match &ended {
+                Some(e) => e.to_string(),
+                None => "the connection was closed".to_string(),
+            };
+            let message = format!("Cluster member \"{member}\" is unreachable: {why}");
+            tracing::info!(member = %member, requests = open.len(), "an SFTP session lost its member");
+            for id in open {
+                client_w.write_all(&failure(id, &message)).await?;
+            }
+        }
+        let _ = client_w.shutdown().await;
+        match ended {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    };
+    // The owner's side decides the end: a client that stops sending does not keep the
+    // answers from it, and once the owner is gone nothing more can come.
+    tokio::pin!(up, down);
+    let mut up_result = None;
+    loop {
+        tokio::select! {
+            r = &mut up, if up_result.is_none() => up_result = Some(r),
+            d = &mut down => return d.and(up_result.unwrap_or(Ok(()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_well_formed_status_packets() {
+        let p = failure(7, "gone");
+        assert_eq!(u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize, p.len() - 4);
+        assert_eq!(kind_and_id(&p), (FXP_STATUS, Some(7)));
+        assert_eq!(&p[9..13], &FX_FAILURE.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_lost_owner_answers_the_open_requests_with_its_name() {
+        let (client, mut client_far) = tokio::io::duplex(1 << 16);
+        let (owner, owner_far) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(async move { splice(client, owner, "node2").await });
+        // A READ (type 5) with id 42, taken by the owner, who then dies.
+        let read = [0u8, 0, 0, 5, 5, 0, 0, 0, 42];
+        client_far.write_all(&read).await.unwrap();
+        let (mut owner_r, owner_w) = tokio::io::split(owner_far);
+        let mut got = [0u8; 9];
+        owner_r.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, read);
+        drop(owner_r);
+        drop(owner_w);
+        let mut len = [0u8; 4];
+        client_far.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        client_far.read_exact(&mut body).await.unwrap();
+        assert_eq!(body[0], FXP_STATUS);
+        assert_eq!(&body[1..5], &42u32.to_be_bytes());
+        assert!(String::from_utf8_lossy(&body).contains("Cluster member \"node2\""));
+        drop(client_far);
+        let _ = relay.await.unwrap();
+    }
+}
