@@ -48,6 +48,56 @@ const STOP_BOUND: Duration = Duration::from_secs(300);
 /// How long a read of the runtime state may take.
 const STATE_BOUND: Duration = Duration::from_secs(5);
 
+/// What this member's process knows of its instances beyond the state: the launches
+/// it is building now. A `Creating` record of this member not in this set was left by
+/// a process that died mid-launch.
+#[derive(Default)]
+pub struct Local {
+    building: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Local {
+    fn building(&self, name: &str) -> bool {
+        self.building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+}
+
+/// Marks a launch under way until dropped.
+struct Building {
+    ctx: Ctx,
+    name: String,
+}
+
+impl Building {
+    /// `None` if this member builds that name already.
+    fn new(ctx: &Ctx, name: &str) -> Option<Building> {
+        let fresh = ctx
+            .instances
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        fresh.then(|| Building {
+            ctx: ctx.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        self.ctx
+            .instances
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
+}
+
 fn not_found() -> crate::response::Error {
     ApiError::not_found_msg("Instance not found").into()
 }
@@ -156,19 +206,16 @@ fn me(ctx: &Ctx) -> Option<cluster::MemberId> {
 }
 
 fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Facts {
-    let online: HashMap<String, bool> = state
+    let facts: HashMap<String, Facts> = state
         .members
         .values()
         .map(|m| {
             let here = Some(m.id) == ctx.member_id();
-            (m.name.clone(), here || crate::membership::is_online(ctx, &m.name))
+            let online = here || crate::membership::is_online(ctx, &m.name);
+            (m.name.clone(), placement::facts_of(state, m, online))
         })
         .collect();
-    move |m: &cluster::Member| Facts {
-        online: online.get(&m.name).copied().unwrap_or(false),
-        evacuated: false,
-        manual: false,
-    }
+    move |m: &cluster::Member| facts.get(&m.name).copied().unwrap_or_default()
 }
 
 /// `POST /1.0/instances`.
@@ -264,6 +311,8 @@ async fn create_here(ctx: Ctx, id: Identity, post: InstancesPost) -> Result<Resp
     };
     // Limits are checked before anything is recorded.
     limits(&record.expanded_config(&state))?;
+    let building = Building::new(&ctx, &post.name)
+        .ok_or_else(|| ApiError::conflict(format!("Instance {:?} already exists", post.name)))?;
     ctx.store
         .apply(InstanceCommand::Create {
             instance: Box::new(record),
@@ -279,6 +328,7 @@ async fn create_here(ctx: Ctx, id: Identity, post: InstancesPost) -> Result<Resp
     let run_ctx = ctx.clone();
     Ok(crate::operations::start(&ctx, spec, move |progress| async move {
         let ctx = run_ctx;
+        let _building = building;
         match build(&ctx, &name, &fingerprint, &progress).await {
             Ok(()) => {}
             Err(e) => {
@@ -433,6 +483,162 @@ async fn set_status(ctx: &Ctx, name: &str, status: InstanceStatus) {
             status,
         })
         .await;
+}
+
+/// How long the start-up pass keeps trying to write what it found (a member restarted
+/// in a cluster may wait for a leader).
+const START_BOUND: Duration = Duration::from_secs(120);
+
+/// Applies `cmd`, trying again while the store cannot take writes, until `deadline`.
+/// False if it was refused or the time ran out.
+async fn apply_until(ctx: &Ctx, deadline: tokio::time::Instant, cmd: InstanceCommand) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ctx.store.apply(cmd.clone())).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(cluster::StoreError::State(e))) => {
+                tracing::warn!(command = cmd.name(), error = %e, "start-up write refused");
+                return false;
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(
+                    command = cmd.name(),
+                    "start-up write gave up: the cluster did not take it"
+                );
+                return false;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// What a member does with its instances when it starts:
+///
+/// ```text
+///  record here, Creating, not being built  -> a launch died with the last process:
+///                                             container, volume and record removed
+///  otherwise                               -> the runtime's status written back when it
+///                                             differs (containers outlive the daemon, so
+///                                             running ones are adopted as they are)
+///  stopped, and boot.autostart true (or unset with volatile.last_state.power RUNNING),
+///  member not evacuated                    -> started, in Incus's order (autostart_order)
+/// ```
+///
+/// It runs beside the listeners: the member serves its instances from the start, and
+/// what this pass writes lands as soon as the cluster takes writes.
+pub async fn on_start(ctx: Ctx) {
+    let deadline = tokio::time::Instant::now() + START_BOUND;
+    let state = ctx.store.state();
+    let here = me(&ctx);
+    let mine: Vec<InstanceRecord> = state
+        .instances
+        .values()
+        .filter(|r| r.location == here)
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let listed: std::collections::HashSet<String> =
+        match tokio::time::timeout(STATE_BOUND, ctx.driver.list()).await {
+            Ok(Ok(l)) => l.into_iter().map(|l| l.name).collect(),
+            _ => {
+                tracing::warn!("the instance runtime did not list its containers; start-up pass skipped");
+                return;
+            }
+        };
+    let evacuated = here.is_some_and(|id| state.member_settings(id).evacuated);
+    let mut to_start = Vec::new();
+    for rec in &mine {
+        if rec.status == InstanceStatus::Creating {
+            if ctx.instances.building(&rec.name) {
+                continue;
+            }
+            tracing::warn!(instance = %rec.name, "a launch was cut short by the member's end; removing what it left");
+            match remove_local(&ctx, &rec.name).await {
+                Ok(()) => {
+                    apply_until(
+                        &ctx,
+                        deadline,
+                        InstanceCommand::Delete {
+                            name: rec.name.clone(),
+                        },
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %rec.name, error = %e, "could not remove an interrupted launch")
+                }
+            }
+            continue;
+        }
+        let now = if listed.contains(&rec.name) {
+            runtime(&ctx, &rec.name)
+                .await
+                .map(|s| status_of(s.status))
+                .unwrap_or(InstanceStatus::Error)
+        } else {
+            InstanceStatus::Error
+        };
+        let expanded = rec.expanded_config(&state);
+        if now == InstanceStatus::Stopped && !evacuated && cluster::should_autostart(&expanded) {
+            // Its last state stays as it was until it is started.
+            to_start.push((rec.name.clone(), expanded));
+            continue;
+        }
+        if now != rec.status {
+            apply_until(
+                &ctx,
+                deadline,
+                InstanceCommand::SetStatus {
+                    name: rec.name.clone(),
+                    status: now,
+                },
+            )
+            .await;
+        }
+    }
+    autostart(&ctx, deadline, to_start).await;
+}
+
+/// Starts instances at member start in Incus's order: the plain ones at once, then
+/// the ordered ones one by one, each followed by its `boot.autostart.delay`.
+async fn autostart(
+    ctx: &Ctx,
+    deadline: tokio::time::Instant,
+    instances: Vec<(String, BTreeMap<String, String>)>,
+) {
+    let (bulk, ordered) = cluster::autostart_order(instances);
+    join_all(bulk.iter().map(|name| start_at_boot(ctx, deadline, name))).await;
+    for (name, delay) in ordered {
+        if start_at_boot(ctx, deadline, &name).await && delay > 0 {
+            tokio::time::sleep(Duration::from_secs(delay.min(3600))).await;
+        }
+    }
+}
+
+/// Starts one instance at member start; whether it started.
+async fn start_at_boot(ctx: &Ctx, deadline: tokio::time::Instant, name: &str) -> bool {
+    match ctx.driver.start(name).await {
+        Ok(()) => {
+            tracing::info!(instance = %name, "started at member start (boot.autostart)");
+            apply_until(
+                ctx,
+                deadline,
+                InstanceCommand::SetStatus {
+                    name: name.to_string(),
+                    status: InstanceStatus::Running,
+                },
+            )
+            .await;
+            ctx.events.lifecycle("instance-started", &url(name), None, None);
+            true
+        }
+        Err(e) => {
+            // The record keeps its last state, so the next start tries again.
+            tracing::warn!(instance = %name, error = %e, "could not start at member start");
+            false
+        }
+    }
 }
 
 /// `GET /1.0/instances`: every member's instances, gathered at once.
@@ -653,6 +859,9 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response> {
     let (_, rec) = record(&ctx, &name)?;
+    if ctx.instances.building(&name) {
+        return Err(ApiError::bad_request("The instance is being created").into());
+    }
     if rec.status != InstanceStatus::Creating
         && runtime(&ctx, &name)
             .await

@@ -260,3 +260,96 @@ async fn t78_bad_launches_are_refused_and_leave_nothing() {
         assert!(left.iter().all(|n| *n == 0), "{containers:?} holds {left:?}");
     }
 }
+
+/// Sets a fake container's simulated status, as a host reboot would leave it.
+fn fake_status(member_dir: &Path, name: &str, status: &str) {
+    let path = member_dir.join("fake").join(name).join("instance.json");
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    rec["status"] = status.into();
+    std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+}
+
+/// `config get` of one key through member `i`.
+async fn key(v: &Via, i: usize, name: &str, k: &str) -> String {
+    v.ok(i, &["config", "get", name, k]).await.trim().to_string()
+}
+
+#[tokio::test]
+async fn t71_a_restarted_member_cleans_a_cut_launch_writes_back_and_autostarts() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (mut c, v) = cluster_with_image(work.path()).await;
+    let on2 = ["--target", "node2"];
+    v.ok(0, &[&["launch", "img", "a1"][..], &on2].concat()).await;
+    v.ok(
+        0,
+        &[&["launch", "img", "a2", "-c", "boot.autostart=false"][..], &on2].concat(),
+    )
+    .await;
+    v.ok(
+        0,
+        &[&["init", "img", "a3", "-c", "boot.autostart=true"][..], &on2].concat(),
+    )
+    .await;
+    v.ok(0, &[&["init", "img", "a4"][..], &on2].concat()).await;
+    assert_eq!(key(&v, 1, "a1", "volatile.last_state.power").await, "RUNNING");
+
+    // A launch on node2 held inside the runtime, then node2 killed (-9) in the middle.
+    let node2 = c.members[1].dir.clone();
+    std::fs::create_dir_all(node2.join("fake")).unwrap();
+    std::fs::write(node2.join("fake/hang-create"), "").unwrap();
+    let t = stapes_testkit::Target::Unix(v.sock[0].clone());
+    let body = serde_json::json!({"name": "h1", "source": {"type": "image", "alias": "img"}});
+    let r = t
+        .send_json("POST", "/1.0/instances?target=node2", &body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let held = node2.join("fake/create-held");
+    eventually(LONG, "the launch to reach the runtime", || async {
+        held.exists().then_some(())
+    })
+    .await;
+    assert!(node2.join("storage-pools/pool1/containers/h1/rootfs").is_dir());
+    c.members[1].kill9();
+    std::fs::remove_file(node2.join("fake/hang-create")).unwrap();
+    // While it is down, a1 and a2 stop as a host reboot would stop them.
+    fake_status(&node2, "a1", "stopped");
+    fake_status(&node2, "a2", "stopped");
+    c.members[1].start_again().await;
+
+    // Through node1: the cut launch is gone whole, a1 (running when last seen) and a3
+    // (boot.autostart) run again, a2 (boot.autostart=false) and a4 stay stopped.
+    let conf = v.conf.path();
+    let want = [
+        "a1,RUNNING,node2",
+        "a2,STOPPED,node2",
+        "a3,RUNNING,node2",
+        "a4,STOPPED,node2",
+    ];
+    eventually(
+        LONG,
+        "node2's instances as its start-up pass leaves them",
+        || async {
+            let (ok, out, _) = incus(conf, Some(&v.sock[0]), &["list", "--format", "csv", "-c", "nsL"]).await;
+            let rows: Vec<&str> = out.lines().collect();
+            (ok && rows == want).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !node2.join("storage-pools/pool1/containers/h1").exists(),
+        "volume removed"
+    );
+    assert!(!node2.join("fake/h1").exists(), "runtime directory removed");
+    let err = v.fails(2, &["info", "h1"]).await;
+    assert!(err.contains("not found"), "{err}");
+    // The status it found was written back into the record.
+    eventually(LONG, "a2's last state written back", || async {
+        (key(&v, 2, "a2", "volatile.last_state.power").await == "STOPPED").then_some(())
+    })
+    .await;
+    assert_eq!(key(&v, 2, "a3", "volatile.last_state.power").await, "RUNNING");
+}

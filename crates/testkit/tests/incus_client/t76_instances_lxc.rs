@@ -1,7 +1,8 @@
 //! Real LXC containers on a three-member cluster with the official client, every step
 //! through a member other than the owner: launch onto node2 through node1, list, stop
 //! and start, the holder killed with -9 and started again with the container still
-//! running, delete leaving no process, mount or cgroup. The image is built offline
+//! running, then again with the container stopped behind its back (started at member
+//! start, as `boot.autostart` unset and last state running ask), delete leaving no process, mount or cgroup. The image is built offline
 //! from Debian's `busybox-static`.
 //!
 //! Needs root, `lxc`, `incus` and `busybox-static`: skipped with a message without
@@ -152,6 +153,24 @@ async fn body(c: &mut Cluster, work: &Path) {
     })
     .await;
     assert_eq!(again["pid"].as_i64(), Some(pid), "{again}");
+
+    // A host reboot, as far as c1 sees it: node2 dies and c1 stops behind its back.
+    // Started again, node2 starts c1 (running when last seen, boot.autostart unset).
+    c.members[1].kill9();
+    driver_of(&c.members[1].dir)
+        .stop("c1", instance::Stop::Force)
+        .await
+        .expect("stopped behind the daemon's back");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    c.members[1].start_again().await;
+    let booted = eventually(Duration::from_secs(60), "node2 to start c1 again", || async {
+        let (ok, out, _) = incus(&conf, Some(&sock), &["query", "/1.0/instances/c1/state"]).await;
+        let st: Value = serde_json::from_str(&out).ok()?;
+        (ok && st["status"] == "Running" && st["pid"].as_i64().is_some_and(|p| p > 0)).then_some(st)
+    })
+    .await;
+    let pid = booted["pid"].as_i64().unwrap_or(0);
+    assert_ne!(again["pid"], booted["pid"], "a new init");
 
     // Delete leaves no process, mount, runtime directory, cgroup or volume.
     v.ok(2, &["stop", "c1", "--force"]).await;
