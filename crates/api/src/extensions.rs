@@ -48,4 +48,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage",
     "image_create_aliases",
     "instance_create_start",
+    "clustering_evacuation",
+    "clustering_config",
+    "clustering_evacuation_mode",
+    "clustering_evacuation_stop_options",
 ];

@@ -361,6 +361,13 @@ fn served() -> Vec<Route> {
             Owner::Member("name"),
             || get(h::cluster::member_state),
         ),
+        row(
+            Po,
+            "/1.0/cluster/members/{name}/state",
+            Full,
+            Owner::Member("name"),
+            || post(h::evacuation::post),
+        ),
         row(Po, "/internal/raft/snapshot", Access::Member, Here, || {
             post(h::cluster::raft_snapshot)
         }),

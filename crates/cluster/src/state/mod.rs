@@ -62,7 +62,7 @@ pub use instances::{
 };
 pub use members::{Member, MemberCommand, MemberSettings, Scheduler};
 pub use pools::{is_member_specific, Pool, PoolCommand, PoolPart, PoolStatus, MEMBER_SPECIFIC_KEYS};
-pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE};
+pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE, EVACUATE_KEY, EVACUATE_MODES};
 pub use tokens::{
     Spent, SpentToken, Token, TokenCommand, TokenKind, TokenRefusal, MAX_PENDING_TOKENS, SPENT_REMEMBERED,
 };

@@ -164,6 +164,11 @@ fn runtime_state(st: &instance::State) -> InstanceState {
     out
 }
 
+/// The runtime's status of an instance here, bounded; `None` if it cannot say.
+pub(crate) async fn runtime_status(ctx: &Ctx, name: &str) -> Option<instance::Status> {
+    runtime(ctx, name).await.map(|s| s.status)
+}
+
 /// What the runtime says of an instance here, bounded; `None` if it cannot say.
 async fn runtime(ctx: &Ctx, name: &str) -> Option<instance::State> {
     tokio::time::timeout(STATE_BOUND, ctx.driver.state(name))

@@ -5,6 +5,7 @@
 pub(crate) mod certificates;
 pub(crate) mod cluster;
 pub use cluster::validate_certificate_pair;
+pub(crate) mod evacuation;
 pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod instances;

@@ -353,3 +353,102 @@ async fn t71_a_restarted_member_cleans_a_cut_launch_writes_back_and_autostarts()
     .await;
     assert_eq!(key(&v, 2, "a3", "volatile.last_state.power").await, "RUNNING");
 }
+
+/// Whether `incus cluster list` through member `i` shows `member` with `status,message`.
+async fn member_shows(v: &Via, i: usize, member: &str, status_message: &str) -> bool {
+    let out = v.ok(i, &["cluster", "list", "--format", "csv"]).await;
+    out.lines()
+        .any(|l| l.starts_with(&format!("{member},")) && l.ends_with(status_message))
+}
+
+#[tokio::test]
+async fn t73_evacuate_stops_restore_starts_and_placement_follows_the_members_settings() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (_c, v) = cluster_with_image(work.path()).await;
+    v.ok(0, &["launch", "img", "e1", "--target", "node2"]).await;
+    v.ok(
+        0,
+        &[
+            "launch",
+            "img",
+            "e2",
+            "--target",
+            "node2",
+            "-c",
+            "cluster.evacuate=force-stop",
+        ],
+    )
+    .await;
+    v.ok(0, &["init", "img", "e3", "--target", "node2"]).await;
+    let err = v
+        .fails(0, &["config", "set", "e3", "cluster.evacuate=sometimes"])
+        .await;
+    assert!(err.contains("cluster.evacuate"), "{err}");
+
+    // Evacuated through node1: node2's running instances stop, the member shows it.
+    let out = v.ok(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    assert!(!out.contains("Error"), "{out}");
+    assert!(member_shows(&v, 2, "node2", "EVACUATED,Unavailable due to maintenance").await);
+    let all = rows(&v, 2).await;
+    for e in ["e1,STOPPED,node2", "e2,STOPPED,node2", "e3,STOPPED,node2"] {
+        assert!(all.contains(&e.to_string()), "{all:?}");
+    }
+    let err = v.fails(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    assert!(err.contains("Cluster member is already evacuated"), "{err}");
+
+    // New instances avoid it; a target naming it is refused in Incus's words.
+    let err = v.fails(1, &["launch", "img", "x1", "--target", "node2"]).await;
+    assert!(err.contains("Cluster member is evacuated"), "{err}");
+    v.ok(1, &["init", "img", "x2"]).await;
+    v.ok(1, &["init", "img", "x3"]).await;
+    let placed = rows(&v, 0).await;
+    assert!(
+        placed
+            .iter()
+            .filter(|r| r.starts_with('x'))
+            .all(|r| !r.ends_with("node2")),
+        "{placed:?}"
+    );
+
+    // Restored: what was running runs again, what was stopped stays stopped.
+    v.ok(2, &["cluster", "restore", "node2", "--force"]).await;
+    let all = rows(&v, 0).await;
+    for e in ["e1,RUNNING,node2", "e2,RUNNING,node2", "e3,STOPPED,node2"] {
+        assert!(all.contains(&e.to_string()), "{all:?}");
+    }
+    assert!(member_shows(&v, 0, "node2", "ONLINE,Fully operational").await);
+    let err = v.fails(0, &["cluster", "restore", "node2", "--force"]).await;
+    assert!(err.contains("Cluster member is already restored"), "{err}");
+
+    // scheduler.instance: manual and group members take only targeted instances.
+    v.ok(0, &["cluster", "set", "node1", "scheduler.instance=manual"])
+        .await;
+    v.ok(1, &["cluster", "set", "node3", "scheduler.instance=group"])
+        .await;
+    assert_eq!(
+        v.ok(2, &["cluster", "get", "node1", "scheduler.instance"])
+            .await
+            .trim(),
+        "manual"
+    );
+    let err = v
+        .fails(0, &["cluster", "set", "node1", "scheduler.instance=often"])
+        .await;
+    assert!(err.contains("scheduler.instance"), "{err}");
+    for n in ["y1", "y2", "y3"] {
+        v.ok(0, &["init", "img", n]).await;
+    }
+    v.ok(0, &["init", "img", "y4", "--target", "node1"]).await;
+    let all = rows(&v, 1).await;
+    for r in [
+        "y1,STOPPED,node2",
+        "y2,STOPPED,node2",
+        "y3,STOPPED,node2",
+        "y4,STOPPED,node1",
+    ] {
+        assert!(all.contains(&r.to_string()), "{all:?}");
+    }
+}
