@@ -37,11 +37,6 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
     ),
     (Methods::All, "/1.0/images/{fingerprint}/secret", "Image secrets"),
     (
-        Methods::Post,
-        "/1.0/instances/{name}",
-        "Instance renames and moves",
-    ),
-    (
         Methods::All,
         "/1.0/instances/{name}/access",
         "Instance access listings",

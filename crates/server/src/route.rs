@@ -294,6 +294,9 @@ fn served() -> Vec<Route> {
         row(Pa, "/1.0/instances/{name}", Full, Instance("name"), || {
             patch(h::instances::put)
         }),
+        row(Po, "/1.0/instances/{name}", Full, Instance("name"), || {
+            post(h::instances::rename)
+        }),
         row(D, "/1.0/instances/{name}", Full, Instance("name"), || {
             delete(h::instances::delete)
         }),

@@ -402,9 +402,7 @@ async fn build(
         .map_err(|e| e.message)?;
     let state = ctx.store.state();
     let rec = state.instances.get(name).ok_or("Instance not found")?;
-    let expanded = rec.expanded_config(&state);
-    let privileged = expanded.get("security.privileged").is_some_and(|v| v == "true");
-    let limits = limits(&expanded).map_err(|e| e.0.message)?;
+    let (privileged, _) = runtime_settings(&state, rec)?;
     let pool_name = rec.root_pool(&state).ok_or("No root disk device")?;
     let pool = local_pool(ctx, &state, &pool_name)?;
     let owner = if privileged {
@@ -429,10 +427,33 @@ async fn build(
     })
     .await
     .map_err(|e| format!("Failed unpacking image: {e}"))?;
+    make_container(ctx, &state, rec, name, &path).await
+}
+
+/// `security.privileged` and the limits of an instance, from its expanded config.
+fn runtime_settings(
+    state: &cluster::State,
+    rec: &InstanceRecord,
+) -> std::result::Result<(bool, instance::Limits), String> {
+    let expanded = rec.expanded_config(state);
+    let privileged = expanded.get("security.privileged").is_some_and(|v| v == "true");
+    let limits = limits(&expanded).map_err(|e| e.0.message)?;
+    Ok((privileged, limits))
+}
+
+/// The runtime's container `name` for `rec`, over the volume at `volume`.
+async fn make_container(
+    ctx: &Ctx,
+    state: &cluster::State,
+    rec: &InstanceRecord,
+    name: &str,
+    volume: &std::path::Path,
+) -> std::result::Result<(), String> {
+    let (privileged, limits) = runtime_settings(state, rec)?;
     ctx.driver
         .create(instance::CreateSpec {
             name: name.to_string(),
-            rootfs: path.join("rootfs"),
+            rootfs: volume.join("rootfs"),
             privileged,
             limits,
         })
@@ -855,6 +876,130 @@ fn resourced(description: &str, name: &str) -> Spec {
     let mut spec = Spec::task(description);
     spec.resources = Some(BTreeMap::from([("instances".to_string(), Some(vec![url(name)]))]));
     spec
+}
+
+/// `POST /1.0/instances/{name}`: a rename (`{"name": NEW}`) of a stopped instance.
+/// Moves (`migration: true`) come later and answer 501.
+///
+/// ```text
+///  Rename{name, new} in the state (the name check: one of two racing renames or
+///  launches wins) ─> runtime container removed ─> volume renamed ─> container made
+///  under the new name ─> instance-renamed {old_name}
+///  a failure on the way puts the name, the volume and the container back
+/// ```
+pub async fn rename(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    let (_, rec) = record(&ctx, &name)?;
+    let req: api::types::InstancePost = crate::response::json_body(body).await?;
+    if req.migration {
+        return Err(ApiError::not_implemented_yet("Instance moves").into());
+    }
+    let new = req.name;
+    cluster::state::valid_instance_name(&new).map_err(ApiError::bad_request)?;
+    if new == name {
+        return Err(ApiError::bad_request("The instance already has that name").into());
+    }
+    if ctx.store.state().instances.contains_key(&new) {
+        return Err(ApiError::conflict(format!("Name {new:?} already in use")).into());
+    }
+    if rec.status == InstanceStatus::Creating || ctx.instances.building(&name) {
+        return Err(ApiError::bad_request("The instance is being created").into());
+    }
+    if runtime_status(&ctx, &name)
+        .await
+        .is_some_and(|s| s != instance::Status::Stopped)
+    {
+        return Err(ApiError::bad_request("Renaming of running instance not allowed").into());
+    }
+    let run_ctx = ctx.clone();
+    Ok(crate::operations::start(
+        &ctx,
+        resourced("Renaming instance", &name),
+        move |_| async move {
+            let ctx = run_ctx;
+            rename_here(&ctx, &name, &new).await?;
+            ctx.events.lifecycle(
+                "instance-renamed",
+                &url(&new),
+                Some(&id),
+                Some(BTreeMap::from([("old_name".to_string(), Value::String(name))])),
+            );
+            Ok(())
+        },
+    ))
+}
+
+/// The record, then the container and its volume, renamed; put back on a failure.
+async fn rename_here(ctx: &Ctx, name: &str, new: &str) -> std::result::Result<(), String> {
+    let rename_record = |from: &str, to: &str| InstanceCommand::Rename {
+        name: from.to_string(),
+        new_name: to.to_string(),
+    };
+    ctx.store
+        .apply(rename_record(name, new))
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = ctx.store.state();
+    let moved = async {
+        let rec = state.instances.get(new).ok_or("Instance not found")?;
+        let pool_name = rec.root_pool(&state).ok_or("No root disk device")?;
+        let pool = local_pool(ctx, &state, &pool_name)?;
+        let known = ctx.driver.list().await.map_err(|e| e.to_string())?;
+        if known.iter().any(|l| l.name == name) {
+            ctx.driver
+                .delete(name)
+                .await
+                .map_err(|e| format!("Failed renaming instance: {e}"))?;
+        }
+        let (from, to) = (name.to_string(), new.to_string());
+        let path = tokio::task::spawn_blocking(move || {
+            let vol = storage::Volume::container(&from);
+            pool.rename_volume(&vol, &to)?;
+            pool.volume_path(&storage::Volume::container(&to))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("Failed renaming instance volume: {e}"))?;
+        make_container(ctx, &state, rec, new, &path).await
+    };
+    if let Err(e) = moved.await {
+        // Back as it was: the volume under the old name, its container, the record.
+        let state = ctx.store.state();
+        if let Some(rec) = state.instances.get(new) {
+            if let Some(pool) = rec
+                .root_pool(&state)
+                .and_then(|p| local_pool(ctx, &state, &p).ok())
+            {
+                let _ = ctx.driver.delete(new).await;
+                let (from, to) = (new.to_string(), name.to_string());
+                let back = tokio::task::spawn_blocking(move || {
+                    let vol = storage::Volume::container(&from);
+                    if pool.volume_path(&vol).is_ok_and(|p| p.exists()) {
+                        pool.rename_volume(&vol, &to)?;
+                    }
+                    pool.volume_path(&storage::Volume::container(&to))
+                })
+                .await;
+                if let Ok(Ok(path)) = back {
+                    if !ctx
+                        .driver
+                        .list()
+                        .await
+                        .is_ok_and(|l| l.iter().any(|l| l.name == name))
+                    {
+                        let _ = make_container(ctx, &state, rec, name, &path).await;
+                    }
+                }
+            }
+        }
+        let _ = ctx.store.apply(rename_record(new, name)).await;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `DELETE /1.0/instances/{name}`.

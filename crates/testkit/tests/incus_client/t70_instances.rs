@@ -452,3 +452,55 @@ async fn t73_evacuate_stops_restore_starts_and_placement_follows_the_members_set
         assert!(all.contains(&r.to_string()), "{all:?}");
     }
 }
+
+#[tokio::test]
+async fn t77_rename_a_stopped_instance_through_another_member() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (c, v) = cluster_with_image(work.path()).await;
+    v.ok(0, &["launch", "img", "r1", "--target", "node2"]).await;
+    v.ok(0, &["init", "img", "r3", "--target", "node3"]).await;
+    let err = v.fails(2, &["rename", "r1", "r2"]).await;
+    assert!(err.contains("Renaming of running instance not allowed"), "{err}");
+    v.ok(2, &["stop", "r1"]).await;
+    let err = v.fails(2, &["rename", "r1", "r3"]).await;
+    assert!(err.contains("Name \"r3\" already in use"), "{err}");
+    let err = v.fails(2, &["rename", "r1", "bad_name"]).await;
+    assert!(err.contains("Invalid instance name"), "{err}");
+    // A move is a later feature, and says so.
+    let t = stapes_testkit::Target::Unix(v.sock[0].clone());
+    let r = t
+        .send_json(
+            "POST",
+            "/1.0/instances/r1",
+            &serde_json::json!({"name": "r9", "migration": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 501, "{:?}", r.json());
+
+    let mut events = stapes_testkit::events_unix(&v.sock[0], "type=lifecycle")
+        .await
+        .unwrap();
+    v.ok(2, &["rename", "r1", "r2"]).await;
+    let ev = stapes_testkit::next_lifecycle(&mut events, "instance-renamed").await;
+    assert_eq!(ev["metadata"]["source"], "/1.0/instances/r2", "{ev}");
+    assert_eq!(ev["metadata"]["context"]["old_name"], "r1", "{ev}");
+    assert_eq!(ev["location"], "node2", "{ev}");
+
+    let all = rows(&v, 0).await;
+    assert!(all.contains(&"r2,STOPPED,node2".to_string()), "{all:?}");
+    assert!(all.iter().all(|r| !r.starts_with("r1,")), "{all:?}");
+    let node2 = &c.members[1].dir;
+    assert!(node2
+        .join("storage-pools/pool1/containers/r2/rootfs/etc/hostname")
+        .is_file());
+    assert!(!node2.join("storage-pools/pool1/containers/r1").exists());
+    assert!(node2.join("fake/r2").is_dir() && !node2.join("fake/r1").exists());
+    v.ok(1, &["start", "r2"]).await;
+    assert!(rows(&v, 2).await.contains(&"r2,RUNNING,node2".to_string()));
+    let err = v.fails(1, &["info", "r1"]).await;
+    assert!(err.contains("not found"), "{err}");
+}

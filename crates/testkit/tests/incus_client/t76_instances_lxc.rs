@@ -2,7 +2,8 @@
 //! through a member other than the owner: launch onto node2 through node1, list, stop
 //! and start, the holder killed with -9 and started again with the container still
 //! running, then again with the container stopped behind its back (started at member
-//! start, as `boot.autostart` unset and last state running ask), delete leaving no process, mount or cgroup. The image is built offline
+//! start, as `boot.autostart` unset and last state running ask), renamed while
+//! stopped, delete leaving no process, mount or cgroup. The image is built offline
 //! from Debian's `busybox-static`.
 //!
 //! Needs root, `lxc`, `incus` and `busybox-static`: skipped with a message without
@@ -169,14 +170,28 @@ async fn body(c: &mut Cluster, work: &Path) {
         (ok && st["status"] == "Running" && st["pid"].as_i64().is_some_and(|p| p > 0)).then_some(st)
     })
     .await;
-    let pid = booted["pid"].as_i64().unwrap_or(0);
     assert_ne!(again["pid"], booted["pid"], "a new init");
 
-    // Delete leaves no process, mount, runtime directory, cgroup or volume.
+    // Renamed while stopped, through node3: the container runs under its new name.
     v.ok(2, &["stop", "c1", "--force"]).await;
-    v.ok(0, &["delete", "c1"]).await;
+    v.ok(2, &["rename", "c1", "c1b"]).await;
+    v.ok(0, &["start", "c1b"]).await;
+    let pid = state_of(&v, 2, "c1b").await["pid"].as_i64().unwrap_or(0);
+    assert!(pid > 0);
+    let names: Vec<String> = driver_of(&c.members[1].dir)
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, ["c1b"]);
+
+    // Delete leaves no process, mount, runtime directory, cgroup or volume.
+    v.ok(2, &["stop", "c1b", "--force"]).await;
+    v.ok(0, &["delete", "c1b"]).await;
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
-    let volume = c.members[1].dir.join("storage-pools/pool1/containers/c1");
+    let volume = c.members[1].dir.join("storage-pools/pool1/containers/c1b");
     assert!(!volume.exists(), "volume removed");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     assert!(
