@@ -52,4 +52,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "clustering_config",
     "clustering_evacuation_mode",
     "clustering_evacuation_stop_options",
+    "instance_all_projects",
 ];

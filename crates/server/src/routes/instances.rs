@@ -667,17 +667,27 @@ async fn start_at_boot(ctx: &Ctx, deadline: tokio::time::Instant, name: &str) ->
     }
 }
 
-/// `GET /1.0/instances`: every member's instances, gathered at once.
+/// `GET /1.0/instances`: every member's instances, gathered at once, then `filter=`
+/// (Incus's language, `api::filter`) and `?target=` (a member's only) applied.
+/// `all-projects=true` lists the one project there is, `default`.
 pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
     let state = ctx.store.state();
     let level: u32 = q.get("recursion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let filter = api::filter::Filter::parse(q.get("filter").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))?;
+    let all_projects = q
+        .get("all-projects")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"));
+    if all_projects && q.get("project").is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request("Cannot specify a project when requesting all projects").into());
+    }
     let target = q.get("target").filter(|t| !t.is_empty()).cloned();
     let wanted = |rec: &InstanceRecord| {
         target
             .as_ref()
             .is_none_or(|t| state.location_name(rec.location, &ctx.server_name()) == *t)
     };
-    if level == 0 {
+    if level == 0 && filter.is_empty() {
         let urls: Vec<String> = state
             .instances
             .values()
@@ -706,6 +716,27 @@ pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String
         .filter(|i| state.instances.get(&i.instance.name).is_some_and(&wanted))
         .collect();
     all.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
+    if !filter.is_empty() {
+        let mut kept = Vec::with_capacity(all.len());
+        for i in all {
+            // Matched against what the answer shows: the state only at recursion 2.
+            let shown = if level >= 2 {
+                serde_json::to_value(&i)
+            } else {
+                serde_json::to_value(&i.instance)
+            }
+            .unwrap_or(Value::Null);
+            if filter.matches(&shown).map_err(ApiError::bad_request)? {
+                kept.push(i);
+            }
+        }
+        all = kept;
+    }
+    if level == 0 {
+        return Ok(sync(
+            all.iter().map(|i| url(&i.instance.name)).collect::<Vec<_>>(),
+        ));
+    }
     if level >= 2 {
         Ok(sync(all))
     } else {

@@ -504,3 +504,92 @@ async fn t77_rename_a_stopped_instance_through_another_member() {
     let err = v.fails(1, &["info", "r1"]).await;
     assert!(err.contains("not found"), "{err}");
 }
+
+#[tokio::test]
+async fn t79_list_filters_all_projects_and_target() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (_c, v) = cluster_with_image(work.path()).await;
+    v.ok(
+        0,
+        &["launch", "img", "f1", "--target", "node1", "-c", "user.role=web"],
+    )
+    .await;
+    v.ok(0, &["init", "img", "f2", "--target", "node2"]).await;
+    v.ok(0, &["launch", "img", "f3", "--target", "node3"]).await;
+    v.ok(0, &["init", "img", "f10", "--target", "node3"]).await;
+
+    // The official client turns its arguments into filter= and shows what comes back.
+    let names = |out: String| out.lines().map(str::to_string).collect::<Vec<_>>();
+    let list = |args: &'static [&'static str]| {
+        let v = &v;
+        async move {
+            let mut all = vec!["list", "--format", "csv", "-c", "n"];
+            all.extend_from_slice(args);
+            names(v.ok(1, &all).await)
+        }
+    };
+    assert_eq!(list(&["f1"]).await, ["f1", "f10"], "a name is a prefix");
+    assert_eq!(list(&["status=running"]).await, ["f1", "f3"]);
+    assert_eq!(
+        list(&["location=node3"]).await,
+        ["f3", "f10"],
+        "the client sorts naturally"
+    );
+    assert_eq!(list(&["user.role=web"]).await, ["f1"]);
+    assert_eq!(list(&["status=stopped", "location=node3"]).await, ["f10"]);
+    let all = v
+        .ok(2, &["list", "--all-projects", "--format", "csv", "-c", "n"])
+        .await;
+    assert_eq!(names(all), ["f1", "f2", "f3", "f10"]);
+
+    // The API itself: Incus's language, ?target= as a filter, all-projects.
+    let t = stapes_testkit::Target::Unix(v.sock[2].clone());
+    let get = |q: &'static str| {
+        let t = &t;
+        async move {
+            let r = t.get(&format!("/1.0/instances?{q}")).await.unwrap();
+            (r.status, r.json())
+        }
+    };
+    let (s, body) = get("recursion=0&filter=name%20eq%20f1%20or%20name%20eq%20f2").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        body["metadata"],
+        serde_json::json!(["/1.0/instances/f1", "/1.0/instances/f2"])
+    );
+    let (_, body) = get("recursion=1&filter=not%20location%20eq%20node1%20and%20status%20eq%20running").await;
+    let got: Vec<&str> = body["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(got, ["f3"]);
+    let (_, body) = get("recursion=2&filter=state.status%20eq%20Stopped&target=node3").await;
+    let got: Vec<&str> = body["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(got, ["f10"]);
+    let (_, body) = get("recursion=1&all-projects=true").await;
+    let items = body["metadata"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    assert!(items.iter().all(|i| i["project"] == "default"), "{body}");
+    let (s, body) = get("filter=name%20eq").await;
+    assert_eq!(s, 400);
+    assert!(
+        body["error"].as_str().unwrap_or("").starts_with("Invalid filter"),
+        "{body}"
+    );
+    let (s, body) = get("all-projects=true&project=default").await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        body["error"],
+        "Cannot specify a project when requesting all projects"
+    );
+}
