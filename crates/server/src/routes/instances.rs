@@ -39,7 +39,7 @@ use trust::Identity;
 
 use crate::context::Ctx;
 use crate::ops::Spec;
-use crate::response::{parse_json, recursion, sync, Result, MAX_BODY};
+use crate::response::{check_if_match, parse_json, recursion, sync, sync_etag, Result, MAX_BODY};
 
 /// How long a list waits for one member's instances.
 pub const LIST_BOUND: Duration = Duration::from_secs(2);
@@ -821,10 +821,22 @@ pub async fn get(
     let (state, rec) = record(&ctx, &name)?;
     let full = full_here(&ctx, &state, &rec).await;
     if recursion(&q) {
-        Ok(sync(full))
+        Ok(sync_etag(full, &etag_basis(&rec)))
     } else {
-        Ok(sync(full.instance))
+        Ok(sync_etag(full.instance, &etag_basis(&rec)))
     }
+}
+
+/// What an instance's ETag is made from, as Incus: architecture, its own config
+/// (volatile keys included) and devices, ephemeral, profiles.
+fn etag_basis(rec: &InstanceRecord) -> impl serde::Serialize + '_ {
+    (
+        &rec.architecture,
+        &rec.config,
+        &rec.devices,
+        rec.ephemeral,
+        &rec.profiles,
+    )
 }
 
 /// `PUT` and `PATCH /1.0/instances/{name}`.
@@ -833,9 +845,11 @@ pub async fn put(
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
     method: Method,
+    headers: http::HeaderMap,
     body: Body,
 ) -> Result<Response> {
     let (_, rec) = record(&ctx, &name)?;
+    check_if_match(&headers, &etag_basis(&rec))?;
     let req: InstancePut = crate::response::json_body(body).await?;
     if !req.restore.is_empty() {
         return Err(ApiError::not_implemented_yet("Instance snapshots").into());

@@ -593,3 +593,60 @@ async fn t79_list_filters_all_projects_and_target() {
         "Cannot specify a project when requesting all projects"
     );
 }
+
+#[tokio::test]
+async fn t80_etags_guard_instance_edits_through_another_member() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (_c, v) = cluster_with_image(work.path()).await;
+    v.ok(0, &["init", "img", "g1", "--target", "node2"]).await;
+    let t = stapes_testkit::Target::Unix(v.sock[0].clone());
+    let etag_of = |r: &stapes_testkit::Resp| {
+        r.headers
+            .get("etag")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let r = t.get("/1.0/instances/g1").await.unwrap();
+    let first = etag_of(&r);
+    assert!(first.len() > 2, "an ETag: {:?}", r.headers);
+    let full = t.get("/1.0/instances/g1?recursion=1").await.unwrap();
+    assert_eq!(etag_of(&full), first, "the same object, the same ETag");
+    let put = r.json()["metadata"].clone();
+    let send = |method: &'static str, etag: String, body: serde_json::Value| {
+        let t = &t;
+        async move {
+            t.request(
+                method,
+                "/1.0/instances/g1",
+                Some(serde_json::to_vec(&body).unwrap()),
+                &[("If-Match", etag.as_str()), ("Content-Type", "application/json")],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = send("PUT", "\"nope\"".into(), put.clone()).await;
+    assert_eq!(r.status, 412, "{:?}", r.json());
+    let mut changed = put.clone();
+    changed["config"]["user.note"] = "one".into();
+    let r = send("PUT", first.clone(), changed).await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let second = eventually(LONG, "the edit to land", || async {
+        let r = t.get("/1.0/instances/g1").await.ok()?;
+        (r.json()["metadata"]["config"]["user.note"] == "one").then(|| etag_of(&r))
+    })
+    .await;
+    assert_ne!(second, first);
+    let patch = serde_json::json!({"config": {"user.more": "two"}});
+    let r = send("PATCH", first, patch.clone()).await;
+    assert_eq!(r.status, 412, "a stale ETag");
+    let r = send("PATCH", second, patch).await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    // The official client sends the ETag it read with an edit.
+    v.ok(1, &["config", "set", "g1", "user.third=3"]).await;
+    assert_eq!(v.ok(2, &["config", "get", "g1", "user.more"]).await.trim(), "two");
+}
