@@ -1,5 +1,8 @@
 //! Real LXC containers on a three-member cluster with the official client, every step
-//! through a member other than the owner: launch onto node2 through node1, list, stop
+//! through a member other than the owner: launch onto node2 through node1, list,
+//! limits set and enforced (nproc inside, through the owner's LXC driver exec; the
+//! memory limit at the container's cgroup, read from the host: this host's cgroup v1
+//! tree is not mounted inside, and without lxcfs `/proc/meminfo` shows the host's), stop
 //! and start, the holder killed with -9 and started again with the container still
 //! running, then again with the container stopped behind its back (started at member
 //! start, as `boot.autostart` unset and last state running ask), renamed while
@@ -108,6 +111,50 @@ async fn purge(dirs: &[PathBuf]) -> Vec<String> {
     left
 }
 
+/// Runs `argv` inside a container through its member's LXC driver; exit code and stdout.
+async fn inside(member_dir: &Path, name: &str, argv: &[&str]) -> (i32, String) {
+    use tokio::io::AsyncReadExt;
+    let p = driver_of(member_dir)
+        .exec(name, instance::conformance::spec(argv))
+        .await
+        .expect("exec");
+    drop(p.stdin);
+    let mut stdout = p.stdout;
+    let mut out = String::new();
+    let read = stdout.read_to_string(&mut out);
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the command ends")
+        .expect("stdout");
+    let code = tokio::time::timeout(Duration::from_secs(30), p.exit)
+        .await
+        .expect("the command ends")
+        .expect("exit code");
+    (code, out)
+}
+
+/// The memory limit of the cgroup process `pid` is in, read on the host (v1 or v2).
+fn host_memory_limit(pid: i64) -> Option<u64> {
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else {
+            continue;
+        };
+        if let Ok(v) = std::fs::read_to_string(&file) {
+            if let Ok(n) = v.trim().parse() {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
 async fn state_of(v: &Via, i: usize, name: &str) -> Value {
     let out = v.ok(i, &["query", &format!("/1.0/instances/{name}/state")]).await;
     serde_json::from_str(&out).expect("state JSON")
@@ -130,6 +177,20 @@ async fn body(c: &mut Cluster, work: &Path) {
         init.starts_with("/sbin/init") || init.contains("init"),
         "{init:?}"
     );
+
+    // Limits set through node3 (c1 is on node2) are what the container sees: its CPUs
+    // (nproc) and its memory cgroup, read inside through the owner's LXC driver exec.
+    v.ok(2, &["config", "set", "c1", "limits.memory=64MiB", "limits.cpu=1"])
+        .await;
+    let node2 = c.members[1].dir.clone();
+    let (code, nproc) = inside(&node2, "c1", &["/bin/busybox", "nproc"]).await;
+    assert_eq!((code, nproc.trim()), (0, "1"));
+    // The container does not see its cgroup files here (this host's cgroup v1 tree is
+    // not mounted inside), so the memory limit is read from the host, at the cgroup
+    // the container's init is in.
+    assert_eq!(host_memory_limit(pid), Some(64 << 20));
+    let st = state_of(&v, 0, "c1").await;
+    assert_eq!(st["memory"]["total"].as_i64(), Some(64 << 20), "{st}");
 
     // Stop (clean, then forced after the timeout) and start again, through other members.
     v.ok(2, &["stop", "c1", "--timeout", "10"]).await;
