@@ -1,4 +1,4 @@
-//! Incus's collection filters (`?filter=` on `GET /1.0/instances`), applied to an
+//! Incus's collection filters (`?filter=` on the instance and image lists), applied to an
 //! object's JSON. Pure.
 //!
 //! The language, as Incus's `internal/filter` reads it: clauses `[not] FIELD OP VALUE`

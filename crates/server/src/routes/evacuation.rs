@@ -166,10 +166,7 @@ async fn stop_all(
     let state = ctx.store.state();
     let here = ctx.member_id();
     for rec in state.instances.values().filter(|r| r.location == here) {
-        let running = super::instances::runtime_status(ctx, &rec.name)
-            .await
-            .is_some_and(|s| s != instance::Status::Stopped);
-        if !running {
+        if !super::instances::is_up(ctx, &rec.name).await {
             continue;
         }
         progress_line(

@@ -169,6 +169,13 @@ pub(crate) async fn runtime_status(ctx: &Ctx, name: &str) -> Option<instance::St
     runtime(ctx, name).await.map(|s| s.status)
 }
 
+/// Whether the runtime says an instance here is anything but stopped.
+pub(crate) async fn is_up(ctx: &Ctx, name: &str) -> bool {
+    runtime_status(ctx, name)
+        .await
+        .is_some_and(|s| s != instance::Status::Stopped)
+}
+
 /// What the runtime says of an instance here, bounded; `None` if it cannot say.
 async fn runtime(ctx: &Ctx, name: &str) -> Option<instance::State> {
     tokio::time::timeout(STATE_BOUND, ctx.driver.state(name))
@@ -901,10 +908,7 @@ pub async fn put(
         resourced("Updating instance", &name),
         move |_| async move {
             let ctx = run_ctx;
-            if runtime(&ctx, &name)
-                .await
-                .is_some_and(|s| s.status != instance::Status::Stopped)
-            {
+            if is_up(&ctx, &name).await {
                 ctx.driver
                     .set_limits(&name, new_limits)
                     .await
@@ -954,10 +958,7 @@ pub async fn rename(
     if rec.status == InstanceStatus::Creating || ctx.instances.building(&name) {
         return Err(ApiError::bad_request("The instance is being created").into());
     }
-    if runtime_status(&ctx, &name)
-        .await
-        .is_some_and(|s| s != instance::Status::Stopped)
-    {
+    if is_up(&ctx, &name).await {
         return Err(ApiError::bad_request("Renaming of running instance not allowed").into());
     }
     let run_ctx = ctx.clone();
@@ -1057,11 +1058,7 @@ pub async fn delete(
     if ctx.instances.building(&name) {
         return Err(ApiError::bad_request("The instance is being created").into());
     }
-    if rec.status != InstanceStatus::Creating
-        && runtime(&ctx, &name)
-            .await
-            .is_some_and(|s| s.status != instance::Status::Stopped)
-    {
+    if rec.status != InstanceStatus::Creating && is_up(&ctx, &name).await {
         return Err(ApiError::bad_request("Instance is running").into());
     }
     let run_ctx = ctx.clone();
