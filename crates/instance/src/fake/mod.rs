@@ -10,6 +10,10 @@
 //!
 //! State figures are made up but shaped like real ones: one process plus one per running
 //! exec, a fixed memory use, the limits as set.
+//!
+//! Tests can make it misbehave with marker files: `<dir>/hang-create` holds every
+//! create after it wrote its record (a launch to cut short), `<dir>/<name>/fail-stop`
+//! makes stops of that container fail.
 
 mod shell;
 
@@ -219,7 +223,20 @@ impl Driver for FakeDriver {
     }
 
     fn stop<'a>(&'a self, name: &'a str, _how: Stop) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.transition(name, Status::Stopped))
+        Box::pin(async move {
+            // Tests make a stop fail by placing `fail-stop` in the container's directory.
+            validate_name(name)?;
+            if tokio::fs::try_exists(self.dir.join(name).join("fail-stop"))
+                .await
+                .unwrap_or(false)
+            {
+                return Err(Error::Tool {
+                    command: "stop".into(),
+                    detail: "the container refused to stop (fail-stop)".into(),
+                });
+            }
+            self.transition(name, Status::Stopped).await
+        })
     }
 
     fn freeze<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {

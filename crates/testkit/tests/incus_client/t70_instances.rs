@@ -367,7 +367,7 @@ async fn t73_evacuate_stops_restore_starts_and_placement_follows_the_members_set
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let (_c, v) = cluster_with_image(work.path()).await;
+    let (c, v) = cluster_with_image(work.path()).await;
     v.ok(0, &["launch", "img", "e1", "--target", "node2"]).await;
     v.ok(
         0,
@@ -387,6 +387,16 @@ async fn t73_evacuate_stops_restore_starts_and_placement_follows_the_members_set
         .fails(0, &["config", "set", "e3", "cluster.evacuate=sometimes"])
         .await;
     assert!(err.contains("cluster.evacuate"), "{err}");
+
+    // An evacuation that fails midway (e2 refuses to stop) leaves the member in
+    // service, and runs again once the cause is gone.
+    let refuse = c.members[1].dir.join("fake/e2/fail-stop");
+    std::fs::write(&refuse, "").unwrap();
+    let err = v.fails(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    assert!(err.contains("Failed to evacuate instances"), "{err}");
+    assert!(err.contains("\"e2\""), "{err}");
+    assert!(member_shows(&v, 1, "node2", "ONLINE,Fully operational").await);
+    std::fs::remove_file(&refuse).unwrap();
 
     // Evacuated through node1: node2's running instances stop, the member shows it.
     let out = v.ok(0, &["cluster", "evacuate", "node2", "--force"]).await;
