@@ -52,4 +52,9 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_exec_recording",
     "container_exec_signal_handling",
     "container_exec_user_group_cwd",
+    "clustering_evacuation",
+    "clustering_config",
+    "clustering_evacuation_mode",
+    "clustering_evacuation_stop_options",
+    "instance_all_projects",
 ];

@@ -23,11 +23,6 @@ pub enum Methods {
 /// `(methods, path, feature)`. The feature is named so that "<feature> are not
 /// supported by this server yet" reads well.
 pub const NOT_YET: &[(Methods, &str, &str)] = &[
-    (
-        Methods::Post,
-        "/1.0/cluster/members/{name}/state",
-        "Cluster member evacuation and restore",
-    ),
     (Methods::All, "/1.0/cluster/groups", "Cluster groups"),
     (Methods::All, "/1.0/cluster/groups/{p1}", "Cluster groups"),
     (
@@ -41,11 +36,6 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
         "Image refreshes",
     ),
     (Methods::All, "/1.0/images/{fingerprint}/secret", "Image secrets"),
-    (
-        Methods::Post,
-        "/1.0/instances/{name}",
-        "Instance renames and moves",
-    ),
     (
         Methods::All,
         "/1.0/instances/{name}/access",

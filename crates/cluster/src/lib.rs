@@ -23,6 +23,7 @@ pub mod state;
 pub mod store;
 
 pub use command::Command;
+pub use state::{autostart_order, should_autostart, MemberSettings, Scheduler};
 pub use state::{
     AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, InstanceCommand, InstanceRecord,
     InstanceStatus, Member, MemberCommand, MemberId, Pool, PoolCommand, PoolPart, PoolStatus, Profile,

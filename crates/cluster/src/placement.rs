@@ -1,27 +1,39 @@
-//! Where a new instance goes: a pure function of the state, the `--target` the client
-//! gave, and what this member knows of the others (online, evacuated, manual).
+//! Where a new instance goes: a pure function of the state (members, their instances,
+//! their evacuation and `scheduler.instance`), the `--target` the client gave, and
+//! whether this member sees each member online.
 //!
 //! As Incus: without a target, the candidates are the members that are online, not
-//! evacuated and not set to `scheduler.instance=manual`, and the one with the fewest
-//! instances wins (ties go to the lowest member id, so every member would choose
-//! alike). A target names a member, which is taken as long as it exists, is online
-//! and is not evacuated (manual scheduling only keeps a member out of automatic
-//! placement). `@group` names a cluster group; this server has none yet, so every
-//! group is unknown, with Incus's message.
+//! evacuated and set to `scheduler.instance=all` (the default; `manual` and `group`
+//! keep a member out of automatic placement), and the one with the fewest instances
+//! wins (ties go to the lowest member id, so every member would choose alike). A
+//! target names a member, which is taken as long as it exists, is online and is not
+//! evacuated (whatever its scheduler). `@group` names a cluster group; this server has
+//! none yet, so every group is unknown, with Incus's message.
 
 use std::collections::BTreeMap;
 
 use api::ApiError;
 
-use crate::state::{Member, MemberId, State};
+use crate::state::{Member, MemberId, Scheduler, State};
 
-/// What a member knows of another, beside the replicated state.
+/// What placement knows of a member: what this member sees (online) and what the state
+/// says (evacuated, scheduler). [`facts_of`] fills the last two from the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Facts {
     pub online: bool,
     pub evacuated: bool,
-    /// `scheduler.instance=manual`: only a target puts an instance there.
-    pub manual: bool,
+    /// `scheduler.instance`: anything but `all` keeps automatic placement away.
+    pub scheduler: Scheduler,
+}
+
+/// The facts of a member from the state, with `online` as this member sees it.
+pub fn facts_of(state: &State, m: &Member, online: bool) -> Facts {
+    let settings = state.member_settings(m.id);
+    Facts {
+        online,
+        evacuated: settings.evacuated,
+        scheduler: settings.scheduler(),
+    }
 }
 
 /// The member a new instance goes to: `None` while standalone (this server), or a
@@ -77,7 +89,7 @@ fn fewest(state: &State, facts: &dyn Fn(&Member) -> Facts) -> Result<MemberId, A
         .values()
         .filter(|m| {
             let f = facts(m);
-            f.online && !f.evacuated && !f.manual
+            f.online && !f.evacuated && f.scheduler == Scheduler::All
         })
         .min_by_key(|m| (count.get(&m.id).copied().unwrap_or(0), m.id))
         .map(|m| m.id)
@@ -173,13 +185,31 @@ mod tests {
         let facts = |m: &Member| Facts {
             online: m.id != 1,
             evacuated: false,
-            manual: m.id == 2,
+            scheduler: if m.id == 2 {
+                Scheduler::Manual
+            } else {
+                Scheduler::All
+            },
         };
         assert_eq!(place(&s, None, &facts).unwrap(), Some(3));
+        let group = |m: &Member| Facts {
+            online: true,
+            evacuated: false,
+            scheduler: if m.id == 3 {
+                Scheduler::All
+            } else {
+                Scheduler::Group
+            },
+        };
+        assert_eq!(
+            place(&s, None, &group).unwrap(),
+            Some(3),
+            "group scheduling is not automatic"
+        );
         let evac = |m: &Member| Facts {
             online: true,
             evacuated: m.id != 2,
-            manual: false,
+            scheduler: Scheduler::All,
         };
         assert_eq!(place(&s, None, &evac).unwrap(), Some(2));
         let none = |_: &Member| Facts::default();
@@ -196,7 +226,11 @@ mod tests {
         let facts = |m: &Member| Facts {
             online: m.id != 3,
             evacuated: m.id == 1,
-            manual: m.id == 2,
+            scheduler: if m.id == 2 {
+                Scheduler::Manual
+            } else {
+                Scheduler::All
+            },
         };
         assert_eq!(
             place(&s, Some("node2"), &facts).unwrap(),
@@ -214,6 +248,87 @@ mod tests {
         }
     }
 
+    fn sched(n: u8) -> Scheduler {
+        match n {
+            0 => Scheduler::All,
+            1 => Scheduler::Manual,
+            _ => Scheduler::Group,
+        }
+    }
+
+    /// The facts come from the replicated settings: an evacuation or a scheduler set
+    /// through commands changes where the next instance goes.
+    #[test]
+    fn t13_settings_in_the_state_steer_placement() {
+        use crate::state::MemberCommand;
+        let mut s = state(3, &[(3, 1)]);
+        let online = |s: &State| {
+            let s = s.clone();
+            move |m: &Member| facts_of(&s, m, true)
+        };
+        assert_eq!(place(&s, None, &online(&s)).unwrap(), Some(1));
+        s.apply(
+            &MemberCommand::SetEvacuated {
+                name: "node1".into(),
+                evacuated: true,
+            }
+            .into(),
+        )
+        .unwrap();
+        s.apply(
+            &MemberCommand::SetMemberConfig {
+                name: "node2".into(),
+                config: [("scheduler.instance".to_string(), "manual".to_string())].into(),
+            }
+            .into(),
+        )
+        .unwrap();
+        assert_eq!(place(&s, None, &online(&s)).unwrap(), Some(3));
+        assert_eq!(place(&s, Some("node2"), &online(&s)).unwrap(), Some(2));
+        let e = place(&s, Some("node1"), &online(&s)).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (403, "Cluster member is evacuated")
+        );
+        let e = s
+            .apply(
+                &MemberCommand::SetEvacuated {
+                    name: "node1".into(),
+                    evacuated: true,
+                }
+                .into(),
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Cluster member is already evacuated");
+        s.apply(
+            &MemberCommand::SetEvacuated {
+                name: "node1".into(),
+                evacuated: false,
+            }
+            .into(),
+        )
+        .unwrap();
+        assert_eq!(place(&s, None, &online(&s)).unwrap(), Some(1));
+        let e = s
+            .apply(
+                &MemberCommand::SetEvacuated {
+                    name: "node1".into(),
+                    evacuated: false,
+                }
+                .into(),
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Cluster member is already restored");
+        let bad = s.apply(
+            &MemberCommand::SetMemberConfig {
+                name: "node2".into(),
+                config: [("scheduler.instance".to_string(), "sometimes".to_string())].into(),
+            }
+            .into(),
+        );
+        assert!(bad.is_err());
+    }
+
     proptest! {
         /// Whatever the counts and facts, an automatic choice is an eligible member with
         /// no eligible member holding fewer instances, and a refusal means none is
@@ -221,20 +336,20 @@ mod tests {
         #[test]
         fn p_automatic_choice_is_an_eligible_least_loaded_member(
             counts in proptest::collection::vec(0..4usize, 1..6),
-            flags in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 6),
+            flags in proptest::collection::vec((any::<bool>(), any::<bool>(), 0..3u8), 6),
         ) {
             let n = counts.len() as u64;
             let load: Vec<(u64, usize)> = counts.iter().enumerate().map(|(i, c)| (i as u64 + 1, *c)).collect();
             let s = state(n, &load);
             let facts = |m: &Member| {
-                let (online, evacuated, manual) = flags[(m.id - 1) as usize];
-                Facts { online, evacuated, manual }
+                let (online, evacuated, scheduler) = flags[(m.id - 1) as usize];
+                Facts { online, evacuated, scheduler: sched(scheduler) }
             };
             let eligible: Vec<&(u64, usize)> = load
                 .iter()
                 .filter(|(id, _)| {
-                    let (online, evacuated, manual) = flags[(*id - 1) as usize];
-                    online && !evacuated && !manual
+                    let (online, evacuated, scheduler) = flags[(*id - 1) as usize];
+                    online && !evacuated && scheduler == 0
                 })
                 .collect();
             match place(&s, None, &facts) {

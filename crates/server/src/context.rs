@@ -72,6 +72,8 @@ pub struct Inner {
     pub server_doc: crate::routes::server::Rendered,
     /// Image imports and fetches under way on this member.
     pub images: crate::images::Local,
+    /// Instance launches under way on this member.
+    pub instances: crate::routes::instances::Local,
     /// The typed settings, made once per change of the global or local config.
     pub settings: SettingsMemo,
 }

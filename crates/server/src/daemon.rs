@@ -175,6 +175,7 @@ impl Daemon {
             max_stream_body: config.max_stream_body,
             server_doc: Default::default(),
             images: Default::default(),
+            instances: Default::default(),
             settings: Default::default(),
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
@@ -217,6 +218,7 @@ impl Daemon {
         tokio::spawn(crate::relay::run(ctx.clone()));
         tokio::spawn(crate::acme::run(ctx.clone()));
         tokio::spawn(crate::images::sync_task(ctx.clone()));
+        tokio::spawn(crate::routes::instances::on_start(ctx.clone()));
         let anycast_task = tokio::spawn(crate::anycast::run(ctx.clone()));
         tracing::info!(
             dir = %dir.display(),

@@ -161,9 +161,11 @@ pub fn member_json(ctx: &Ctx, m: &Member) -> Value {
         ctx.progress.applied(&m.name)
     };
     let lagging = applied.and_then(|a| ctx.progress.behind(Instant::now(), a));
+    let settings = ctx.store.state().member_settings(m.id);
     let (status, message) = match last_seen(ctx, &m.name) {
         Some(d) if d < threshold => match lagging {
             Some(n) => ("Blocked", format!("Lagging behind the leader: {n} entries")),
+            None if settings.evacuated => ("Evacuated", "Unavailable due to maintenance".to_string()),
             None => ("Online", "Fully operational".to_string()),
         },
         Some(d) => ("Offline", format!("No heartbeat for {:.2}s", d.as_secs_f64())),
@@ -178,7 +180,7 @@ pub fn member_json(ctx: &Ctx, m: &Member) -> Value {
         "architecture": m.architecture,
         "failure_domain": m.failure_domain,
         "description": m.description,
-        "config": {},
+        "config": settings.config,
         "groups": ["default"],
         "roles": roles,
     })

@@ -294,6 +294,9 @@ fn served() -> Vec<Route> {
         row(Pa, "/1.0/instances/{name}", Full, Instance("name"), || {
             patch(h::instances::put)
         }),
+        row(Po, "/1.0/instances/{name}", Full, Instance("name"), || {
+            post(h::instances::rename)
+        }),
         row(D, "/1.0/instances/{name}", Full, Instance("name"), || {
             delete(h::instances::delete)
         }),
@@ -406,6 +409,13 @@ fn served() -> Vec<Route> {
             Full,
             Owner::Member("name"),
             || get(h::cluster::member_state),
+        ),
+        row(
+            Po,
+            "/1.0/cluster/members/{name}/state",
+            Full,
+            Owner::Member("name"),
+            || post(h::evacuation::post),
         ),
         row(Po, "/internal/raft/snapshot", Access::Member, Here, || {
             post(h::cluster::raft_snapshot)

@@ -142,6 +142,11 @@ pub enum InstanceCommand {
         name: String,
         status: InstanceStatus,
     },
+    /// Sets (`Some`) or removes (`None`) server-owned keys (`volatile.*`) of its config.
+    SetVolatile {
+        name: String,
+        keys: BTreeMap<String, Option<String>>,
+    },
     /// Renames a stopped instance.
     Rename {
         name: String,
@@ -158,10 +163,54 @@ impl InstanceCommand {
             InstanceCommand::Create { .. } => "create_instance",
             InstanceCommand::Update { .. } => "update_instance",
             InstanceCommand::SetStatus { .. } => "set_instance_status",
+            InstanceCommand::SetVolatile { .. } => "set_instance_volatile",
             InstanceCommand::Rename { .. } => "rename_instance",
             InstanceCommand::Delete { .. } => "delete_instance",
         }
     }
+}
+
+/// The key holding the power state an instance was last left in (as Incus).
+pub const LAST_STATE: &str = "volatile.last_state.power";
+pub const POWER_RUNNING: &str = "RUNNING";
+pub const POWER_STOPPED: &str = "STOPPED";
+
+/// Whether an instance starts with its member (Incus's rule): `boot.autostart` true,
+/// or unset (or `last-state`) and the instance was running when last seen.
+pub fn should_autostart(expanded: &BTreeMap<String, String>) -> bool {
+    let auto = expanded.get("boot.autostart").map(String::as_str).unwrap_or("");
+    let last = expanded.get(LAST_STATE).map(String::as_str).unwrap_or("");
+    is_true(auto) || ((auto.is_empty() || auto == "last-state") && last == POWER_RUNNING)
+}
+
+fn is_true(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+}
+
+/// The order a member starts its autostart instances in, as Incus: those with neither
+/// `boot.autostart.delay` nor `boot.autostart.priority` first, all at once; then the
+/// others one after another, highest priority first (ties by name), each followed by
+/// its delay in seconds. Takes `(name, expanded config)` of the instances to start.
+pub fn autostart_order(
+    instances: Vec<(String, BTreeMap<String, String>)>,
+) -> (Vec<String>, Vec<(String, u64)>) {
+    let (bulk, rest): (Vec<_>, Vec<_>) = instances.into_iter().partition(|(_, c)| {
+        !c.contains_key("boot.autostart.delay") && !c.contains_key("boot.autostart.priority")
+    });
+    let int =
+        |c: &BTreeMap<String, String>, k: &str| c.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let mut rest: Vec<(String, i64, u64)> = rest
+        .into_iter()
+        .map(|(n, c)| {
+            let delay = int(&c, "boot.autostart.delay").max(0) as u64;
+            (n, int(&c, "boot.autostart.priority"), delay)
+        })
+        .collect();
+    rest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    (
+        bulk.into_iter().map(|(n, _)| n).collect(),
+        rest.into_iter().map(|(n, _, d)| (n, d)).collect(),
+    )
 }
 
 /// Incus's instance name rule (a host name, no snapshot delimiter), with its messages.
@@ -267,11 +316,36 @@ pub(super) fn apply(state: &mut State, cmd: &InstanceCommand) -> Result<(), Stat
             state.instances.insert(name.clone(), i);
         }
         InstanceCommand::SetStatus { name, status } => {
-            state
+            let i = state
                 .instances
                 .get_mut(name)
-                .ok_or(StateError::InstanceNotFound)?
-                .status = *status;
+                .ok_or(StateError::InstanceNotFound)?;
+            i.status = *status;
+            let power = match status {
+                InstanceStatus::Running | InstanceStatus::Frozen => Some(POWER_RUNNING),
+                InstanceStatus::Stopped => Some(POWER_STOPPED),
+                InstanceStatus::Creating | InstanceStatus::Error => None,
+            };
+            if let Some(power) = power {
+                i.config.insert(LAST_STATE.into(), power.into());
+            }
+        }
+        InstanceCommand::SetVolatile { name, keys } => {
+            if let Some(k) = keys.keys().find(|k| !k.starts_with("volatile.")) {
+                return Err(StateError::Invalid(format!(
+                    "Only volatile keys can be set this way, not {k:?}"
+                )));
+            }
+            let i = state
+                .instances
+                .get_mut(name)
+                .ok_or(StateError::InstanceNotFound)?;
+            for (k, v) in keys {
+                match v {
+                    Some(v) => i.config.insert(k.clone(), v.clone()),
+                    None => i.config.remove(k),
+                };
+            }
         }
         InstanceCommand::Rename { name, new_name } => {
             valid_instance_name(new_name).map_err(StateError::Invalid)?;
@@ -578,6 +652,79 @@ mod tests {
         assert!(
             s.instances.is_empty(),
             "a forced removal takes its instances' records"
+        );
+    }
+
+    #[test]
+    fn t12_last_state_follows_status_and_volatile_keys_are_the_only_settable() {
+        let mut s = cluster();
+        ap(&mut s, create("c1", 1)).unwrap();
+        let set = |status| InstanceCommand::SetStatus {
+            name: "c1".into(),
+            status,
+        };
+        ap(&mut s, set(InstanceStatus::Running)).unwrap();
+        assert_eq!(s.instances["c1"].config[LAST_STATE], "RUNNING");
+        ap(&mut s, set(InstanceStatus::Error)).unwrap();
+        assert_eq!(
+            s.instances["c1"].config[LAST_STATE], "RUNNING",
+            "an error keeps it"
+        );
+        ap(&mut s, set(InstanceStatus::Stopped)).unwrap();
+        assert_eq!(s.instances["c1"].config[LAST_STATE], "STOPPED");
+        let vol = |k: &str, v: Option<&str>| InstanceCommand::SetVolatile {
+            name: "c1".into(),
+            keys: [(k.to_string(), v.map(str::to_string))].into(),
+        };
+        ap(&mut s, vol(LAST_STATE, Some("RUNNING"))).unwrap();
+        assert_eq!(s.instances["c1"].config[LAST_STATE], "RUNNING");
+        ap(&mut s, vol(LAST_STATE, None)).unwrap();
+        assert!(!s.instances["c1"].config.contains_key(LAST_STATE));
+        let before = s.clone();
+        assert!(ap(&mut s, vol("limits.memory", Some("1GiB"))).is_err());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn t13_autostart_as_incus() {
+        let c = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(should_autostart(&c(&[("boot.autostart", "true")])));
+        assert!(should_autostart(&c(&[(LAST_STATE, "RUNNING")])));
+        assert!(should_autostart(&c(&[
+            ("boot.autostart", "last-state"),
+            (LAST_STATE, "RUNNING")
+        ])));
+        assert!(!should_autostart(&c(&[
+            ("boot.autostart", "false"),
+            (LAST_STATE, "RUNNING")
+        ])));
+        assert!(!should_autostart(&c(&[(LAST_STATE, "STOPPED")])));
+        assert!(!should_autostart(&c(&[])));
+        let (bulk, seq) = autostart_order(vec![
+            ("a".into(), c(&[])),
+            ("b".into(), c(&[("boot.autostart.priority", "1")])),
+            (
+                "c".into(),
+                c(&[("boot.autostart.priority", "5"), ("boot.autostart.delay", "2")]),
+            ),
+            ("d".into(), c(&[("boot.autostart.delay", "1")])),
+            ("e".into(), c(&[])),
+            ("f".into(), c(&[("boot.autostart.priority", "1")])),
+        ]);
+        assert_eq!(bulk, ["a", "e"]);
+        assert_eq!(
+            seq,
+            [
+                ("c".to_string(), 2),
+                ("b".to_string(), 0),
+                ("f".to_string(), 0),
+                ("d".to_string(), 1)
+            ]
         );
     }
 }

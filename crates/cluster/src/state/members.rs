@@ -9,6 +9,8 @@
 //! parts of storage pools go. A member holding instances is kept unless the removal is
 //! forced, which drops their records too.
 
+use std::collections::BTreeMap;
+
 use api::types::Certificate;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,67 @@ impl Member {
     }
 }
 
+/// What is set on a member beside its identity: its config (`scheduler.instance`,
+/// `user.*`) and whether it is evacuated. Kept apart from [`Member`], by id, so a
+/// member record stays what joining made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSettings {
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Evacuated: no new instance is placed there, and its instances were stopped.
+    #[serde(default)]
+    pub evacuated: bool,
+}
+
+/// How new instances may land on a member (`scheduler.instance`, as Incus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduler {
+    /// Automatic placement and targets (the default).
+    #[default]
+    All,
+    /// Only a `--target` naming the member.
+    Manual,
+    /// Only a target naming the member or one of its groups.
+    Group,
+}
+
+impl MemberSettings {
+    pub fn scheduler(&self) -> Scheduler {
+        match self.config.get(SCHEDULER_KEY).map(String::as_str) {
+            Some("manual") => Scheduler::Manual,
+            Some("group") => Scheduler::Group,
+            _ => Scheduler::All,
+        }
+    }
+}
+
+pub const SCHEDULER_KEY: &str = "scheduler.instance";
+
+/// Checks a member's config as Incus does: `scheduler.instance` and `user.*` only.
+pub fn check_member_config(config: &BTreeMap<String, String>) -> Result<(), StateError> {
+    for (k, v) in config {
+        if k == SCHEDULER_KEY {
+            if !["all", "manual", "group", ""].contains(&v.as_str()) {
+                return Err(StateError::Invalid(format!(
+                    "Invalid value for config key {k:?}: Invalid value {v:?} (not one of [all group manual])"
+                )));
+            }
+        } else if !k.starts_with("user.") {
+            return Err(StateError::Invalid(format!(
+                "Invalid cluster member configuration key {k:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl State {
+    /// A member's settings (the defaults if none were ever set).
+    pub fn member_settings(&self, id: MemberId) -> MemberSettings {
+        self.member_settings.get(&id).cloned().unwrap_or_default()
+    }
+}
+
 fn default_failure_domain() -> String {
     "default".into()
 }
@@ -76,6 +139,16 @@ pub enum MemberCommand {
         #[serde(default)]
         force: bool,
     },
+    /// Replaces a member's config.
+    SetMemberConfig {
+        name: String,
+        config: BTreeMap<String, String>,
+    },
+    /// Marks a member evacuated or restored; refused if it already is, in Incus's words.
+    SetEvacuated {
+        name: String,
+        evacuated: bool,
+    },
 }
 
 impl MemberCommand {
@@ -85,6 +158,8 @@ impl MemberCommand {
             MemberCommand::UpdateMember { .. } => "update_member",
             MemberCommand::RenameMember { .. } => "rename_member",
             MemberCommand::RemoveMember { .. } => "remove_member",
+            MemberCommand::SetMemberConfig { .. } => "set_member_config",
+            MemberCommand::SetEvacuated { .. } => "set_member_evacuated",
         }
     }
 }
@@ -123,6 +198,7 @@ pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateE
             }
             let m = state.members.remove(name).ok_or(StateError::MemberNotFound)?;
             state.instances.retain(|_, i| i.location != Some(m.id));
+            state.member_settings.remove(&m.id);
             state.certificates.remove(&m.fingerprint);
             state.warnings.retain(|_, w| w.location != Some(m.id));
             for pool in state.pools.values_mut() {
@@ -134,6 +210,26 @@ pub(super) fn apply(state: &mut State, cmd: &MemberCommand) -> Result<(), StateE
                     t.location = None;
                 }
             }
+        }
+        MemberCommand::SetMemberConfig { name, config } => {
+            let id = state.members.get(name).ok_or(StateError::MemberNotFound)?.id;
+            check_member_config(config)?;
+            state.member_settings.entry(id).or_default().config = config.clone();
+        }
+        MemberCommand::SetEvacuated { name, evacuated } => {
+            let id = state.members.get(name).ok_or(StateError::MemberNotFound)?.id;
+            let s = state.member_settings.entry(id).or_default();
+            if s.evacuated == *evacuated {
+                return Err(StateError::Invalid(
+                    if *evacuated {
+                        "Cluster member is already evacuated"
+                    } else {
+                        "Cluster member is already restored"
+                    }
+                    .into(),
+                ));
+            }
+            s.evacuated = *evacuated;
         }
     }
     Ok(())

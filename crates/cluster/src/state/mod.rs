@@ -56,10 +56,13 @@ use serde::{Deserialize, Serialize};
 
 pub use config::ConfigCommand;
 pub use images::{AliasRecord, ImageCommand, ImageLookup, ImageRecord};
-pub use instances::{root_pool_of, valid_instance_name, InstanceCommand, InstanceRecord, InstanceStatus};
-pub use members::{Member, MemberCommand};
+pub use instances::{
+    autostart_order, root_pool_of, should_autostart, valid_instance_name, InstanceCommand, InstanceRecord,
+    InstanceStatus, LAST_STATE, POWER_RUNNING, POWER_STOPPED,
+};
+pub use members::{Member, MemberCommand, MemberSettings, Scheduler};
 pub use pools::{is_member_specific, Pool, PoolCommand, PoolPart, PoolStatus, MEMBER_SPECIFIC_KEYS};
-pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE};
+pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE, EVACUATE_KEY, EVACUATE_MODES};
 pub use tokens::{
     Spent, SpentToken, Token, TokenCommand, TokenKind, TokenRefusal, MAX_PENDING_TOKENS, SPENT_REMEMBERED,
 };
@@ -145,6 +148,9 @@ pub struct State {
     /// Cluster members, by name. Empty while standalone.
     #[serde(default)]
     pub members: BTreeMap<String, Member>,
+    /// Members' config and evacuation, by id (absent: the defaults).
+    #[serde(default)]
+    pub member_settings: BTreeMap<MemberId, MemberSettings>,
     // pools
     /// Storage pools, by name, each with its members' parts.
     #[serde(default)]

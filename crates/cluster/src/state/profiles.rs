@@ -73,6 +73,7 @@ impl ProfileCommand {
 const CONFIG_PREFIXES: &[&str] = &[
     "boot.",
     "cloud-init.",
+    "cluster.evacuate",
     "environment.",
     "limits.",
     "linux.",
@@ -80,6 +81,17 @@ const CONFIG_PREFIXES: &[&str] = &[
     "security.",
     "snapshots.",
     "user.",
+];
+
+/// What an instance does when its member is evacuated, and its values (as Incus).
+pub const EVACUATE_KEY: &str = "cluster.evacuate";
+pub const EVACUATE_MODES: &[&str] = &[
+    "auto",
+    "migrate",
+    "live-migrate",
+    "stop",
+    "stateful-stop",
+    "force-stop",
 ];
 
 /// Keys a disk device may have.
@@ -101,6 +113,13 @@ pub fn validate(state: &State, profile: &Profile) -> Result<(), StateError> {
     for key in profile.config.keys() {
         if !CONFIG_PREFIXES.iter().any(|p| key.starts_with(p)) {
             return Err(StateError::Invalid(format!("Unknown configuration key: {key}")));
+        }
+    }
+    if let Some(v) = profile.config.get(EVACUATE_KEY) {
+        if !EVACUATE_MODES.contains(&v.as_str()) {
+            return Err(StateError::Invalid(format!(
+                "Invalid value for config key {EVACUATE_KEY:?}: Invalid value {v:?} (not one of {EVACUATE_MODES:?})"
+            )));
         }
     }
     let mut roots = 0;

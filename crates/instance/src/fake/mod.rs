@@ -10,6 +10,10 @@
 //!
 //! State figures are made up but shaped like real ones: one process plus one per running
 //! exec, a fixed memory use, the limits as set.
+//!
+//! Tests can make it misbehave with marker files: `<dir>/hang-create` holds every
+//! create after it wrote its record (a launch to cut short), `<dir>/<name>/fail-stop`
+//! makes stops of that container fail.
 
 mod shell;
 
@@ -30,6 +34,8 @@ use crate::{store, validate_name};
 
 /// Memory a fake container reports using.
 const FAKE_MEMORY: u64 = 4 << 20;
+/// The longest a create holds when a test asks it to (see `hold_if_asked`).
+const HOLD_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 /// Size of each simulated pipe.
 const PIPE: usize = 64 * 1024;
 
@@ -115,6 +121,21 @@ impl FakeDriver {
         Ok(())
     }
 
+    /// While `<dir>/hang-create` exists (at most [`HOLD_BOUND`]), a create holds
+    /// after writing its record, having written `<dir>/create-held` with the name:
+    /// how tests cut a launch short by killing the daemon in the middle of it.
+    async fn hold_if_asked(&self, name: &str) {
+        let hang = self.dir.join("hang-create");
+        if !tokio::fs::try_exists(&hang).await.unwrap_or(false) {
+            return;
+        }
+        let _ = tokio::fs::write(self.dir.join("create-held"), name).await;
+        let until = tokio::time::Instant::now() + HOLD_BOUND;
+        while tokio::fs::try_exists(&hang).await.unwrap_or(false) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     fn kill_execs(&self, name: &str) {
         let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
         for tx in execs.remove(name).unwrap_or_default() {
@@ -191,6 +212,7 @@ impl Driver for FakeDriver {
             };
             self.save(&spec.name, &record).await?;
             drop(_guard);
+            self.hold_if_asked(&spec.name).await;
             self.append_log(&spec.name, "runtime.log", "created").await;
             Ok(())
         })
@@ -201,7 +223,20 @@ impl Driver for FakeDriver {
     }
 
     fn stop<'a>(&'a self, name: &'a str, _how: Stop) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.transition(name, Status::Stopped))
+        Box::pin(async move {
+            // Tests make a stop fail by placing `fail-stop` in the container's directory.
+            validate_name(name)?;
+            if tokio::fs::try_exists(self.dir.join(name).join("fail-stop"))
+                .await
+                .unwrap_or(false)
+            {
+                return Err(Error::Tool {
+                    command: "stop".into(),
+                    detail: "the container refused to stop (fail-stop)".into(),
+                });
+            }
+            self.transition(name, Status::Stopped).await
+        })
     }
 
     fn freeze<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -112,7 +112,8 @@ pub async fn get_member(State(ctx): State<Ctx>, Path(name): Path<String>) -> Res
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?;
     let body = membership::member_json(&ctx, m);
-    Ok(sync_etag(&body, &(&m.description, &m.failure_domain)))
+    let config = state.member_settings(m.id).config;
+    Ok(sync_etag(&body, &(&m.description, &m.failure_domain, &config)))
 }
 
 fn member_not_found() -> crate::response::Error {
@@ -133,11 +134,35 @@ pub async fn edit_member(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
+    method: http::Method,
     body: Body,
 ) -> Result<Response> {
     let req: MemberPut = json_body(body).await?;
     let state = ctx.store.state();
     let m = state.members.get(&name).ok_or_else(member_not_found)?;
+    if let Some(given) = &req.config {
+        // PUT replaces the member's config, PATCH adds to it (as Incus).
+        let mut config = if method == http::Method::PATCH {
+            state.member_settings(m.id).config
+        } else {
+            Default::default()
+        };
+        for (k, v) in given {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            config.insert(k.clone(), v);
+        }
+        if config != state.member_settings(m.id).config {
+            ctx.store
+                .apply(MemberCommand::SetMemberConfig {
+                    name: name.clone(),
+                    config,
+                })
+                .await?;
+        }
+    }
     let failure_domain = req
         .failure_domain
         .filter(|f| !f.is_empty())

@@ -73,12 +73,13 @@ pub(crate) async fn list(
 ) -> Result<Response> {
     let state = ctx.store.state();
     let filter = q.get("filter").map(String::as_str).unwrap_or("");
-    let filter = filter::parse(filter).map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))?;
+    let filter = api::filter::Filter::parse(filter)
+        .map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))?;
     let mut images = Vec::new();
     for record in state.images.values().filter(|r| visible(&id, &r.image)) {
         let image = state.render_image(record);
         let value = serde_json::to_value(&image).unwrap_or(Value::Null);
-        if filter::matches(&filter, &value) {
+        if filter.matches(&value).map_err(ApiError::bad_request)? {
             images.push(image);
         }
     }
@@ -655,154 +656,6 @@ pub(crate) async fn delete_alias(
         None,
     );
     Ok(sync(json!({})))
-}
-
-/// Incus's list filters (`?filter=`): clauses `[not] FIELD eq|ne VALUE` joined by `and`
-/// and `or` (`and` binds tighter), FIELD a dotted path into the object's JSON
-/// (`properties.os`), VALUE a word or a double-quoted string. Pure.
-pub(crate) mod filter {
-    use serde_json::Value;
-
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Clause {
-        not: bool,
-        field: String,
-        equal: bool,
-        value: String,
-    }
-
-    /// Alternatives (`or`), each a conjunction (`and`) of clauses; empty matches all.
-    pub type Filter = Vec<Vec<Clause>>;
-
-    fn words(expr: &str) -> Result<Vec<String>, String> {
-        let mut out = Vec::new();
-        let mut chars = expr.chars().peekable();
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() {
-                chars.next();
-            } else if c == '"' {
-                chars.next();
-                let mut w = String::new();
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some(c) => w.push(c),
-                        None => return Err("unterminated quote".into()),
-                    }
-                }
-                out.push(w);
-            } else {
-                let mut w = String::new();
-                while let Some(&c) = chars.peek() {
-                    if c.is_whitespace() {
-                        break;
-                    }
-                    w.push(c);
-                    chars.next();
-                }
-                out.push(w);
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn parse(expr: &str) -> Result<Filter, String> {
-        let words = words(expr)?;
-        let mut filter: Filter = Vec::new();
-        let mut group = Vec::new();
-        let mut i = 0;
-        while i < words.len() {
-            let not = words[i].eq_ignore_ascii_case("not");
-            if not {
-                i += 1;
-            }
-            let (Some(field), Some(op), Some(value)) = (words.get(i), words.get(i + 1), words.get(i + 2))
-            else {
-                return Err(format!("incomplete clause in {expr:?}"));
-            };
-            let equal = match op.to_ascii_lowercase().as_str() {
-                "eq" => true,
-                "ne" => false,
-                other => return Err(format!("unsupported operator {other:?}")),
-            };
-            group.push(Clause {
-                not,
-                field: field.clone(),
-                equal,
-                value: value.clone(),
-            });
-            i += 3;
-            match words.get(i).map(|w| w.to_ascii_lowercase()) {
-                None => break,
-                Some(w) if w == "and" => {}
-                Some(w) if w == "or" => filter.push(std::mem::take(&mut group)),
-                Some(w) => return Err(format!("expected and/or, got {w:?}")),
-            }
-            i += 1;
-            if i >= words.len() {
-                return Err(format!("incomplete clause in {expr:?}"));
-            }
-        }
-        if !group.is_empty() {
-            filter.push(group);
-        }
-        Ok(filter)
-    }
-
-    fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-        if let Some(v) = value.get(path) {
-            return Some(v);
-        }
-        let (head, rest) = path.split_once('.')?;
-        field(value.get(head)?, rest)
-    }
-
-    fn text(v: &Value) -> String {
-        match v {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        }
-    }
-
-    pub fn matches(filter: &Filter, value: &Value) -> bool {
-        filter.is_empty()
-            || filter.iter().any(|group| {
-                group.iter().all(|c| {
-                    let got = field(value, &c.field).map(text).unwrap_or_default();
-                    (got == c.value) == c.equal && !c.not || (got == c.value) != c.equal && c.not
-                })
-            })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use serde_json::json;
-
-        #[test]
-        fn t10_filters_as_incus_writes_them() {
-            let img = json!({"public": false, "architecture": "x86_64",
-                "properties": {"os": "Debian", "release": "bookworm"}});
-            let m = |e: &str| matches(&parse(e).unwrap(), &img);
-            assert!(m(""));
-            assert!(m("properties.os eq Debian"));
-            assert!(!m("properties.os eq Alpine"));
-            assert!(m("properties.os ne Alpine and public eq false"));
-            assert!(m("public eq true or architecture eq x86_64"));
-            assert!(!m("not architecture eq x86_64"));
-            assert!(m("properties.release eq \"bookworm\""));
-            for bad in [
-                "os eq",
-                "os gt 1",
-                "os eq a and",
-                "os eq \"a",
-                "a eq b xor c eq d",
-            ] {
-                assert!(parse(bad).is_err(), "{bad}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

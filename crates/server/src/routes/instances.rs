@@ -39,7 +39,7 @@ use trust::Identity;
 
 use crate::context::Ctx;
 use crate::ops::Spec;
-use crate::response::{parse_json, recursion, sync, Result, MAX_BODY};
+use crate::response::{check_if_match, parse_json, recursion, sync, sync_etag, Result, MAX_BODY};
 
 /// How long a list waits for one member's instances.
 pub const LIST_BOUND: Duration = Duration::from_secs(2);
@@ -47,6 +47,56 @@ pub const LIST_BOUND: Duration = Duration::from_secs(2);
 const STOP_BOUND: Duration = Duration::from_secs(300);
 /// How long a read of the runtime state may take.
 const STATE_BOUND: Duration = Duration::from_secs(5);
+
+/// What this member's process knows of its instances beyond the state: the launches
+/// it is building now. A `Creating` record of this member not in this set was left by
+/// a process that died mid-launch.
+#[derive(Default)]
+pub struct Local {
+    building: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Local {
+    fn building(&self, name: &str) -> bool {
+        self.building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+}
+
+/// Marks a launch under way until dropped.
+struct Building {
+    ctx: Ctx,
+    name: String,
+}
+
+impl Building {
+    /// `None` if this member builds that name already.
+    fn new(ctx: &Ctx, name: &str) -> Option<Building> {
+        let fresh = ctx
+            .instances
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        fresh.then(|| Building {
+            ctx: ctx.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        self.ctx
+            .instances
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
+}
 
 fn not_found() -> crate::response::Error {
     ApiError::not_found_msg("Instance not found").into()
@@ -114,6 +164,18 @@ fn runtime_state(st: &instance::State) -> InstanceState {
     out
 }
 
+/// The runtime's status of an instance here, bounded; `None` if it cannot say.
+pub(crate) async fn runtime_status(ctx: &Ctx, name: &str) -> Option<instance::Status> {
+    runtime(ctx, name).await.map(|s| s.status)
+}
+
+/// Whether the runtime says an instance here is anything but stopped.
+pub(crate) async fn is_up(ctx: &Ctx, name: &str) -> bool {
+    runtime_status(ctx, name)
+        .await
+        .is_some_and(|s| s != instance::Status::Stopped)
+}
+
 /// What the runtime says of an instance here, bounded; `None` if it cannot say.
 async fn runtime(ctx: &Ctx, name: &str) -> Option<instance::State> {
     tokio::time::timeout(STATE_BOUND, ctx.driver.state(name))
@@ -156,19 +218,16 @@ fn me(ctx: &Ctx) -> Option<cluster::MemberId> {
 }
 
 fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Facts {
-    let online: HashMap<String, bool> = state
+    let facts: HashMap<String, Facts> = state
         .members
         .values()
         .map(|m| {
             let here = Some(m.id) == ctx.member_id();
-            (m.name.clone(), here || crate::membership::is_online(ctx, &m.name))
+            let online = here || crate::membership::is_online(ctx, &m.name);
+            (m.name.clone(), placement::facts_of(state, m, online))
         })
         .collect();
-    move |m: &cluster::Member| Facts {
-        online: online.get(&m.name).copied().unwrap_or(false),
-        evacuated: false,
-        manual: false,
-    }
+    move |m: &cluster::Member| facts.get(&m.name).copied().unwrap_or_default()
 }
 
 /// `POST /1.0/instances`.
@@ -264,6 +323,8 @@ async fn create_here(ctx: Ctx, id: Identity, post: InstancesPost) -> Result<Resp
     };
     // Limits are checked before anything is recorded.
     limits(&record.expanded_config(&state))?;
+    let building = Building::new(&ctx, &post.name)
+        .ok_or_else(|| ApiError::conflict(format!("Instance {:?} already exists", post.name)))?;
     ctx.store
         .apply(InstanceCommand::Create {
             instance: Box::new(record),
@@ -279,6 +340,7 @@ async fn create_here(ctx: Ctx, id: Identity, post: InstancesPost) -> Result<Resp
     let run_ctx = ctx.clone();
     Ok(crate::operations::start(&ctx, spec, move |progress| async move {
         let ctx = run_ctx;
+        let _building = building;
         match build(&ctx, &name, &fingerprint, &progress).await {
             Ok(()) => {}
             Err(e) => {
@@ -347,9 +409,7 @@ async fn build(
         .map_err(|e| e.message)?;
     let state = ctx.store.state();
     let rec = state.instances.get(name).ok_or("Instance not found")?;
-    let expanded = rec.expanded_config(&state);
-    let privileged = expanded.get("security.privileged").is_some_and(|v| v == "true");
-    let limits = limits(&expanded).map_err(|e| e.0.message)?;
+    let (privileged, _) = runtime_settings(&state, rec)?;
     let pool_name = rec.root_pool(&state).ok_or("No root disk device")?;
     let pool = local_pool(ctx, &state, &pool_name)?;
     let owner = if privileged {
@@ -374,10 +434,33 @@ async fn build(
     })
     .await
     .map_err(|e| format!("Failed unpacking image: {e}"))?;
+    make_container(ctx, &state, rec, name, &path).await
+}
+
+/// `security.privileged` and the limits of an instance, from its expanded config.
+fn runtime_settings(
+    state: &cluster::State,
+    rec: &InstanceRecord,
+) -> std::result::Result<(bool, instance::Limits), String> {
+    let expanded = rec.expanded_config(state);
+    let privileged = expanded.get("security.privileged").is_some_and(|v| v == "true");
+    let limits = limits(&expanded).map_err(|e| e.0.message)?;
+    Ok((privileged, limits))
+}
+
+/// The runtime's container `name` for `rec`, over the volume at `volume`.
+async fn make_container(
+    ctx: &Ctx,
+    state: &cluster::State,
+    rec: &InstanceRecord,
+    name: &str,
+    volume: &std::path::Path,
+) -> std::result::Result<(), String> {
+    let (privileged, limits) = runtime_settings(state, rec)?;
     ctx.driver
         .create(instance::CreateSpec {
             name: name.to_string(),
-            rootfs: path.join("rootfs"),
+            rootfs: volume.join("rootfs"),
             privileged,
             limits,
         })
@@ -435,17 +518,183 @@ async fn set_status(ctx: &Ctx, name: &str, status: InstanceStatus) {
         .await;
 }
 
-/// `GET /1.0/instances`: every member's instances, gathered at once.
+/// How long the start-up pass keeps trying to write what it found (a member restarted
+/// in a cluster may wait for a leader).
+const START_BOUND: Duration = Duration::from_secs(120);
+
+/// Applies `cmd`, trying again while the store cannot take writes, until `deadline`.
+/// False if it was refused or the time ran out.
+async fn apply_until(ctx: &Ctx, deadline: tokio::time::Instant, cmd: InstanceCommand) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ctx.store.apply(cmd.clone())).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(cluster::StoreError::State(e))) => {
+                tracing::warn!(command = cmd.name(), error = %e, "start-up write refused");
+                return false;
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(
+                    command = cmd.name(),
+                    "start-up write gave up: the cluster did not take it"
+                );
+                return false;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// What a member does with its instances when it starts:
+///
+/// ```text
+///  record here, Creating, not being built  -> a launch died with the last process:
+///                                             container, volume and record removed
+///  otherwise                               -> the runtime's status written back when it
+///                                             differs (containers outlive the daemon, so
+///                                             running ones are adopted as they are)
+///  stopped, and boot.autostart true (or unset with volatile.last_state.power RUNNING),
+///  member not evacuated                    -> started, in Incus's order (autostart_order)
+/// ```
+///
+/// It runs beside the listeners: the member serves its instances from the start, and
+/// what this pass writes lands as soon as the cluster takes writes.
+pub async fn on_start(ctx: Ctx) {
+    let deadline = tokio::time::Instant::now() + START_BOUND;
+    let state = ctx.store.state();
+    let here = me(&ctx);
+    let mine: Vec<InstanceRecord> = state
+        .instances
+        .values()
+        .filter(|r| r.location == here)
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let listed: std::collections::HashSet<String> =
+        match tokio::time::timeout(STATE_BOUND, ctx.driver.list()).await {
+            Ok(Ok(l)) => l.into_iter().map(|l| l.name).collect(),
+            _ => {
+                tracing::warn!("the instance runtime did not list its containers; start-up pass skipped");
+                return;
+            }
+        };
+    let evacuated = here.is_some_and(|id| state.member_settings(id).evacuated);
+    let mut to_start = Vec::new();
+    for rec in &mine {
+        if rec.status == InstanceStatus::Creating {
+            if ctx.instances.building(&rec.name) {
+                continue;
+            }
+            tracing::warn!(instance = %rec.name, "a launch was cut short by the member's end; removing what it left");
+            match remove_local(&ctx, &rec.name).await {
+                Ok(()) => {
+                    apply_until(
+                        &ctx,
+                        deadline,
+                        InstanceCommand::Delete {
+                            name: rec.name.clone(),
+                        },
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %rec.name, error = %e, "could not remove an interrupted launch")
+                }
+            }
+            continue;
+        }
+        let now = if listed.contains(&rec.name) {
+            runtime(&ctx, &rec.name)
+                .await
+                .map(|s| status_of(s.status))
+                .unwrap_or(InstanceStatus::Error)
+        } else {
+            InstanceStatus::Error
+        };
+        let expanded = rec.expanded_config(&state);
+        if now == InstanceStatus::Stopped && !evacuated && cluster::should_autostart(&expanded) {
+            // Its last state stays as it was until it is started.
+            to_start.push((rec.name.clone(), expanded));
+            continue;
+        }
+        if now != rec.status {
+            apply_until(
+                &ctx,
+                deadline,
+                InstanceCommand::SetStatus {
+                    name: rec.name.clone(),
+                    status: now,
+                },
+            )
+            .await;
+        }
+    }
+    autostart(&ctx, deadline, to_start).await;
+}
+
+/// Starts instances at member start in Incus's order: the plain ones at once, then
+/// the ordered ones one by one, each followed by its `boot.autostart.delay`.
+async fn autostart(
+    ctx: &Ctx,
+    deadline: tokio::time::Instant,
+    instances: Vec<(String, BTreeMap<String, String>)>,
+) {
+    let (bulk, ordered) = cluster::autostart_order(instances);
+    join_all(bulk.iter().map(|name| start_at_boot(ctx, deadline, name))).await;
+    for (name, delay) in ordered {
+        if start_at_boot(ctx, deadline, &name).await && delay > 0 {
+            tokio::time::sleep(Duration::from_secs(delay.min(3600))).await;
+        }
+    }
+}
+
+/// Starts one instance at member start; whether it started.
+async fn start_at_boot(ctx: &Ctx, deadline: tokio::time::Instant, name: &str) -> bool {
+    match ctx.driver.start(name).await {
+        Ok(()) => {
+            tracing::info!(instance = %name, "started at member start (boot.autostart)");
+            apply_until(
+                ctx,
+                deadline,
+                InstanceCommand::SetStatus {
+                    name: name.to_string(),
+                    status: InstanceStatus::Running,
+                },
+            )
+            .await;
+            ctx.events.lifecycle("instance-started", &url(name), None, None);
+            true
+        }
+        Err(e) => {
+            // The record keeps its last state, so the next start tries again.
+            tracing::warn!(instance = %name, error = %e, "could not start at member start");
+            false
+        }
+    }
+}
+
+/// `GET /1.0/instances`: every member's instances, gathered at once, then `filter=`
+/// (Incus's language, `api::filter`) and `?target=` (a member's only) applied.
+/// `all-projects=true` lists the one project there is, `default`.
 pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
     let state = ctx.store.state();
     let level: u32 = q.get("recursion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let filter = api::filter::Filter::parse(q.get("filter").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))?;
+    let all_projects = q
+        .get("all-projects")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"));
+    if all_projects && q.get("project").is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request("Cannot specify a project when requesting all projects").into());
+    }
     let target = q.get("target").filter(|t| !t.is_empty()).cloned();
     let wanted = |rec: &InstanceRecord| {
         target
             .as_ref()
             .is_none_or(|t| state.location_name(rec.location, &ctx.server_name()) == *t)
     };
-    if level == 0 {
+    if level == 0 && filter.is_empty() {
         let urls: Vec<String> = state
             .instances
             .values()
@@ -474,6 +723,27 @@ pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String
         .filter(|i| state.instances.get(&i.instance.name).is_some_and(&wanted))
         .collect();
     all.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
+    if !filter.is_empty() {
+        let mut kept = Vec::with_capacity(all.len());
+        for i in all {
+            // Matched against what the answer shows: the state only at recursion 2.
+            let shown = if level >= 2 {
+                serde_json::to_value(&i)
+            } else {
+                serde_json::to_value(&i.instance)
+            }
+            .unwrap_or(Value::Null);
+            if filter.matches(&shown).map_err(ApiError::bad_request)? {
+                kept.push(i);
+            }
+        }
+        all = kept;
+    }
+    if level == 0 {
+        return Ok(sync(
+            all.iter().map(|i| url(&i.instance.name)).collect::<Vec<_>>(),
+        ));
+    }
     if level >= 2 {
         Ok(sync(all))
     } else {
@@ -558,10 +828,22 @@ pub async fn get(
     let (state, rec) = record(&ctx, &name)?;
     let full = full_here(&ctx, &state, &rec).await;
     if recursion(&q) {
-        Ok(sync(full))
+        Ok(sync_etag(full, &etag_basis(&rec)))
     } else {
-        Ok(sync(full.instance))
+        Ok(sync_etag(full.instance, &etag_basis(&rec)))
     }
+}
+
+/// What an instance's ETag is made from, as Incus: architecture, its own config
+/// (volatile keys included) and devices, ephemeral, profiles.
+fn etag_basis(rec: &InstanceRecord) -> impl serde::Serialize + '_ {
+    (
+        &rec.architecture,
+        &rec.config,
+        &rec.devices,
+        rec.ephemeral,
+        &rec.profiles,
+    )
 }
 
 /// `PUT` and `PATCH /1.0/instances/{name}`.
@@ -570,9 +852,11 @@ pub async fn put(
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
     method: Method,
+    headers: http::HeaderMap,
     body: Body,
 ) -> Result<Response> {
     let (_, rec) = record(&ctx, &name)?;
+    check_if_match(&headers, &etag_basis(&rec))?;
     let req: InstancePut = crate::response::json_body(body).await?;
     if !req.restore.is_empty() {
         return Err(ApiError::not_implemented_yet("Instance snapshots").into());
@@ -624,10 +908,7 @@ pub async fn put(
         resourced("Updating instance", &name),
         move |_| async move {
             let ctx = run_ctx;
-            if runtime(&ctx, &name)
-                .await
-                .is_some_and(|s| s.status != instance::Status::Stopped)
-            {
+            if is_up(&ctx, &name).await {
                 ctx.driver
                     .set_limits(&name, new_limits)
                     .await
@@ -646,6 +927,127 @@ fn resourced(description: &str, name: &str) -> Spec {
     spec
 }
 
+/// `POST /1.0/instances/{name}`: a rename (`{"name": NEW}`) of a stopped instance.
+/// Moves (`migration: true`) come later and answer 501.
+///
+/// ```text
+///  Rename{name, new} in the state (the name check: one of two racing renames or
+///  launches wins) ─> runtime container removed ─> volume renamed ─> container made
+///  under the new name ─> instance-renamed {old_name}
+///  a failure on the way puts the name, the volume and the container back
+/// ```
+pub async fn rename(
+    State(ctx): State<Ctx>,
+    Extension(id): Extension<Identity>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    let (_, rec) = record(&ctx, &name)?;
+    let req: api::types::InstancePost = crate::response::json_body(body).await?;
+    if req.migration {
+        return Err(ApiError::not_implemented_yet("Instance moves").into());
+    }
+    let new = req.name;
+    cluster::state::valid_instance_name(&new).map_err(ApiError::bad_request)?;
+    if new == name {
+        return Err(ApiError::bad_request("The instance already has that name").into());
+    }
+    if ctx.store.state().instances.contains_key(&new) {
+        return Err(ApiError::conflict(format!("Name {new:?} already in use")).into());
+    }
+    if rec.status == InstanceStatus::Creating || ctx.instances.building(&name) {
+        return Err(ApiError::bad_request("The instance is being created").into());
+    }
+    if is_up(&ctx, &name).await {
+        return Err(ApiError::bad_request("Renaming of running instance not allowed").into());
+    }
+    let run_ctx = ctx.clone();
+    Ok(crate::operations::start(
+        &ctx,
+        resourced("Renaming instance", &name),
+        move |_| async move {
+            let ctx = run_ctx;
+            rename_here(&ctx, &name, &new).await?;
+            ctx.events.lifecycle(
+                "instance-renamed",
+                &url(&new),
+                Some(&id),
+                Some(BTreeMap::from([("old_name".to_string(), Value::String(name))])),
+            );
+            Ok(())
+        },
+    ))
+}
+
+/// The record, then the container and its volume, renamed; put back on a failure.
+async fn rename_here(ctx: &Ctx, name: &str, new: &str) -> std::result::Result<(), String> {
+    let rename_record = |from: &str, to: &str| InstanceCommand::Rename {
+        name: from.to_string(),
+        new_name: to.to_string(),
+    };
+    ctx.store
+        .apply(rename_record(name, new))
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = ctx.store.state();
+    let moved = async {
+        let rec = state.instances.get(new).ok_or("Instance not found")?;
+        let pool_name = rec.root_pool(&state).ok_or("No root disk device")?;
+        let pool = local_pool(ctx, &state, &pool_name)?;
+        let known = ctx.driver.list().await.map_err(|e| e.to_string())?;
+        if known.iter().any(|l| l.name == name) {
+            ctx.driver
+                .delete(name)
+                .await
+                .map_err(|e| format!("Failed renaming instance: {e}"))?;
+        }
+        let (from, to) = (name.to_string(), new.to_string());
+        let path = tokio::task::spawn_blocking(move || {
+            let vol = storage::Volume::container(&from);
+            pool.rename_volume(&vol, &to)?;
+            pool.volume_path(&storage::Volume::container(&to))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("Failed renaming instance volume: {e}"))?;
+        make_container(ctx, &state, rec, new, &path).await
+    };
+    if let Err(e) = moved.await {
+        // Back as it was: the volume under the old name, its container, the record.
+        let state = ctx.store.state();
+        if let Some(rec) = state.instances.get(new) {
+            if let Some(pool) = rec
+                .root_pool(&state)
+                .and_then(|p| local_pool(ctx, &state, &p).ok())
+            {
+                let _ = ctx.driver.delete(new).await;
+                let (from, to) = (new.to_string(), name.to_string());
+                let back = tokio::task::spawn_blocking(move || {
+                    let vol = storage::Volume::container(&from);
+                    if pool.volume_path(&vol).is_ok_and(|p| p.exists()) {
+                        pool.rename_volume(&vol, &to)?;
+                    }
+                    pool.volume_path(&storage::Volume::container(&to))
+                })
+                .await;
+                if let Ok(Ok(path)) = back {
+                    if !ctx
+                        .driver
+                        .list()
+                        .await
+                        .is_ok_and(|l| l.iter().any(|l| l.name == name))
+                    {
+                        let _ = make_container(ctx, &state, rec, name, &path).await;
+                    }
+                }
+            }
+        }
+        let _ = ctx.store.apply(rename_record(new, name)).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// `DELETE /1.0/instances/{name}`.
 pub async fn delete(
     State(ctx): State<Ctx>,
@@ -653,11 +1055,10 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response> {
     let (_, rec) = record(&ctx, &name)?;
-    if rec.status != InstanceStatus::Creating
-        && runtime(&ctx, &name)
-            .await
-            .is_some_and(|s| s.status != instance::Status::Stopped)
-    {
+    if ctx.instances.building(&name) {
+        return Err(ApiError::bad_request("The instance is being created").into());
+    }
+    if rec.status != InstanceStatus::Creating && is_up(&ctx, &name).await {
         return Err(ApiError::bad_request("Instance is running").into());
     }
     let run_ctx = ctx.clone();

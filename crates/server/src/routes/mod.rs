@@ -6,6 +6,7 @@ pub(crate) mod certificates;
 pub(crate) mod cluster;
 pub(crate) mod console;
 pub use cluster::validate_certificate_pair;
+pub(crate) mod evacuation;
 pub(crate) mod events;
 pub(crate) mod exec;
 pub(crate) mod exec_output;

@@ -1,7 +1,12 @@
 //! Real LXC containers on a three-member cluster with the official client, every step
-//! through a member other than the owner: launch onto node2 through node1, list, stop
+//! through a member other than the owner: launch onto node2 through node1, list,
+//! limits set and enforced (nproc inside, through the owner's LXC driver exec; the
+//! memory limit at the container's cgroup, read from the host: this host's cgroup v1
+//! tree is not mounted inside, and without lxcfs `/proc/meminfo` shows the host's), stop
 //! and start, the holder killed with -9 and started again with the container still
-//! running, delete leaving no process, mount or cgroup. The image is built offline
+//! running, then again with the container stopped behind its back (started at member
+//! start, as `boot.autostart` unset and last state running ask), renamed while
+//! stopped, delete leaving no process, mount or cgroup. The image is built offline
 //! from Debian's `busybox-static`.
 //!
 //! Needs root, `lxc`, `incus` and `busybox-static`: skipped with a message without
@@ -109,6 +114,50 @@ pub(crate) async fn purge(dirs: &[PathBuf]) -> Vec<String> {
     left
 }
 
+/// Runs `argv` inside a container through its member's LXC driver; exit code and stdout.
+async fn inside(member_dir: &Path, name: &str, argv: &[&str]) -> (i32, String) {
+    use tokio::io::AsyncReadExt;
+    let p = driver_of(member_dir)
+        .exec(name, instance::conformance::spec(argv))
+        .await
+        .expect("exec");
+    drop(p.stdin);
+    let mut stdout = p.stdout;
+    let mut out = String::new();
+    let read = stdout.read_to_string(&mut out);
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the command ends")
+        .expect("stdout");
+    let code = tokio::time::timeout(Duration::from_secs(30), p.exit)
+        .await
+        .expect("the command ends")
+        .expect("exit code");
+    (code, out)
+}
+
+/// The memory limit of the cgroup process `pid` is in, read on the host (v1 or v2).
+fn host_memory_limit(pid: i64) -> Option<u64> {
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else {
+            continue;
+        };
+        if let Ok(v) = std::fs::read_to_string(&file) {
+            if let Ok(n) = v.trim().parse() {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
 async fn state_of(v: &Via, i: usize, name: &str) -> Value {
     let out = v.ok(i, &["query", &format!("/1.0/instances/{name}/state")]).await;
     serde_json::from_str(&out).expect("state JSON")
@@ -131,6 +180,20 @@ async fn body(c: &mut Cluster, work: &Path) {
         init.starts_with("/sbin/init") || init.contains("init"),
         "{init:?}"
     );
+
+    // Limits set through node3 (c1 is on node2) are what the container sees: its CPUs
+    // (nproc) and its memory cgroup, read inside through the owner's LXC driver exec.
+    v.ok(2, &["config", "set", "c1", "limits.memory=64MiB", "limits.cpu=1"])
+        .await;
+    let node2 = c.members[1].dir.clone();
+    let (code, nproc) = inside(&node2, "c1", &["/bin/busybox", "nproc"]).await;
+    assert_eq!((code, nproc.trim()), (0, "1"));
+    // The container does not see its cgroup files here (this host's cgroup v1 tree is
+    // not mounted inside), so the memory limit is read from the host, at the cgroup
+    // the container's init is in.
+    assert_eq!(host_memory_limit(pid), Some(64 << 20));
+    let st = state_of(&v, 0, "c1").await;
+    assert_eq!(st["memory"]["total"].as_i64(), Some(64 << 20), "{st}");
 
     // Stop (clean, then forced after the timeout) and start again, through other members.
     v.ok(2, &["stop", "c1", "--timeout", "10"]).await;
@@ -156,11 +219,43 @@ async fn body(c: &mut Cluster, work: &Path) {
     .await;
     assert_eq!(again["pid"].as_i64(), Some(pid), "{again}");
 
-    // Delete leaves no process, mount, runtime directory, cgroup or volume.
-    v.ok(2, &["stop", "c1", "--force"]).await;
-    v.ok(0, &["delete", "c1"]).await;
+    // A host reboot, as far as c1 sees it: node2 dies and c1 stops behind its back.
+    // Started again, node2 starts c1 (running when last seen, boot.autostart unset).
+    c.members[1].kill9();
+    driver_of(&c.members[1].dir)
+        .stop("c1", instance::Stop::Force)
+        .await
+        .expect("stopped behind the daemon's back");
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
-    let volume = c.members[1].dir.join("storage-pools/pool1/containers/c1");
+    c.members[1].start_again().await;
+    let booted = eventually(Duration::from_secs(60), "node2 to start c1 again", || async {
+        let (ok, out, _) = incus(&conf, Some(&sock), &["query", "/1.0/instances/c1/state"]).await;
+        let st: Value = serde_json::from_str(&out).ok()?;
+        (ok && st["status"] == "Running" && st["pid"].as_i64().is_some_and(|p| p > 0)).then_some(st)
+    })
+    .await;
+    assert_ne!(again["pid"], booted["pid"], "a new init");
+
+    // Renamed while stopped, through node3: the container runs under its new name.
+    v.ok(2, &["stop", "c1", "--force"]).await;
+    v.ok(2, &["rename", "c1", "c1b"]).await;
+    v.ok(0, &["start", "c1b"]).await;
+    let pid = state_of(&v, 2, "c1b").await["pid"].as_i64().unwrap_or(0);
+    assert!(pid > 0);
+    let names: Vec<String> = driver_of(&c.members[1].dir)
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, ["c1b"]);
+
+    // Delete leaves no process, mount, runtime directory, cgroup or volume.
+    v.ok(2, &["stop", "c1b", "--force"]).await;
+    v.ok(0, &["delete", "c1b"]).await;
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    let volume = c.members[1].dir.join("storage-pools/pool1/containers/c1b");
     assert!(!volume.exists(), "volume removed");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     assert!(
