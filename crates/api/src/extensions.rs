@@ -48,4 +48,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage",
     "image_create_aliases",
     "instance_create_start",
+    "snapshot_expiry",
+    "snapshot_expiry_creation",
+    "container_only_migration",
+    "cluster_internal_copy",
 ];

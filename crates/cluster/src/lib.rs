@@ -26,7 +26,7 @@ pub use command::Command;
 pub use state::{
     AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, InstanceCommand, InstanceRecord,
     InstanceStatus, Member, MemberCommand, MemberId, Pool, PoolCommand, PoolPart, PoolStatus, Profile,
-    ProfileCommand, Spent, State, StateError, Token, TokenCommand, TokenKind, TokenRefusal, TrustCommand,
-    Warning, WarningCommand, DEFAULT_PROFILE,
+    ProfileCommand, SnapshotCommand, SnapshotRecord, Spent, State, StateError, Token, TokenCommand,
+    TokenKind, TokenRefusal, TrustCommand, Warning, WarningCommand, DEFAULT_PROFILE,
 };
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

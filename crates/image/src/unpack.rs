@@ -155,6 +155,42 @@ pub async fn unpack_async(
         .map_err(|e| Error::io("unpack task")(io::Error::other(e.to_string())))?
 }
 
+/// Unpacks a plain tar of a whole container volume (`metadata.yaml`, `templates/`,
+/// `rootfs/`, as a member sends one when an instance is copied to another member) into
+/// `target`, an existing empty directory, with exactly the checks of [`unpack`]. Blocking.
+/// On failure the target is emptied again.
+pub fn unpack_volume(reader: impl Read, target: &Path, opts: &UnpackOptions) -> Result<UnpackStats> {
+    let volume = open_empty_dir(target)?;
+    let result = (|| {
+        let root_ids = (
+            opts.ownership.map(0).unwrap_or(0),
+            opts.ownership.map(0).unwrap_or(0),
+        );
+        mkdirat(&volume, "rootfs", Mode::from_raw_mode(0o755)).map_err(errno("creating rootfs"))?;
+        let rootfs = open_beneath(&volume, b"rootfs", OFlags::PATH)
+            .map_err(|e| Error::io("opening rootfs")(e.into()))?;
+        fchown_path(&rootfs, root_ids)?;
+        let mut x = Extractor {
+            volume: volume.as_fd(),
+            rootfs: rootfs.as_fd(),
+            opts: *opts,
+            stats: UnpackStats::default(),
+            dirs: Vec::new(),
+            saw_rootfs: false,
+        };
+        x.members(reader, false)?;
+        if !x.saw_rootfs {
+            return Err(Error::MissingRootfs);
+        }
+        x.finish_dirs()?;
+        Ok(x.stats)
+    })();
+    if result.is_err() {
+        empty_dir(target);
+    }
+    result
+}
+
 fn unpack_into(
     files: &ImageFiles,
     volume: &OwnedFd,

@@ -42,6 +42,7 @@ mod routes;
 mod state_files;
 mod tunnel;
 mod unread;
+mod volumes;
 
 pub use cluster::store::DEFAULT_SNAPSHOT_LIMIT as DEFAULT_MAX_SNAPSHOT_SIZE;
 pub use daemon::{Daemon, DaemonConfig};

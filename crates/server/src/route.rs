@@ -316,6 +316,59 @@ fn served() -> Vec<Route> {
         row(G, "/1.0/instances/{name}/console", Full, Instance("name"), || {
             get(h::instances::console_log)
         }),
+        // Snapshots, on the member holding the instance; its volumes, to another member.
+        row(
+            G,
+            "/1.0/instances/{name}/snapshots",
+            Full,
+            Instance("name"),
+            || get(h::snapshots::list),
+        ),
+        row(
+            Po,
+            "/1.0/instances/{name}/snapshots",
+            Full,
+            Instance("name"),
+            || post(h::snapshots::create),
+        ),
+        row(
+            G,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || get(h::snapshots::get),
+        ),
+        row(
+            Pu,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || put(h::snapshots::put),
+        ),
+        row(
+            Pa,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || patch(h::snapshots::put),
+        ),
+        row(
+            Po,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || post(h::snapshots::post),
+        ),
+        row(
+            D,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || delete(h::snapshots::delete),
+        ),
+        row(G, "/internal/volumes/{name}", Access::Member, Here, || {
+            get(h::copy::internal_volume)
+        }),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
         row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),

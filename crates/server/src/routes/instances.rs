@@ -147,7 +147,7 @@ async fn full_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> I
             status_code: 102,
             ..Default::default()
         })),
-        snapshots: Some(Vec::new()),
+        snapshots: Some(crate::routes::snapshots::render_all(state, &rec.name)),
     }
 }
 
@@ -155,7 +155,7 @@ fn me(ctx: &Ctx) -> Option<cluster::MemberId> {
     ctx.member_id()
 }
 
-fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Facts {
+pub(crate) fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Facts {
     let online: HashMap<String, bool> = state
         .members
         .values()
@@ -189,6 +189,9 @@ pub async fn create(
             post.kind
         ))
         .into());
+    }
+    if post.source.kind == "copy" {
+        return crate::routes::copy::create(ctx, id, parts, bytes, post).await;
     }
     if post.source.kind != "image" {
         return Err(ApiError::bad_request(format!(
@@ -311,7 +314,7 @@ fn limits(expanded: &BTreeMap<String, String>) -> Result<instance::Limits> {
 }
 
 /// This member's pool `name`, as its part is recorded.
-fn local_pool(
+pub(crate) fn local_pool(
     ctx: &Ctx,
     state: &cluster::State,
     name: &str,
@@ -406,6 +409,7 @@ async fn remove_local(ctx: &Ctx, name: &str) -> std::result::Result<(), String> 
             .await
             .map_err(|e| format!("Failed deleting instance: {e}"))?;
     }
+    crate::routes::snapshots::remove_all_local(ctx, name).await?;
     let state = ctx.store.state();
     let pool = state
         .instances
@@ -575,7 +579,7 @@ pub async fn put(
     let (_, rec) = record(&ctx, &name)?;
     let req: InstancePut = crate::response::json_body(body).await?;
     if !req.restore.is_empty() {
-        return Err(ApiError::not_implemented_yet("Instance snapshots").into());
+        return crate::routes::snapshots::restore(&ctx, id, name, req.restore).await;
     }
     let (mut config, mut devices) = (req.config, req.devices);
     let mut profiles = req.profiles.unwrap_or_else(|| rec.profiles.clone());

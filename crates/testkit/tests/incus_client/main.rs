@@ -8,6 +8,7 @@ mod t60_storage_profiles;
 mod t70_instances;
 mod t75_not_yet;
 mod t76_instances_lxc;
+mod t84_snapshots;
 mod t90_validation;
 
 use std::path::Path;

@@ -16,7 +16,7 @@ use super::t60_storage_profiles::Via;
 const LONG: Duration = Duration::from_secs(60);
 
 /// A small unified image (`metadata.yaml`, `rootfs/`) as a gzip tarball in `dir`.
-fn image(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn image(dir: &Path) -> std::path::PathBuf {
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("rootfs/etc")).unwrap();
     std::fs::create_dir_all(tree.join("rootfs/sbin")).unwrap();
@@ -44,7 +44,7 @@ async fn rows(v: &Via, i: usize) -> Vec<String> {
 
 /// Three members on the fake driver, a pool on each, the default profile's root disk
 /// on it, and the image `img` imported through node1.
-async fn cluster_with_image(work: &Path) -> (Cluster, Via) {
+pub(crate) async fn cluster_with_image(work: &Path) -> (Cluster, Via) {
     let c = Cluster::start_env(3, &[("cluster.offline_threshold", "3")], &[FAKE_DRIVER]).await;
     c.wait_healthy(3, LONG).await;
     let v = Via::new(&c);
@@ -225,8 +225,8 @@ async fn t78_bad_launches_are_refused_and_leave_nothing() {
         ),
         (
             serde_json::json!({"name": "x", "source": {"type": "copy", "source": "c1"}}),
-            400,
-            "source type",
+            404,
+            "Source instance \"c1\" not found",
         ),
         (
             serde_json::json!({"name": "x", "source": {"type": "image", "alias": "nope"}}),
