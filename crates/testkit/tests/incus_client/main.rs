@@ -9,6 +9,7 @@ mod t70_instances;
 mod t75_not_yet;
 mod t76_instances_lxc;
 mod t84_snapshots;
+mod t84_snapshots_lxc;
 mod t90_validation;
 
 use std::path::Path;

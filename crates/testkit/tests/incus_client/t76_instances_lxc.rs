@@ -23,7 +23,7 @@ use super::incus;
 use super::t60_storage_profiles::Via;
 
 /// Whether this machine can run the test (else a message, or a panic under CI=true).
-fn ready() -> bool {
+pub(crate) fn ready() -> bool {
     if !(have_root() && have_tool("incus") && have_tool("lxc-start")) {
         return false;
     }
@@ -38,7 +38,7 @@ fn ready() -> bool {
 }
 
 /// A busybox image (`metadata.yaml`, `rootfs/` with `/sbin/init`) as a gzip tarball.
-fn busybox_image(dir: &Path) -> PathBuf {
+pub(crate) fn busybox_image(dir: &Path) -> PathBuf {
     let tree = dir.join("tree");
     let root = tree.join("rootfs");
     for d in [
@@ -93,7 +93,7 @@ fn driver_of(dir: &Path) -> Arc<LxcDriver> {
 }
 
 /// Stops and deletes every container of every member; returns what is still left.
-async fn purge(dirs: &[PathBuf]) -> Vec<String> {
+pub(crate) async fn purge(dirs: &[PathBuf]) -> Vec<String> {
     let mut left = Vec::new();
     for dir in dirs {
         let d = driver_of(dir);
@@ -106,7 +106,7 @@ async fn purge(dirs: &[PathBuf]) -> Vec<String> {
     left
 }
 
-async fn state_of(v: &Via, i: usize, name: &str) -> Value {
+pub(crate) async fn state_of(v: &Via, i: usize, name: &str) -> Value {
     let out = v.ok(i, &["query", &format!("/1.0/instances/{name}/state")]).await;
     serde_json::from_str(&out).expect("state JSON")
 }
