@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod error;
 pub mod expiry;
 pub mod extensions;
+pub mod schedule;
 pub mod settings;
 pub mod types;
 pub mod units;

@@ -217,6 +217,7 @@ impl Daemon {
         tokio::spawn(crate::relay::run(ctx.clone()));
         tokio::spawn(crate::acme::run(ctx.clone()));
         tokio::spawn(crate::images::sync_task(ctx.clone()));
+        tokio::spawn(crate::snapshot_tasks::run(ctx.clone()));
         let anycast_task = tokio::spawn(crate::anycast::run(ctx.clone()));
         tracing::info!(
             dir = %dir.display(),

@@ -39,6 +39,7 @@ mod relay;
 mod response;
 mod route;
 mod routes;
+mod snapshot_tasks;
 mod state_files;
 mod tunnel;
 mod unread;

@@ -449,6 +449,9 @@ fn served() -> Vec<Route> {
         }),
         test_row(G, "/internal/test/routes", || get(h::testing::routes)),
         test_row(Po, "/internal/test/images/sync", || post(h::images::test_sync)),
+        test_row(Po, "/internal/test/snapshots/tick", || {
+            post(h::snapshots::test_tick)
+        }),
         test_row(Po, "/internal/test/images/{fingerprint}/ensure", || {
             post(h::images::test_ensure)
         }),

@@ -566,6 +566,30 @@ pub async fn restore(ctx: &Ctx, id: Identity, name: String, snap: String) -> Res
     }))
 }
 
+/// `POST /internal/test/snapshots/tick[?at=RFC3339]` (`--test-routes`): the owner's
+/// once-a-minute expiry and schedule pass on the member reached, as if it were `at`
+/// (default now); answers what it did.
+pub async fn test_tick(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
+    let at = match q.get("at") {
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| ApiError::bad_request(format!("Invalid time {t:?}: {e}")))?,
+        None => time::OffsetDateTime::now_utc(),
+    };
+    let done = crate::snapshot_tasks::tick(&ctx, at).await;
+    Ok(sync(
+        done.iter()
+            .map(|a| match a {
+                crate::snapshot_tasks::Action::Expire { instance, snapshot } => {
+                    format!("expired {instance}/{snapshot}")
+                }
+                crate::snapshot_tasks::Action::Take {
+                    instance, snapshot, ..
+                } => format!("took {instance}/{snapshot}"),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,3 +288,93 @@ async fn t85_copies_with_a_sick_member_fail_naming_it_and_leave_nothing() {
         assert_eq!(hidden(&p), Vec::<String>::new());
     }
 }
+
+#[tokio::test]
+async fn t86_the_owner_expires_and_schedules_snapshots() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let c = stapes_testkit::Cluster::start_env(
+        3,
+        &[("cluster.offline_threshold", "3")],
+        &[stapes_testkit::FAKE_DRIVER, ("STAPES_TEST_ROUTES", "true")],
+    )
+    .await;
+    c.wait_healthy(3, LONG).await;
+    let v = super::t60_storage_profiles::Via::new(&c);
+    super::t70_instances::prepare(&v, &super::t70_instances::image(work.path()), "img").await;
+    v.ok(0, &["init", "img", "c1", "--target", "node2"]).await;
+    v.ok(
+        2,
+        &[
+            "config",
+            "set",
+            "c1",
+            "snapshots.schedule=0 3 1 1 *",
+            "snapshots.schedule.stopped=true",
+            "snapshots.pattern=auto%d",
+            "snapshots.expiry=1H",
+        ],
+    )
+    .await;
+    v.settle().await;
+    let t = stapes_testkit::Target::Unix(v.sock[0].clone());
+    // A snapshot that expires before the pass below runs (at a time given to it, so
+    // the member's own minute task, which runs meanwhile, finds nothing to do).
+    let r = t
+        .send_json(
+            "POST",
+            "/1.0/instances/c1/snapshots",
+            &serde_json::json!({"name": "old", "expires_at": "2099-06-01T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let conf = v.conf.path();
+    eventually(LONG, "the snapshot recorded", || async {
+        let (ok, out, _) = incus(
+            conf,
+            Some(&v.sock[2]),
+            &["snapshot", "list", "c1", "--format", "csv", "-c", "n"],
+        )
+        .await;
+        (ok && out.contains("old")).then_some(())
+    })
+    .await;
+
+    // Another member's pass leaves c1 alone; its owner's expires and schedules.
+    let r = t
+        .send_json(
+            "POST",
+            "/internal/test/snapshots/tick?target=node3&at=2100-01-01T03:00:00Z",
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.metadata(), serde_json::json!([]), "{:?}", r.json());
+    let r = t
+        .send_json(
+            "POST",
+            "/internal/test/snapshots/tick?target=node2&at=2100-01-01T03:00:00Z",
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.metadata(),
+        serde_json::json!(["expired c1/old", "took c1/auto0"])
+    );
+    let list = v
+        .ok(1, &["snapshot", "list", "c1", "--format", "csv", "-c", "n"])
+        .await;
+    assert_eq!(list.trim(), "auto0");
+    let node2 = pool(&c.members[1].dir);
+    assert!(!node2.join("containers-snapshots/c1/old").exists());
+    assert!(node2.join("containers-snapshots/c1/auto0").is_dir());
+    let show = v.ok(0, &["snapshot", "show", "c1", "auto0"]).await;
+    assert!(
+        show.contains("expires_at: 2100-01-01T04:00:00Z"),
+        "snapshots.expiry applied: {show}"
+    );
+}
