@@ -13,6 +13,7 @@
 //!  │       ├── templates/
 //!  │       └── rootfs/            0755
 //!  ├── containers-snapshots/      0711
+//!  │   └── <name>/<snapshot>/     a copy of the volume ([`Tree::Snapshot`])
 //!  ├── custom/  custom-snapshots/ 0700
 //!  ├── images/                    0700
 //!  └── virtual-machines/  virtual-machines-snapshots/  buckets/
