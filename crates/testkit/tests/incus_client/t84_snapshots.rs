@@ -275,8 +275,15 @@ async fn t85_copies_with_a_sick_member_fail_naming_it_and_leave_nothing() {
     })
     .await;
     assert!(err.contains("node2"), "{err}");
+    // Snapshot requests about its instance fail naming it too.
+    let (ok, _, err) = incus(conf, Some(&v.sock[2]), &["snapshot", "create", "c1", "s9"]).await;
+    assert!(!ok && err.contains("node2"), "{err}");
     drop(resume);
     v.settle().await;
+    let list = v
+        .ok(0, &["snapshot", "list", "c1", "--format", "csv", "-c", "n"])
+        .await;
+    assert_eq!(list.trim(), "s1", "nothing taken while its member was hung");
     let rows = v.ok(0, &["list", "--format", "csv", "-c", "n"]).await;
     assert_eq!(rows.trim(), "c1", "nothing half-made is listed");
     for m in &c.members {
