@@ -179,6 +179,7 @@ impl Daemon {
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::images::remove_partial(&ctx);
+        crate::volumes::remove_partial(&ctx);
         crate::context::on_state_change(&ctx);
         if config.test_routes {
             tracing::warn!("serving the test routes under /internal/test (--test-routes)");

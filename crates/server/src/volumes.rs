@@ -44,6 +44,22 @@ const MAX_FRAME: usize = 1 << 20;
 /// What ends a stream: a zero length, then the digest.
 const DIGEST_LEN: usize = 32;
 
+/// Removes what copies, snapshots and restores cut short by a crash left in this
+/// member's pools (hidden stages and half-deleted trees), before anything uses them.
+pub fn remove_partial(ctx: &Ctx) {
+    let state = ctx.store.state();
+    for name in state.pools.keys() {
+        let Ok(pool) = crate::routes::instances::local_pool(ctx, &state, name) else {
+            continue;
+        };
+        match pool.remove_partial() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pool = %name, removed = n, "removed partial volumes"),
+            Err(e) => tracing::warn!(pool = %name, error = %e, "could not remove partial volumes"),
+        }
+    }
+}
+
 /// Encodes one frame header.
 fn frame_header(len: usize) -> [u8; 4] {
     (len as u32).to_be_bytes()

@@ -385,3 +385,66 @@ async fn t86_the_owner_expires_and_schedules_snapshots() {
         "snapshots.expiry applied: {show}"
     );
 }
+
+/// Writes `mib` MiB of data (not sparse) at `path`.
+fn big_file(path: &Path, mib: usize) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0x5au8; 1 << 20];
+    for _ in 0..mib {
+        f.write_all(&block).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t87_a_copy_cut_by_a_member_killed_midway_leaves_nothing_and_can_be_retried() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (mut c, v) = cluster_with_image(work.path()).await;
+    v.ok(0, &["init", "img", "c1", "--target", "node2"]).await;
+    let node2 = pool(&c.members[1].dir);
+    let node3 = pool(&c.members[2].dir);
+    big_file(&node2.join("containers/c1/rootfs/big"), 512);
+    let t = stapes_testkit::Target::Unix(v.sock[0].clone());
+    for killed in [2usize, 1] {
+        // The copy through node1 to node3; once node3 stages it, a member dies.
+        let body = serde_json::json!({"name": "c7", "source": {"type": "copy", "source": "c1"}});
+        let r = t
+            .send_json("POST", "/1.0/instances?target=node3", &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{:?}", r.json());
+        let op = r.json()["operation"].as_str().unwrap_or("").to_string();
+        let op = op.split('?').next().unwrap_or("").to_string();
+        eventually(LONG, "node3 to stage the copy", || async {
+            (!hidden(&node3).is_empty()).then_some(())
+        })
+        .await;
+        c.members[killed].restart().await;
+        c.wait_healthy(3, LONG).await;
+        v.settle().await;
+        if killed == 1 {
+            // The destination lived: its operation failed, naming the source's member.
+            let done = t.get(&format!("{op}/wait?timeout=60")).await.unwrap();
+            let md = done.metadata();
+            assert_eq!(md["status"], "Failure", "{md}");
+            assert!(md["err"].as_str().unwrap_or("").contains("node2"), "{md}");
+        }
+        // Nothing half-made: no record, no volume, no stage left on node3.
+        eventually(LONG, "node3 to hold nothing of c7", || async {
+            (hidden(&node3).is_empty() && !node3.join("containers/c7").exists()).then_some(())
+        })
+        .await;
+        let rows = v.ok(0, &["list", "--format", "csv", "-c", "n"]).await;
+        assert_eq!(rows.trim(), "c1", "member {killed} killed");
+    }
+
+    // And again, whole this time.
+    v.ok(0, &["copy", "c1", "c7", "--target", "node3"]).await;
+    let len = std::fs::metadata(node3.join("containers/c7/rootfs/big"))
+        .unwrap()
+        .len();
+    assert_eq!(len, 512 << 20);
+}
