@@ -52,4 +52,5 @@ pub const API_EXTENSIONS: &[&str] = &[
     "snapshot_expiry_creation",
     "container_only_migration",
     "cluster_internal_copy",
+    "instance_get_full",
 ];

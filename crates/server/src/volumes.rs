@@ -230,19 +230,19 @@ impl<R: Read> Read for Deframer<R> {
     }
 }
 
-/// A blocking reader over chunks sent from an async task.
+/// A blocking reader over chunks sent from an async task (read on a blocking thread).
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.current = b,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -291,7 +291,7 @@ pub async fn fetch(
             "Cluster member {member:?} could not send the volume: {msg}"
         ));
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
     let unpack = tokio::task::spawn_blocking(move || {
         let mut reader = Deframer::new(ChannelReader {
             rx,
@@ -304,20 +304,15 @@ pub async fn fetch(
     let mut body = resp.into_body().into_data_stream();
     let pumped = async {
         loop {
-            let next = tokio::time::timeout(STALL, body.next()).await;
-            let item = match next {
+            let item = match tokio::time::timeout(STALL, body.next()).await {
                 Err(_) => Err(std::io::Error::other(format!("no data for {STALL:?}"))),
                 Ok(None) => break,
                 Ok(Some(Ok(b))) => Ok(b),
                 Ok(Some(Err(e))) => Err(std::io::Error::other(e.to_string())),
             };
             let failed = item.is_err();
-            let tx = tx.clone();
-            // The channel is bounded: wait for room off the runtime's threads.
-            let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
-                .await
-                .unwrap_or(false);
-            if !sent || failed {
+            // Bounded: a slow unpack holds the network back.
+            if tx.send(item).await.is_err() || failed {
                 break;
             }
         }

@@ -324,14 +324,13 @@ async fn stage(
     to: Tree<'_>,
 ) -> std::result::Result<(), String> {
     let p = made.pool.clone();
-    let to_owned = (to.to_string(), matches!(to, Tree::Snapshot(..)));
-    let staged = tokio::task::spawn_blocking(move || {
-        let (name, is_snap) = to_owned;
-        let tree = match (is_snap, name.split_once('/')) {
-            (true, Some((i, s))) => Tree::Snapshot(i, s),
-            _ => Tree::Container(&name),
-        };
-        p.stage_tree(tree)
+    let (inst, snap) = match to {
+        Tree::Container(n) => (n.to_string(), None),
+        Tree::Snapshot(n, s) => (n.to_string(), Some(s.to_string())),
+    };
+    let staged = tokio::task::spawn_blocking(move || match &snap {
+        Some(s) => p.stage_tree(Tree::Snapshot(&inst, s)),
+        None => p.stage_tree(Tree::Container(&inst)),
     })
     .await
     .map_err(|e| e.to_string())?

@@ -66,6 +66,8 @@ async fn t84_snapshot_restore_rename_copy_through_other_members() {
     assert!(show.contains("name: s2"), "{show}");
     let info = v.ok(2, &["list", "c1", "--format", "csv", "-c", "nS"]).await;
     assert_eq!(info.trim(), "c1,1");
+    let info = v.ok(2, &["info", "c1"]).await;
+    assert!(info.contains("Snapshots:") && info.contains("s2"), "{info}");
     // A second snapshot, nameless: Incus's pattern names it.
     v.ok(0, &["snapshot", "create", "c1"]).await;
     let list = v
