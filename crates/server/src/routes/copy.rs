@@ -221,6 +221,13 @@ async fn here(
         status: InstanceStatus::Creating,
         created_at: time::OffsetDateTime::now_utc(),
     };
+    // What the record will be refused for is refused now, before anything moves.
+    crate::routes::instances::limits(&record.expanded_config(&state))?;
+    let mut dry = (*state).clone();
+    dry.apply(&cluster::Command::Instances(InstanceCommand::Create {
+        instance: Box::new(record.clone()),
+    }))
+    .map_err(|e| crate::response::Error::from(cluster::StoreError::State(e)))?;
     // The new instance's pool must exist here before anything moves.
     let pool_name = record.root_pool(&state).ok_or_else(|| {
         ApiError::bad_request("Failed detecting root disk device: No root device could be found")
@@ -416,10 +423,7 @@ async fn run(
     let state = ctx.store.state();
     let expanded = record.expanded_config(&state);
     let privileged = expanded.get("security.privileged").is_some_and(|v| v == "true");
-    let host_memory = std::fs::read_to_string("/proc/meminfo")
-        .map(|t| host::resources::parse_meminfo(&t).total)
-        .unwrap_or(0);
-    let limits = instance::Limits::from_config(&expanded, host_memory).map_err(|e| e.to_string())?;
+    let limits = crate::routes::instances::limits(&expanded).map_err(|e| e.0.message)?;
     let src_snaps: Vec<cluster::SnapshotRecord> = snapshots
         .iter()
         .filter_map(|s| state.snapshot(source, s).cloned())

@@ -305,7 +305,7 @@ async fn create_here(ctx: Ctx, id: Identity, post: InstancesPost) -> Result<Resp
     }))
 }
 
-fn limits(expanded: &BTreeMap<String, String>) -> Result<instance::Limits> {
+pub(crate) fn limits(expanded: &BTreeMap<String, String>) -> Result<instance::Limits> {
     let host_memory = std::fs::read_to_string("/proc/meminfo")
         .map(|t| host::resources::parse_meminfo(&t).total)
         .unwrap_or(0);

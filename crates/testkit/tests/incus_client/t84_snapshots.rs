@@ -239,6 +239,18 @@ async fn t85_copies_with_a_sick_member_fail_naming_it_and_leave_nothing() {
             400,
             "Must specify a source instance",
         ),
+        (
+            "/1.0/instances",
+            serde_json::json!({"name": "x", "profiles": ["nope"], "source": {"type": "copy", "source": "c1"}}),
+            400,
+            "Requested profile \"nope\" doesn't exist",
+        ),
+        (
+            "/1.0/instances",
+            serde_json::json!({"name": "x", "config": {"limits.memory": "lots"}, "source": {"type": "copy", "source": "c1"}}),
+            400,
+            "limits.memory",
+        ),
     ] {
         let r = t.send_json("POST", path, &body).await.unwrap();
         let err = r.json()["error"].as_str().unwrap_or("").to_string();
