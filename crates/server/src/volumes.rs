@@ -265,7 +265,11 @@ pub async fn fetch(
 ) -> Result<(), String> {
     let mut path = format!("/internal/volumes/{name}");
     if let Some(s) = snapshot {
-        path.push_str(&format!("?snapshot={s}"));
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("snapshot", s)
+            .finish();
+        path.push('?');
+        path.push_str(&query);
     }
     let req = http::Request::get(path)
         .body(Body::empty())

@@ -259,6 +259,9 @@ async fn t85_copies_with_a_sick_member_fail_naming_it_and_leave_nothing() {
     }
     let r = t.get("/1.0/instances/c1/snapshots/..").await.unwrap();
     assert_ne!(r.status, 200);
+    // Volumes go to members only, never to a client, even a trusted local one.
+    let r = t.get("/internal/volumes/c1").await.unwrap();
+    assert_eq!(r.status, 403);
 
     // node3 stops answering: a copy to it fails naming it, and nothing is recorded.
     c.members[2].signal(nix::sys::signal::Signal::SIGSTOP);
@@ -294,9 +297,16 @@ async fn t85_copies_with_a_sick_member_fail_naming_it_and_leave_nothing() {
     assert!(!ok && err.contains("node2"), "{err}");
     drop(resume);
     v.settle().await;
-    let list = v
-        .ok(0, &["snapshot", "list", "c1", "--format", "csv", "-c", "n"])
+    let list = eventually(LONG, "node2 back", || async {
+        let (ok, out, _) = incus(
+            conf,
+            Some(&v.sock[0]),
+            &["snapshot", "list", "c1", "--format", "csv", "-c", "n"],
+        )
         .await;
+        ok.then_some(out)
+    })
+    .await;
     assert_eq!(list.trim(), "s1", "nothing taken while its member was hung");
     let rows = v.ok(0, &["list", "--format", "csv", "-c", "n"]).await;
     assert_eq!(rows.trim(), "c1", "nothing half-made is listed");
