@@ -57,4 +57,9 @@ pub const API_EXTENSIONS: &[&str] = &[
     "clustering_evacuation_mode",
     "clustering_evacuation_stop_options",
     "instance_all_projects",
+    "snapshot_expiry",
+    "snapshot_expiry_creation",
+    "container_only_migration",
+    "cluster_internal_copy",
+    "instance_get_full",
 ];

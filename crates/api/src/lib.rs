@@ -11,6 +11,7 @@ pub mod error;
 pub mod expiry;
 pub mod extensions;
 pub mod filter;
+pub mod schedule;
 pub mod settings;
 pub mod types;
 pub mod units;

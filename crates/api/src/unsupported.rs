@@ -95,16 +95,6 @@ pub const NOT_YET: &[(Methods, &str, &str)] = &[
         "Instance port forwards",
     ),
     (Methods::All, "/1.0/instances/{name}/rebuild", "Instance rebuilds"),
-    (
-        Methods::All,
-        "/1.0/instances/{name}/snapshots",
-        "Instance snapshots",
-    ),
-    (
-        Methods::All,
-        "/1.0/instances/{name}/snapshots/{p2}",
-        "Instance snapshots",
-    ),
     (Methods::All, "/1.0/network-acls", "Network ACLs"),
     (Methods::All, "/1.0/network-acls/{p1}", "Network ACLs"),
     (Methods::All, "/1.0/network-acls/{p1}/log", "Network ACLs"),

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    ConfigCommand, ImageCommand, InstanceCommand, MemberCommand, PoolCommand, ProfileCommand, State,
-    TokenCommand, TrustCommand, WarningCommand,
+    ConfigCommand, ImageCommand, InstanceCommand, MemberCommand, PoolCommand, ProfileCommand,
+    SnapshotCommand, State, TokenCommand, TrustCommand, WarningCommand,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +20,7 @@ pub enum Command {
     Profiles(ProfileCommand),
     Images(ImageCommand),
     Instances(InstanceCommand),
+    Snapshots(SnapshotCommand),
     /// The first entry of a new cluster: the state the member had while standalone.
     Restore {
         state: Box<State>,
@@ -39,6 +40,7 @@ impl Command {
             Command::Profiles(c) => c.name(),
             Command::Images(c) => c.name(),
             Command::Instances(c) => c.name(),
+            Command::Snapshots(c) => c.name(),
             Command::Restore { .. } => "restore",
         }
     }
@@ -62,5 +64,6 @@ domain!(
     Pools(PoolCommand),
     Profiles(ProfileCommand),
     Images(ImageCommand),
-    Instances(InstanceCommand)
+    Instances(InstanceCommand),
+    Snapshots(SnapshotCommand)
 );

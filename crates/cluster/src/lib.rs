@@ -27,7 +27,7 @@ pub use state::{autostart_order, should_autostart, MemberSettings, Scheduler};
 pub use state::{
     AliasRecord, ConfigCommand, ImageCommand, ImageLookup, ImageRecord, InstanceCommand, InstanceRecord,
     InstanceStatus, Member, MemberCommand, MemberId, Pool, PoolCommand, PoolPart, PoolStatus, Profile,
-    ProfileCommand, Spent, State, StateError, Token, TokenCommand, TokenKind, TokenRefusal, TrustCommand,
-    Warning, WarningCommand, DEFAULT_PROFILE,
+    ProfileCommand, SnapshotCommand, SnapshotRecord, Spent, State, StateError, Token, TokenCommand,
+    TokenKind, TokenRefusal, TrustCommand, Warning, WarningCommand, DEFAULT_PROFILE,
 };
 pub use store::{LeaderReply, LeaderRequest, MemberIdentity, Store, StoreError};

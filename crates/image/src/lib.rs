@@ -36,4 +36,4 @@ pub use format::Format;
 pub use import::{import, ImageType, ImportOptions, Imported, Limits, Upload};
 pub use metadata::{Metadata, Template};
 pub use store::{check_fingerprint, delete, remove_partial, ImageFiles};
-pub use unpack::{unpack, unpack_async, Ownership, Progress, UnpackOptions, UnpackStats};
+pub use unpack::{unpack, unpack_async, unpack_volume, Ownership, Progress, UnpackOptions, UnpackStats};

@@ -155,6 +155,28 @@ pub async fn unpack_async(
         .map_err(|e| Error::io("unpack task")(io::Error::other(e.to_string())))?
 }
 
+/// Unpacks a plain tar of a whole container volume (`metadata.yaml`, `templates/`,
+/// `rootfs/`, as a member sends one when an instance is copied to another member) into
+/// `target`, an existing empty directory, with exactly the checks of [`unpack`]. Blocking.
+/// On failure the target is emptied again.
+pub fn unpack_volume(reader: impl Read, target: &Path, opts: &UnpackOptions) -> Result<UnpackStats> {
+    let volume = open_empty_dir(target)?;
+    let result = (|| {
+        let rootfs = make_rootfs(&volume, opts)?;
+        let mut x = Extractor::new(&volume, &rootfs, opts);
+        x.members(reader, false)?;
+        if !x.saw_rootfs {
+            return Err(Error::MissingRootfs);
+        }
+        x.finish_dirs()?;
+        Ok(x.stats)
+    })();
+    if result.is_err() {
+        empty_dir(target);
+    }
+    result
+}
+
 fn unpack_into(
     files: &ImageFiles,
     volume: &OwnedFd,
@@ -167,22 +189,8 @@ fn unpack_into(
             .map_err(Error::io(format!("reading {}", p.display())))?
             .len();
     }
-    let root_ids = (
-        opts.ownership.map(0).unwrap_or(0),
-        opts.ownership.map(0).unwrap_or(0),
-    );
-    mkdirat(volume, "rootfs", Mode::from_raw_mode(0o755)).map_err(errno("creating rootfs"))?;
-    let rootfs =
-        open_beneath(volume, b"rootfs", OFlags::PATH).map_err(|e| Error::io("opening rootfs")(e.into()))?;
-    fchown_path(&rootfs, root_ids)?;
-    let mut x = Extractor {
-        volume: volume.as_fd(),
-        rootfs: rootfs.as_fd(),
-        opts: *opts,
-        stats: UnpackStats::default(),
-        dirs: Vec::new(),
-        saw_rootfs: false,
-    };
+    let rootfs = make_rootfs(volume, opts)?;
+    let mut x = Extractor::new(volume, &rootfs, opts);
     let mut meter = Meter {
         done: 0,
         total,
@@ -200,6 +208,19 @@ fn unpack_into(
     x.finish_dirs()?;
     meter.add(0, true);
     Ok(x.stats)
+}
+
+/// `rootfs/` in the volume, owned by the container's root.
+fn make_rootfs(volume: &OwnedFd, opts: &UnpackOptions) -> Result<OwnedFd> {
+    let root_ids = (
+        opts.ownership.map(0).unwrap_or(0),
+        opts.ownership.map(0).unwrap_or(0),
+    );
+    mkdirat(volume, "rootfs", Mode::from_raw_mode(0o755)).map_err(errno("creating rootfs"))?;
+    let rootfs =
+        open_beneath(volume, b"rootfs", OFlags::PATH).map_err(|e| Error::io("opening rootfs")(e.into()))?;
+    fchown_path(&rootfs, root_ids)?;
+    Ok(rootfs)
 }
 
 struct Meter<'a> {
@@ -267,7 +288,17 @@ struct Member {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Extractor<'_> {
+impl<'a> Extractor<'a> {
+    fn new(volume: &'a OwnedFd, rootfs: &'a OwnedFd, opts: &UnpackOptions) -> Self {
+        Extractor {
+            volume: volume.as_fd(),
+            rootfs: rootfs.as_fd(),
+            opts: *opts,
+            stats: UnpackStats::default(),
+            dirs: Vec::new(),
+            saw_rootfs: false,
+        }
+    }
     fn root_fd(&self, root: Root) -> BorrowedFd<'_> {
         match root {
             Root::Volume => self.volume,

@@ -180,6 +180,7 @@ impl Daemon {
         });
         let _ = trusted_from.set(Arc::downgrade(&ctx));
         crate::images::remove_partial(&ctx);
+        crate::volumes::remove_partial(&ctx);
         crate::context::on_state_change(&ctx);
         if config.test_routes {
             tracing::warn!("serving the test routes under /internal/test (--test-routes)");
@@ -219,6 +220,7 @@ impl Daemon {
         tokio::spawn(crate::acme::run(ctx.clone()));
         tokio::spawn(crate::images::sync_task(ctx.clone()));
         tokio::spawn(crate::routes::instances::on_start(ctx.clone()));
+        tokio::spawn(crate::snapshot_tasks::run(ctx.clone()));
         let anycast_task = tokio::spawn(crate::anycast::run(ctx.clone()));
         tracing::info!(
             dir = %dir.display(),

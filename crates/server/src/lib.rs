@@ -40,9 +40,11 @@ mod response;
 mod route;
 mod routes;
 mod sftp_relay;
+mod snapshot_tasks;
 mod state_files;
 mod tunnel;
 mod unread;
+mod volumes;
 
 pub use cluster::store::DEFAULT_SNAPSHOT_LIMIT as DEFAULT_MAX_SNAPSHOT_SIZE;
 pub use daemon::{Daemon, DaemonConfig};

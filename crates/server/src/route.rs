@@ -364,6 +364,58 @@ fn served() -> Vec<Route> {
         }),
         row(D, "/1.0/instances/{name}/files", Full, Instance("name"), || {
             delete(h::files::delete)
+        // Snapshots, on the member holding the instance; its volumes, to another member.
+        row(
+            G,
+            "/1.0/instances/{name}/snapshots",
+            Full,
+            Instance("name"),
+            || get(h::snapshots::list),
+        ),
+        row(
+            Po,
+            "/1.0/instances/{name}/snapshots",
+            Full,
+            Instance("name"),
+            || post(h::snapshots::create),
+        ),
+        row(
+            G,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || get(h::snapshots::get),
+        ),
+        row(
+            Pu,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || put(h::snapshots::put),
+        ),
+        row(
+            Pa,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || patch(h::snapshots::put),
+        ),
+        row(
+            Po,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || post(h::snapshots::post),
+        ),
+        row(
+            D,
+            "/1.0/instances/{name}/snapshots/{snapshot}",
+            Full,
+            Instance("name"),
+            || delete(h::snapshots::delete),
+        ),
+        row(G, "/internal/volumes/{name}", Access::Member, Here, || {
+            get(h::copy::internal_volume)
         }),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
@@ -452,6 +504,9 @@ fn served() -> Vec<Route> {
         }),
         test_row(G, "/internal/test/routes", || get(h::testing::routes)),
         test_row(Po, "/internal/test/images/sync", || post(h::images::test_sync)),
+        test_row(Po, "/internal/test/snapshots/tick", || {
+            post(h::snapshots::test_tick)
+        }),
         test_row(Po, "/internal/test/images/{fingerprint}/ensure", || {
             post(h::images::test_ensure)
         }),

@@ -15,7 +15,7 @@ use rustix::fs::{renameat_with, RenameFlags, CWD};
 use crate::error::{Error, Result};
 use crate::names::check_volume_name;
 use crate::tree;
-use crate::{default_source, Owner, Pool, PoolConfig, Space, Volume, VolumeType};
+use crate::{default_source, Owner, Pool, PoolConfig, Space, Tree, Volume, VolumeType};
 
 /// The directories of a pool, with Incus's modes (`drivers.BaseDirectories`).
 const LAYOUT: &[(&str, u32)] = &[
@@ -103,6 +103,85 @@ impl Dir {
             "setting the mode of {}",
             self.source.display()
         )))
+    }
+
+    fn snapshots_dir(&self, instance: &str) -> Result<PathBuf> {
+        check_volume_name(instance)?;
+        Ok(self.source.join("containers-snapshots").join(instance))
+    }
+
+    fn path_of_tree(&self, tree: Tree<'_>) -> Result<PathBuf> {
+        match tree {
+            Tree::Container(n) => self.path_of(&Volume::container(n)),
+            Tree::Snapshot(n, s) => {
+                check_volume_name(s)?;
+                Ok(self.snapshots_dir(n)?.join(s))
+            }
+        }
+    }
+
+    /// The directory a tree lives in, made (0700) for a snapshot when missing.
+    fn parent_of(&self, tree: Tree<'_>) -> Result<PathBuf> {
+        match tree {
+            Tree::Container(_) => Ok(self.kind_dir(VolumeType::Container)),
+            Tree::Snapshot(n, _) => {
+                let dir = self.snapshots_dir(n)?;
+                match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => Ok(dir),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(Error::PoolMissing(self.source.clone()))
+                    }
+                    Err(e) => Err(Error::io(format!("creating {}", dir.display()))(e)),
+                }
+            }
+        }
+    }
+
+    fn existing_tree(&self, tree: Tree<'_>) -> Result<PathBuf> {
+        let p = self.path_of_tree(tree)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => Ok(p),
+            _ => Err(Error::VolumeNotFound(p)),
+        }
+    }
+
+    /// Copies the tree at `src` to a new hidden directory in `parent`.
+    fn copy_hidden(&self, src: &Path, parent: &Path, name: &str) -> Result<PathBuf> {
+        let tmp = parent.join(format!(".copying-{name}-{}", random_suffix()?));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(Error::io(format!("creating {}", tmp.display())))?;
+        let copied = (|| -> Result<()> {
+            let s = rustix::fs::open(src, tree_flags(), rustix::fs::Mode::empty())
+                .map_err(Error::errno(format!("opening {}", src.display())))?;
+            let d = rustix::fs::open(&tmp, tree_flags(), rustix::fs::Mode::empty())
+                .map_err(Error::errno(format!("opening {}", tmp.display())))?;
+            tree::copy_dir_contents(&s, &d)
+        })();
+        if let Err(e) = copied {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        Ok(tmp)
+    }
+
+    /// Moves a hidden tree to `to`, never replacing anything.
+    fn put_in_place(tmp: &Path, to: &Path) -> Result<()> {
+        renameat_with(CWD, tmp, CWD, to, RenameFlags::NOREPLACE).map_err(|e| match e {
+            rustix::io::Errno::EXIST => Error::VolumeExists(to.to_path_buf()),
+            e => Error::errno(format!("moving the copy to {}", to.display()))(e),
+        })
+    }
+
+    /// Moves a directory aside under a hidden name and removes it.
+    fn remove_aside(p: &Path, name: &str) -> Result<()> {
+        let parent = p.parent().unwrap_or(Path::new("/"));
+        let aside = parent.join(format!(".deleting-{name}-{}", random_suffix()?));
+        renameat_with(CWD, p, CWD, &aside, RenameFlags::NOREPLACE)
+            .map_err(Error::errno(format!("moving {} aside", p.display())))?;
+        fs::remove_dir_all(&aside).map_err(Error::io(format!("removing {}", aside.display())))
     }
 
     /// Names in a directory, ignoring the pool's own dot files.
@@ -341,6 +420,131 @@ impl Pool for Dir {
         Ok(to)
     }
 
+    fn tree_path(&self, tree: Tree<'_>) -> Result<PathBuf> {
+        self.path_of_tree(tree)
+    }
+
+    fn copy_tree(&self, from: Tree<'_>, to: Tree<'_>) -> Result<PathBuf> {
+        let src = self.existing_tree(from)?;
+        let dst = self.path_of_tree(to)?;
+        if fs::symlink_metadata(&dst).is_ok() {
+            return Err(Error::VolumeExists(dst));
+        }
+        let parent = self.parent_of(to)?;
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = self.copy_hidden(&src, &parent, &name)?;
+        if let Err(e) = Self::put_in_place(&tmp, &dst) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        Ok(dst)
+    }
+
+    fn delete_tree(&self, tree: Tree<'_>) -> Result<()> {
+        let p = self.existing_tree(tree)?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::remove_aside(&p, &name)?;
+        if let Tree::Snapshot(n, _) = tree {
+            // The instance's snapshot directory goes with its last snapshot.
+            let _ = fs::remove_dir(self.snapshots_dir(n)?);
+        }
+        Ok(())
+    }
+
+    fn rename_snapshot(&self, instance: &str, name: &str, new_name: &str) -> Result<()> {
+        let from = self.existing_tree(Tree::Snapshot(instance, name))?;
+        let to = self.path_of_tree(Tree::Snapshot(instance, new_name))?;
+        renameat_with(CWD, &from, CWD, &to, RenameFlags::NOREPLACE).map_err(|e| match e {
+            rustix::io::Errno::EXIST => Error::VolumeExists(to.clone()),
+            e => Error::errno(format!("renaming {}", from.display()))(e),
+        })
+    }
+
+    fn restore_snapshot(&self, instance: &str, name: &str) -> Result<()> {
+        let snap = self.existing_tree(Tree::Snapshot(instance, name))?;
+        let vol = self.existing_tree(Tree::Container(instance))?;
+        let tmp = self.copy_hidden(&snap, &self.kind_dir(VolumeType::Container), instance)?;
+        if let Err(e) = renameat_with(CWD, &tmp, CWD, &vol, RenameFlags::EXCHANGE) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(Error::errno(format!(
+                "swapping {} with its snapshot",
+                vol.display()
+            ))(e));
+        }
+        // `tmp` now holds the old contents, under the hidden name a crash cleans up.
+        fs::remove_dir_all(&tmp).map_err(Error::io(format!("removing {}", tmp.display())))
+    }
+
+    fn delete_snapshots(&self, instance: &str) -> Result<()> {
+        let dir = self.snapshots_dir(instance)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Self::remove_aside(&dir, instance),
+            _ => Ok(()),
+        }
+    }
+
+    fn rename_snapshots(&self, instance: &str, new_name: &str) -> Result<()> {
+        let from = self.snapshots_dir(instance)?;
+        let to = self.snapshots_dir(new_name)?;
+        if fs::symlink_metadata(&from).is_err() {
+            return Ok(());
+        }
+        renameat_with(CWD, &from, CWD, &to, RenameFlags::NOREPLACE).map_err(|e| match e {
+            rustix::io::Errno::EXIST => Error::VolumeExists(to.clone()),
+            e => Error::errno(format!("renaming {}", from.display()))(e),
+        })
+    }
+
+    fn stage_tree(&self, tree: Tree<'_>) -> Result<PathBuf> {
+        let dst = self.path_of_tree(tree)?;
+        if fs::symlink_metadata(&dst).is_ok() {
+            return Err(Error::VolumeExists(dst));
+        }
+        let parent = self.parent_of(tree)?;
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(".copying-{name}-{}", random_suffix()?));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(Error::io(format!("creating {}", tmp.display())))?;
+        Ok(tmp)
+    }
+
+    fn copy_tree_into(&self, from: Tree<'_>, staged: &Path) -> Result<()> {
+        let src = self.existing_tree(from)?;
+        let s = rustix::fs::open(&src, tree_flags(), rustix::fs::Mode::empty())
+            .map_err(Error::errno(format!("opening {}", src.display())))?;
+        let d = rustix::fs::open(staged, tree_flags(), rustix::fs::Mode::empty())
+            .map_err(Error::errno(format!("opening {}", staged.display())))?;
+        tree::copy_dir_contents(&s, &d)
+    }
+
+    fn commit_tree(&self, staged: &Path, tree: Tree<'_>, owner: Owner) -> Result<PathBuf> {
+        let dst = self.path_of_tree(tree)?;
+        if staged.parent() != dst.parent()
+            || !staged
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".copying-"))
+        {
+            return Err(Error::VolumeNotFound(staged.to_path_buf()));
+        }
+        rustix::fs::chown(staged, Some(uid(owner.uid)), Some(gid(owner.gid)))
+            .map_err(Error::errno(format!("setting the owner of {}", staged.display())))?;
+        fs::set_permissions(staged, fs::Permissions::from_mode(CONTAINER_MODE))
+            .map_err(Error::io(format!("setting the mode of {}", staged.display())))?;
+        Self::put_in_place(staged, &dst)?;
+        Ok(dst)
+    }
+
     fn volume_usage(&self, vol: &Volume) -> Result<u64> {
         let p = self.existing(vol)?;
         let fd = rustix::fs::open(&p, tree_flags(), rustix::fs::Mode::empty())
@@ -350,8 +554,16 @@ impl Pool for Dir {
 
     fn remove_partial(&self) -> Result<usize> {
         let mut removed = 0;
-        for kind in [VolumeType::Container, VolumeType::Image] {
-            let dir = self.kind_dir(kind);
+        let mut dirs: Vec<PathBuf> = [VolumeType::Container, VolumeType::Image]
+            .into_iter()
+            .map(|k| self.kind_dir(k))
+            .collect();
+        let snapshots = self.source.join("containers-snapshots");
+        dirs.push(snapshots.clone());
+        for n in Self::entries(&snapshots)? {
+            dirs.push(snapshots.join(n));
+        }
+        for dir in dirs {
             let list = match fs::read_dir(&dir) {
                 Ok(l) => l,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -13,6 +13,7 @@
 //!  │       ├── templates/
 //!  │       └── rootfs/            0755
 //!  ├── containers-snapshots/      0711
+//!  │   └── <name>/<snapshot>/     a copy of the volume ([`Tree::Snapshot`])
 //!  ├── custom/  custom-snapshots/ 0700
 //!  ├── images/                    0700
 //!  └── virtual-machines/  virtual-machines-snapshots/  buckets/
@@ -86,6 +87,30 @@ impl Volume {
     }
 }
 
+/// A container's volume or one of its snapshots: a tree of files a copy, a stream or a
+/// restore acts on. Snapshots live in `containers-snapshots/<instance>/<snapshot>`, as
+/// Incus's `dir` driver keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tree<'a> {
+    Container(&'a str),
+    Snapshot(&'a str, &'a str),
+}
+
+impl Tree<'_> {
+    pub fn is_snapshot(&self) -> bool {
+        matches!(self, Tree::Snapshot(..))
+    }
+}
+
+impl std::fmt::Display for Tree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tree::Container(n) => write!(f, "{n}"),
+            Tree::Snapshot(n, s) => write!(f, "{n}/{s}"),
+        }
+    }
+}
+
 /// Host ids that own a volume's top directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
@@ -145,6 +170,33 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
     /// extended attributes, hard links, symbolic links and special files. The copy
     /// appears whole or not at all.
     fn copy_volume(&self, from: &Volume, to_name: &str) -> Result<PathBuf>;
+    /// Where a container volume or snapshot is (names checked).
+    fn tree_path(&self, tree: Tree<'_>) -> Result<PathBuf>;
+    /// Copies a container volume or snapshot to a new one (a snapshot taken, a copy from
+    /// a snapshot, a snapshot copied with its instance), keeping everything
+    /// [`Pool::copy_volume`] keeps. Whole or not at all; `to` must be free.
+    fn copy_tree(&self, from: Tree<'_>, to: Tree<'_>) -> Result<PathBuf>;
+    /// Removes a container volume or snapshot (moved aside first, so it is never seen
+    /// half-removed).
+    fn delete_tree(&self, tree: Tree<'_>) -> Result<()>;
+    /// Renames a snapshot of `instance`; the new name must be free.
+    fn rename_snapshot(&self, instance: &str, name: &str, new_name: &str) -> Result<()>;
+    /// Gives the container volume the snapshot's contents: a copy of the snapshot is made
+    /// beside the volume, then swapped with it in one `renameat2(RENAME_EXCHANGE)`, so
+    /// the volume is either the old one or the restored one, never a mix.
+    fn restore_snapshot(&self, instance: &str, name: &str) -> Result<()>;
+    /// Removes every snapshot of `instance` (its directory under `containers-snapshots`).
+    fn delete_snapshots(&self, instance: &str) -> Result<()>;
+    /// Moves the snapshots of `instance` to `new_name` (an instance renamed).
+    fn rename_snapshots(&self, instance: &str, new_name: &str) -> Result<()>;
+    /// An empty hidden directory beside where `tree` goes, to receive it (from another
+    /// member); [`Pool::commit_tree`] puts it in place, removing it is abandoning it.
+    fn stage_tree(&self, tree: Tree<'_>) -> Result<PathBuf>;
+    /// Copies a tree into a staged (empty) directory, as [`Pool::copy_tree`] copies.
+    fn copy_tree_into(&self, from: Tree<'_>, staged: &Path) -> Result<()>;
+    /// Puts a staged tree in place under its name, its top directory owned by `owner`
+    /// with the mode of its kind; refused if the name is taken.
+    fn commit_tree(&self, staged: &Path, tree: Tree<'_>, owner: Owner) -> Result<PathBuf>;
     /// Bytes a volume uses on disk (allocated blocks, hard links counted once).
     fn volume_usage(&self, vol: &Volume) -> Result<u64>;
     /// Removes what copies and deletions cut short by a crash left (hidden, never listed

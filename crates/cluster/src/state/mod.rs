@@ -11,6 +11,7 @@
 //!             ├─ Profiles(ProfileCommand)─> profiles::apply  profiles
 //!             ├─ Images(ImageCommand)    ─> images::apply    images, image_aliases
 //!             ├─ Instances(InstanceCommand) ─> instances::apply instances
+//!             ├─ Snapshots(SnapshotCommand) ─> snapshots::apply snapshots
 //!             └─ Restore { state }       ─> the whole state (the first entry of a cluster)
 //! ```
 //!
@@ -45,6 +46,7 @@ mod pools;
 mod profiles;
 #[cfg(test)]
 mod proptests;
+mod snapshots;
 mod tokens;
 mod trust;
 mod warnings;
@@ -63,6 +65,7 @@ pub use instances::{
 pub use members::{Member, MemberCommand, MemberSettings, Scheduler};
 pub use pools::{is_member_specific, Pool, PoolCommand, PoolPart, PoolStatus, MEMBER_SPECIFIC_KEYS};
 pub use profiles::{Profile, ProfileCommand, DEFAULT_PROFILE, EVACUATE_KEY, EVACUATE_MODES};
+pub use snapshots::{valid_snapshot_name, SnapshotCommand, SnapshotRecord};
 pub use tokens::{
     Spent, SpentToken, Token, TokenCommand, TokenKind, TokenRefusal, MAX_PENDING_TOKENS, SPENT_REMEMBERED,
 };
@@ -170,6 +173,10 @@ pub struct State {
     /// Instances, by name: one name space for the whole cluster.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceRecord>,
+    // snapshots
+    /// Instance snapshots: by instance, then by snapshot name.
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, BTreeMap<String, SnapshotRecord>>,
 }
 
 impl State {
@@ -179,12 +186,25 @@ impl State {
             Command::Config(c) => config::apply(self, c),
             Command::Trust(c) => trust::apply(self, c),
             Command::Tokens(c) => tokens::apply(self, c),
-            Command::Members(c) => members::apply(self, c),
+            Command::Members(c) => {
+                members::apply(self, c)?;
+                snapshots::follow_instances(self, None);
+                Ok(())
+            }
             Command::Warnings(c) => warnings::apply(self, c),
             Command::Pools(c) => pools::apply(self, c),
             Command::Profiles(c) => profiles::apply(self, c),
             Command::Images(c) => images::apply(self, c),
-            Command::Instances(c) => instances::apply(self, c),
+            Command::Instances(c) => {
+                instances::apply(self, c)?;
+                let renamed = match c {
+                    InstanceCommand::Rename { name, new_name } => Some((name.as_str(), new_name.as_str())),
+                    _ => None,
+                };
+                snapshots::follow_instances(self, renamed);
+                Ok(())
+            }
+            Command::Snapshots(c) => snapshots::apply(self, c),
             Command::Restore { state } => {
                 *self = (**state).clone();
                 Ok(())

@@ -265,6 +265,40 @@ fn instances() -> impl Strategy<Value = Command> {
     .prop_map(Command::from)
 }
 
+fn snapshots() -> impl Strategy<Value = Command> {
+    let name = || prop_oneof![pick("s"), Just("a/b".to_string()), Just("..".to_string())];
+    let expiry = || prop_oneof![Just(None), Just(Some(OffsetDateTime::UNIX_EPOCH))];
+    prop_oneof![
+        (pick("i"), name(), expiry()).prop_map(|(instance, name, expires_at)| SnapshotCommand::Create {
+            instance,
+            snapshot: Box::new(SnapshotRecord {
+                name,
+                architecture: "x86_64".into(),
+                description: String::new(),
+                config: BTreeMap::new(),
+                devices: BTreeMap::new(),
+                profiles: vec![],
+                ephemeral: false,
+                stateful: false,
+                created_at: OffsetDateTime::UNIX_EPOCH,
+                expires_at,
+            }),
+        }),
+        (pick("i"), name(), name()).prop_map(|(instance, name, new_name)| SnapshotCommand::Rename {
+            instance,
+            name,
+            new_name
+        }),
+        (pick("i"), name(), expiry()).prop_map(|(instance, name, expires_at)| SnapshotCommand::SetExpiry {
+            instance,
+            name,
+            expires_at
+        }),
+        (pick("i"), name()).prop_map(|(instance, name)| SnapshotCommand::Delete { instance, name }),
+    ]
+    .prop_map(Command::from)
+}
+
 fn profiles() -> impl Strategy<Value = Command> {
     let name = || prop_oneof![Just(DEFAULT_PROFILE.to_string()), pick("pr")];
     prop_oneof![
@@ -396,6 +430,7 @@ fn command() -> impl Strategy<Value = Command> {
         4 => pools(),
         3 => profiles(),
         4 => instances(),
+        3 => snapshots(),
         1 => Just(Command::Restore { state: Box::default() }),
     ]
 }
@@ -424,6 +459,12 @@ fn references_resolve(s: &State) -> Result<(), TestCaseError> {
         prop_assert!(
             s.member_by_id(at).is_some(),
             "member {at} is referenced but gone: {s:?}"
+        );
+    }
+    for (instance, snaps) in &s.snapshots {
+        prop_assert!(
+            s.instances.contains_key(instance) && !snaps.is_empty(),
+            "snapshots of {instance} outlive it"
         );
     }
     Ok(())

@@ -209,7 +209,7 @@ async fn full_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> I
             status_code: 102,
             ..Default::default()
         })),
-        snapshots: Some(Vec::new()),
+        snapshots: Some(crate::routes::snapshots::render_all(state, &rec.name)),
     }
 }
 
@@ -217,7 +217,7 @@ fn me(ctx: &Ctx) -> Option<cluster::MemberId> {
     ctx.member_id()
 }
 
-fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Facts {
+pub(crate) fn facts(ctx: &Ctx, state: &cluster::State) -> impl Fn(&cluster::Member) -> Facts {
     let facts: HashMap<String, Facts> = state
         .members
         .values()
@@ -248,6 +248,9 @@ pub async fn create(
             post.kind
         ))
         .into());
+    }
+    if post.source.kind == "copy" {
+        return crate::routes::copy::create(ctx, id, parts, bytes, post).await;
     }
     if post.source.kind != "image" {
         return Err(ApiError::bad_request(format!(
@@ -364,7 +367,7 @@ async fn create_here(ctx: Ctx, id: Identity, post: InstancesPost) -> Result<Resp
     }))
 }
 
-fn limits(expanded: &BTreeMap<String, String>) -> Result<instance::Limits> {
+pub(crate) fn limits(expanded: &BTreeMap<String, String>) -> Result<instance::Limits> {
     let host_memory = std::fs::read_to_string("/proc/meminfo")
         .map(|t| host::resources::parse_meminfo(&t).total)
         .unwrap_or(0);
@@ -373,7 +376,7 @@ fn limits(expanded: &BTreeMap<String, String>) -> Result<instance::Limits> {
 }
 
 /// This member's pool `name`, as its part is recorded.
-fn local_pool(
+pub(crate) fn local_pool(
     ctx: &Ctx,
     state: &cluster::State,
     name: &str,
@@ -489,6 +492,7 @@ async fn remove_local(ctx: &Ctx, name: &str) -> std::result::Result<(), String> 
             .await
             .map_err(|e| format!("Failed deleting instance: {e}"))?;
     }
+    crate::routes::snapshots::remove_all_local(ctx, name).await?;
     let state = ctx.store.state();
     let pool = state
         .instances
@@ -859,7 +863,7 @@ pub async fn put(
     check_if_match(&headers, &etag_basis(&rec))?;
     let req: InstancePut = crate::response::json_body(body).await?;
     if !req.restore.is_empty() {
-        return Err(ApiError::not_implemented_yet("Instance snapshots").into());
+        return crate::routes::snapshots::restore(&ctx, id, name, req.restore).await;
     }
     let (mut config, mut devices) = (req.config, req.devices);
     let mut profiles = req.profiles.unwrap_or_else(|| rec.profiles.clone());

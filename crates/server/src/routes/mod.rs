@@ -5,6 +5,7 @@
 pub(crate) mod certificates;
 pub(crate) mod cluster;
 pub(crate) mod console;
+pub(crate) mod copy;
 pub use cluster::validate_certificate_pair;
 pub(crate) mod evacuation;
 pub(crate) mod events;
@@ -18,6 +19,7 @@ pub mod not_yet;
 pub(crate) mod operations;
 pub(crate) mod profiles;
 pub(crate) mod server;
+pub(crate) mod snapshots;
 pub(crate) mod storage;
 pub(crate) mod system;
 pub(crate) mod testing;

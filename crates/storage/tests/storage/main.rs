@@ -3,6 +3,7 @@
 
 mod t10_pools;
 mod t10_volumes;
+mod t20_snapshots;
 mod t30_errors;
 
 /// Whether the test runs as root (owners, device nodes, 0100 directories). Not root

@@ -12,6 +12,8 @@ mod t80_exec;
 mod t80_exec_lxc;
 mod t80_files;
 mod t82_files_lxc;
+mod t84_snapshots;
+mod t84_snapshots_lxc;
 mod t90_validation;
 
 use std::path::Path;

@@ -225,8 +225,8 @@ async fn t78_bad_launches_are_refused_and_leave_nothing() {
         ),
         (
             serde_json::json!({"name": "x", "source": {"type": "copy", "source": "c1"}}),
-            400,
-            "source type",
+            404,
+            "Source instance \"c1\" not found",
         ),
         (
             serde_json::json!({"name": "x", "source": {"type": "image", "alias": "nope"}}),

@@ -14,8 +14,8 @@ async fn t75_missing_features_are_named_through_the_official_client() {
     let sock = m.socket();
     for (args, message) in [
         (
-            &["snapshot", "create", "c1"][..],
-            "Error: Instance snapshots are not supported by this server yet",
+            &["storage", "volume", "list", "default"][..],
+            "Storage volumes are not supported by this server yet",
         ),
         // No such image: the client looks the alias up, as against Incus.
         (

@@ -158,7 +158,7 @@ fn host_memory_limit(pid: i64) -> Option<u64> {
     None
 }
 
-async fn state_of(v: &Via, i: usize, name: &str) -> Value {
+pub(crate) async fn state_of(v: &Via, i: usize, name: &str) -> Value {
     let out = v.ok(i, &["query", &format!("/1.0/instances/{name}/state")]).await;
     serde_json::from_str(&out).expect("state JSON")
 }
