@@ -48,4 +48,10 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage",
     "image_create_aliases",
     "instance_create_start",
+    // The instance list at recursion=2 and one instance with its state at recursion=1
+    // are served: without these names the official client falls back to a request per
+    // instance (and its sub-resources) for `incus list` and `incus info`.
+    "instances",
+    "container_full",
+    "instance_get_full",
 ];
