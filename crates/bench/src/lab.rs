@@ -469,6 +469,7 @@ impl Lab {
             }
             log(format!("raw oha JSON, logs and summary.txt in {}", r.display()));
         }
+        crate::procs::stop_containers_under(&self.dir).await;
         crate::procs::unmount_under(&self.dir).await;
         if self.keep_dir {
             log(format!("kept {}", self.dir.display()));

@@ -96,6 +96,13 @@ pub async fn rounds(
             }
         }
     }
+    for case in cases {
+        for side in sides.iter().filter(|sd| case.measures(sd.kind)) {
+            case.cleanup(&ctx, side)
+                .await
+                .with_context(|| format!("cleaning up {} on {}", case.name(), side.kind.name()))?;
+        }
+    }
     Ok(())
 }
 

@@ -154,6 +154,8 @@ async fn t10_instance_commands_through_members_that_do_not_hold_the_instance() {
         &["list", "-c", "ns", "-f", "compact"],
         &["list", "c", "-c", "n", "-f", "csv"],
         &["list", "-c", "nsL4t", "-f", "yaml"],
+        &["list", "--fast", "-f", "csv,header"],
+        &["list", "c1", "-c", "nsL", "-f", "json"],
         &["list", "--columns", "ns,L", "--format", "table"],
         &["config", "show", "c1"],
         &["config", "show", "c3", "--expanded"],
@@ -201,6 +203,13 @@ async fn t10_instance_commands_through_members_that_do_not_hold_the_instance() {
         list.contains(&"c1,STOPPED,node2".into()) && list.contains(&"c2,STOPPED,node3".into()),
         "{list:?}"
     );
+    // --all: every instance of the cluster, wherever it is.
+    cli.ok(s2, &["start", "--all"]).await;
+    let list = rows(&cli, s3).await;
+    assert!(list.iter().all(|r| r.contains(",RUNNING,")), "{list:?}");
+    cli.ok(s3, &["stop", "--all", "-f"]).await;
+    let list = rows(&cli, s1).await;
+    assert!(list.iter().all(|r| r.contains(",STOPPED,")), "{list:?}");
 
     // config get/set/unset, with and without the profiles' view.
     cli.ok(s3, &["config", "set", "c1", "user.a=b", "limits.cpu=1"])
