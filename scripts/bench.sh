@@ -13,6 +13,10 @@
 #        MODE=cluster scripts/bench.sh    three-member clusters, side by side
 #        MODE=cluster CASES="import256 import2g" CEILING=0 scripts/bench.sh
 #                                          image import through node1, both sides
+#        MODE=cluster CASES="launch list" CEILING=0 scripts/bench.sh
+#                                          real containers on both clusters: launch,
+#                                          stop/start, delete through node1 onto node2;
+#                                          incus list of 100 running + 300 stopped
 #        scripts/bench.sh --help          every setting of stapes-bench
 #
 # Environment (all optional; stapes-bench --help lists them with their flags):
@@ -23,7 +27,12 @@
 #   CASES="tls unix"   load cases, in order (also: tls_handshake);
 #                      MODE=cluster: "members fwd direct unix" by default;
 #                      image imports through the first member, either mode:
-#                      import256, import2g (256 MiB, 2 GiB; made in the temp dir)
+#                      import256, import2g (256 MiB, 2 GiB; made in the temp dir);
+#                      MODE=cluster only, real LXC containers from a busybox image
+#                      (busybox-static): launch (launch/stop/start/delete on node2
+#                      through node1), list (incus list and RSS per member)
+#   LIST_RUNNING=100 LIST_STOPPED=300
+#                      instances made for the list case (running, created only)
 #   MODE=single        single (one standalone daemon per side) or cluster
 #   CLUSTER_STAPES_PORT=8444  CLUSTER_INCUS_PORT=8443  CLUSTER_CEILING_PORT=8445
 #                      (cluster mode, on 127.0.0.1-3)

@@ -61,5 +61,10 @@ pub const API_EXTENSIONS: &[&str] = &[
     "snapshot_expiry_creation",
     "container_only_migration",
     "cluster_internal_copy",
+    // The instance list at recursion=2 and one instance with its state at recursion=1
+    // are served: without these names the official client falls back to a request per
+    // instance (and its sub-resources) for `incus list` and `incus info`.
+    "instances",
+    "container_full",
     "instance_get_full",
 ];

@@ -18,6 +18,7 @@ use std::path::Path;
 use futures_util::future::BoxFuture;
 
 use crate::import::Import;
+use crate::instances::{Launch, List, Shared, Sizes};
 use crate::lab::{Kind, Lab, Side};
 use crate::oha::Oha;
 use crate::results::{Metric, Sample};
@@ -70,6 +71,11 @@ pub trait Case: Send + Sync {
         variant: &'a Variant,
         raw: &'a Path,
     ) -> BoxFuture<'a, anyhow::Result<Sample>>;
+
+    /// Removes what the case made on `side` once every round has run (instances).
+    fn cleanup<'a>(&'a self, _ctx: &'a RunCtx<'a>, _side: &'a Side) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What every load case reports.
@@ -190,8 +196,14 @@ impl Case for Load {
 
 /// Every case, by name. Single mode runs `tls unix` by default, cluster mode `members
 /// fwd direct unix`; each works in both (in cluster mode the first member is node1).
-/// The image imports (`import256`, `import2g`) run only when named.
+/// The image imports (`import256`, `import2g`) and the instance cases (`launch`,
+/// `list`: cluster mode, real containers) run only when named.
 pub fn all() -> Vec<Box<dyn Case>> {
+    let shared = std::sync::Arc::new(Shared::new());
+    let sizes = Sizes::from_env().unwrap_or_else(|e| {
+        crate::lab::log(format!("{e}; using the default instance counts"));
+        Sizes::DEFAULT
+    });
     vec![
         Box::new(Load {
             name: "tls",
@@ -244,6 +256,8 @@ pub fn all() -> Vec<Box<dyn Case>> {
         }),
         Box::new(Import::new("import256", "incus image import, first member", 256)),
         Box::new(Import::new("import2g", "incus image import, first member", 2048)),
+        Box::new(Launch::new(shared.clone())),
+        Box::new(List::new(shared, sizes)),
     ]
 }
 
@@ -292,11 +306,15 @@ mod tests {
         assert!(!members.measures(Kind::Ceiling));
         assert!(all
             .iter()
-            .filter(|c| c.name() != "members" && !c.name().starts_with("import"))
+            .filter(|c| {
+                c.name() != "members"
+                    && !c.name().starts_with("import")
+                    && !["launch", "list"].contains(&c.name())
+            })
             .all(|c| c.measures(Kind::Ceiling)));
         assert!(all
             .iter()
-            .filter(|c| c.name().starts_with("import"))
+            .filter(|c| c.name().starts_with("import") || ["launch", "list"].contains(&c.name()))
             .all(|c| !c.measures(Kind::Ceiling) && c.measures(Kind::Incus)));
     }
 

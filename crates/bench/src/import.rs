@@ -190,45 +190,58 @@ impl Import {
             .await
     }
 
-    /// The incus client's configuration (client certificate, one remote per side), made
-    /// on first use; the remote of `side` is added when first needed.
+    /// The incus client's configuration with the remote of `side`, added when first
+    /// needed.
     async fn remote(&self, ctx: &RunCtx<'_>, side: &Side) -> anyhow::Result<PathBuf> {
-        let conf = ctx.lab.dir.join("incus-client");
         let mut added = self.remotes.lock().await;
-        if !added.contains(&side.kind) {
-            std::fs::create_dir_all(&conf)?;
-            std::fs::copy(&ctx.lab.identity.cert_file, conf.join("client.crt"))?;
-            std::fs::copy(&ctx.lab.identity.key_file, conf.join("client.key"))?;
-            // Another case may have added it already.
-            let list = incus(
-                ctx,
-                &conf,
-                &["remote", "list", "--format", "csv"],
-                Duration::from_secs(60),
-            )
-            .await?;
-            if !list
-                .lines()
-                .any(|l| l.starts_with(&format!("{},", side.kind.name())))
-            {
-                let url = format!("https://{}", side.front().https);
-                incus(
-                    ctx,
-                    &conf,
-                    &["remote", "add", side.kind.name(), &url, "--accept-certificate"],
-                    Duration::from_secs(60),
-                )
-                .await?;
-            }
-            added.push(side.kind);
+        if added.contains(&side.kind) {
+            return Ok(client_conf(ctx));
         }
+        let conf = ensure_remote(ctx, side).await?;
+        added.push(side.kind);
         Ok(conf)
     }
 }
 
+/// The incus client's configuration directory of the lab (`$DIR/incus-client`).
+pub fn client_conf(ctx: &RunCtx<'_>) -> PathBuf {
+    ctx.lab.dir.join("incus-client")
+}
+
+/// The incus client's configuration (the client certificate, one remote per side named
+/// after the side, at its first member over HTTPS), made on first use; the remote of
+/// `side` is added unless it is there already (another case may have added it).
+pub async fn ensure_remote(ctx: &RunCtx<'_>, side: &Side) -> anyhow::Result<PathBuf> {
+    let conf = client_conf(ctx);
+    std::fs::create_dir_all(&conf)?;
+    std::fs::copy(&ctx.lab.identity.cert_file, conf.join("client.crt"))?;
+    std::fs::copy(&ctx.lab.identity.key_file, conf.join("client.key"))?;
+    let list = incus(
+        ctx,
+        &conf,
+        &["remote", "list", "--format", "csv"],
+        Duration::from_secs(60),
+    )
+    .await?;
+    if !list
+        .lines()
+        .any(|l| l.starts_with(&format!("{},", side.kind.name())))
+    {
+        let url = format!("https://{}", side.front().https);
+        incus(
+            ctx,
+            &conf,
+            &["remote", "add", side.kind.name(), &url, "--accept-certificate"],
+            Duration::from_secs(60),
+        )
+        .await?;
+    }
+    Ok(conf)
+}
+
 /// Runs the incus client with configuration `conf`, bounded by `limit`; its output is
 /// appended to `logs/incus-cli.log`. Fails unless it exits 0.
-async fn incus(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration) -> anyhow::Result<String> {
+pub async fn incus(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration) -> anyhow::Result<String> {
     let mut cmd = tokio::process::Command::new("incus");
     cmd.env("INCUS_CONF", conf)
         .args(args)

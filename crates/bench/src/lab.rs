@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Daemons are keyed by their directory name. Each is stopped by PID when the lab is
-//! finished, also after an error or ^C; what Incus mounted below the directory is
-//! unmounted before the directory is removed.
+//! finished, also after an error or ^C; the containers they left are killed through
+//! LXC, and what Incus mounted below the directory is unmounted, before the directory is
+//! removed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -450,9 +451,10 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops every daemon (by PID), unmounts what they left below the directory, keeps
-    /// the logs in `RESULTS_DIR` if set, and removes the directory unless `KEEP_DIR`.
-    /// After a failure the last lines of each log are shown.
+    /// Stops every daemon (by PID), kills through LXC the containers they left, unmounts
+    /// what they left below the directory, keeps the logs in `RESULTS_DIR` if set, and
+    /// removes the directory unless `KEEP_DIR`. After a failure the last lines of each log
+    /// are shown.
     pub async fn finish(mut self, failed: bool) {
         let keys: Vec<String> = self.daemons.keys().cloned().collect();
         for k in keys {
@@ -469,6 +471,7 @@ impl Lab {
             }
             log(format!("raw oha JSON, logs and summary.txt in {}", r.display()));
         }
+        crate::procs::stop_containers_under(&self.dir).await;
         crate::procs::unmount_under(&self.dir).await;
         if self.keep_dir {
             log(format!("kept {}", self.dir.display()));

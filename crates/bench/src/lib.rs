@@ -20,7 +20,8 @@
 //! Module map: [`settings`] (knobs), [`lab`] and [`cluster`] (the one place that starts
 //! and stops daemons and clusters), [`procs`] (processes, /proc), [`oha`] (the load
 //! tool), [`listeners`] (event listeners held during the load), [`cases`] (what is
-//! measured), [`import`] (image import with the official client), [`run`] (the load
+//! measured), [`import`] (image import with the official client), [`instances`]
+//! (launch, stop/start, delete and list of real containers), [`run`] (the load
 //! modes), [`failover`] (the
 //! client failover mode), [`results`], [`stats`], [`targets`], [`report`] (the one place
 //! that prints), and [`ceiling`] (the `stapes-ceiling` server).
@@ -30,6 +31,7 @@ pub mod ceiling;
 pub mod cluster;
 pub mod failover;
 pub mod import;
+pub mod instances;
 pub mod lab;
 pub mod listeners;
 pub mod oha;

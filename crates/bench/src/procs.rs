@@ -221,6 +221,35 @@ pub async fn unmount_under(dir: &Path) {
     }
 }
 
+/// Kills, through LXC, every container a member under `dir` left running: Incus keeps
+/// them under `<member>/containers`, stapesd under `<member>/lxc`. Containers outlive
+/// their daemon, so this runs after the daemons are stopped.
+pub async fn stop_containers_under(dir: &Path) {
+    if find_tool("lxc-stop").is_none() {
+        return;
+    }
+    for member in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for sub in ["containers", "lxc"] {
+            let lxcpath = member.path().join(sub);
+            for c in std::fs::read_dir(&lxcpath).into_iter().flatten().flatten() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio::process::Command::new("lxc-stop")
+                        .arg("-k")
+                        .arg("-P")
+                        .arg(&lxcpath)
+                        .arg("-n")
+                        .arg(c.file_name())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status(),
+                )
+                .await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,6 +96,19 @@ pub async fn rounds(
             }
         }
     }
+    // A failed cleanup costs no figures: it is reported, and the lab kills whatever
+    // containers are left when it is finished.
+    for case in cases {
+        for side in sides.iter().filter(|sd| case.measures(sd.kind)) {
+            if let Err(e) = case.cleanup(&ctx, side).await {
+                log(format!(
+                    "warning: cleaning up {} on {}: {e:#}",
+                    case.name(),
+                    side.kind.name()
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

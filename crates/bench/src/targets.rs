@@ -101,6 +101,25 @@ const fn case(case: &'static str, variant: &'static str, metric: &'static str) -
 
 const ISSUE_13: &str = "issue 13 point 9";
 const ISSUE_14: &str = "issue 14 point 9";
+const ISSUE_15: &str = "issue 15 point 12";
+
+/// Point 12 of issue 15: launch and delete through a non-owner member in at most half
+/// Incus's time, `incus list` of the filled cluster in at most a quarter, each member
+/// with at most half Incus's RSS while the instances run.
+fn instance_targets() -> Vec<Target> {
+    let at_most = |what, f| Target {
+        what,
+        rule: Rule::AtMost(Kind::Incus, f),
+        source: ISSUE_15,
+    };
+    vec![
+        at_most(case("launch", "node2", "launch"), 0.5),
+        at_most(case("launch", "node2", "delete"), 0.5),
+        at_most(case("list", "default", "seconds"), 0.25),
+        at_most(case("list", "-c nsL", "seconds"), 0.25),
+        at_most(case("list", "default", "RSS/member"), 0.5),
+    ]
+}
 
 /// Point 9 of issue 14: an image import through the receiving member at least as fast
 /// as Incus's, with at most half its peak RSS, at each size.
@@ -214,6 +233,7 @@ pub fn cluster() -> Vec<Target> {
         },
     ];
     t.extend(import_targets());
+    t.extend(instance_targets());
     t.extend(ceiling_targets("direct"));
     t
 }

@@ -114,7 +114,7 @@ impl Drop for Incusd {
             cmd.args(args)
                 .env("INCUS_DIR", &d)
                 .env("INCUS_CONF", self.dir.path().join("conf"));
-            bounded(cmd, Duration::from_secs(limit))
+            common::bounded(cmd, Duration::from_secs(limit))
         };
         if let Some(list) = incus(&["list", "-c", "n", "-f", "csv"], 60) {
             for name in list.lines().filter(|l| !l.is_empty()) {
@@ -140,7 +140,7 @@ impl Drop for Incusd {
                 .arg(&lxcpath)
                 .arg("-n")
                 .arg(entry.file_name());
-            bounded(cmd, Duration::from_secs(30));
+            common::bounded(cmd, Duration::from_secs(30));
         }
         // Whatever the daemon mounted under its directory, innermost first.
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
@@ -152,7 +152,7 @@ impl Drop for Incusd {
             .collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
-            bounded(
+            common::bounded(
                 {
                     let mut cmd = Command::new("umount");
                     cmd.arg("-l").arg(m);
@@ -162,36 +162,6 @@ impl Drop for Incusd {
             );
         }
     }
-}
-
-/// Runs `cmd` with its output captured, killed after `limit`; its stdout if it succeeded.
-fn bounded(mut cmd: Command, limit: Duration) -> Option<String> {
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut stdout = child.stdout.take()?;
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-        text
-    });
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let text = reader.join().unwrap_or_default();
-    status.filter(|s| s.success()).map(|_| text)
 }
 
 fn incus_ready(socket: &Path) -> bool {
@@ -204,65 +174,6 @@ fn incus_ready(socket: &Path) -> bool {
             )
             .output()
             .is_ok_and(|o| o.status.success())
-}
-
-/// A busybox image (unified tarball) built offline in `dir`.
-fn busybox_image(dir: &Path) -> PathBuf {
-    let root = dir.join("image/rootfs");
-    for d in [
-        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "var/log",
-    ] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir");
-    }
-    let busybox = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v busybox"])
-            .output()
-            .expect("busybox")
-            .stdout,
-    )
-    .expect("path");
-    std::fs::copy(busybox.trim(), root.join("bin/busybox")).expect("copy busybox");
-    for applet in [
-        "sh",
-        "cat",
-        "echo",
-        "ls",
-        "id",
-        "pwd",
-        "sleep",
-        "mount",
-        "sha256sum",
-        "true",
-        "tty",
-        "stty",
-    ] {
-        std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(applet)).expect("applet");
-    }
-    std::os::unix::fs::symlink("/bin/busybox", root.join("sbin/init")).expect("init");
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
-    std::fs::write(
-        root.join("etc/inittab"),
-        "::sysinit:/bin/mount -t tmpfs tmpfs /tmp\n::respawn:/bin/sleep 3600\n",
-    )
-    .expect("inittab");
-    std::fs::write(
-        dir.join("image/metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1764620130\nproperties:\n  description: stapes test busybox\n  os: busybox\n  release: \"1.35\"\ntemplates: {}\n",
-    )
-    .expect("metadata");
-    let tarball = dir.join("bb.tar.gz");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(dir.join("image"))
-        .args(["--numeric-owner", "-czf"])
-        .arg(&tarball)
-        .args(["metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar");
-    assert!(status.success());
-    tarball
 }
 
 fn sha256_of(path: &Path) -> String {
@@ -289,7 +200,7 @@ async fn t20_the_cli_drives_a_real_incus() {
     let (c1, c2, c3) = (c1.as_str(), c2.as_str(), c3.as_str());
     let cli = Stapes::new();
     let work = tempfile::tempdir().expect("work dir");
-    let image = busybox_image(work.path());
+    let image = common::busybox_image(work.path());
     let image_arg = image.to_string_lossy().into_owned();
 
     // Images: a streamed upload, the alias made afterwards, export checked by sha256.

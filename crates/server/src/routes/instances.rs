@@ -485,12 +485,11 @@ async fn undo(ctx: &Ctx, name: &str) {
 
 /// Removes the container and its volume here.
 async fn remove_local(ctx: &Ctx, name: &str) -> std::result::Result<(), String> {
-    let known = ctx.driver.list().await.map_err(|e| e.to_string())?;
-    if known.iter().any(|l| l.name == name) {
-        ctx.driver
-            .delete(name)
-            .await
-            .map_err(|e| format!("Failed deleting instance: {e}"))?;
+    // Asked directly: listing the runtime to see whether it knows the name costs an
+    // `lxc-info` per instance of the member.
+    match ctx.driver.delete(name).await {
+        Ok(()) | Err(instance::Error::NotFound(_)) => {}
+        Err(e) => return Err(format!("Failed deleting instance: {e}")),
     }
     crate::routes::snapshots::remove_all_local(ctx, name).await?;
     let state = ctx.store.state();

@@ -3,7 +3,8 @@
 //! of it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use testkit::{eventually, Cluster};
@@ -146,5 +147,118 @@ pub async fn add_remote(cli: &Stapes, socket: &Path, name: &str, url: &str) {
             .await;
         out.success.then_some(())
     })
+    .await;
+}
+
+/// A busybox image (unified tarball) built offline in `dir`.
+pub fn busybox_image(dir: &Path) -> PathBuf {
+    let root = dir.join("image/rootfs");
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "var/log",
+    ] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    let busybox = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()
+            .expect("busybox")
+            .stdout,
+    )
+    .expect("path");
+    std::fs::copy(busybox.trim(), root.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh",
+        "cat",
+        "echo",
+        "ls",
+        "id",
+        "pwd",
+        "sleep",
+        "mount",
+        "sha256sum",
+        "true",
+        "tty",
+        "stty",
+    ] {
+        std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(applet)).expect("applet");
+    }
+    std::os::unix::fs::symlink("/bin/busybox", root.join("sbin/init")).expect("init");
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    std::fs::write(
+        root.join("etc/inittab"),
+        "::sysinit:/bin/mount -t tmpfs tmpfs /tmp\n::respawn:/bin/sleep 3600\n",
+    )
+    .expect("inittab");
+    std::fs::write(
+        dir.join("image/metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1764620130\nproperties:\n  description: stapes test busybox\n  os: busybox\n  release: \"1.35\"\ntemplates: {}\n",
+    )
+    .expect("metadata");
+    let tarball = dir.join("bb.tar.gz");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("image"))
+        .args(["--numeric-owner", "-czf"])
+        .arg(&tarball)
+        .args(["metadata.yaml", "rootfs"])
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    tarball
+}
+
+/// Runs `cmd` with its output captured, killed after `limit`; its stdout if it succeeded.
+pub fn bounded(mut cmd: Command, limit: Duration) -> Option<String> {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = reader.join().unwrap_or_default();
+    status.filter(|s| s.success()).map(|_| text)
+}
+
+/// `pool1` on every member of three, then the default profile's root disk on it, all
+/// with `stapes` through different members.
+pub async fn prepare_pools(cli: &Stapes, sockets: &[PathBuf]) {
+    for n in ["node1", "node2", "node3"] {
+        cli.ok(&sockets[0], &["storage", "create", "pool1", "dir", "--target", n])
+            .await;
+    }
+    cli.ok(&sockets[1], &["storage", "create", "pool1", "dir"]).await;
+    cli.ok(
+        &sockets[2],
+        &[
+            "profile",
+            "device",
+            "add",
+            "default",
+            "root",
+            "disk",
+            "path=/",
+            "pool=pool1",
+        ],
+    )
     .await;
 }
