@@ -364,6 +364,7 @@ fn served() -> Vec<Route> {
         }),
         row(D, "/1.0/instances/{name}/files", Full, Instance("name"), || {
             delete(h::files::delete)
+        }),
         // Snapshots, on the member holding the instance; its volumes, to another member.
         row(
             G,
