@@ -72,6 +72,9 @@ async fn relay(ctx: Ctx, name: String, address: String) {
                 if !running.is_empty() {
                     survivors(&ctx, &name, &address, &mut running).await;
                 }
+                // What ended while no stream was open (a member that just joined or came
+                // back): a client may be waiting on it through this member.
+                recently_finished(&ctx, &name, &address).await;
                 while let Some(msg) = ws.next().await {
                     match msg {
                         Ok(Message::Text(text)) => {
@@ -154,6 +157,35 @@ async fn survivors(ctx: &Ctx, name: &str, address: &str, running: &mut HashMap<S
             .into_iter()
             .filter(|op| op["status_code"].as_u64().is_some_and(|c| c < 200)),
     );
+}
+
+/// Relays the end of each operation `member` finished within the last few seconds (it
+/// keeps them for [`crate::ops::KEEP`]): the stream opens only after a member joins or
+/// returns, and an operation of that member may have ended before, with a client
+/// waiting on it through this member. A client that saw the end already ignores it.
+async fn recently_finished(ctx: &Ctx, member: &str, address: &str) {
+    let Ok(req) = http::Request::get("/1.0/operations?recursion=1")
+        .header(crate::auth::FWD_PROTOCOL, "cluster")
+        .header(crate::auth::FWD_USERNAME, "cluster")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+    else {
+        return;
+    };
+    let Ok(resp) = ctx.peers.send(address, req, ctx.settings().forward_timeout).await else {
+        return;
+    };
+    let Ok(env) = serde_json::from_slice::<api::Envelope>(resp.body()) else {
+        return;
+    };
+    let Ok(map) = serde_json::from_value::<HashMap<String, Vec<serde_json::Value>>>(env.metadata) else {
+        return;
+    };
+    for op in map.into_values().flatten() {
+        let own = op["location"].as_str() == Some(member) && op["class"] != "token";
+        if own && op["status_code"].as_u64().is_some_and(|c| c >= 200) {
+            ctx.events.relay(operation_event(member, op));
+        }
+    }
 }
 
 /// Publishes each operation of `member` that died with it as failed, with an error
