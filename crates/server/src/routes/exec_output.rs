@@ -20,6 +20,22 @@ fn dir(ctx: &Ctx, name: &str) -> PathBuf {
     ctx.state_dir.join("exec-output").join(name)
 }
 
+/// Removes an instance's recorded output (with the instance); none is fine.
+pub(crate) fn remove_all(ctx: &Ctx, name: &str) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir(ctx, name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Moves an instance's recorded output to its new name; none is fine.
+pub(crate) fn rename_all(ctx: &Ctx, name: &str, new: &str) -> std::io::Result<()> {
+    match std::fs::rename(dir(ctx, name), dir(ctx, new)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn url(name: &str, file: &str) -> String {
     format!("/1.0/instances/{name}/logs/exec-output/{file}")
 }

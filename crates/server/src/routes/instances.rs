@@ -492,6 +492,8 @@ async fn remove_local(ctx: &Ctx, name: &str) -> std::result::Result<(), String> 
         Err(e) => return Err(format!("Failed deleting instance: {e}")),
     }
     crate::routes::snapshots::remove_all_local(ctx, name).await?;
+    crate::routes::exec_output::remove_all(ctx, name)
+        .map_err(|e| format!("Failed deleting instance exec output: {e}"))?;
     let state = ctx.store.state();
     let pool = state
         .instances
@@ -1008,12 +1010,15 @@ async fn rename_here(ctx: &Ctx, name: &str, new: &str) -> std::result::Result<()
         let path = tokio::task::spawn_blocking(move || {
             let vol = storage::Volume::container(&from);
             pool.rename_volume(&vol, &to)?;
+            pool.rename_snapshots(&from, &to)?;
             pool.volume_path(&storage::Volume::container(&to))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("Failed renaming instance volume: {e}"))?;
-        make_container(ctx, &state, rec, new, &path).await
+        make_container(ctx, &state, rec, new, &path).await?;
+        crate::routes::exec_output::rename_all(ctx, name, new)
+            .map_err(|e| format!("Failed renaming instance exec output: {e}"))
     };
     if let Err(e) = moved.await {
         // Back as it was: the volume under the old name, its container, the record.
@@ -1030,6 +1035,7 @@ async fn rename_here(ctx: &Ctx, name: &str, new: &str) -> std::result::Result<()
                     if pool.volume_path(&vol).is_ok_and(|p| p.exists()) {
                         pool.rename_volume(&vol, &to)?;
                     }
+                    pool.rename_snapshots(&from, &to)?;
                     pool.volume_path(&storage::Volume::container(&to))
                 })
                 .await;

@@ -142,6 +142,16 @@ async fn t84_snapshot_restore_rename_copy_through_other_members() {
     );
     v.ok(0, &["stop", "c1", "--force"]).await;
 
+    // An instance renamed through node1 takes its snapshots' files along, and back.
+    v.ok(0, &["rename", "c1", "c1b"]).await;
+    assert!(node2
+        .join("containers-snapshots/c1b/s2/rootfs/etc/hostname")
+        .is_file());
+    assert!(!node2.join("containers-snapshots/c1").exists());
+    v.ok(2, &["snapshot", "restore", "c1b", "s2"]).await;
+    v.ok(0, &["rename", "c1b", "c1"]).await;
+    assert!(node2.join("containers-snapshots/c1/s2").is_dir());
+
     // Deleted through node3: the snapshot's files go; an instance takes its own along.
     v.ok(2, &["snapshot", "delete", "c1", "s2"]).await;
     assert!(!node2.join("containers-snapshots/c1/s2").exists());
