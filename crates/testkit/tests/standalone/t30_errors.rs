@@ -236,7 +236,9 @@ async fn areas_not_served_yet_answer_501_naming_the_feature() {
     let addr = m.listen().await;
     let u = m.unix();
     let stranger = Target::tls(&addr, None);
-    assert!(NOT_YET.len() > 70, "the table covers Incus's areas");
+    // Rows leave the table as areas are served; networks, projects, volumes and the
+    // rest of Incus's areas are still in it.
+    assert!(NOT_YET.len() > 40, "the table covers Incus's areas");
     for &(methods, pattern, feature) in NOT_YET {
         let path: String = pattern
             .split('/')
