@@ -267,25 +267,36 @@ async fn body(c: &mut Cluster, work: &Path) {
     assert_eq!(list.trim(), "");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t76_real_containers_through_members_that_do_not_hold_them() {
-    if !ready() {
-        return;
-    }
-    let mut c = Cluster::start(3).await;
+/// Three members whose directories the containers' root (uid 1000000) can reach.
+pub(crate) async fn real_cluster() -> Cluster {
+    let c = Cluster::start(3).await;
     c.wait_healthy(3, std::time::Duration::from_secs(60)).await;
-    // The container's root (uid 1000000) must be able to reach its rootfs.
     for m in &c.members {
         std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
-    let work = tempfile::tempdir().unwrap();
-    let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
-        .catch_unwind()
-        .await;
+    c
+}
+
+/// After a test's body: every container, mount and cgroup the members made is purged,
+/// then the body's panic goes on, then nothing may have been left.
+pub(crate) async fn purge_after(c: &Cluster, outcome: std::thread::Result<()>) {
     let dirs: Vec<PathBuf> = c.members.iter().map(|m| m.dir.clone()).collect();
     let left = purge(&dirs).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t76_real_containers_through_members_that_do_not_hold_them() {
+    if !ready() {
+        return;
+    }
+    let mut c = real_cluster().await;
+    let work = tempfile::tempdir().unwrap();
+    let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
+        .catch_unwind()
+        .await;
+    purge_after(&c, outcome).await;
 }

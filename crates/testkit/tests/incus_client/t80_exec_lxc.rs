@@ -11,15 +11,14 @@
 //! them, failing under `CI=true`). Whatever it made is purged afterwards, also when it
 //! fails.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use stapes_testkit::{eventually, Cluster};
 
 use super::t60_storage_profiles::Via;
-use super::t76_instances_lxc::{busybox_image, purge, ready};
+use super::t76_instances_lxc::{busybox_image, purge_after, ready, real_cluster};
 use super::t80_exec::{
     finish, interactive_shell, run, signals_are_forwarded, sleeping, streams_and_codes, Term,
 };
@@ -153,19 +152,10 @@ async fn t80_exec_and_console_in_real_containers_through_other_members() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::start(3).await;
-    c.wait_healthy(3, LONG).await;
-    for m in &c.members {
-        std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
+    let mut c = real_cluster().await;
     let work = tempfile::tempdir().unwrap();
     let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
         .catch_unwind()
         .await;
-    let dirs: Vec<PathBuf> = c.members.iter().map(|m| m.dir.clone()).collect();
-    let left = purge(&dirs).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(left.is_empty(), "left behind: {left:?}");
+    purge_after(&c, outcome).await;
 }

@@ -10,13 +10,13 @@
 //! failing under `CI=true`); whatever the test made is purged afterwards.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures_util::FutureExt;
 use stapes_testkit::{memory, Cluster, Target};
 
 use super::t60_storage_profiles::Via;
-use super::t76_instances_lxc::{busybox_image, purge, ready};
+use super::t76_instances_lxc::{busybox_image, purge_after, ready, real_cluster};
 use super::t80_files::{escape_links, noise, sha256, through, Swapper};
 
 async fn api_get(t: &Target, path: &str) -> stapes_testkit::Resp {
@@ -240,19 +240,10 @@ async fn t82_files_in_a_real_container_through_a_member_that_does_not_hold_it() 
     if !ready() {
         return;
     }
-    let mut c = Cluster::start(3).await;
-    c.wait_healthy(3, std::time::Duration::from_secs(60)).await;
-    for m in &c.members {
-        std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
+    let mut c = real_cluster().await;
     let work = tempfile::tempdir().unwrap();
     let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
         .catch_unwind()
         .await;
-    let dirs: Vec<PathBuf> = c.members.iter().map(|m| m.dir.clone()).collect();
-    let left = purge(&dirs).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(left.is_empty(), "left behind: {left:?}");
+    purge_after(&c, outcome).await;
 }

@@ -7,14 +7,13 @@
 //! Needs what `t76` needs (root, `lxc`, `incus`, `busybox-static`); whatever the test
 //! made is purged afterwards, also when it fails.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use futures_util::FutureExt;
 use stapes_testkit::Cluster;
 
 use super::t60_storage_profiles::Via;
-use super::t76_instances_lxc::{busybox_image, purge, ready, state_of};
+use super::t76_instances_lxc::{busybox_image, purge_after, ready, real_cluster, state_of};
 
 fn rootfs(c: &Cluster, member: usize, name: &str) -> PathBuf {
     c.members[member]
@@ -88,19 +87,10 @@ async fn t84_real_snapshots_and_copies_through_members_that_do_not_hold_them() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::start(3).await;
-    c.wait_healthy(3, std::time::Duration::from_secs(60)).await;
-    for m in &c.members {
-        std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
+    let mut c = real_cluster().await;
     let work = tempfile::tempdir().unwrap();
     let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
         .catch_unwind()
         .await;
-    let dirs: Vec<PathBuf> = c.members.iter().map(|m| m.dir.clone()).collect();
-    let left = purge(&dirs).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(left.is_empty(), "left behind: {left:?}");
+    purge_after(&c, outcome).await;
 }
