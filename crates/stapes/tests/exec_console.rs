@@ -15,26 +15,6 @@ use common::{Stapes, COMMAND_LIMIT, CONVERGE_LIMIT};
 use testkit::{eventually, have_tool, Cluster, FAKE_DRIVER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A small unified image (`metadata.yaml`, `rootfs/`) as a gzip tarball in `dir`.
-fn image(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("rootfs/etc")).unwrap();
-    std::fs::create_dir_all(tree.join("rootfs/root")).unwrap();
-    std::fs::write(
-        tree.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: Test\n  os: busybox\ntemplates: {}\n",
-    )
-    .unwrap();
-    let file = dir.join("image.tar.gz");
-    let st = std::process::Command::new("tar")
-        .current_dir(&tree)
-        .args(["-czf", file.to_str().unwrap(), "metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar runs");
-    assert!(st.success());
-    file
-}
-
 /// `stapes ARGS` through `socket`: exit code, stdout, stderr.
 async fn code(
     cli: &Stapes,
@@ -163,7 +143,7 @@ async fn t80_exec_and_console_through_members_that_do_not_hold_the_instance() {
         ],
     )
     .await;
-    let file = image(work.path());
+    let file = common::test_image(work.path());
     cli.ok(
         &sock[0],
         &["image", "import", file.to_str().unwrap(), "--alias", "img"],

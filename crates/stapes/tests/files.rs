@@ -10,28 +10,6 @@ use std::path::{Path, PathBuf};
 use common::{Stapes, CONVERGE_LIMIT};
 use testkit::{eventually, have_root, Member, FAKE_DRIVER};
 
-/// A small unified image with a home for root.
-fn image(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    for d in ["rootfs/etc", "rootfs/root", "rootfs/sbin"] {
-        std::fs::create_dir_all(tree.join(d)).unwrap();
-    }
-    std::fs::write(
-        tree.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: Test\n  os: busybox\ntemplates: {}\n",
-    )
-    .unwrap();
-    std::fs::write(tree.join("rootfs/etc/hostname"), "test\n").unwrap();
-    let file = dir.join("image.tar.gz");
-    let st = std::process::Command::new("tar")
-        .current_dir(&tree)
-        .args(["-czf", file.to_str().unwrap(), "metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar runs");
-    assert!(st.success());
-    file
-}
-
 async fn settle(sockets: &[PathBuf]) {
     eventually(CONVERGE_LIMIT, "members applied alike", || async {
         let mut applied = std::collections::BTreeSet::new();
@@ -84,7 +62,7 @@ async fn t40_file_push_pull_delete_through_a_member_without_the_container() {
         ],
     )
     .await;
-    let img = image(work.path());
+    let img = common::test_image(work.path());
     cli.ok(
         &s[0],
         &["image", "import", img.to_str().unwrap(), "--alias", "img"],

@@ -23,29 +23,6 @@ use testkit::{eventually, free_port, have_tool, Cluster, FAKE_DRIVER};
 /// The bound on a cluster settling (joins, heartbeats).
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// A small unified image (`metadata.yaml`, `rootfs/`) as a gzip tarball in `dir`.
-fn image(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("rootfs/etc")).expect("mkdir");
-    std::fs::create_dir_all(tree.join("rootfs/sbin")).expect("mkdir");
-    std::fs::write(
-        tree.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: Test\n  os: busybox\ntemplates: {}\n",
-    )
-    .expect("metadata");
-    std::fs::write(tree.join("rootfs/etc/hostname"), "test\n").expect("hostname");
-    let file = dir.join("image.tar.gz");
-    let st = std::process::Command::new("tar")
-        .current_dir(&tree)
-        .args(["-czf"])
-        .arg(&file)
-        .args(["metadata.yaml", "rootfs"])
-        .status()
-        .expect("tar runs");
-    assert!(st.success());
-    file
-}
-
 /// `pool1` on every member, the default profile's root disk on it, and the image
 /// `file` imported through node1 as `alias`, all with `stapes`.
 async fn prepare(cli: &Stapes, sockets: &[PathBuf], file: &Path, alias: &str) {
@@ -111,7 +88,7 @@ async fn t10_instance_commands_through_members_that_do_not_hold_the_instance() {
     let (s1, s2, s3) = (&sockets[0], &sockets[1], &sockets[2]);
     let cli = Stapes::new();
     let work = tempfile::tempdir().expect("work dir");
-    prepare(&cli, &sockets, &image(work.path()), "img").await;
+    prepare(&cli, &sockets, &common::test_image(work.path()), "img").await;
     // The official client, when installed, prints the same views (its configuration
     // made first, so its first-run hint stays out of the way).
     let incus_conf = have_tool("incus").then(|| work.path().join("incus-conf"));
@@ -256,7 +233,7 @@ async fn t30_reads_survive_a_dead_first_address() {
     let sockets: Vec<PathBuf> = cluster.members.iter().map(|m| m.socket()).collect();
     let cli = Stapes::new();
     let work = tempfile::tempdir().expect("work dir");
-    prepare(&cli, &sockets, &image(work.path()), "img").await;
+    prepare(&cli, &sockets, &common::test_image(work.path()), "img").await;
     add_remote(&cli, &sockets[0], "c", &urls[0]).await;
     cli.ok(&sockets[0], &["launch", "c:img", "c:r1", "--target", "node3"])
         .await;

@@ -262,3 +262,28 @@ pub async fn prepare_pools(cli: &Stapes, sockets: &[PathBuf]) {
     )
     .await;
 }
+
+/// A small unified image (`metadata.yaml`, `rootfs/` with `/etc/hostname`, `/root` and
+/// `/sbin`) as a gzip tarball in `dir`, for the test driver.
+pub fn test_image(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    for d in ["rootfs/etc", "rootfs/root", "rootfs/sbin"] {
+        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
+    }
+    std::fs::write(
+        tree.join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: Test\n  os: busybox\ntemplates: {}\n",
+    )
+    .expect("metadata");
+    std::fs::write(tree.join("rootfs/etc/hostname"), "test\n").expect("hostname");
+    let file = dir.join("image.tar.gz");
+    let st = std::process::Command::new("tar")
+        .current_dir(&tree)
+        .arg("-czf")
+        .arg(&file)
+        .args(["metadata.yaml", "rootfs"])
+        .status()
+        .expect("tar runs");
+    assert!(st.success());
+    file
+}
