@@ -205,6 +205,11 @@ pub trait Driver: Send + Sync {
     fn freeze<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
     fn unfreeze<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
     fn state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<State>>;
+    /// The status alone: what a list without state shows. A driver where the usage
+    /// figures cost more than the status answers it without them.
+    fn status<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Status>> {
+        Box::pin(async move { self.state(name).await.map(|s| s.status) })
+    }
     /// Changes the limits: at once when running, and for every later start.
     fn set_limits<'a>(&'a self, name: &'a str, limits: Limits) -> BoxFuture<'a, Result<()>>;
     /// Removes a stopped container's runtime directory, logs and cgroups. The root file

@@ -1,4 +1,4 @@
-//! The driver over Debian's LXC tools (`lxc-start`, `lxc-stop`, `lxc-info`,
+//! The driver over Debian's LXC tools (`lxc-start`, `lxc-stop`,
 //! `lxc-attach`, `lxc-freeze`, `lxc-unfreeze`), the only code in stapes that runs them.
 //!
 //! ```text
@@ -19,10 +19,11 @@
 //!
 //! `lxc-start -d` leaves a monitor process of LXC's own per container, so containers
 //! outlive the daemon; a restarted daemon finds them with [`Driver::list`]. State figures
-//! come from `lxc-info` (status, init pid) and the init's cgroups (`host::cgroup`, v1 or
-//! v2). File access goes through the container's root file system when it is stopped
+//! come from that monitor's command socket (status, init pid: what `lxc-info` asks, see
+//! [`command`]) and the init's cgroups (`host::cgroup`, v1 or v2). File access goes through the container's root file system when it is stopped
 //! and through the `forkfile` helper when it runs.
 
+mod command;
 mod config;
 mod exec;
 mod pty;
@@ -86,12 +87,17 @@ pub struct LxcDriver {
 /// two members on one host have two LXC paths (their state directories are locked), and
 /// nothing else on the host names a cgroup `stapes-…` (Incus and LXC use `lxc.payload.*`).
 pub fn cgroup_prefix(lxcpath: &Path) -> String {
+    format!("stapes-{:016x}", fnv1a(lxcpath.as_os_str().as_encoded_bytes()))
+}
+
+/// 64-bit FNV-1a, as LXC hashes long socket names (`fnv_64a_buf`).
+fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in lxcpath.as_os_str().as_encoded_bytes() {
+    for byte in bytes {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("stapes-{hash:016x}")
+    hash
 }
 
 /// Whether the kernel has AppArmor enabled.
@@ -200,18 +206,28 @@ impl LxcDriver {
         self.dir.display().to_string()
     }
 
-    /// Status and init pid, from `lxc-info`.
+    /// Status and init pid, from the container's monitor.
     async fn info(&self, name: &str) -> Result<tools::Info> {
-        let out = tools::run(
-            "lxc-info",
-            ["-n", name, "-P", &self.lxcpath(), "-s", "-p"],
-            tools::QUICK,
-        )
-        .await?;
-        tools::parse_info(&out).ok_or_else(|| Error::Tool {
-            command: "lxc-info".into(),
-            detail: format!("unexpected output {out:?}"),
-        })
+        let status = self.monitor_status(name).await?;
+        let pid = match status {
+            Status::Stopped => None,
+            _ => command::ask(&self.dir, name, command::GET_INIT_PID)
+                .await?
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
+        };
+        Ok(tools::Info { status, pid })
+    }
+
+    /// The status alone, from the container's monitor: stopped when none runs.
+    async fn monitor_status(&self, name: &str) -> Result<Status> {
+        match command::ask(&self.dir, name, command::GET_STATE).await? {
+            None => Ok(Status::Stopped),
+            Some(state) => command::status_of(state).ok_or_else(|| Error::Tool {
+                command: "lxc command socket".into(),
+                detail: format!("the monitor of {name} gave the unknown state {state}"),
+            }),
+        }
     }
 
     /// The status of an existing container.
@@ -523,6 +539,13 @@ impl Driver for LxcDriver {
         })
     }
 
+    fn status<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Status>> {
+        Box::pin(async move {
+            self.load(name).await?;
+            self.monitor_status(name).await
+        })
+    }
+
     fn set_limits<'a>(&'a self, name: &'a str, limits: Limits) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let (_guard, mut record, info) = self.locked(name).await?;
@@ -591,26 +614,23 @@ impl Driver for LxcDriver {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>>> {
         Box::pin(async move {
             let names = store::names(&self.dir, "stapes.json").await?;
-            // All at once: each lxc-info is a process of its own.
+            // All at once, so one slow monitor does not hold up the others.
             let mut tasks = tokio::task::JoinSet::new();
             for name in names {
-                let lxcpath = self.lxcpath();
+                let dir = self.dir.clone();
                 tasks.spawn(async move {
-                    let out = tools::run(
-                        "lxc-info",
-                        ["-n", &name, "-P", &lxcpath, "-s", "-p"],
-                        tools::QUICK,
-                    )
-                    .await;
-                    (name, out)
+                    let state = command::ask(&dir, &name, command::GET_STATE).await;
+                    (name, state)
                 });
             }
             let mut out = Vec::new();
             while let Some(joined) = tasks.join_next().await {
-                let Ok((name, info)) = joined else { continue };
-                let info = info?;
-                let status = tools::parse_info(&info).map_or(Status::Stopped, |i| i.status);
-                out.push(Listed { name, status });
+                let Ok((name, state)) = joined else { continue };
+                let status = state?.map_or(Some(Status::Stopped), command::status_of);
+                out.push(Listed {
+                    name,
+                    status: status.unwrap_or(Status::Stopped),
+                });
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
@@ -710,6 +730,14 @@ mod tests {
         assert!(a.starts_with("stapes-") && a.len() == "stapes-".len() + 16, "{a}");
         // FNV-1a is fixed: a prefix never changes with the compiler or the platform.
         assert_eq!(cgroup_prefix(Path::new("")), "stapes-cbf29ce484222325");
+    }
+
+    #[test]
+    fn fnv1a_vectors() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Running Debian's `lxc-*` tools: each run bounded in time, its stderr kept for the
-//! error, and `lxc-info`'s output read by a pure parser.
+//! error.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -9,47 +9,17 @@ use std::time::Duration;
 use crate::driver::Status;
 use crate::error::{Error, Result};
 
-/// How long a quick tool (`lxc-info`, `lxc-freeze`) may take.
+/// How long a quick tool (`lxc-freeze`, `lxc-stop -k`) may take.
 pub const QUICK: Duration = Duration::from_secs(30);
 /// The most of a tool's output kept.
 const MAX_OUTPUT: usize = 64 * 1024;
 
-/// What `lxc-info -s -p` says.
+/// A container's status and init pid (what `lxc-info -s -p` would say), from its
+/// monitor ([`super::command`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
     pub status: Status,
     pub pid: Option<u32>,
-}
-
-/// Parses `lxc-info -s -p` (`State:   RUNNING`, `PID:   1234`).
-pub fn parse_info(text: &str) -> Option<Info> {
-    let mut status = None;
-    let mut pid = None;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        match key.trim() {
-            "State" => status = parse_status(value.trim()),
-            "PID" => pid = value.trim().parse().ok(),
-            _ => {}
-        }
-    }
-    status.map(|status| Info { status, pid })
-}
-
-fn parse_status(text: &str) -> Option<Status> {
-    Some(match text {
-        "STOPPED" => Status::Stopped,
-        "STARTING" => Status::Starting,
-        "RUNNING" => Status::Running,
-        "STOPPING" => Status::Stopping,
-        "ABORTING" => Status::Aborting,
-        "FREEZING" => Status::Freezing,
-        "FROZEN" => Status::Frozen,
-        "THAWED" => Status::Thawed,
-        _ => return None,
-    })
 }
 
 /// A command that runs `before..` (e.g. `setsid --ctty --wait`), then `program` (found
@@ -125,32 +95,4 @@ pub fn log_errors(log: &Path) -> String {
     let errors: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ")).collect();
     let start = errors.len().saturating_sub(5);
     errors[start..].join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn info_output() {
-        assert_eq!(
-            parse_info("State:          RUNNING\nPID:            15280\n"),
-            Some(Info {
-                status: Status::Running,
-                pid: Some(15280)
-            })
-        );
-        assert_eq!(
-            parse_info("State:          STOPPED\n"),
-            Some(Info {
-                status: Status::Stopped,
-                pid: None
-            })
-        );
-        assert_eq!(
-            parse_info("State: FROZEN\nPID: 1\n").map(|i| i.status),
-            Some(Status::Frozen)
-        );
-        assert_eq!(parse_info("garbage"), None);
-    }
 }

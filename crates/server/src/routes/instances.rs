@@ -166,7 +166,10 @@ fn runtime_state(st: &instance::State) -> InstanceState {
 
 /// The runtime's status of an instance here, bounded; `None` if it cannot say.
 pub(crate) async fn runtime_status(ctx: &Ctx, name: &str) -> Option<instance::Status> {
-    runtime(ctx, name).await.map(|s| s.status)
+    tokio::time::timeout(STATE_BOUND, ctx.driver.status(name))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
 }
 
 /// Whether the runtime says an instance here is anything but stopped.
@@ -182,6 +185,29 @@ async fn runtime(ctx: &Ctx, name: &str) -> Option<instance::State> {
         .await
         .ok()
         .and_then(|r| r.ok())
+}
+
+/// An instance of this member as `recursion=1` shows it: the status from the runtime,
+/// no `state`, `snapshots` or `backups`. Asks the runtime for the status alone, which
+/// costs far less than the usage figures of [`full_here`].
+async fn plain_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> InstanceFull {
+    let status = match rec.status {
+        InstanceStatus::Creating => InstanceStatus::Creating,
+        _ => runtime_status(ctx, &rec.name)
+            .await
+            .map_or(InstanceStatus::Error, status_of),
+    };
+    let mut instance = render(ctx, state, rec, status);
+    if rec.status == InstanceStatus::Creating {
+        instance.status = "Stopped".into();
+        instance.status_code = 102;
+    }
+    InstanceFull {
+        instance,
+        backups: None,
+        state: None,
+        snapshots: None,
+    }
 }
 
 /// An instance of this member, rendered with its runtime state.
@@ -716,10 +742,12 @@ pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String
         .collect();
     holders.sort();
     holders.dedup();
+    // Below recursion 2 nothing shows (or filters on) the state: the members skip it.
+    let with_state = level >= 2;
     let gathered = join_all(holders.into_iter().map(|at| {
         let ctx = ctx.clone();
         let state = state.clone();
-        async move { member_instances(&ctx, &state, at).await }
+        async move { member_instances(&ctx, &state, at, with_state).await }
     }))
     .await;
     let mut all: Vec<InstanceFull> = gathered
@@ -756,14 +784,16 @@ pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String
     }
 }
 
-/// The instances of member `at`, from it (bounded), or from the state as `Error`.
+/// The instances of member `at`, from it (bounded), or from the state as `Error`;
+/// with their runtime state or (`with_state` false) their status alone.
 async fn member_instances(
     ctx: &Ctx,
     state: &cluster::State,
     at: Option<cluster::MemberId>,
+    with_state: bool,
 ) -> Vec<InstanceFull> {
     if at == me(ctx) {
-        return local_instances(ctx, state).await;
+        return local_instances(ctx, state, with_state).await;
     }
     let from_member = async {
         let member = at.and_then(|id| state.member_by_id(id))?;
@@ -775,7 +805,11 @@ async fn member_instances(
             .request(
                 &member.address,
                 Method::GET,
-                "/internal/instances",
+                if with_state {
+                    "/internal/instances"
+                } else {
+                    "/internal/instances?recursion=1"
+                },
                 Vec::new(),
                 LIST_BOUND,
             )
@@ -803,19 +837,24 @@ async fn member_instances(
     }
 }
 
-async fn local_instances(ctx: &Ctx, state: &cluster::State) -> Vec<InstanceFull> {
-    let mine: Vec<&InstanceRecord> = state
-        .instances
-        .values()
-        .filter(|r| r.location == me(ctx))
-        .collect();
-    join_all(mine.into_iter().map(|r| full_here(ctx, state, r))).await
+async fn local_instances(ctx: &Ctx, state: &cluster::State, with_state: bool) -> Vec<InstanceFull> {
+    let mine = state.instances.values().filter(|r| r.location == me(ctx));
+    if with_state {
+        join_all(mine.map(|r| full_here(ctx, state, r))).await
+    } else {
+        join_all(mine.map(|r| plain_here(ctx, state, r))).await
+    }
 }
 
-/// `GET /internal/instances`: this member's own instances, with their runtime state.
-pub async fn internal_list(State(ctx): State<Ctx>) -> Result<Response> {
+/// `GET /internal/instances`: this member's own instances, with their runtime state,
+/// or with `?recursion=1` their status alone.
+pub async fn internal_list(
+    State(ctx): State<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
     let state = ctx.store.state();
-    Ok(sync(local_instances(&ctx, &state).await))
+    let with_state = q.get("recursion").is_none_or(|r| r != "1");
+    Ok(sync(local_instances(&ctx, &state, with_state).await))
 }
 
 fn record(ctx: &Ctx, name: &str) -> Result<(std::sync::Arc<cluster::State>, InstanceRecord)> {
