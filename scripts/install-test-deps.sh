@@ -65,10 +65,12 @@ if ! cargo deny --version >/dev/null 2>&1; then
     cargo install cargo-deny --version 0.20.2 --locked
 fi
 
-# The LXC driver's tests: lxc's tools alone (no lxc-net, dnsmasq or templates), and a
-# static busybox that runs in a root file system without a C library.
+# The LXC driver's tests: lxc's tools alone (no lxc-net, dnsmasq or templates), a
+# static busybox that runs in a root file system without a C library, and lxcfs (the
+# test runs its own, in a temporary directory, to see the limits inside a container).
 lxc_need=()
 command -v lxc-attach >/dev/null 2>&1 || lxc_need+=(lxc)
+command -v lxcfs >/dev/null 2>&1 || lxc_need+=(lxcfs)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || lxc_need+=(busybox-static)
 if [ ${#lxc_need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq

@@ -109,6 +109,7 @@ Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
 Depends: $shlibs, systemd | systemd-standalone-sysusers | systemd-sysusers, lxc
+Recommends: lxcfs
 Section: admin
 Priority: optional
 Description: Incus API cluster daemon and client

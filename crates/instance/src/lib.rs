@@ -46,7 +46,7 @@ pub use driver::{
 pub use error::{Error, FsError, FsErrorKind, Result};
 pub use fake::FakeDriver;
 pub use fs::{DirEntry, FileStat, FileType, FsOp, FsReply, SetAttrs, WriteSpec};
-pub use lxc::{LxcDriver, LxcOptions};
+pub use lxc::{LxcDriver, LxcOptions, DEFAULT_LXCFS};
 
 /// Which runtime a member uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +66,13 @@ impl DriverKind {
     }
 }
 
-/// The driver of a member whose state directory is `state_dir`: LXC keeps its
+/// The driver of a member whose state directory is `state_dir` (and, for LXC, lxcfs at
+/// `lxcfs` if it runs there): LXC keeps its
 /// containers in `STATE_DIR/lxc` (and enters running ones through `/proc/self/exe
 /// forkfile`, i.e. the daemon's own binary), the fake in `STATE_DIR/fake`. Nothing is
 /// created or checked until the first container is made, so a member starts on a host
 /// without LXC.
-pub fn open(kind: DriverKind, state_dir: &Path) -> Arc<dyn Driver> {
+pub fn open(kind: DriverKind, state_dir: &Path, lxcfs: &Path) -> Arc<dyn Driver> {
     match kind {
         DriverKind::Lxc => Arc::new(LxcDriver::new(LxcOptions {
             dir: state_dir.join("lxc"),
@@ -79,6 +80,7 @@ pub fn open(kind: DriverKind, state_dir: &Path) -> Arc<dyn Driver> {
                 program: "/proc/self/exe".into(),
                 args: vec!["forkfile".into()],
             },
+            lxcfs: lxcfs.to_path_buf(),
         })),
         DriverKind::Fake => Arc::new(FakeDriver::new(state_dir.join("fake"))),
     }

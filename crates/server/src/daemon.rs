@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     pub drain: std::time::Duration,
     /// The instance runtime: LXC, or the in-process fake for tests.
     pub driver: instance::DriverKind,
+    /// Where lxcfs is mounted, for the LXC driver (`--lxcfs-dir`).
+    pub lxcfs: PathBuf,
     /// The largest snapshot accepted from a leader, in bytes.
     pub max_snapshot_size: u64,
     /// HTTPS connections held at once for clients (members have places of their own).
@@ -171,7 +173,7 @@ impl Daemon {
             handler: Default::default(),
             state_changed: watch::channel(0).0,
             oidc: Default::default(),
-            driver: instance::open(config.driver, dir),
+            driver: instance::open(config.driver, dir, &config.lxcfs),
             max_stream_body: config.max_stream_body,
             server_doc: Default::default(),
             images: Default::default(),

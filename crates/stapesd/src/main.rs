@@ -72,6 +72,11 @@ struct Args {
     /// The instance runtime.
     #[arg(long, env = "STAPES_DRIVER", value_enum, default_value = "lxc")]
     driver: Driver,
+    /// Where lxcfs is mounted. While it runs there, containers started see their limits in
+    /// `/proc/meminfo`, `/proc/cpuinfo` and the other files lxcfs offers; otherwise the
+    /// host's figures.
+    #[arg(long, env = "STAPES_LXCFS_DIR", default_value = instance::DEFAULT_LXCFS)]
+    lxcfs_dir: PathBuf,
     /// The largest snapshot of the replicated state this member accepts from the leader,
     /// in bytes. A member that needs a larger one stays behind and says so.
     #[arg(long, env = "STAPES_MAX_SNAPSHOT_SIZE", default_value_t = server::DEFAULT_MAX_SNAPSHOT_SIZE)]
@@ -181,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                 Driver::Lxc => instance::DriverKind::Lxc,
                 Driver::Fake => instance::DriverKind::Fake,
             },
+            lxcfs: args.lxcfs_dir,
             max_snapshot_size: args.max_snapshot_size,
             max_connections: args.max_connections,
             max_stream_body: args.max_stream_body,

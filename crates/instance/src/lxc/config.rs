@@ -20,7 +20,7 @@
 //! and everything of one container is under one directory that delete removes.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use host::cgroup::Version;
 
@@ -69,6 +69,75 @@ pub struct Input<'a> {
     /// The memory limit in bytes and the CPUs (`0-1`), resolved.
     pub memory_limit: Option<u64>,
     pub cpus: Option<&'a str>,
+    /// Files and directories of a running lxcfs bound over the container's own
+    /// ([`lxcfs_binds`]); empty without lxcfs.
+    pub lxcfs: &'a [Bind],
+}
+
+/// A bind mount into the container: `source` on the host over `target`, relative to
+/// the container's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub target: String,
+    pub dir: bool,
+}
+
+/// What LXC's lxcfs mount hook (`/usr/share/lxcfs/lxc.mount.hook`) binds from an lxcfs
+/// mounted at `lxcfs`: every file of its `proc/` over the container's `/proc`, and its
+/// `sys/devices/system/cpu` (whole when it has `uevent`, else entry by entry). Nothing
+/// when no lxcfs runs there (no `proc/`), or for a path that cannot be written on a mount
+/// line. Read at each start, so an lxcfs started later counts from the next start.
+pub fn lxcfs_binds(lxcfs: &Path) -> Vec<Bind> {
+    let mut out = Vec::new();
+    let usable = |p: &Path| p.to_str().is_some_and(|t| !t.contains(char::is_whitespace));
+    if !usable(lxcfs) {
+        return out;
+    }
+    let entries = |dir: &Path| -> Vec<(String, bool)> {
+        let mut list: Vec<(String, bool)> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_str()?.to_string();
+                        let is_dir = e.file_type().ok()?.is_dir();
+                        (!name.contains(char::is_whitespace)).then_some((name, is_dir))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort();
+        list.dedup();
+        list
+    };
+    let proc = lxcfs.join("proc");
+    for (name, dir) in entries(&proc) {
+        out.push(Bind {
+            source: proc.join(&name),
+            target: format!("proc/{name}"),
+            dir,
+        });
+    }
+    if out.is_empty() {
+        return out;
+    }
+    let cpu = lxcfs.join("sys/devices/system/cpu");
+    if cpu.join("uevent").exists() {
+        out.push(Bind {
+            source: cpu,
+            target: "sys/devices/system/cpu".into(),
+            dir: true,
+        });
+    } else {
+        for (name, dir) in entries(&cpu) {
+            out.push(Bind {
+                source: cpu.join(&name),
+                target: format!("sys/devices/system/cpu/{name}"),
+                dir,
+            });
+        }
+    }
+    out
 }
 
 /// The container's cgroup (processes and limits), relative to a hierarchy's base.
@@ -152,6 +221,18 @@ pub fn render(input: &Input<'_>) -> String {
     if let Some(cpus) = input.cpus {
         line(&cgroup_key(input.cpuset, "cpuset.cpus"), cpus);
     }
+    // After `lxc.mount.auto`: LXC mounts /proc and /sys first, then these over them.
+    for bind in input.lxcfs {
+        line(
+            "lxc.mount.entry",
+            &format!(
+                "{} {} none bind,optional,create={} 0 0",
+                bind.source.display(),
+                bind.target,
+                if bind.dir { "dir" } else { "file" }
+            ),
+        );
+    }
     out
 }
 
@@ -178,6 +259,7 @@ mod tests {
             devices: Some(Version::V1),
             memory_limit: None,
             cpus: None,
+            lxcfs: &[],
         }
     }
 
@@ -255,6 +337,65 @@ mod tests {
             ..input(false)
         });
         assert!(text.contains("lxc.apparmor.profile = generated\n"));
+    }
+
+    #[test]
+    fn lxcfs_files_are_bound_over_proc_and_the_cpus() {
+        let binds = [
+            Bind {
+                source: "/var/lib/lxcfs/proc/meminfo".into(),
+                target: "proc/meminfo".into(),
+                dir: false,
+            },
+            Bind {
+                source: "/var/lib/lxcfs/sys/devices/system/cpu/cpu0".into(),
+                target: "sys/devices/system/cpu/cpu0".into(),
+                dir: true,
+            },
+        ];
+        let text = render(&Input {
+            lxcfs: &binds,
+            ..input(false)
+        });
+        assert!(text.contains(
+            "lxc.mount.entry = /var/lib/lxcfs/proc/meminfo proc/meminfo none bind,optional,create=file 0 0\n"
+        ));
+        assert!(text.contains(
+            "lxc.mount.entry = /var/lib/lxcfs/sys/devices/system/cpu/cpu0 sys/devices/system/cpu/cpu0 none bind,optional,create=dir 0 0\n"
+        ));
+        assert!(!render(&input(false)).contains("lxc.mount.entry"));
+    }
+
+    #[test]
+    fn lxcfs_binds_follow_the_mounted_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // Not running: no proc/, nothing bound.
+        assert!(lxcfs_binds(root).is_empty());
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(root.join("sys/devices/system/cpu/cpu0")).unwrap();
+        for f in ["proc/meminfo", "proc/cpuinfo", "sys/devices/system/cpu/online"] {
+            std::fs::write(root.join(f), "").unwrap();
+        }
+        let targets: Vec<(String, bool)> = lxcfs_binds(root).into_iter().map(|b| (b.target, b.dir)).collect();
+        assert_eq!(
+            targets,
+            [
+                ("proc/cpuinfo".to_string(), false),
+                ("proc/meminfo".to_string(), false),
+                ("sys/devices/system/cpu/cpu0".to_string(), true),
+                ("sys/devices/system/cpu/online".to_string(), false),
+            ]
+        );
+        // With `uevent`, the directory as a whole.
+        std::fs::write(root.join("sys/devices/system/cpu/uevent"), "").unwrap();
+        let last = lxcfs_binds(root).pop().unwrap();
+        assert_eq!((last.target.as_str(), last.dir), ("sys/devices/system/cpu", true));
+        // A path a mount line cannot carry is left out.
+        let spaced = root.join("with space");
+        std::fs::create_dir_all(spaced.join("proc")).unwrap();
+        std::fs::write(spaced.join("proc/meminfo"), "").unwrap();
+        assert!(lxcfs_binds(&spaced).is_empty());
     }
 
     #[test]

@@ -70,13 +70,21 @@ pub struct LxcOptions {
     pub dir: PathBuf,
     /// The program that runs [`crate::forkfile::main`] (`stapesd forkfile`).
     pub helper: Helper,
+    /// Where lxcfs is mounted ([`DEFAULT_LXCFS`] by Debian's `lxcfs` service). When it
+    /// runs there, a container started sees its own limits in `/proc/meminfo`,
+    /// `/proc/cpuinfo` and the rest of what lxcfs offers; without it, the host's.
+    pub lxcfs: PathBuf,
 }
+
+/// Where Debian's `lxcfs` service mounts lxcfs.
+pub const DEFAULT_LXCFS: &str = "/var/lib/lxcfs";
 
 /// The driver over Debian's LXC tools.
 pub struct LxcDriver {
     dir: PathBuf,
     prefix: String,
     helper: Helper,
+    lxcfs: PathBuf,
     layout: Layout,
     /// One lock per container: its state changes run one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -148,6 +156,7 @@ impl LxcDriver {
             prefix: cgroup_prefix(&options.dir),
             dir: options.dir,
             helper: options.helper,
+            lxcfs: options.lxcfs,
             layout: Layout::read(),
             locks: Mutex::new(HashMap::new()),
         }
@@ -184,6 +193,7 @@ impl LxcDriver {
             Some(CpuLimit::Set(s)) => Some(s.clone()),
             Some(CpuLimit::Count(n)) => Some(first_cpus(*n)?),
         };
+        let lxcfs = config::lxcfs_binds(&self.lxcfs);
         let text = config::render(&config::Input {
             name,
             rootfs: &record.rootfs,
@@ -197,6 +207,7 @@ impl LxcDriver {
             devices: self.layout.controller("devices").map(|h| h.version),
             memory_limit: record.limits.memory,
             cpus: cpus.as_deref(),
+            lxcfs: &lxcfs,
         });
         store::write_atomic(&dir.join("config"), text.as_bytes()).await?;
         store::write(&dir.join("stapes.json"), record).await

@@ -1,15 +1,15 @@
 //! Real LXC containers on a three-member cluster with the official client, every step
 //! through a member other than the owner: launch onto node2 through node1, list,
-//! limits set and enforced (nproc inside, through the owner's LXC driver exec; the
-//! memory limit at the container's cgroup, read from the host: this host's cgroup v1
-//! tree is not mounted inside, and without lxcfs `/proc/meminfo` shows the host's), stop
-//! and start, the holder killed with -9 and started again with the container still
-//! running, then again with the container stopped behind its back (started at member
-//! start, as `boot.autostart` unset and last state running ask), renamed while
-//! stopped, delete leaving no process, mount or cgroup. The image is built offline
-//! from Debian's `busybox-static`.
+//! limits set and enforced (read inside through the owner's LXC driver exec: nproc, and
+//! `MemTotal` in `/proc/meminfo` and the CPUs of `/proc/cpuinfo` through an lxcfs the
+//! test runs itself; the memory limit also at the container's cgroup, read from the
+//! host), stop and start, the holder killed with -9 and started again with the
+//! container still running, then again with the container stopped behind its back
+//! (started at member start, as `boot.autostart` unset and last state running ask),
+//! renamed while stopped, delete leaving no process, mount or cgroup. The image is
+//! built offline from Debian's `busybox-static`.
 //!
-//! Needs root, `lxc`, `incus` and `busybox-static`: skipped with a message without
+//! Needs root, `lxc`, `lxcfs` (and `/dev/fuse`), `incus` and `busybox-static`: skipped with a message without
 //! them, failing under `CI=true`. Whatever the test made is purged afterwards, also
 //! when it fails, and the purge itself must leave nothing.
 
@@ -97,6 +97,7 @@ fn driver_of(dir: &Path) -> Arc<LxcDriver> {
             program: bin("stapesd").into(),
             args: vec!["forkfile".into()],
         },
+        lxcfs: instance::DEFAULT_LXCFS.into(),
     }))
 }
 
@@ -181,13 +182,27 @@ async fn body(c: &mut Cluster, work: &Path) {
         "{init:?}"
     );
 
-    // Limits set through node3 (c1 is on node2) are what the container sees: its CPUs
-    // (nproc) and its memory cgroup, read inside through the owner's LXC driver exec.
+    // Limits set through node3 (c1 is on node2) are what the container sees, read
+    // inside through the owner's LXC driver exec: its CPUs (nproc, and /proc/cpuinfo
+    // through lxcfs) and its memory (MemTotal in /proc/meminfo through lxcfs), as in
+    // Incus. Before the limits, the host's memory.
+    let node2 = c.members[1].dir.clone();
+    let mem_total = |text: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let (code, before) = inside(&node2, "c1", &["/bin/busybox", "cat", "/proc/meminfo"]).await;
+    assert_eq!(code, 0, "{before}");
+    assert!(mem_total(&before).is_some_and(|kb| kb > 64 << 10), "{before}");
     v.ok(2, &["config", "set", "c1", "limits.memory=64MiB", "limits.cpu=1"])
         .await;
-    let node2 = c.members[1].dir.clone();
     let (code, nproc) = inside(&node2, "c1", &["/bin/busybox", "nproc"]).await;
     assert_eq!((code, nproc.trim()), (0, "1"));
+    let (code, meminfo) = inside(&node2, "c1", &["/bin/busybox", "cat", "/proc/meminfo"]).await;
+    assert_eq!((code, mem_total(&meminfo)), (0, Some(64 << 10)), "{meminfo}");
+    let (code, cpuinfo) = inside(&node2, "c1", &["/bin/busybox", "cat", "/proc/cpuinfo"]).await;
+    let processors = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    assert_eq!((code, processors), (0, 1), "{cpuinfo}");
     // The container does not see its cgroup files here (this host's cgroup v1 tree is
     // not mounted inside), so the memory limit is read from the host, at the cgroup
     // the container's init is in.
@@ -288,15 +303,92 @@ pub(crate) async fn purge_after(c: &Cluster, outcome: std::thread::Result<()>) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// An lxcfs of the test's own, mounted in a temporary directory (so nothing of the
+/// host's, such as `/var/lib/lxcfs` or `/run/lxcfs.pid`, is touched): stopped by its PID
+/// and unmounted when dropped.
+struct Lxcfs {
+    child: std::process::Child,
+    mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Lxcfs {
+    async fn start() -> Lxcfs {
+        let dir = tempfile::Builder::new()
+            .prefix("stapes-lxcfs-")
+            .tempdir()
+            .unwrap();
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let child = std::process::Command::new("lxcfs")
+            .arg("--foreground")
+            .arg("--pidfile")
+            .arg(dir.path().join("lxcfs.pid"))
+            .arg(&mount)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("lxcfs.log")).unwrap())
+            .spawn()
+            .expect("lxcfs starts");
+        let fs = Lxcfs {
+            child,
+            mount,
+            _dir: dir,
+        };
+        let meminfo = fs.mount.join("proc/meminfo");
+        eventually(Duration::from_secs(30), "lxcfs to mount", || async {
+            meminfo.exists().then_some(())
+        })
+        .await;
+        fs
+    }
+}
+
+impl Drop for Lxcfs {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        // lxcfs unmounts itself on SIGTERM; lazily, in case it could not.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if mounts.contains(&self.mount.display().to_string()) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount)
+                .status();
+        }
+    }
+}
+
+/// Whether lxcfs can run here (else a message, or a panic under CI=true).
+fn lxcfs_ready() -> bool {
+    if have_tool("lxcfs") && Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("lxcfs and /dev/fuse are required under CI=true");
+    }
+    eprintln!("SKIP: this test needs lxcfs (Debian's lxcfs package) and /dev/fuse");
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t76_real_containers_through_members_that_do_not_hold_them() {
-    if !ready() {
+    if !ready() || !lxcfs_ready() {
         return;
     }
-    let mut c = real_cluster().await;
+    let lxcfs = Lxcfs::start().await;
+    let mount = lxcfs.mount.display().to_string();
+    let c = Cluster::start_env(3, &[], &[("STAPES_LXCFS_DIR", &mount)]).await;
+    c.wait_healthy(3, std::time::Duration::from_secs(60)).await;
+    for m in &c.members {
+        std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let mut c = c;
     let work = tempfile::tempdir().unwrap();
     let outcome = std::panic::AssertUnwindSafe(body(&mut c, work.path()))
         .catch_unwind()
         .await;
     purge_after(&c, outcome).await;
+    // Stopped only now: no container of the test uses it any more.
+    drop(lxcfs);
 }
