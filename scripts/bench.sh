@@ -30,9 +30,12 @@
 #                      import256, import2g (256 MiB, 2 GiB; made in the temp dir);
 #                      MODE=cluster only, real LXC containers from a busybox image
 #                      (busybox-static): launch (launch/stop/start/delete on node2
-#                      through node1), list (incus list and RSS per member)
+#                      through node1), list (incus list and RSS per member),
+#                      restart (node2 killed -9 and started; until it serves an
+#                      instance as Running again)
 #   LIST_RUNNING=100 LIST_STOPPED=300
 #                      instances made for the list case (running, created only)
+#   RESTART_RUNNING=30 running instances on node2 for the restart case
 #   MODE=single        single (one standalone daemon per side) or cluster
 #   CLUSTER_STAPES_PORT=8444  CLUSTER_INCUS_PORT=8443  CLUSTER_CEILING_PORT=8445
 #                      (cluster mode, on 127.0.0.1-3)

@@ -18,7 +18,7 @@ use std::path::Path;
 use futures_util::future::BoxFuture;
 
 use crate::import::Import;
-use crate::instances::{Launch, List, Shared, Sizes};
+use crate::instances::{Launch, List, Restart, Shared, Sizes};
 use crate::lab::{Kind, Lab, Side};
 use crate::oha::Oha;
 use crate::results::{Metric, Sample};
@@ -197,12 +197,16 @@ impl Case for Load {
 /// Every case, by name. Single mode runs `tls unix` by default, cluster mode `members
 /// fwd direct unix`; each works in both (in cluster mode the first member is node1).
 /// The image imports (`import256`, `import2g`) and the instance cases (`launch`,
-/// `list`: cluster mode, real containers) run only when named.
+/// `list`, `restart`: cluster mode, real containers) run only when named.
 pub fn all() -> Vec<Box<dyn Case>> {
     let shared = std::sync::Arc::new(Shared::new());
     let sizes = Sizes::from_env().unwrap_or_else(|e| {
         crate::lab::log(format!("{e}; using the default instance counts"));
         Sizes::DEFAULT
+    });
+    let restart_running = Restart::running_from_env().unwrap_or_else(|e| {
+        crate::lab::log(format!("{e}; using 30"));
+        30
     });
     vec![
         Box::new(Load {
@@ -257,7 +261,8 @@ pub fn all() -> Vec<Box<dyn Case>> {
         Box::new(Import::new("import256", "incus image import, first member", 256)),
         Box::new(Import::new("import2g", "incus image import, first member", 2048)),
         Box::new(Launch::new(shared.clone())),
-        Box::new(List::new(shared, sizes)),
+        Box::new(List::new(shared.clone(), sizes)),
+        Box::new(Restart::new(shared, restart_running)),
     ]
 }
 
@@ -309,12 +314,12 @@ mod tests {
             .filter(|c| {
                 c.name() != "members"
                     && !c.name().starts_with("import")
-                    && !["launch", "list"].contains(&c.name())
+                    && !["launch", "list", "restart"].contains(&c.name())
             })
             .all(|c| c.measures(Kind::Ceiling)));
         assert!(all
             .iter()
-            .filter(|c| c.name().starts_with("import") || ["launch", "list"].contains(&c.name()))
+            .filter(|c| c.name().starts_with("import") || ["launch", "list", "restart"].contains(&c.name()))
             .all(|c| !c.measures(Kind::Ceiling) && c.measures(Kind::Incus)));
     }
 

@@ -11,6 +11,13 @@
 //!   with the default columns (every instance's state: `recursion=2`) and with `-c nsL`
 //!   (`recursion=1`), and reads each member daemon's RSS (VmRSS of the daemon process
 //!   alone: the per-container LXC monitors are separate processes on both sides).
+//! - `restart`: node2 holds `RESTART_RUNNING` (30) running instances, made once per
+//!   side before its first run (not timed). One run SIGKILLs node2's daemon and starts
+//!   it again on its state directory; the clock runs from just before the new process is
+//!   spawned until `GET /1.0/instances/r000` on node2's unix socket answers 200 with
+//!   status `Running` (polled every 10 ms), and, as a second figure, until `GET /1.0`
+//!   answers. The containers run on throughout (LXC's monitors are not the daemon's
+//!   children). Before the next run, node1 must answer for `r000` again (not timed).
 //!
 //! The image is busybox, built offline from the host's static busybox (Debian's
 //! `busybox-static`) as an uncompressed unified tarball, imported once per side as `bb`.
@@ -43,6 +50,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(600);
 /// How many instances are created or started at once while filling a side.
 pub const FILL_CONCURRENCY: usize = 6;
+/// How long a restarted member may take to serve its instances again.
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The instance counts of the `list` case: the by default, smaller on request
 /// (`LIST_RUNNING`, `LIST_STOPPED`) for a quick run on a busy machine.
@@ -203,6 +212,8 @@ struct Prepared {
     image: Vec<Kind>,
     /// The sides whose list fill is done.
     filled: Vec<Kind>,
+    /// The sides whose node2 holds the `restart` case's running instances.
+    restart: Vec<Kind>,
 }
 
 /// Setup shared by the instance cases: the image file, the client configuration, and
@@ -374,6 +385,50 @@ impl Shared {
         Ok(())
     }
 
+    /// `running` started instances `r000`... on node2, made through node1's REST API a
+    /// few at once, once per side.
+    async fn fill_node2(&self, ctx: &RunCtx<'_>, side: &Side, running: u32) -> anyhow::Result<()> {
+        let mut p = self.prepared.lock().await;
+        if p.restart.contains(&side.kind) {
+            return Ok(());
+        }
+        let c = tls_client(&side.front().https, Some(&ctx.lab.identity.pair), COMMAND_TIMEOUT)?;
+        let t = Instant::now();
+        let results: Vec<anyhow::Result<()>> = stream::iter(0..running)
+            .map(|i| {
+                let c = &c;
+                async move {
+                    let name = restart_instance(i);
+                    let body = json!({
+                        "name": name,
+                        "type": "container",
+                        "source": {"type": "image", "alias": "bb"},
+                        "start": true,
+                    });
+                    let path = "/1.0/instances?target=node2";
+                    let a = call(c, Method::POST, path, Some(&body))
+                        .await?
+                        .expect(None, format!("POST {path} {name}"))?;
+                    wait_operation(c, &a.json())
+                        .await
+                        .with_context(|| format!("creating {name}"))
+                }
+            })
+            .buffer_unordered(FILL_CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        log(format!(
+            "{}: {running} running instances on node2 made in {:.1} s",
+            side.kind.name(),
+            t.elapsed().as_secs_f64()
+        ));
+        p.restart.push(side.kind);
+        Ok(())
+    }
+
     /// Deletes every instance of the side (forced), a few at once.
     async fn clear(&self, ctx: &RunCtx<'_>, side: &Side) -> anyhow::Result<()> {
         let c = tls_client(&side.front().https, Some(&ctx.lab.identity.pair), COMMAND_TIMEOUT)?;
@@ -474,6 +529,25 @@ pub const LAUNCH_METRICS: &[Metric] = &[
         decimals: 3,
     },
 ];
+
+/// What the `restart` case reports; ratios are of the first.
+pub const RESTART_METRICS: &[Metric] = &[
+    Metric {
+        name: "serves",
+        unit: "s",
+        decimals: 3,
+    },
+    Metric {
+        name: "GET /1.0",
+        unit: "s",
+        decimals: 3,
+    },
+];
+
+/// The name of the `restart` case's instance `i`.
+pub fn restart_instance(i: u32) -> String {
+    format!("r{i:03}")
+}
 
 /// What the `list` case reports; ratios are of the first.
 pub const LIST_METRICS: &[Metric] = &[
@@ -659,6 +733,137 @@ impl Case for List {
     }
 }
 
+/// node2's daemon killed (-9) and started again while it holds running instances: how
+/// soon it serves them.
+pub struct Restart {
+    shared: std::sync::Arc<Shared>,
+    running: u32,
+    label: &'static str,
+}
+
+impl Restart {
+    pub fn new(shared: std::sync::Arc<Shared>, running: u32) -> Restart {
+        let label: &'static str = Box::leak(
+            format!("node2 killed -9 and started with {running} running instances").into_boxed_str(),
+        );
+        Restart {
+            shared,
+            running: running.max(1),
+            label,
+        }
+    }
+
+    /// `RESTART_RUNNING` from the environment (30 by default).
+    pub fn running_from_env() -> Result<u32, String> {
+        match std::env::var("RESTART_RUNNING") {
+            Err(_) => Ok(30),
+            Ok(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| format!("RESTART_RUNNING={v:?} is not a number from 1 to 1000")),
+        }
+    }
+}
+
+/// Whether an answer to `GET /1.0/instances/NAME` says the instance runs.
+pub fn answers_running(status: u16, body: &Value) -> bool {
+    status == 200 && body["metadata"]["status"] == "Running"
+}
+
+impl Case for Restart {
+    fn name(&self) -> &'static str {
+        "restart"
+    }
+
+    fn label(&self) -> &'static str {
+        self.label
+    }
+
+    fn variants(&self) -> Vec<Variant> {
+        vec![Variant {
+            label: "node2".into(),
+            conc: 1,
+        }]
+    }
+
+    fn metrics(&self) -> &'static [Metric] {
+        RESTART_METRICS
+    }
+
+    fn measures(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Stapes | Kind::Incus)
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a RunCtx<'a>,
+        side: &'a Side,
+        _variant: &'a Variant,
+        _raw: &'a Path,
+    ) -> BoxFuture<'a, anyhow::Result<Sample>> {
+        Box::pin(async move {
+            self.shared.prepare(ctx, side).await?;
+            self.shared.fill_node2(ctx, side, self.running).await?;
+            let node2 = &side.members[1];
+            let name = restart_instance(0);
+            let path = format!("/1.0/instances/{name}");
+            let t0 = ctx.lab.kill9_and_start(side.kind, node2).await?;
+            let c = crate::lab::unix_client(&node2.socket, Duration::from_secs(1));
+            let (mut serves, mut ready) = (None, None);
+            while serves.is_none() || ready.is_none() {
+                if ready.is_none() {
+                    if let Ok(a) = call(&c, Method::GET, "/1.0", None).await {
+                        if a.status == 200 {
+                            ready = Some(t0.elapsed().as_secs_f64());
+                        }
+                    }
+                }
+                if serves.is_none() {
+                    if let Ok(a) = call(&c, Method::GET, &path, None).await {
+                        if answers_running(a.status, &a.json()) {
+                            serves = Some(t0.elapsed().as_secs_f64());
+                        }
+                    }
+                }
+                if !ctx.lab.running(&node2.key) {
+                    bail!("{} exited after its restart", node2.key);
+                }
+                if t0.elapsed() > RESTART_TIMEOUT {
+                    bail!(
+                        "{} did not serve {name} as Running within {RESTART_TIMEOUT:?} of its start",
+                        node2.key
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Back in the cluster before anything else runs: node1 answers for it.
+            let front = tls_client(&side.front().https, Some(&ctx.lab.identity.pair), COMMAND_TIMEOUT)?;
+            let settled = Instant::now();
+            loop {
+                if let Ok(a) = call(&front, Method::GET, &path, None).await {
+                    if answers_running(a.status, &a.json()) {
+                        break;
+                    }
+                }
+                if settled.elapsed() > RESTART_TIMEOUT {
+                    bail!("node1 did not answer for {name} within {RESTART_TIMEOUT:?} of node2's restart");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Sample {
+                values: vec![serves.unwrap_or(f64::NAN), ready.unwrap_or(f64::NAN)],
+                unexpected: 0,
+            })
+        })
+    }
+
+    fn cleanup<'a>(&'a self, ctx: &'a RunCtx<'a>, side: &'a Side) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { self.shared.clear(ctx, side).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,6 +874,16 @@ mod tests {
         assert_eq!(places, ["node1", "node2", "node3", "node1", "node2", "node3"]);
         assert_eq!(fill_instance(42).0, "l0042");
         assert_eq!(Sizes::DEFAULT.total(), 400);
+    }
+
+    #[test]
+    fn t10_restart_names_and_running_answers() {
+        assert_eq!(restart_instance(0), "r000");
+        assert_eq!(restart_instance(29), "r029");
+        assert!(answers_running(200, &json!({"metadata": {"status": "Running"}})));
+        assert!(!answers_running(200, &json!({"metadata": {"status": "Stopped"}})));
+        assert!(!answers_running(200, &json!({"metadata": {"status": "Error"}})));
+        assert!(!answers_running(503, &json!({"metadata": {"status": "Running"}})));
     }
 
     #[test]

@@ -200,7 +200,9 @@ pub struct Lab {
     pub out: PathBuf,
     pub identity: Identity,
     pub tools: Tools,
-    daemons: BTreeMap<String, Daemon>,
+    /// Behind a lock so that a case, which holds the lab shared, can restart a member
+    /// ([`Lab::kill9_and_start`]).
+    daemons: std::sync::Mutex<BTreeMap<String, Daemon>>,
     keep_dir: bool,
     results_dir: Option<PathBuf>,
 }
@@ -231,7 +233,7 @@ impl Lab {
             out,
             identity,
             tools,
-            daemons: BTreeMap::new(),
+            daemons: std::sync::Mutex::new(BTreeMap::new()),
             keep_dir,
             results_dir,
         })
@@ -253,7 +255,35 @@ impl Lab {
     /// forwards to `peer`; stapesd and incusd are told their address later
     /// ([`Lab::configure_https`]).
     pub fn start(&mut self, kind: Kind, m: &Member, peer: Option<&Member>) -> anyhow::Result<()> {
-        if self.daemons.contains_key(&m.key) {
+        self.spawn(kind, m, peer)
+    }
+
+    /// The daemons, locked (a poisoned lock is taken as it is: the map stays usable).
+    fn daemons(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Daemon>> {
+        self.daemons
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// SIGKILL for `m`'s daemon, then the same daemon started again on its state
+    /// directory; returns the instant just before the new process was spawned.
+    pub async fn kill9_and_start(&self, kind: Kind, m: &Member) -> anyhow::Result<Instant> {
+        let old = self.daemons().remove(&m.key);
+        if let Some(d) = old {
+            d.kill9().await;
+        }
+        let t0 = Instant::now();
+        self.spawn(kind, m, None)?;
+        Ok(t0)
+    }
+
+    /// Whether `m`'s daemon runs (false if it exited or was never started).
+    pub fn running(&self, key: &str) -> bool {
+        self.daemons().get_mut(key).is_some_and(Daemon::running)
+    }
+
+    fn spawn(&self, kind: Kind, m: &Member, peer: Option<&Member>) -> anyhow::Result<()> {
+        if self.daemons().contains_key(&m.key) {
             bail!("{} is already running", m.key);
         }
         std::fs::create_dir_all(&m.dir)?;
@@ -302,7 +332,7 @@ impl Lab {
             _ => log,
         };
         let daemon = Daemon::spawn(cmd, &output)?;
-        self.daemons.insert(m.key.clone(), daemon);
+        self.daemons().insert(m.key.clone(), daemon);
         Ok(())
     }
 
@@ -317,9 +347,12 @@ impl Lab {
                     return Ok(t0.elapsed().as_secs_f64() * 1000.0);
                 }
             }
-            let d = self.daemons.get_mut(&m.key).context("not started")?;
-            if !d.running() {
-                bail!("{} exited during start-up; see {}", m.key, d.log.display());
+            {
+                let mut daemons = self.daemons();
+                let d = daemons.get_mut(&m.key).context("not started")?;
+                if !d.running() {
+                    bail!("{} exited during start-up; see {}", m.key, d.log.display());
+                }
             }
             if Instant::now() > deadline {
                 bail!(
@@ -346,32 +379,34 @@ impl Lab {
 
     /// Stops the daemon under `key` (TERM, then KILL after a bound).
     pub async fn stop(&mut self, key: &str) {
-        if let Some(d) = self.daemons.remove(key) {
+        let d = self.daemons().remove(key);
+        if let Some(d) = d {
             d.stop().await;
         }
     }
 
     /// SIGKILL for the daemon under `key`.
     pub async fn kill9(&mut self, key: &str) {
-        if let Some(d) = self.daemons.remove(key) {
+        let d = self.daemons().remove(key);
+        if let Some(d) = d {
             d.kill9().await;
         }
     }
 
     pub fn memory(&self, key: &str) -> Option<Memory> {
-        self.daemons.get(key)?.memory()
+        self.daemons().get(key)?.memory()
     }
 
     pub fn pid(&self, key: &str) -> Option<i32> {
-        self.daemons.get(key).map(Daemon::pid)
+        self.daemons().get(key).map(Daemon::pid)
     }
 
     pub fn exe(&self, key: &str) -> Option<PathBuf> {
-        self.daemons.get(key)?.exe()
+        self.daemons().get(key)?.exe()
     }
 
     pub fn signal(&self, key: &str, sig: nix::sys::signal::Signal) {
-        if let Some(d) = self.daemons.get(key) {
+        if let Some(d) = self.daemons().get(key) {
             d.signal(sig);
         }
     }
@@ -456,7 +491,7 @@ impl Lab {
     /// removes the directory unless `KEEP_DIR`. After a failure the last lines of each log
     /// are shown.
     pub async fn finish(mut self, failed: bool) {
-        let keys: Vec<String> = self.daemons.keys().cloned().collect();
+        let keys: Vec<String> = self.daemons().keys().cloned().collect();
         for k in keys {
             self.stop(&k).await;
         }

@@ -118,6 +118,12 @@ fn instance_targets() -> Vec<Target> {
         at_most(case("list", "default", "seconds"), 0.25),
         at_most(case("list", "-c nsL", "seconds"), 0.25),
         at_most(case("list", "default", "RSS/member"), 0.5),
+        // Point 7: a restarted member serves its instances again within 1 s of start.
+        Target {
+            what: case("restart", "node2", "serves"),
+            rule: Rule::Below(1.0),
+            source: "issue 15 point 7",
+        },
     ]
 }
 
