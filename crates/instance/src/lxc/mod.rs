@@ -52,6 +52,8 @@ pub use config::{IDMAP_BASE, IDMAP_RANGE};
 const START: Duration = Duration::from_secs(60);
 /// Added to a clean stop's own timeout for `lxc-stop` to return.
 const STOP_MARGIN: Duration = Duration::from_secs(30);
+/// How long LXC's monitor may take to exit once its container stopped.
+const MONITOR_EXIT: Duration = Duration::from_secs(5);
 /// How long a cgroup may stay busy after its container stopped.
 const CGROUP_BUSY: Duration = Duration::from_secs(10);
 
@@ -366,6 +368,35 @@ impl LxcDriver {
                 let limit = timeout + STOP_MARGIN;
                 tools::run("lxc-stop", ["-n", name, "-P", &lxcpath, "-t", &secs], limit).await?;
             }
+        }
+        self.wait_stopped(name).await
+    }
+
+    /// Waits until the container's monitor says it stopped, then (briefly) until the
+    /// monitor is gone. `lxc-stop -k` returns once init is sent SIGKILL, before the
+    /// monitor has seen it die: a status asked at once could still say RUNNING, and a
+    /// start while the old monitor holds the command socket would fail.
+    async fn wait_stopped(&self, name: &str) -> Result<()> {
+        let stopped = tokio::time::Instant::now() + STOP_MARGIN;
+        loop {
+            match command::ask(&self.dir, name, command::GET_STATE).await? {
+                None => return Ok(()),
+                Some(0) => break,
+                Some(_) if tokio::time::Instant::now() >= stopped => {
+                    return Err(Error::Timeout {
+                        what: format!("{name} to stop"),
+                        after: STOP_MARGIN,
+                    })
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let gone = tokio::time::Instant::now() + MONITOR_EXIT;
+        while tokio::time::Instant::now() < gone {
+            if command::ask(&self.dir, name, command::GET_STATE).await?.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
     }
