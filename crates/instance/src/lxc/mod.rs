@@ -583,7 +583,12 @@ impl Driver for LxcDriver {
 
     fn status<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Status>> {
         Box::pin(async move {
-            self.load(name).await?;
+            validate_name(name)?;
+            // Whether the container exists, without reading its record: one stat, not
+            // a trip through the blocking pool and a JSON parse, for each of a list.
+            if !self.runtime_dir(name).join("stapes.json").exists() {
+                return Err(Error::NotFound(name.into()));
+            }
             self.monitor_status(name).await
         })
     }
