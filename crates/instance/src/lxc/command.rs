@@ -94,35 +94,15 @@ pub async fn ask(lxcpath: &Path, name: &str, cmd: i32) -> Result<Option<i64>> {
     let talk = async {
         let mut stream = match tokio::net::UnixStream::connect(&socket).await {
             Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                ) =>
-            {
-                return Ok(None)
-            }
+            Err(e) if no_monitor(&e) => return Ok(None),
             Err(e) => return Err(failed(e)),
         };
         if let Err(e) = send_with_credentials(&stream, &request(cmd)).await {
-            return match e.kind() {
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(None),
-                _ => Err(failed(e)),
-            };
+            return if no_monitor(&e) { Ok(None) } else { Err(failed(e)) };
         }
         let mut answer = [0u8; MESSAGE];
-        match stream.read_exact(&mut answer).await {
-            Ok(_) => {}
-            // The monitor went away with its container.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(failed(e)),
+        if let Err(e) = stream.read_exact(&mut answer).await {
+            return if no_monitor(&e) { Ok(None) } else { Err(failed(e)) };
         }
         let (ret, data) = parse_answer(&answer);
         if ret < 0 {
@@ -139,6 +119,16 @@ pub async fn ask(lxcpath: &Path, name: &str, cmd: i32) -> Result<Option<i64>> {
             what: format!("the LXC monitor of {name}"),
             after: ANSWER,
         })?
+}
+
+/// Whether an error says there is no monitor (any more): none listens, or it went away
+/// with its container mid-request.
+fn no_monitor(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::NotFound | K::BrokenPipe | K::ConnectionReset | K::UnexpectedEof
+    )
 }
 
 /// Sends `bytes` with our credentials attached (`SCM_CREDENTIALS`), as liblxc does.

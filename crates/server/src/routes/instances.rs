@@ -191,34 +191,29 @@ async fn runtime(ctx: &Ctx, name: &str) -> Option<instance::State> {
 /// no `state`, `snapshots` or `backups`. Asks the runtime for the status alone, which
 /// costs far less than the usage figures of [`full_here`].
 async fn plain_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> InstanceFull {
-    let status = match rec.status {
-        InstanceStatus::Creating => InstanceStatus::Creating,
-        _ => runtime_status(ctx, &rec.name)
-            .await
-            .map_or(InstanceStatus::Error, status_of),
+    let rt = match rec.status {
+        InstanceStatus::Creating => None,
+        _ => runtime_status(ctx, &rec.name).await,
     };
-    let mut instance = render(ctx, state, rec, status);
-    if rec.status == InstanceStatus::Creating {
-        instance.status = "Stopped".into();
-        instance.status_code = 102;
-    }
     InstanceFull {
-        instance,
+        instance: render_here(ctx, state, rec, rt),
         backups: None,
         state: None,
         snapshots: None,
     }
 }
 
-/// An instance of this member, rendered with its runtime state.
-async fn full_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> InstanceFull {
-    let rt = match rec.status {
-        InstanceStatus::Creating => None,
-        _ => runtime(ctx, &rec.name).await,
-    };
-    let status = match (&rt, rec.status) {
+/// The API object of an instance of this member, from what its runtime says (`None`:
+/// it could not say, shown as `Error`).
+fn render_here(
+    ctx: &Ctx,
+    state: &cluster::State,
+    rec: &InstanceRecord,
+    runtime: Option<instance::Status>,
+) -> Instance {
+    let status = match (runtime, rec.status) {
         (_, InstanceStatus::Creating) => InstanceStatus::Creating,
-        (Some(st), _) => status_of(st.status),
+        (Some(st), _) => status_of(st),
         (None, _) => InstanceStatus::Error,
     };
     let mut instance = render(ctx, state, rec, status);
@@ -227,6 +222,16 @@ async fn full_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> I
         instance.status = "Stopped".into();
         instance.status_code = 102;
     }
+    instance
+}
+
+/// An instance of this member, rendered with its runtime state.
+async fn full_here(ctx: &Ctx, state: &cluster::State, rec: &InstanceRecord) -> InstanceFull {
+    let rt = match rec.status {
+        InstanceStatus::Creating => None,
+        _ => runtime(ctx, &rec.name).await,
+    };
+    let instance = render_here(ctx, state, rec, rt.as_ref().map(|s| s.status));
     InstanceFull {
         instance,
         backups: Some(Vec::new()),
