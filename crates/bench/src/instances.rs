@@ -499,6 +499,19 @@ async fn wait_operation(c: &client::Client, answer: &Value) -> anyhow::Result<()
     Ok(())
 }
 
+/// The one variant of the cases about an instance on node2.
+fn on_node2() -> Vec<Variant> {
+    vec![Variant {
+        label: "node2".into(),
+        conc: 1,
+    }]
+}
+
+/// The sides that run containers (not the ceiling).
+fn runs_containers(kind: Kind) -> bool {
+    matches!(kind, Kind::Stapes | Kind::Incus)
+}
+
 /// Runs the client once, timed; seconds.
 async fn timed(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration) -> anyhow::Result<f64> {
     let t = Instant::now();
@@ -593,10 +606,7 @@ impl Case for Launch {
     }
 
     fn variants(&self) -> Vec<Variant> {
-        vec![Variant {
-            label: "node2".into(),
-            conc: 1,
-        }]
+        on_node2()
     }
 
     fn metrics(&self) -> &'static [Metric] {
@@ -604,7 +614,7 @@ impl Case for Launch {
     }
 
     fn measures(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Stapes | Kind::Incus)
+        runs_containers(kind)
     }
 
     fn run<'a>(
@@ -683,7 +693,7 @@ impl Case for List {
     }
 
     fn measures(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Stapes | Kind::Incus)
+        runs_containers(kind)
     }
 
     fn run<'a>(
@@ -782,10 +792,7 @@ impl Case for Restart {
     }
 
     fn variants(&self) -> Vec<Variant> {
-        vec![Variant {
-            label: "node2".into(),
-            conc: 1,
-        }]
+        on_node2()
     }
 
     fn metrics(&self) -> &'static [Metric] {
@@ -793,7 +800,7 @@ impl Case for Restart {
     }
 
     fn measures(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Stapes | Kind::Incus)
+        runs_containers(kind)
     }
 
     fn run<'a>(
