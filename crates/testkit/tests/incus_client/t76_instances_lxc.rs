@@ -266,8 +266,18 @@ async fn body(c: &mut Cluster, work: &Path) {
         .collect();
     assert_eq!(names, ["c1b"]);
 
+    // Stopped behind the running daemon's back: every list depth shows it stopped at
+    // once (the status comes from LXC's monitor, which is gone), through other members.
+    driver_of(&c.members[1].dir)
+        .stop("c1b", instance::Stop::Force)
+        .await
+        .expect("stopped behind the daemon's back");
+    let list = v.ok(0, &["list", "--format", "csv", "-c", "nsL"]).await;
+    assert_eq!(list.trim(), "c1b,STOPPED,node2");
+    let list = v.ok(2, &["list", "--format", "csv", "-c", "ns4"]).await;
+    assert_eq!(list.trim(), "c1b,STOPPED,");
+
     // Delete leaves no process, mount, runtime directory, cgroup or volume.
-    v.ok(2, &["stop", "c1b", "--force"]).await;
     v.ok(0, &["delete", "c1b"]).await;
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     let volume = c.members[1].dir.join("storage-pools/pool1/containers/c1b");
