@@ -418,6 +418,12 @@ fn served() -> Vec<Route> {
         row(G, "/internal/volumes/{name}", Access::Member, Here, || {
             get(h::copy::internal_volume)
         }),
+        row(Po, "/internal/moves/{name}", Access::Member, Here, || {
+            post(h::migrate::internal_receive)
+        }),
+        row(D, "/internal/moves/{name}", Access::Member, Here, || {
+            delete(h::migrate::internal_discard)
+        }),
         row(G, "/1.0/profiles", Full, Here, || get(h::profiles::list)),
         row(Po, "/1.0/profiles", Full, Here, || post(h::profiles::create)),
         row(G, "/1.0/profiles/{name}", Full, Here, || get(h::profiles::get)),

@@ -253,8 +253,8 @@ impl Read for ChannelReader {
 }
 
 /// Fetches volume `name` (or its snapshot) from the member at `address` into the
-/// empty directory `staged`. On error the directory may hold a part: the caller removes
-/// it.
+/// empty directory `staged`, adding the bytes received to `received` as they come. On
+/// error the directory may hold a part: the caller removes it.
 pub async fn fetch(
     ctx: &Ctx,
     member: &str,
@@ -262,6 +262,7 @@ pub async fn fetch(
     name: &str,
     snapshot: Option<&str>,
     staged: PathBuf,
+    received: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<(), String> {
     let mut path = format!("/internal/volumes/{name}");
     if let Some(s) = snapshot {
@@ -311,7 +312,12 @@ pub async fn fetch(
             let item = match tokio::time::timeout(STALL, body.next()).await {
                 Err(_) => Err(std::io::Error::other(format!("no data for {STALL:?}"))),
                 Ok(None) => break,
-                Ok(Some(Ok(b))) => Ok(b),
+                Ok(Some(Ok(b))) => {
+                    if let Some(r) = received {
+                        r.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(b)
+                }
                 Ok(Some(Err(e))) => Err(std::io::Error::other(e.to_string())),
             };
             let failed = item.is_err();

@@ -155,6 +155,14 @@ pub enum InstanceCommand {
     Delete {
         name: String,
     },
+    /// Hands a stopped instance from one member to another once its data is whole
+    /// there: refused unless it is still on `from` (so a move applied twice, or racing
+    /// another, changes the owner once).
+    Move {
+        name: String,
+        from: Option<MemberId>,
+        to: Option<MemberId>,
+    },
 }
 
 impl InstanceCommand {
@@ -166,6 +174,7 @@ impl InstanceCommand {
             InstanceCommand::SetVolatile { .. } => "set_instance_volatile",
             InstanceCommand::Rename { .. } => "rename_instance",
             InstanceCommand::Delete { .. } => "delete_instance",
+            InstanceCommand::Move { .. } => "move_instance",
         }
     }
 }
@@ -366,6 +375,21 @@ pub(super) fn apply(state: &mut State, cmd: &InstanceCommand) -> Result<(), Stat
         InstanceCommand::Delete { name } => {
             state.instances.remove(name).ok_or(StateError::InstanceNotFound)?;
         }
+        InstanceCommand::Move { name, from, to } => {
+            state.check_member(*to)?;
+            let i = state.instances.get(name).ok_or(StateError::InstanceNotFound)?;
+            if i.location != *from {
+                return Err(StateError::Invalid(
+                    "The instance is no longer on the member it was moved from".into(),
+                ));
+            }
+            if !matches!(i.status, InstanceStatus::Stopped | InstanceStatus::Error) {
+                return Err(StateError::Invalid("Instance must be stopped to be moved".into()));
+            }
+            if let Some(i) = state.instances.get_mut(name) {
+                i.location = *to;
+            }
+        }
     }
     Ok(())
 }
@@ -490,6 +514,34 @@ mod tests {
         assert_eq!(s.instances_on(Some(2)), ["c1"]);
         assert!(s.instances_on(Some(1)).is_empty());
         assert_eq!(s.instances["c1"].root_pool(&s).as_deref(), Some("pool1"));
+    }
+
+    #[test]
+    fn t12_a_move_changes_the_owner_once() {
+        let mut s = cluster();
+        ap(&mut s, create("c1", 1)).unwrap();
+        let mv = |from, to| InstanceCommand::Move {
+            name: "c1".into(),
+            from: Some(from),
+            to: Some(to),
+        };
+        // Only a stopped instance moves.
+        assert!(ap(&mut s, mv(1, 2)).is_err());
+        ap(
+            &mut s,
+            InstanceCommand::SetStatus {
+                name: "c1".into(),
+                status: InstanceStatus::Stopped,
+            },
+        )
+        .unwrap();
+        assert!(ap(&mut s, mv(1, 9)).is_err(), "to a member that does not exist");
+        ap(&mut s, mv(1, 2)).unwrap();
+        assert_eq!(s.instances["c1"].location, Some(2));
+        // Applied again (a retry whose first answer was lost): refused, nothing changes.
+        let before = s.clone();
+        assert!(ap(&mut s, mv(1, 2)).is_err());
+        assert_eq!(s, before);
     }
 
     #[test]

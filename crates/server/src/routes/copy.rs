@@ -39,6 +39,57 @@ use crate::context::Ctx;
 use crate::ops::Spec;
 use crate::response::Result;
 
+/// Incus's refusal of a live migration of a container without CRIU.
+pub(crate) const NO_CRIU: &str =
+    "Unable to perform live container migration. CRIU isn't installed on the source server. \
+     To migrate the container, stop the container before migration or install CRIU on the source server";
+
+/// Who owns the files of a container's volume: root when privileged, else the base of
+/// its id map.
+pub(crate) fn volume_owner(privileged: bool) -> storage::Owner {
+    if privileged {
+        storage::Owner::ROOT
+    } else {
+        storage::Owner {
+            uid: instance::lxc::IDMAP_BASE,
+            gid: instance::lxc::IDMAP_BASE,
+        }
+    }
+}
+
+/// Puts staged trees in place under `name`: the first as the instance's volume, the
+/// others as its snapshots `snaps`, in order. The volume's path; on a failure the
+/// message and the staged paths not placed yet (for the caller to remove).
+pub(crate) fn commit_all(
+    pool: &dyn storage::Pool,
+    staged: &[PathBuf],
+    name: &str,
+    snaps: &[String],
+    owner: storage::Owner,
+) -> std::result::Result<PathBuf, (String, Vec<PathBuf>)> {
+    let mut left = staged.to_vec();
+    let mut path = None;
+    for (i, p) in staged.iter().enumerate() {
+        let tree = match i.checked_sub(1) {
+            None => Tree::Container(name),
+            Some(k) => match snaps.get(k) {
+                Some(s) => Tree::Snapshot(name, s),
+                None => return Err(("more trees than snapshots".to_string(), left)),
+            },
+        };
+        match pool.commit_tree(p, tree, owner) {
+            Ok(at) => {
+                left.retain(|x| x != p);
+                if i == 0 {
+                    path = Some(at);
+                }
+            }
+            Err(e) => return Err((e.to_string(), left)),
+        }
+    }
+    path.ok_or_else(|| ("nothing copied".to_string(), left))
+}
+
 fn url(name: &str) -> String {
     format!("/1.0/instances/{name}")
 }
@@ -255,11 +306,7 @@ async fn here(
     // A live copy between members is a live migration, which needs CRIU (Incus's
     // message); on one member Incus copies stateless whatever `live` says.
     if post.source.live && from.is_some() && snap.is_none() {
-        return Err(ApiError::bad_request(
-            "Unable to perform live container migration. CRIU isn't installed on the source server. \
-             To migrate the container, stop the container before migration or install CRIU on the source server",
-        )
-        .into());
+        return Err(ApiError::bad_request(NO_CRIU).into());
     }
     let snapshots: Vec<String> = if snap.is_some() || post.source.instance_only {
         Vec::new()
@@ -349,7 +396,7 @@ async fn stage(
                 Tree::Container(n) => (n, None),
                 Tree::Snapshot(n, s) => (n, Some(s)),
             };
-            crate::volumes::fetch(ctx, &m.name, &m.address, name, snap, staged).await
+            crate::volumes::fetch(ctx, &m.name, &m.address, name, snap, staged, None).await
         }
         None => {
             let state = ctx.store.state();
@@ -436,43 +483,15 @@ async fn run(
         .map_err(|e| crate::response::Error::from(e).0.message)?;
     made.recorded = true;
     // 3. In place, the container made, the snapshots recorded.
-    let owner = if privileged {
-        storage::Owner::ROOT
-    } else {
-        storage::Owner {
-            uid: instance::lxc::IDMAP_BASE,
-            gid: instance::lxc::IDMAP_BASE,
-        }
-    };
+    let owner = volume_owner(privileged);
     let pool = made.pool.clone();
     let staged = std::mem::take(&mut made.staged);
     let n = name.clone();
     let snaps = snapshots.to_vec();
     made.placed = true;
-    let placed = tokio::task::spawn_blocking(move || {
-        let mut left = staged.clone();
-        let mut path = None;
-        for (i, p) in staged.iter().enumerate() {
-            let tree = if i == 0 {
-                Tree::Container(&n)
-            } else {
-                Tree::Snapshot(&n, &snaps[i - 1])
-            };
-            let placed = pool.commit_tree(p, tree, owner);
-            match placed {
-                Ok(at) => {
-                    left.retain(|x| x != p);
-                    if i == 0 {
-                        path = Some(at);
-                    }
-                }
-                Err(e) => return Err((e.to_string(), left)),
-            }
-        }
-        path.ok_or_else(|| ("nothing copied".to_string(), left))
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let placed = tokio::task::spawn_blocking(move || commit_all(&**pool, &staged, &n, &snaps, owner))
+        .await
+        .map_err(|e| e.to_string())?;
     let path = match placed {
         Ok(p) => p,
         Err((e, left)) => {

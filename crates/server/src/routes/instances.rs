@@ -57,7 +57,7 @@ pub struct Local {
 }
 
 impl Local {
-    fn building(&self, name: &str) -> bool {
+    pub(crate) fn building(&self, name: &str) -> bool {
         self.building
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -66,14 +66,14 @@ impl Local {
 }
 
 /// Marks a launch under way until dropped.
-struct Building {
+pub(crate) struct Building {
     ctx: Ctx,
     name: String,
 }
 
 impl Building {
     /// `None` if this member builds that name already.
-    fn new(ctx: &Ctx, name: &str) -> Option<Building> {
+    pub(crate) fn new(ctx: &Ctx, name: &str) -> Option<Building> {
         let fresh = ctx
             .instances
             .building
@@ -483,7 +483,7 @@ fn runtime_settings(
 }
 
 /// The runtime's container `name` for `rec`, over the volume at `volume`.
-async fn make_container(
+pub(crate) async fn make_container(
     ctx: &Ctx,
     state: &cluster::State,
     rec: &InstanceRecord,
@@ -515,7 +515,7 @@ async fn undo(ctx: &Ctx, name: &str) {
 }
 
 /// Removes the container and its volume here.
-async fn remove_local(ctx: &Ctx, name: &str) -> std::result::Result<(), String> {
+pub(crate) async fn remove_local(ctx: &Ctx, name: &str) -> std::result::Result<(), String> {
     // Asked directly: listing the runtime to see whether it knows the name costs an
     // `lxc-info` per instance of the member.
     match ctx.driver.delete(name).await {
@@ -976,8 +976,8 @@ fn resourced(description: &str, name: &str) -> Spec {
     spec
 }
 
-/// `POST /1.0/instances/{name}`: a rename (`{"name": NEW}`) of a stopped instance.
-/// Moves (`migration: true`) come later and answer 501.
+/// `POST /1.0/instances/{name}`: a rename (`{"name": NEW}`) of a stopped instance, or
+/// with `migration: true` a move to the member `?target=` names ([`super::migrate`]).
 ///
 /// ```text
 ///  Rename{name, new} in the state (the name check: one of two racing renames or
@@ -989,12 +989,13 @@ pub async fn rename(
     State(ctx): State<Ctx>,
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
+    uri: axum::http::Uri,
     body: Body,
 ) -> Result<Response> {
     let (_, rec) = record(&ctx, &name)?;
     let req: api::types::InstancePost = crate::response::json_body(body).await?;
     if req.migration {
-        return Err(ApiError::not_implemented_yet("Instance moves").into());
+        return super::migrate::post(ctx, id, &uri, name, req).await;
     }
     let new = req.name;
     cluster::state::valid_instance_name(&new).map_err(ApiError::bad_request)?;
@@ -1149,6 +1150,9 @@ pub async fn put_state(
     let (_, rec) = record(&ctx, &name)?;
     if rec.status == InstanceStatus::Creating {
         return Err(ApiError::bad_request("The instance is being created").into());
+    }
+    if ctx.instances.building(&name) {
+        return Err(ApiError::bad_request("The instance is being moved").into());
     }
     let req: InstanceStatePut = crate::response::json_body(body).await?;
     let how = if req.force || req.timeout == 0 {

@@ -15,6 +15,7 @@ pub(crate) mod files;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod internal;
+pub(crate) mod migrate;
 pub mod not_yet;
 pub(crate) mod operations;
 pub(crate) mod profiles;

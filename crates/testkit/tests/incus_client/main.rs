@@ -14,6 +14,7 @@ mod t80_files;
 mod t82_files_lxc;
 mod t84_snapshots;
 mod t84_snapshots_lxc;
+mod t88_move;
 mod t90_validation;
 
 use std::path::Path;

@@ -479,7 +479,7 @@ async fn t77_rename_a_stopped_instance_through_another_member() {
     assert!(err.contains("Name \"r3\" already in use"), "{err}");
     let err = v.fails(2, &["rename", "r1", "bad_name"]).await;
     assert!(err.contains("Invalid instance name"), "{err}");
-    // A move is a later feature, and says so.
+    // A move to another server (no `?target=`) is a later feature, and says so.
     let t = stapes_testkit::Target::Unix(v.sock[0].clone());
     let r = t
         .send_json(

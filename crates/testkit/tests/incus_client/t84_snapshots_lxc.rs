@@ -2,7 +2,8 @@
 //! official client, every step through a member other than the owner: a snapshot of a
 //! running container, a file changed, the snapshot restored with the file back and the
 //! container running again; a copy to another member that starts there with its files;
-//! `incus copy c1/s1 c3`.
+//! `incus copy c1/s1 c3`; a move of the running container, stateless, to another
+//! member, where it runs again with its files and snapshot.
 //!
 //! Needs what `t76` needs (root, `lxc`, `incus`, `busybox-static`); whatever the test
 //! made is purged afterwards, also when it fails.
@@ -75,11 +76,35 @@ async fn body(c: &mut Cluster, work: &Path) {
         v.ok(1, &["delete", name]).await;
         assert!(!rootfs(c, owner, name).exists());
     }
-    v.ok(0, &["delete", "c1"]).await;
-    assert!(!c.members[1]
-        .dir
-        .join("storage-pools/pool1/containers-snapshots/c1")
-        .exists());
+
+    // Moved, running and stateless, from node2 to node1 through node3: stopped, its
+    // rootfs and snapshot carried over, started there; nothing left on node2.
+    v.ok(0, &["start", "c1"]).await;
+    v.ok(2, &["move", "c1", "--target", "node1", "--stateless"]).await;
+    let rows = v.ok(1, &["list", "c1", "--format", "csv", "-c", "nsL"]).await;
+    assert_eq!(rows.trim(), "c1,RUNNING,node1");
+    let st = state_of(&v, 2, "c1").await;
+    assert!(st["pid"].as_i64().unwrap_or(0) > 0, "c1 runs on node1: {st}");
+    assert_eq!(
+        std::fs::read_to_string(rootfs(c, 0, "c1").join("root/note")).unwrap(),
+        "three\n"
+    );
+    assert!(!rootfs(c, 1, "c1").exists(), "the old rootfs is gone");
+    let snaps = v
+        .ok(1, &["snapshot", "list", "c1", "--format", "csv", "-c", "n"])
+        .await;
+    assert_eq!(snaps.trim(), "s1");
+    let out = v.ok(1, &["exec", "c1", "--", "cat", "/root/note"]).await;
+    assert_eq!(out, "three\n");
+
+    v.ok(1, &["stop", "c1", "--force"]).await;
+    v.ok(1, &["delete", "c1"]).await;
+    for m in 0..3 {
+        assert!(!c.members[m]
+            .dir
+            .join("storage-pools/pool1/containers-snapshots/c1")
+            .exists());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
