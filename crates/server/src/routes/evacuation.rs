@@ -15,10 +15,15 @@
 //!
 //! While evacuated, placement skips the member and a `--target` to it is refused
 //! (`cluster::placement`), and it starts nothing by itself at member start. The
-//! instance's `cluster.evacuate` (or the request's `mode`) chooses how it leaves:
-//! this server migrates nothing yet, so `auto`, `migrate` and `live-migrate` stop the
-//! instance in place, as Incus does when no member can take it; `stateful-stop` is a
-//! clean stop (no checkpoints here).
+//! instance's `cluster.evacuate` (or the request's `mode`) chooses how it leaves
+//! ([`action`]): `auto` (the default) and `migrate` move it, stopped, to the member
+//! placement picks ([`super::migrate::move_to`]), record `volatile.evacuate.origin`, and
+//! start it there if it ran; `live-migrate` does the same (no CRIU here, so stateless);
+//! `stop`, `stateful-stop` and `force-stop` stop it in place. With no member to take
+//! it, it is stopped in place, as Incus does. A restore first starts what was stopped
+//! here, then, with the member back in service, asks each instance's member to move it
+//! back (`POST /1.0/instances/{name}?target=`), clearing its origin; a failure puts the
+//! member back to evacuated, and both can be run again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,6 +60,38 @@ fn stop_how(mode: &str, own: Option<&str>, expanded: &BTreeMap<String, String>) 
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(SHUTDOWN_TIMEOUT);
     instance::Stop::Clean(Duration::from_secs(secs.min(3600)))
+}
+
+/// What an evacuation does with an instance, as Incus decides it for containers.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Stop,
+    Migrate,
+}
+
+/// The request's mode overrides the instance's `cluster.evacuate` unless it is `auto`;
+/// `auto` migrates a container whose disks are all its root disk (another disk may be
+/// local to the member), else stops it.
+fn action(mode: &str, own: Option<&str>, devices: &BTreeMap<String, BTreeMap<String, String>>) -> Action {
+    let chosen = match mode {
+        "" | "auto" => own.unwrap_or("auto"),
+        m => m,
+    };
+    match chosen {
+        "migrate" | "live-migrate" => Action::Migrate,
+        "auto" => {
+            let movable = devices.values().all(|d| {
+                d.get("type").map(String::as_str) == Some("disk")
+                    && d.get("path").map(String::as_str) == Some("/")
+            });
+            if movable {
+                Action::Migrate
+            } else {
+                Action::Stop
+            }
+        }
+        _ => Action::Stop,
+    }
 }
 
 fn progress_line(progress: &Progress, line: String) {
@@ -146,7 +183,7 @@ async fn evacuate(
     progress: &Progress,
 ) -> std::result::Result<(), String> {
     set_evacuated(ctx, member, true).await?;
-    if let Err(e) = stop_all(ctx, id, mode, progress).await {
+    if let Err(e) = leave_all(ctx, id, member, mode, progress).await {
         // As Incus: the member is back in service, and the evacuation can be run again.
         let _ = set_evacuated(ctx, member, false).await;
         return Err(format!("Failed to evacuate instances: {e}"));
@@ -156,61 +193,121 @@ async fn evacuate(
     Ok(())
 }
 
-/// Stops this member's running instances, keeping their last state `RUNNING`.
-async fn stop_all(
+/// Stops this member's running instances, keeping their last state `RUNNING`, and moves
+/// those whose action is to migrate to the member placement picks.
+async fn leave_all(
     ctx: &Ctx,
     id: &Identity,
+    member: &str,
     mode: &str,
     progress: &Progress,
 ) -> std::result::Result<(), String> {
     let state = ctx.store.state();
     let here = ctx.member_id();
     for rec in state.instances.values().filter(|r| r.location == here) {
-        if !super::instances::is_up(ctx, &rec.name).await {
+        let expanded = rec.expanded_config(&state);
+        let own = expanded.get(cluster::state::EVACUATE_KEY).map(String::as_str);
+        let act = action(mode, own, &rec.expanded_devices(&state));
+        let running = super::instances::is_up(ctx, &rec.name).await;
+        if running {
+            stop_one(ctx, id, &rec.name, stop_how(mode, own, &expanded), progress).await?;
+        }
+        if act != Action::Migrate {
             continue;
+        }
+        let now = ctx.store.state();
+        let facts = super::instances::facts(ctx, &now);
+        let dest = match cluster::placement::place(&now, None, &facts) {
+            Ok(Some(m)) => now.member_by_id(m).cloned(),
+            _ => None,
+        };
+        let Some(dest) = dest.filter(|d| Some(d.id) != here) else {
+            // No member can take it: stopped in place, as Incus does.
+            continue;
+        };
+        if !rec.config.contains_key(ORIGIN) {
+            set_volatile(ctx, &rec.name, ORIGIN, Some(member)).await?;
         }
         progress_line(
             progress,
-            format!("Stopping {:?} in project \"default\"", rec.name),
-        );
-        let expanded = rec.expanded_config(&state);
-        let own = expanded.get(cluster::state::EVACUATE_KEY).map(String::as_str);
-        let how = stop_how(mode, own, &expanded);
-        let stopped = match ctx.driver.stop(&rec.name, how).await {
-            Err(_) if how != instance::Stop::Force => ctx.driver.stop(&rec.name, instance::Stop::Force).await,
-            other => other,
-        };
-        stopped.map_err(|e| {
             format!(
-                "Failed to stop instance {:?} in project \"default\": {e}",
-                rec.name
-            )
-        })?;
-        ctx.store
-            .apply(InstanceCommand::SetStatus {
-                name: rec.name.clone(),
-                status: InstanceStatus::Stopped,
-            })
+                "Migrating {:?} in project \"default\" to {:?}",
+                rec.name, dest.name
+            ),
+        );
+        super::migrate::move_to(ctx, id, &rec.name, &dest, progress)
             .await
-            .map_err(|e| e.to_string())?;
-        ctx.store
-            .apply(InstanceCommand::SetVolatile {
-                name: rec.name.clone(),
-                keys: BTreeMap::from([(
-                    cluster::state::LAST_STATE.to_string(),
-                    Some(cluster::state::POWER_RUNNING.to_string()),
-                )]),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let event = if how == instance::Stop::Force {
-            "instance-stopped"
-        } else {
-            "instance-shutdown"
-        };
-        ctx.events
-            .lifecycle(event, &format!("/1.0/instances/{}", rec.name), Some(id), None);
+            .map_err(|e| {
+                format!(
+                    "Failed to migrate instance {:?} in project \"default\": {e}",
+                    rec.name
+                )
+            })?;
+        if running {
+            progress_line(
+                progress,
+                format!("Starting {:?} in project \"default\"", rec.name),
+            );
+            super::migrate::start_on(ctx, &rec.name, &dest).await?;
+        }
     }
+    Ok(())
+}
+
+/// `volatile.evacuate.origin`: the member an evacuation moved an instance from.
+const ORIGIN: &str = "volatile.evacuate.origin";
+
+async fn set_volatile(
+    ctx: &Ctx,
+    name: &str,
+    key: &str,
+    value: Option<&str>,
+) -> std::result::Result<(), String> {
+    ctx.store
+        .apply(InstanceCommand::SetVolatile {
+            name: name.to_string(),
+            keys: BTreeMap::from([(key.to_string(), value.map(str::to_string))]),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Stops instance `name` here (`how`, then forced), its last state kept `RUNNING`.
+async fn stop_one(
+    ctx: &Ctx,
+    id: &Identity,
+    name: &str,
+    how: instance::Stop,
+    progress: &Progress,
+) -> std::result::Result<(), String> {
+    progress_line(progress, format!("Stopping {name:?} in project \"default\""));
+    let stopped = match ctx.driver.stop(name, how).await {
+        Err(_) if how != instance::Stop::Force => ctx.driver.stop(name, instance::Stop::Force).await,
+        other => other,
+    };
+    stopped.map_err(|e| format!("Failed to stop instance {name:?} in project \"default\": {e}"))?;
+    ctx.store
+        .apply(InstanceCommand::SetStatus {
+            name: name.to_string(),
+            status: InstanceStatus::Stopped,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    set_volatile(
+        ctx,
+        name,
+        cluster::state::LAST_STATE,
+        Some(cluster::state::POWER_RUNNING),
+    )
+    .await?;
+    let event = if how == instance::Stop::Force {
+        "instance-stopped"
+    } else {
+        "instance-shutdown"
+    };
+    ctx.events
+        .lifecycle(event, &format!("/1.0/instances/{name}"), Some(id), None);
     Ok(())
 }
 
@@ -262,8 +359,61 @@ async fn restore(
         }
     }
     set_evacuated(ctx, member, false).await?;
+    if !skip {
+        if let Err(e) = bring_back(ctx, member, progress).await {
+            let _ = set_evacuated(ctx, member, true).await;
+            return Err(format!("Failed to restore instances: {e}"));
+        }
+    }
     ctx.events
         .lifecycle("cluster-member-restored", &member_url(member), Some(id), None);
+    Ok(())
+}
+
+/// Moves each instance an evacuation took from `member` back here, through its current
+/// member (which runs the move, stopping and starting it again if it runs), then clears
+/// its origin.
+async fn bring_back(ctx: &Ctx, member: &str, progress: &Progress) -> std::result::Result<(), String> {
+    let state = ctx.store.state();
+    let here = ctx.member_id();
+    for rec in state.instances.values() {
+        if rec.config.get(ORIGIN).map(String::as_str) != Some(member) {
+            continue;
+        }
+        if rec.location != here {
+            let Some(owner) = rec.location.and_then(|m| state.member_by_id(m)) else {
+                continue;
+            };
+            progress_line(
+                progress,
+                format!(
+                    "Migrating {:?} in project \"default\" from {:?}",
+                    rec.name, owner.name
+                ),
+            );
+            // The owner places the move by its own view, which must show this member
+            // back in service.
+            super::migrate::await_view(ctx, owner, &member_url(member), |m| {
+                m["status"].as_str().is_some_and(|s| s != "Evacuated")
+            })
+            .await;
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("target", member)
+                .finish();
+            let body = serde_json::json!({"name": rec.name, "migration": true, "live": false});
+            super::migrate::run_on(
+                ctx,
+                owner,
+                http::Method::POST,
+                &format!("/1.0/instances/{}?{query}", rec.name),
+                body,
+                "migrate instance from",
+                super::migrate::MOVE_WAIT,
+            )
+            .await?;
+        }
+        set_volatile(ctx, &rec.name, ORIGIN, None).await?;
+    }
     Ok(())
 }
 
@@ -287,12 +437,53 @@ mod tests {
         assert_eq!(
             stop_how("migrate", None, &none),
             clean,
-            "no migration: stopped in place"
+            "a running instance is stopped cleanly before it moves"
         );
         let t = BTreeMap::from([("boot.host_shutdown_timeout".to_string(), "5".to_string())]);
         assert_eq!(
             stop_how("", None, &t),
             instance::Stop::Clean(Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn t11_what_an_evacuation_does_with_an_instance() {
+        let dev = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let root = BTreeMap::from([(
+            "root".to_string(),
+            dev(&[("type", "disk"), ("path", "/"), ("pool", "p")]),
+        )]);
+        let mut data = root.clone();
+        data.insert(
+            "data".to_string(),
+            dev(&[("type", "disk"), ("path", "/srv"), ("source", "/srv")]),
+        );
+        assert_eq!(
+            action("", None, &root),
+            Action::Migrate,
+            "auto moves a container on its root disk"
+        );
+        assert_eq!(
+            action("", None, &data),
+            Action::Stop,
+            "another disk may be the member's own"
+        );
+        assert_eq!(action("", Some("migrate"), &data), Action::Migrate);
+        assert_eq!(action("", Some("live-migrate"), &root), Action::Migrate);
+        for own in ["stop", "force-stop", "stateful-stop"] {
+            assert_eq!(action("", Some(own), &root), Action::Stop, "{own}");
+            assert_eq!(action("auto", Some(own), &root), Action::Stop, "{own}");
+        }
+        assert_eq!(
+            action("stop", Some("migrate"), &root),
+            Action::Stop,
+            "the request's mode wins"
+        );
+        assert_eq!(action("migrate", Some("stop"), &data), Action::Migrate);
     }
 }

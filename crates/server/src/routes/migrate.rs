@@ -55,6 +55,10 @@ use crate::response::Result;
 const BEAT: Duration = Duration::from_secs(1);
 /// The longest line the destination sends.
 const MAX_LINE: usize = 64 * 1024;
+/// How long a start on another member may take.
+const START_WAIT: Duration = Duration::from_secs(120);
+/// How long a move run by another member may take.
+pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(1800);
 /// How long a running instance may take to shut down before a move forces it.
 const STOP_CLEAN: Duration = Duration::from_secs(30);
 
@@ -182,48 +186,95 @@ async fn set_status(ctx: &Ctx, name: &str, status: InstanceStatus) -> std::resul
 
 /// Starts instance `name` on member `dest` (through its API, as a client would).
 pub(crate) async fn start_on(ctx: &Ctx, name: &str, dest: &Member) -> std::result::Result<(), String> {
-    let body = serde_json::to_vec(&json!({"action": "start", "timeout": -1})).map_err(|e| e.to_string())?;
+    // `dest` routes the start by its own view of the record's location.
+    await_view(ctx, dest, "/internal/instances?recursion=1", |list| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|i| i["name"] == name))
+    })
+    .await;
+    let body = json!({"action": "start", "timeout": -1});
+    let path = format!("{}/state", url(name));
+    run_on(
+        ctx,
+        dest,
+        http::Method::PUT,
+        &path,
+        body,
+        "start instance on",
+        START_WAIT,
+    )
+    .await
+}
+
+/// How long [`await_view`] waits for another member to apply what this one wrote.
+const VIEW_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until member `dest` answers `GET path` (served from its own state) with
+/// metadata for which `seen` holds: a member applies the replicated log a moment after
+/// the one that wrote it, and a request it routes by a stale view goes astray. Bounded;
+/// past the bound the caller goes on and the next request says what is wrong.
+pub(crate) async fn await_view(ctx: &Ctx, dest: &Member, path: &str, seen: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + VIEW_WAIT;
+    loop {
+        let got = ctx
+            .peers
+            .request(&dest.address, http::Method::GET, path, Vec::new(), VIEW_WAIT)
+            .await;
+        if let Ok((200, body)) = got {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if seen(&v["metadata"]) {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `method path` with the JSON `body` to member `dest` and waits for the
+/// operation it starts, at most `wait`; `what` names the step in errors ("start
+/// instance on").
+pub(crate) async fn run_on(
+    ctx: &Ctx,
+    dest: &Member,
+    method: http::Method,
+    path: &str,
+    body: Value,
+    what: &str,
+    wait: Duration,
+) -> std::result::Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("Failed to {what} cluster member {:?}: {e}", dest.name);
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let timeout = ctx.settings().forward_timeout;
     let (status, body) = ctx
         .peers
-        .request(
-            &dest.address,
-            http::Method::PUT,
-            &format!("{}/state", url(name)),
-            body,
-            timeout,
-        )
+        .request(&dest.address, method, path, body, timeout)
         .await
-        .map_err(|e| format!("Failed to start instance on cluster member {:?}: {e}", dest.name))?;
+        .map_err(|e| failed(&e))?;
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     if status >= 400 {
-        return Err(format!(
-            "Failed to start instance on cluster member {:?}: {}",
-            dest.name,
-            v["error"].as_str().unwrap_or("")
-        ));
+        return Err(failed(&v["error"].as_str().unwrap_or("")));
     }
     let Some(op) = v["operation"].as_str() else {
         return Ok(());
     };
-    let wait = format!("{op}/wait?timeout=120");
+    let path = format!("{op}/wait?timeout={}", wait.as_secs());
     let (_, body) = ctx
         .peers
         .request(
             &dest.address,
             http::Method::GET,
-            &wait,
+            &path,
             Vec::new(),
-            Duration::from_secs(125),
+            wait + Duration::from_secs(5),
         )
         .await
-        .map_err(|e| format!("Failed to start instance on cluster member {:?}: {e}", dest.name))?;
+        .map_err(|e| failed(&e))?;
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     match v["metadata"]["err"].as_str() {
-        Some(e) if !e.is_empty() => Err(format!(
-            "Failed to start instance on cluster member {:?}: {e}",
-            dest.name
-        )),
+        Some(e) if !e.is_empty() => Err(failed(&e)),
         _ => Ok(()),
     }
 }

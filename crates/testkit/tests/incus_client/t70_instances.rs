@@ -355,7 +355,7 @@ async fn t71_a_restarted_member_cleans_a_cut_launch_writes_back_and_autostarts()
 }
 
 /// Whether `incus cluster list` through member `i` shows `member` with `status,message`.
-async fn member_shows(v: &Via, i: usize, member: &str, status_message: &str) -> bool {
+pub(crate) async fn member_shows(v: &Via, i: usize, member: &str, status_message: &str) -> bool {
     let out = v.ok(i, &["cluster", "list", "--format", "csv"]).await;
     out.lines()
         .any(|l| l.starts_with(&format!("{member},")) && l.ends_with(status_message))
@@ -392,21 +392,36 @@ async fn t73_evacuate_stops_restore_starts_and_placement_follows_the_members_set
     // service, and runs again once the cause is gone.
     let refuse = c.members[1].dir.join("fake/e2/fail-stop");
     std::fs::write(&refuse, "").unwrap();
-    let err = v.fails(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    let err = v
+        .fails(
+            0,
+            &["cluster", "evacuate", "node2", "--force", "--action", "stop"],
+        )
+        .await;
     assert!(err.contains("Failed to evacuate instances"), "{err}");
     assert!(err.contains("\"e2\""), "{err}");
     assert!(member_shows(&v, 1, "node2", "ONLINE,Fully operational").await);
     std::fs::remove_file(&refuse).unwrap();
 
     // Evacuated through node1: node2's running instances stop, the member shows it.
-    let out = v.ok(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    let out = v
+        .ok(
+            0,
+            &["cluster", "evacuate", "node2", "--force", "--action", "stop"],
+        )
+        .await;
     assert!(!out.contains("Error"), "{out}");
     assert!(member_shows(&v, 2, "node2", "EVACUATED,Unavailable due to maintenance").await);
     let all = rows(&v, 2).await;
     for e in ["e1,STOPPED,node2", "e2,STOPPED,node2", "e3,STOPPED,node2"] {
         assert!(all.contains(&e.to_string()), "{all:?}");
     }
-    let err = v.fails(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    let err = v
+        .fails(
+            0,
+            &["cluster", "evacuate", "node2", "--force", "--action", "stop"],
+        )
+        .await;
     assert!(err.contains("Cluster member is already evacuated"), "{err}");
 
     // New instances avoid it; a target naming it is refused in Incus's words.

@@ -3,7 +3,8 @@
 //! running container, a file changed, the snapshot restored with the file back and the
 //! container running again; a copy to another member that starts there with its files;
 //! `incus copy c1/s1 c3`; a move of the running container, stateless, to another
-//! member, where it runs again with its files and snapshot.
+//! member, where it runs again with its files and snapshot; its member evacuated and
+//! restored, the container running elsewhere meanwhile.
 //!
 //! Needs what `t76` needs (root, `lxc`, `incus`, `busybox-static`); whatever the test
 //! made is purged afterwards, also when it fails.
@@ -94,6 +95,21 @@ async fn body(c: &mut Cluster, work: &Path) {
         .ok(1, &["snapshot", "list", "c1", "--format", "csv", "-c", "n"])
         .await;
     assert_eq!(snaps.trim(), "s1");
+    let out = v.ok(1, &["exec", "c1", "--", "cat", "/root/note"]).await;
+    assert_eq!(out, "three\n");
+
+    // node1 evacuated through node2: c1 (cluster.evacuate auto) moves and runs
+    // elsewhere; restored through node3, it runs on node1 again.
+    v.ok(1, &["cluster", "evacuate", "node1", "--force"]).await;
+    let rows = v.ok(2, &["list", "c1", "--format", "csv", "-c", "nsL"]).await;
+    assert!(
+        rows.trim() == "c1,RUNNING,node2" || rows.trim() == "c1,RUNNING,node3",
+        "{rows}"
+    );
+    assert!(!rootfs(c, 0, "c1").exists(), "nothing left on node1");
+    v.ok(2, &["cluster", "restore", "node1", "--force"]).await;
+    let rows = v.ok(1, &["list", "c1", "--format", "csv", "-c", "nsL"]).await;
+    assert_eq!(rows.trim(), "c1,RUNNING,node1");
     let out = v.ok(1, &["exec", "c1", "--", "cat", "/root/note"]).await;
     assert_eq!(out, "three\n");
 

@@ -292,3 +292,87 @@ async fn t89_moves_with_a_sick_member_fail_naming_it() {
     .await;
     assert!(pool(&c.members[1].dir).join("containers/c1/rootfs").is_dir());
 }
+
+/// The `NAME,STATE,LOCATION` row of `name`.
+async fn row(v: &super::t60_storage_profiles::Via, i: usize, name: &str) -> String {
+    let out = v.ok(i, &["list", "--format", "csv", "-c", "nsL"]).await;
+    out.lines()
+        .find(|l| l.starts_with(&format!("{name},")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn t89_evacuation_moves_instances_away_and_restore_brings_them_back() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (c, v) = cluster_with_image(work.path()).await;
+    v.ok(0, &["launch", "img", "m1", "--target", "node2"]).await;
+    v.ok(0, &["init", "img", "m2", "--target", "node2"]).await;
+    let stay = [
+        "launch",
+        "img",
+        "m3",
+        "--target",
+        "node2",
+        "-c",
+        "cluster.evacuate=stop",
+    ];
+    v.ok(0, &stay).await;
+    let node2 = pool(&c.members[1].dir);
+    std::fs::write(node2.join("containers/m1/rootfs/etc/hostname"), "m1 here\n").unwrap();
+    v.ok(1, &["snapshot", "create", "m1", "s1"]).await;
+
+    // Evacuated through node1 with the default action (auto): m1 and m2 move to the
+    // other members, m1 runs there; m3 (cluster.evacuate=stop) stops in place.
+    v.ok(0, &["cluster", "evacuate", "node2", "--force"]).await;
+    assert!(
+        super::t70_instances::member_shows(&v, 2, "node2", "EVACUATED,Unavailable due to maintenance").await
+    );
+    let m1 = row(&v, 2, "m1").await;
+    assert!(
+        m1.starts_with("m1,RUNNING,node") && !m1.ends_with("node2"),
+        "{m1}"
+    );
+    let m2 = row(&v, 2, "m2").await;
+    assert!(
+        m2.starts_with("m2,STOPPED,node") && !m2.ends_with("node2"),
+        "{m2}"
+    );
+    assert_eq!(row(&v, 2, "m3").await, "m3,STOPPED,node2");
+    let at = |r: &str| if r.ends_with("node1") { 0 } else { 2 };
+    let p1 = pool(&c.members[at(&m1)].dir);
+    assert_eq!(
+        std::fs::read_to_string(p1.join("containers/m1/rootfs/etc/hostname")).unwrap(),
+        "m1 here\n"
+    );
+    assert!(p1.join("containers-snapshots/m1/s1").is_dir());
+    assert!(!node2.join("containers/m1").exists() && !node2.join("containers/m2").exists());
+    let origin = v
+        .ok(1, &["config", "get", "m1", "volatile.evacuate.origin"])
+        .await;
+    assert_eq!(origin.trim(), "node2");
+
+    // Restored through node3: everything is back on node2, running as before.
+    v.ok(2, &["cluster", "restore", "node2", "--force"]).await;
+    assert_eq!(row(&v, 0, "m1").await, "m1,RUNNING,node2");
+    assert_eq!(row(&v, 0, "m2").await, "m2,STOPPED,node2");
+    assert_eq!(row(&v, 0, "m3").await, "m3,RUNNING,node2");
+    assert!(super::t70_instances::member_shows(&v, 0, "node2", "ONLINE,Fully operational").await);
+    assert_eq!(
+        std::fs::read_to_string(node2.join("containers/m1/rootfs/etc/hostname")).unwrap(),
+        "m1 here\n"
+    );
+    assert!(node2.join("containers-snapshots/m1/s1").is_dir());
+    let origin = v
+        .ok(1, &["config", "get", "m1", "volatile.evacuate.origin"])
+        .await;
+    assert_eq!(origin.trim(), "", "the origin is cleared");
+    for m in [0, 2] {
+        let p = pool(&c.members[m].dir);
+        assert!(!p.join("containers/m1").exists() && !p.join("containers/m2").exists());
+        assert_eq!(hidden(&p), Vec::<String>::new());
+    }
+}
