@@ -720,7 +720,7 @@ async fn t50_the_owner_killed_or_the_relay_stopped_mid_session() {
 const SHORT_PAUSE: Duration = Duration::from_secs(3);
 
 /// Continues a stopped member when dropped, so that a failing test leaves nothing stopped.
-struct Continue(i32);
+pub(crate) struct Continue(pub(crate) i32);
 
 impl Drop for Continue {
     fn drop(&mut self) {

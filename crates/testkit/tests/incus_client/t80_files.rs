@@ -532,6 +532,8 @@ async fn pull_losing_the_owner(loss: Loss) -> String {
         },
     )
     .await;
+    // Continues the owner however the test ends.
+    let _cont = super::t80_exec::Continue(c.members[1].pid());
     match loss {
         Loss::Killed => c.members[1].kill9(),
         Loss::Hung => c.members[1].stop_process().await,
@@ -540,9 +542,6 @@ async fn pull_losing_the_owner(loss: Loss) -> String {
         .await
         .expect("the pull ended after its owner was lost")
         .unwrap();
-    if let Loss::Hung = loss {
-        c.members[1].signal(nix::sys::signal::Signal::SIGCONT);
-    }
     let err = String::from_utf8_lossy(&done.stderr).into_owned();
     assert!(!done.status.success(), "a cut pull cannot succeed: {err}");
     assert!(std::fs::metadata(&out).unwrap().len() < 400 << 20);
