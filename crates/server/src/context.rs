@@ -29,6 +29,8 @@ pub struct Inner {
     pub peers: Arc<crate::peers::Peers>,
     /// Member name -> when it last answered a heartbeat.
     pub heartbeats: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Members declared lost while their connections stayed open (hung).
+    pub liveness: crate::relay::Liveness,
     /// When a Raft leader was last known, in milliseconds since start.
     pub leader_seen_ms: std::sync::atomic::AtomicU64,
     /// Whether this member has seen itself in the member list since it joined.

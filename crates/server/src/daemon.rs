@@ -149,6 +149,7 @@ impl Daemon {
             server_cert: cert,
             peers,
             heartbeats: Default::default(),
+            liveness: Default::default(),
             peer_hints: Default::default(),
             progress: Default::default(),
             bodies: Default::default(),

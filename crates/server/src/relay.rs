@@ -9,11 +9,21 @@
 //! One relay task per other member; a broken stream is reopened with backoff (capped at
 //! 2 s), so a member that dies and returns is picked up again. `/internal/events` sends
 //! only events that originated on that member, so nothing is relayed twice.
+//!
+//! A member that hangs (stopped, wedged) keeps its TCP connections open, so a stream
+//! that merely stays open proves nothing: the relay pings it every [`ping_every`] and
+//! declares the member lost when nothing at all (event, pong) has come for
+//! `cluster.forward_timeout`, the bound every forwarded request has. A member that is
+//! only slow answers pings from its network task long before that. Declaring it lost
+//! fails the operations it was seen running and ends, through [`Liveness`], what this
+//! member relays to it (tunnelled exec and SFTP sessions, forwarded waits), each with an
+//! error naming it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -64,39 +74,118 @@ async fn relay(ctx: Ctx, name: String, address: String) {
     // The member's operations seen running, by id (their last rendering): what a client
     // may be waiting on through this member.
     let mut running: HashMap<String, serde_json::Value> = HashMap::new();
+    // Declared lost and not heard from since: each failed reopening says so again, for
+    // what was sent to it meanwhile.
+    let mut hung = false;
     loop {
         match ctx.peers.open_events(&address).await {
             Ok(mut ws) => {
                 tracing::debug!(member = %name, "relaying events");
                 backoff = Duration::from_millis(100);
+                hung = false;
                 if !running.is_empty() {
                     survivors(&ctx, &name, &address, &mut running).await;
                 }
                 // What ended while no stream was open (a member that just joined or came
                 // back): a client may be waiting on it through this member.
                 recently_finished(&ctx, &name, &address).await;
-                while let Some(msg) = ws.next().await {
-                    match msg {
-                        Ok(Message::Text(text)) => {
-                            if let Ok(event) = serde_json::from_str::<api::types::Event>(&text) {
-                                track(&mut running, &event);
-                                ctx.events.relay(event);
+                let limit = ctx.settings().forward_timeout;
+                let mut ping = tokio::time::interval(ping_every(limit));
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut heard = tokio::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        msg = ws.next() => {
+                            heard = tokio::time::Instant::now();
+                            match msg {
+                                Some(Ok(Message::Text(text))) => {
+                                    if let Ok(event) = serde_json::from_str::<api::types::Event>(&text) {
+                                        track(&mut running, &event);
+                                        ctx.events.relay(event);
+                                    }
+                                }
+                                None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
+                                Some(Ok(_)) => {}
                             }
                         }
-                        Ok(Message::Close(_)) | Err(_) => break,
-                        Ok(_) => {}
+                        _ = ping.tick() => {
+                            if heard.elapsed() > limit {
+                                tracing::warn!(member = %name, silent = ?heard.elapsed(), "a member stopped answering; declaring it lost");
+                                hung = true;
+                                break;
+                            }
+                            let sent = tokio::time::timeout(limit, ws.send(Message::Ping(Vec::new().into()))).await;
+                            if !matches!(sent, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
                     }
                 }
-                tracing::debug!(member = %name, "event stream ended; reopening");
+                if hung {
+                    ctx.liveness.declare_lost(&name);
+                    lost(&ctx, &name, running.drain().map(|(_, op)| op));
+                } else {
+                    tracing::debug!(member = %name, "event stream ended; reopening");
+                }
             }
             Err(e) => {
                 tracing::debug!(member = %name, error = %e, "cannot open event stream");
+                if hung {
+                    ctx.liveness.declare_lost(&name);
+                }
                 // Unreachable after its stream broke: what it ran died with it.
                 lost(&ctx, &name, running.drain().map(|(_, op)| op));
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// How often a member's event stream is pinged when its silence limit is `limit`: a few
+/// times within it, so that one late pong is not the end.
+fn ping_every(limit: Duration) -> Duration {
+    (limit / 5).clamp(Duration::from_millis(200), Duration::from_secs(2))
+}
+
+/// Which members were declared lost while their connections stayed open, for what is
+/// relayed to them: each declaration ends whatever watches that member.
+pub struct Liveness {
+    /// Member name -> how many times it was declared lost.
+    lost: watch::Sender<HashMap<String, u64>>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            lost: watch::channel(HashMap::new()).0,
+        }
+    }
+}
+
+impl Liveness {
+    /// `member` stopped answering.
+    pub fn declare_lost(&self, member: &str) {
+        self.lost
+            .send_modify(|m| *m.entry(member.to_string()).or_default() += 1);
+    }
+
+    /// Resolves when `member` is declared lost after this call (never, otherwise). Made
+    /// before the work it watches starts, so that no declaration slips between.
+    pub fn watch(&self, member: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.lost.subscribe();
+        let start = rx.borrow_and_update().get(member).copied().unwrap_or(0);
+        let member = member.to_string();
+        async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if rx.borrow_and_update().get(&member).copied().unwrap_or(0) > start {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -251,6 +340,36 @@ mod tests {
         other.kind = "lifecycle".into();
         track(&mut running, &other);
         assert_eq!(running.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_on_its_member_declared_lost_after_it_was_made() {
+        let l = Liveness::default();
+        l.declare_lost("node2");
+        let before = l.watch("node2");
+        let other = l.watch("node3");
+        tokio::pin!(before, other);
+        let quick = Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(quick, &mut before).await.is_err(),
+            "an earlier loss does not count"
+        );
+        l.declare_lost("node2");
+        tokio::time::timeout(Duration::from_secs(30), &mut before)
+            .await
+            .expect("the loss ends the watch");
+        assert!(
+            tokio::time::timeout(quick, &mut other).await.is_err(),
+            "another member's loss does not count"
+        );
+    }
+
+    #[test]
+    fn pings_come_several_times_within_the_limit() {
+        assert_eq!(ping_every(Duration::from_secs(10)), Duration::from_secs(2));
+        assert_eq!(ping_every(Duration::from_secs(3)), Duration::from_millis(600));
+        assert_eq!(ping_every(Duration::from_secs(3600)), Duration::from_secs(2));
+        assert_eq!(ping_every(Duration::from_millis(100)), Duration::from_millis(200));
     }
 
     #[test]

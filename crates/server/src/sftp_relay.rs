@@ -73,11 +73,12 @@ pub fn failure(id: u32, message: &str) -> Vec<u8> {
 }
 
 /// Relays until both sides are done. When the owner's side ends or fails while requests
-/// wait, each gets a failure naming `member`.
-pub async fn splice<C, O>(client: C, owner: O, member: &str) -> std::io::Result<()>
+/// wait, or `lost` says the owner hung, each gets a failure naming `member`.
+pub async fn splice<C, O, L>(client: C, owner: O, member: &str, lost: L) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     O: AsyncRead + AsyncWrite + Unpin,
+    L: std::future::Future<Output = ()>,
 {
     let pending: Arc<Mutex<HashSet<u32>>> = Arc::default();
     let (mut client_r, mut client_w) = tokio::io::split(client);
@@ -108,8 +109,13 @@ where
     };
     let down = async move {
         let mut buf = Vec::new();
+        tokio::pin!(lost);
         let ended = loop {
-            match read_packet(&mut owner_r, &mut buf).await {
+            let read = tokio::select! {
+                r = read_packet(&mut owner_r, &mut buf) => r,
+                _ = &mut lost => Err(std::io::Error::other("it stopped answering")),
+            };
+            match read {
                 Ok(Some(())) => {}
                 Ok(None) => break None,
                 Err(e) => break Some(e),
@@ -169,7 +175,7 @@ mod tests {
     async fn a_lost_owner_answers_the_open_requests_with_its_name() {
         let (client, mut client_far) = tokio::io::duplex(1 << 16);
         let (owner, owner_far) = tokio::io::duplex(1 << 16);
-        let relay = tokio::spawn(async move { splice(client, owner, "node2").await });
+        let relay = tokio::spawn(async move { splice(client, owner, "node2", std::future::pending()).await });
         // A READ (type 5) with id 42, taken by the owner, who then dies.
         let read = [0u8, 0, 0, 5, 5, 0, 0, 0, 42];
         client_far.write_all(&read).await.unwrap();
@@ -188,5 +194,38 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains("Cluster member \"node2\""));
         drop(client_far);
         let _ = relay.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hung_owner_declared_lost_answers_the_open_requests_with_its_name() {
+        let (client, mut client_far) = tokio::io::duplex(1 << 16);
+        // The owner's far end takes the request, then stays open and silent: it hung.
+        let (owner, mut owner_far) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(async move {
+            splice(client, owner, "node2", async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+        client_far
+            .write_all(&[0u8, 0, 0, 5, 5, 0, 0, 0, 9])
+            .await
+            .unwrap();
+        let mut got = [0u8; 9];
+        owner_far.read_exact(&mut got).await.unwrap();
+        tx.send(()).unwrap();
+        let mut len = [0u8; 4];
+        client_far.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        client_far.read_exact(&mut body).await.unwrap();
+        assert_eq!(body[0], FXP_STATUS);
+        assert_eq!(&body[1..5], &9u32.to_be_bytes());
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("Cluster member \"node2\" is unreachable: it stopped answering"),
+            "{text}"
+        );
+        assert!(relay.await.unwrap().is_err());
     }
 }

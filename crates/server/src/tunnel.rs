@@ -64,7 +64,9 @@ pub async fn stream(
     let call = ctx
         .peers
         .exchange(address, http::Request::from_parts(parts, body));
-    tokio::pin!(call);
+    // A member declared hung fails what waits on it now, not at the end of a long wait.
+    let lost = ctx.liveness.watch(name);
+    tokio::pin!(call, lost);
     // The first check is one period in: an interval's immediate first tick would only
     // cost every forwarded request a wasted turn of this loop.
     let period = (timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -72,6 +74,10 @@ pub async fn stream(
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
+            _ = &mut lost => {
+                ctx.peers.forget(address);
+                return failed(name, PeerError::Timeout { address: address.to_string(), after: ctx.settings().forward_timeout });
+            }
             _ = tick.tick() => {
                 if let Some(e) = watch.failure() {
                     return error_response(&e);
@@ -180,6 +186,7 @@ pub async fn upgrade(
     let (parts, _) = resp.into_parts();
     let mut closing = ctx.closing.subscribe();
     let member = name.to_string();
+    let lost = ctx.liveness.watch(name);
     tokio::spawn(async move {
         let both = async { tokio::try_join!(client, owner) };
         let (client, owner) = match tokio::time::timeout(timeout, both).await {
@@ -197,16 +204,18 @@ pub async fn upgrade(
         let splice = async {
             if sftp {
                 // Packet by packet, so that a lost owner is named to the client.
-                crate::sftp_relay::splice(&mut client, &mut owner, &member).await
+                crate::sftp_relay::splice(&mut client, &mut owner, &member, lost).await
             } else {
-                tokio::io::copy_bidirectional_with_sizes(
-                    &mut client,
-                    &mut owner,
-                    SPLICE_BUFFER,
-                    SPLICE_BUFFER,
-                )
-                .await
-                .map(drop)
+                // A hung owner ends the session; the operation's failure names it.
+                tokio::select! {
+                    r = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut owner,
+                        SPLICE_BUFFER,
+                        SPLICE_BUFFER,
+                    ) => r.map(drop),
+                    _ = lost => Err(std::io::Error::other("the member stopped answering")),
+                }
             }
         };
         tokio::select! {

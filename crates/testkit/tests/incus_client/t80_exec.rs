@@ -714,3 +714,75 @@ async fn t50_the_owner_killed_or_the_relay_stopped_mid_session() {
     assert_ne!(r.code, Some(0), "{r:?}");
     assert!(r.err.contains("node3"), "{r:?}");
 }
+
+/// How long the owner is paused when it must not count as lost: well inside the default
+/// `cluster.forward_timeout` (10 s), the silence after which a member is declared lost.
+const SHORT_PAUSE: Duration = Duration::from_secs(3);
+
+/// Continues a stopped member when dropped, so that a failing test leaves nothing stopped.
+pub(crate) struct Continue(pub(crate) i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+#[tokio::test]
+async fn t51_a_hung_owner_ends_sessions_and_waits_through_other_members() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (c, v) = super::t70_instances::cluster_with_image(work.path()).await;
+    v.ok(0, &["launch", "img", "c1", "--target", "node2"]).await;
+    let _cont = Continue(c.members[1].pid());
+    // Paused for less than the bound (a member that is only slow): nothing ends.
+    let mut child = sleeping(&v, 0, "c1").await;
+    c.members[1].stop_process().await;
+    // The length of the fault, not a wait for a condition.
+    tokio::time::sleep(SHORT_PAUSE).await;
+    c.members[1].signal(nix::sys::signal::Signal::SIGCONT);
+    c.wait_healthy(3, LONG).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a session survives a short pause of its owner"
+    );
+
+    // Hung for good: the session through node1 ends naming it, and so does a wait on
+    // one of its operations through node3.
+    let on = c.members[2].unix();
+    let op = start_exec(
+        &on,
+        json!({"command": ["sleep", "600"], "wait-for-websocket": false, "interactive": false}),
+    )
+    .await;
+    let id = op["id"].as_str().unwrap().to_string();
+    let waiter = tokio::spawn(async move {
+        let path = format!("/1.0/operations/{id}/wait?timeout=-1");
+        on.request_within("GET", &path, None, &[], LONG * 2)
+            .await
+            .unwrap()
+    });
+    c.members[1].stop_process().await;
+    let r = finish(child).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.err.contains("\"node2\""), "{r:?}");
+    // Long before the wait's own end (MAX_WAIT), within twice the bound and room.
+    let w = tokio::time::timeout(LONG, waiter)
+        .await
+        .expect("the wait ended")
+        .unwrap();
+    let body = w.json();
+    let said = if w.status == 200 {
+        assert_eq!(body["metadata"]["status"], "Failure", "{body}");
+        body["metadata"]["err"].as_str().unwrap_or("").to_string()
+    } else {
+        assert_eq!(w.status, 503, "{body}");
+        body["error"].as_str().unwrap_or("").to_string()
+    };
+    assert!(said.contains("Cluster member \"node2\""), "{body}");
+}

@@ -497,11 +497,16 @@ async fn t90_no_way_out_of_the_container() {
     drop(swapper);
 }
 
-#[tokio::test]
-async fn t85_the_owner_killed_mid_transfer_ends_it_with_an_error_naming_the_member() {
-    if !have_tool("incus") || !have_root() {
-        return;
-    }
+/// How the owner is lost mid-transfer.
+#[derive(Clone, Copy)]
+enum Loss {
+    Killed,
+    Hung,
+}
+
+/// A 400 MiB pull through node1 with the owner lost once it is under way: the pull
+/// fails, having moved only part of the file; what the client said.
+async fn pull_losing_the_owner(loss: Loss) -> String {
     let work = tempfile::tempdir().unwrap();
     let (mut c, v, rootfs) = with_c1(work.path()).await;
     std::fs::write(rootfs.join("root/big"), noise(400 << 20, 85)).unwrap();
@@ -527,17 +532,45 @@ async fn t85_the_owner_killed_mid_transfer_ends_it_with_an_error_naming_the_memb
         },
     )
     .await;
-    c.members[1].kill9();
+    // Continues the owner however the test ends.
+    let _cont = super::t80_exec::Continue(c.members[1].pid());
+    match loss {
+        Loss::Killed => c.members[1].kill9(),
+        Loss::Hung => c.members[1].stop_process().await,
+    }
     let done = tokio::time::timeout(std::time::Duration::from_secs(60), pull.wait_with_output())
         .await
-        .expect("the pull ended after its owner died")
+        .expect("the pull ended after its owner was lost")
         .unwrap();
-    let err = String::from_utf8_lossy(&done.stderr);
+    let err = String::from_utf8_lossy(&done.stderr).into_owned();
     assert!(!done.status.success(), "a cut pull cannot succeed: {err}");
     assert!(std::fs::metadata(&out).unwrap().len() < 400 << 20);
+    err
+}
+
+#[tokio::test]
+async fn t85_the_owner_killed_mid_transfer_ends_it_with_an_error_naming_the_member() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let err = pull_losing_the_owner(Loss::Killed).await;
     // The client quotes the server's message (`\"node2\"`).
     assert!(
         err.contains("Cluster member") && err.contains("node2") && err.contains("unreachable"),
+        "{err}"
+    );
+}
+
+/// A stopped owner keeps its connections open and answers nothing: the relaying member
+/// declares it lost within its bound and ends the transfer naming it.
+#[tokio::test]
+async fn t86_the_owner_hung_mid_transfer_ends_it_with_an_error_naming_the_member() {
+    if !have_tool("incus") || !have_root() {
+        return;
+    }
+    let err = pull_losing_the_owner(Loss::Hung).await;
+    assert!(
+        err.contains("Cluster member") && err.contains("node2") && err.contains("stopped answering"),
         "{err}"
     );
 }
