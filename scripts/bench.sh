@@ -13,6 +13,8 @@
 #        MODE=cluster scripts/bench.sh    three-member clusters, side by side
 #        MODE=cluster CASES="import256 import2g" CEILING=0 scripts/bench.sh
 #                                          image import through node1, both sides
+#        MODE=cluster CASES="exec exec_cat" CEILING=0 scripts/bench.sh
+#                                          incus exec through node1, c1 on node2
 #        scripts/bench.sh --help          every setting of stapes-bench
 #
 # Environment (all optional; stapes-bench --help lists them with their flags):
@@ -23,7 +25,10 @@
 #   CASES="tls unix"   load cases, in order (also: tls_handshake);
 #                      MODE=cluster: "members fwd direct unix" by default;
 #                      image imports through the first member, either mode:
-#                      import256, import2g (256 MiB, 2 GiB; made in the temp dir)
+#                      import256, import2g (256 MiB, 2 GiB; made in the temp dir);
+#                      MODE=cluster only: exec (incus exec c1 -- true, p50 of 50),
+#                      exec_cat (1 GiB through cat in c1); c1 is a busybox container
+#                      on node2 (busybox-static needed), reached through node1
 #   MODE=single        single (one standalone daemon per side) or cluster
 #   CLUSTER_STAPES_PORT=8444  CLUSTER_INCUS_PORT=8443  CLUSTER_CEILING_PORT=8445
 #                      (cluster mode, on 127.0.0.1-3)

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use futures_util::future::BoxFuture;
 
+use crate::exec::{ExecCat, ExecLatency};
 use crate::import::Import;
 use crate::lab::{Kind, Lab, Side};
 use crate::oha::Oha;
@@ -190,8 +191,10 @@ impl Case for Load {
 
 /// Every case, by name. Single mode runs `tls unix` by default, cluster mode `members
 /// fwd direct unix`; each works in both (in cluster mode the first member is node1).
-/// The image imports (`import256`, `import2g`) run only when named.
+/// The image imports (`import256`, `import2g`) and the exec cases (`exec`, `exec_cat`,
+/// cluster mode) run only when named.
 pub fn all() -> Vec<Box<dyn Case>> {
+    let exec = std::sync::Arc::new(crate::exec::Shared::default());
     vec![
         Box::new(Load {
             name: "tls",
@@ -244,6 +247,8 @@ pub fn all() -> Vec<Box<dyn Case>> {
         }),
         Box::new(Import::new("import256", "incus image import, first member", 256)),
         Box::new(Import::new("import2g", "incus image import, first member", 2048)),
+        Box::new(ExecLatency(exec.clone())),
+        Box::new(ExecCat(exec)),
     ]
 }
 
@@ -292,7 +297,9 @@ mod tests {
         assert!(!members.measures(Kind::Ceiling));
         assert!(all
             .iter()
-            .filter(|c| c.name() != "members" && !c.name().starts_with("import"))
+            .filter(|c| c.name() != "members"
+                && !c.name().starts_with("import")
+                && !c.name().starts_with("exec"))
             .all(|c| c.measures(Kind::Ceiling)));
         assert!(all
             .iter()

@@ -190,45 +190,59 @@ impl Import {
             .await
     }
 
-    /// The incus client's configuration (client certificate, one remote per side), made
-    /// on first use; the remote of `side` is added when first needed.
     async fn remote(&self, ctx: &RunCtx<'_>, side: &Side) -> anyhow::Result<PathBuf> {
-        let conf = ctx.lab.dir.join("incus-client");
-        let mut added = self.remotes.lock().await;
-        if !added.contains(&side.kind) {
-            std::fs::create_dir_all(&conf)?;
-            std::fs::copy(&ctx.lab.identity.cert_file, conf.join("client.crt"))?;
-            std::fs::copy(&ctx.lab.identity.key_file, conf.join("client.key"))?;
-            // Another case may have added it already.
-            let list = incus(
+        client_conf(ctx, side, &self.remotes).await
+    }
+}
+
+/// The incus client's configuration (client certificate, one remote per side, named
+/// after the side, on its first member), made on first use; the remote of `side` is
+/// added when first needed and remembered in `added`.
+pub(crate) async fn client_conf(
+    ctx: &RunCtx<'_>,
+    side: &Side,
+    added: &Mutex<Vec<Kind>>,
+) -> anyhow::Result<PathBuf> {
+    let conf = ctx.lab.dir.join("incus-client");
+    let mut added = added.lock().await;
+    if !added.contains(&side.kind) {
+        std::fs::create_dir_all(&conf)?;
+        std::fs::copy(&ctx.lab.identity.cert_file, conf.join("client.crt"))?;
+        std::fs::copy(&ctx.lab.identity.key_file, conf.join("client.key"))?;
+        // Another case may have added it already.
+        let list = incus(
+            ctx,
+            &conf,
+            &["remote", "list", "--format", "csv"],
+            Duration::from_secs(60),
+        )
+        .await?;
+        if !list
+            .lines()
+            .any(|l| l.starts_with(&format!("{},", side.kind.name())))
+        {
+            let url = format!("https://{}", side.front().https);
+            incus(
                 ctx,
                 &conf,
-                &["remote", "list", "--format", "csv"],
+                &["remote", "add", side.kind.name(), &url, "--accept-certificate"],
                 Duration::from_secs(60),
             )
             .await?;
-            if !list
-                .lines()
-                .any(|l| l.starts_with(&format!("{},", side.kind.name())))
-            {
-                let url = format!("https://{}", side.front().https);
-                incus(
-                    ctx,
-                    &conf,
-                    &["remote", "add", side.kind.name(), &url, "--accept-certificate"],
-                    Duration::from_secs(60),
-                )
-                .await?;
-            }
-            added.push(side.kind);
         }
-        Ok(conf)
+        added.push(side.kind);
     }
+    Ok(conf)
 }
 
 /// Runs the incus client with configuration `conf`, bounded by `limit`; its output is
 /// appended to `logs/incus-cli.log`. Fails unless it exits 0.
-async fn incus(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration) -> anyhow::Result<String> {
+pub(crate) async fn incus(
+    ctx: &RunCtx<'_>,
+    conf: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<String> {
     let mut cmd = tokio::process::Command::new("incus");
     cmd.env("INCUS_CONF", conf)
         .args(args)
@@ -252,11 +266,11 @@ async fn incus(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration) ->
 }
 
 /// Resets the peak RSS (`VmHWM`) of `pid` to its current RSS; false if the kernel refused.
-fn reset_peak(pid: i32) -> bool {
+pub(crate) fn reset_peak(pid: i32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-fn rss_now(pid: i32) -> Option<crate::procs::Memory> {
+pub(crate) fn rss_now(pid: i32) -> Option<crate::procs::Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some(crate::procs::Memory {
         rss_kb: crate::procs::status_kb(&status, "VmRSS")?,

@@ -20,7 +20,8 @@
 //! Module map: [`settings`] (knobs), [`lab`] and [`cluster`] (the one place that starts
 //! and stops daemons and clusters), [`procs`] (processes, /proc), [`oha`] (the load
 //! tool), [`listeners`] (event listeners held during the load), [`cases`] (what is
-//! measured), [`import`] (image import with the official client), [`run`] (the load
+//! measured), [`import`] (image import with the official client), [`exec`] (exec
+//! through a non-owner member with the official client), [`run`] (the load
 //! modes), [`failover`] (the
 //! client failover mode), [`results`], [`stats`], [`targets`], [`report`] (the one place
 //! that prints), and [`ceiling`] (the `stapes-ceiling` server).
@@ -28,6 +29,7 @@
 pub mod cases;
 pub mod ceiling;
 pub mod cluster;
+pub mod exec;
 pub mod failover;
 pub mod import;
 pub mod lab;

@@ -43,7 +43,8 @@ pub struct Settings {
     /// Cases to run, in order, separated by spaces. Single mode: tls unix (default),
     /// tls_handshake; cluster mode: members fwd direct unix (default); either mode:
     /// import256 import2g (incus image import of a 256 MiB / 2 GiB image through the
-    /// first member).
+    /// first member); cluster mode: exec exec_cat (incus exec latency and 1 GiB through
+    /// cat, through node1 to a container on node2; as root, with busybox-static).
     #[arg(long, env = "CASES")]
     pub cases: Option<String>,
     /// Cluster mode: stapes members listen on 127.0.0.1-3 at this port.
