@@ -17,6 +17,9 @@
 #                                          real containers on both clusters: launch,
 #                                          stop/start, delete through node1 onto node2;
 #                                          incus list of 100 running + 300 stopped
+#        MODE=cluster CASES="exec exec_cat file" CEILING=0 scripts/bench.sh
+#                                          incus exec and file push/pull through
+#                                          node1, c1 on node2
 #        scripts/bench.sh --help          every setting of stapes-bench
 #
 # Environment (all optional; stapes-bench --help lists them with their flags):
@@ -32,7 +35,11 @@
 #                      (busybox-static): launch (launch/stop/start/delete on node2
 #                      through node1), list (incus list and RSS per member),
 #                      restart (node2 killed -9 and started; until it serves an
-#                      instance as Running again)
+#                      instance as Running again),
+#                      exec (incus exec c1 -- true, p50 of 50), exec_cat (1 GiB
+#                      through cat in c1 and back), file (incus file push and pull
+#                      of 1 GiB); c1 is a busybox container on node2, reached through
+#                      node1
 #   LIST_RUNNING=100 LIST_STOPPED=300
 #                      instances made for the list case (running, created only)
 #   RESTART_RUNNING=30 running instances on node2 for the restart case

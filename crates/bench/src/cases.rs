@@ -17,6 +17,7 @@ use std::path::Path;
 
 use futures_util::future::BoxFuture;
 
+use crate::exec::{ExecCat, ExecLatency};
 use crate::import::Import;
 use crate::instances::{Launch, List, Restart, Shared, Sizes};
 use crate::lab::{Kind, Lab, Side};
@@ -196,8 +197,9 @@ impl Case for Load {
 
 /// Every case, by name. Single mode runs `tls unix` by default, cluster mode `members
 /// fwd direct unix`; each works in both (in cluster mode the first member is node1).
-/// The image imports (`import256`, `import2g`) and the instance cases (`launch`,
-/// `list`, `restart`: cluster mode, real containers) run only when named.
+/// The image imports (`import256`, `import2g`), the instance cases (`launch`,
+/// `list`, `restart`: cluster mode, real containers) and the exec and file cases
+/// (`exec`, `exec_cat`, `file`: cluster mode, real containers) run only when named.
 pub fn all() -> Vec<Box<dyn Case>> {
     let shared = std::sync::Arc::new(Shared::new());
     let sizes = Sizes::from_env().unwrap_or_else(|e| {
@@ -208,6 +210,7 @@ pub fn all() -> Vec<Box<dyn Case>> {
         crate::lab::log(format!("{e}; using 30"));
         30
     });
+    let exec = std::sync::Arc::new(crate::exec::Shared::new(shared.clone()));
     vec![
         Box::new(Load {
             name: "tls",
@@ -263,6 +266,9 @@ pub fn all() -> Vec<Box<dyn Case>> {
         Box::new(Launch::new(shared.clone())),
         Box::new(List::new(shared.clone(), sizes)),
         Box::new(Restart::new(shared, restart_running)),
+        Box::new(ExecLatency(exec.clone())),
+        Box::new(ExecCat(exec.clone())),
+        Box::new(crate::files::Files::new(exec)),
     ]
 }
 
@@ -314,6 +320,8 @@ mod tests {
             .filter(|c| {
                 c.name() != "members"
                     && !c.name().starts_with("import")
+                    && !c.name().starts_with("exec")
+                    && !c.name().starts_with("file")
                     && !["launch", "list", "restart"].contains(&c.name())
             })
             .all(|c| c.measures(Kind::Ceiling)));

@@ -265,11 +265,11 @@ pub async fn incus(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration
 }
 
 /// Resets the peak RSS (`VmHWM`) of `pid` to its current RSS; false if the kernel refused.
-fn reset_peak(pid: i32) -> bool {
+pub(crate) fn reset_peak(pid: i32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-fn rss_now(pid: i32) -> Option<crate::procs::Memory> {
+pub(crate) fn rss_now(pid: i32) -> Option<crate::procs::Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some(crate::procs::Memory {
         rss_kb: crate::procs::status_kb(&status, "VmRSS")?,

@@ -182,6 +182,9 @@ pub fn make_busybox_image(path: &Path, busybox: &Path) -> anyhow::Result<()> {
         ("rootfs/bin/sh", "/bin/busybox"),
         ("rootfs/bin/mount", "/bin/busybox"),
         ("rootfs/bin/sleep", "/bin/busybox"),
+        // For the exec and file cases.
+        ("rootfs/bin/cat", "/bin/busybox"),
+        ("rootfs/bin/true", "/bin/busybox"),
     ] {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, link, name)?;
@@ -246,7 +249,7 @@ impl Shared {
 
     /// The client configuration with the side's remote, the pool (stapes), the image
     /// `bb` and one untimed launch/delete on node2.
-    async fn prepare(&self, ctx: &RunCtx<'_>, side: &Side) -> anyhow::Result<PathBuf> {
+    pub(crate) async fn prepare(&self, ctx: &RunCtx<'_>, side: &Side) -> anyhow::Result<PathBuf> {
         if side.members.len() < 3 {
             bail!("the instance cases need MODE=cluster (three members per side)");
         }

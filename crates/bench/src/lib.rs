@@ -21,7 +21,9 @@
 //! and stops daemons and clusters), [`procs`] (processes, /proc), [`oha`] (the load
 //! tool), [`listeners`] (event listeners held during the load), [`cases`] (what is
 //! measured), [`import`] (image import with the official client), [`instances`]
-//! (launch, stop/start, delete and list of real containers), [`run`] (the load
+//! (launch, stop/start, delete and list of real containers), [`exec`] (exec through a
+//! non-owner member with the official client), [`files`] (file push and pull the same
+//! way), [`run`] (the load
 //! modes), [`failover`] (the
 //! client failover mode), [`results`], [`stats`], [`targets`], [`report`] (the one place
 //! that prints), and [`ceiling`] (the `stapes-ceiling` server).
@@ -29,7 +31,9 @@
 pub mod cases;
 pub mod ceiling;
 pub mod cluster;
+pub mod exec;
 pub mod failover;
+pub mod files;
 pub mod import;
 pub mod instances;
 pub mod lab;

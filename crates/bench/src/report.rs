@@ -195,10 +195,11 @@ fn cases_table(out: &mut String, r: &Results, kinds: &[Kind]) {
             last_metric = Some(metric);
         }
         let _ = write!(out, "{:<34} {:>5}", row.label, row.variant);
+        let d = row.metrics[0].decimals;
         for k in kinds {
             let text = row
                 .range(*k, 0)
-                .map_or_else(|| "-".to_string(), |(lo, hi)| format!("{lo:.0}-{hi:.0}"));
+                .map_or_else(|| "-".to_string(), |(lo, hi)| format!("{lo:.d$}-{hi:.d$}"));
             let _ = write!(out, " {text:>15}");
         }
         out.push('\n');

@@ -46,7 +46,10 @@ pub struct Settings {
     /// first member); cluster mode: launch list (real containers: launch, stop/start and
     /// delete on node2 through node1; `incus list` of LIST_RUNNING running and
     /// LIST_STOPPED stopped instances, 100 and 300 by default), restart (node2 killed
-    /// and started again holding RESTART_RUNNING running instances, 30 by default).
+    /// and started again holding RESTART_RUNNING running instances, 30 by default);
+    /// cluster mode: exec exec_cat file (incus exec latency, 1 GiB through cat, file
+    /// push and pull of 1 GiB, through node1 to a container on node2; as root, with
+    /// busybox-static).
     #[arg(long, env = "CASES")]
     pub cases: Option<String>,
     /// Cluster mode: stapes members listen on 127.0.0.1-3 at this port.

@@ -127,6 +127,36 @@ fn instance_targets() -> Vec<Target> {
     ]
 }
 
+const ISSUE_16: &str = "issue 16 point 9";
+
+/// Point 9 of issue 16: through a member that does not hold the container, `incus exec
+/// c1 -- true` in at most half Incus's time, and 1 GiB through `cat`, `incus file push`
+/// and `incus file pull` at least as fast.
+fn exec_targets() -> Vec<Target> {
+    vec![
+        Target {
+            what: case("exec", "50 runs", "p50"),
+            rule: Rule::AtMost(Kind::Incus, 0.5),
+            source: ISSUE_16,
+        },
+        Target {
+            what: case("exec_cat", "1GiB", "MB/s"),
+            rule: Rule::AtLeast(Kind::Incus, 1.0),
+            source: ISSUE_16,
+        },
+        Target {
+            what: case("file", "push", "MB/s"),
+            rule: Rule::AtLeast(Kind::Incus, 1.0),
+            source: ISSUE_16,
+        },
+        Target {
+            what: case("file", "pull", "MB/s"),
+            rule: Rule::AtLeast(Kind::Incus, 1.0),
+            source: ISSUE_16,
+        },
+    ]
+}
+
 /// Point 9 of issue 14: an image import through the receiving member at least as fast
 /// as Incus's, with at most half its peak RSS, at each size.
 fn import_targets() -> Vec<Target> {
@@ -240,6 +270,7 @@ pub fn cluster() -> Vec<Target> {
     ];
     t.extend(import_targets());
     t.extend(instance_targets());
+    t.extend(exec_targets());
     t.extend(ceiling_targets("direct"));
     t
 }
