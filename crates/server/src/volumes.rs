@@ -252,6 +252,38 @@ impl Read for ChannelReader {
     }
 }
 
+/// Sends `req` to member `member` at `address` (bounded by `cluster.forward_timeout`
+/// until the answer starts) and expects 200: else an error naming the member and
+/// saying it could not `what` ("send the volume"), with the member's own message.
+pub(crate) async fn open(
+    ctx: &Ctx,
+    member: &str,
+    address: &str,
+    req: http::Request<axum::body::Body>,
+    what: &str,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let resp = tokio::time::timeout(ctx.settings().forward_timeout, ctx.peers.exchange(address, req))
+        .await
+        .map_err(|_| format!("Cluster member {member:?} did not answer in time"))?
+        .map_err(|e| format!("Failed to reach cluster member {member:?}: {e}"))?;
+    if resp.status() == http::StatusCode::OK {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg = serde_json::from_slice::<api::Envelope>(&body)
+        .ok()
+        .map(|e| e.error)
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| status.to_string());
+    Err(format!("Cluster member {member:?} could not {what}: {msg}"))
+}
+
 /// Fetches volume `name` (or its snapshot) from the member at `address` into the
 /// empty directory `staged`, adding the bytes received to `received` as they come. On
 /// error the directory may hold a part: the caller removes it.
@@ -275,27 +307,7 @@ pub async fn fetch(
     let req = http::Request::get(path)
         .body(Body::empty())
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(ctx.settings().forward_timeout, ctx.peers.exchange(address, req))
-        .await
-        .map_err(|_| format!("Cluster member {member:?} did not answer in time"))?
-        .map_err(|e| format!("Failed to reach cluster member {member:?}: {e}"))?;
-    if resp.status() != http::StatusCode::OK {
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = serde_json::from_slice::<api::Envelope>(&body)
-            .ok()
-            .map(|e| e.error)
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| status.to_string());
-        return Err(format!(
-            "Cluster member {member:?} could not send the volume: {msg}"
-        ));
-    }
+    let resp = open(ctx, member, address, req, "send the volume").await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
     let unpack = tokio::task::spawn_blocking(move || {
         let mut reader = Deframer::new(ChannelReader {

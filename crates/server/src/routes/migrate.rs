@@ -328,27 +328,7 @@ async fn receive_on(
         .map_err(|e| e.to_string())?;
     let bound = ctx.settings().forward_timeout;
     let who = &dest.name;
-    let resp = tokio::time::timeout(bound, ctx.peers.exchange(&dest.address, req))
-        .await
-        .map_err(|_| format!("Cluster member {who:?} did not answer in time"))?
-        .map_err(|e| format!("Failed to reach cluster member {who:?}: {e}"))?;
-    if resp.status() != http::StatusCode::OK {
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = serde_json::from_slice::<api::Envelope>(&body)
-            .ok()
-            .map(|e| e.error)
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| status.to_string());
-        return Err(format!(
-            "Cluster member {who:?} could not take the instance: {msg}"
-        ));
-    }
+    let resp = crate::volumes::open(ctx, who, &dest.address, req, "take the instance").await?;
     let mut body = resp.into_body().into_data_stream();
     let mut line = Vec::new();
     let started = std::time::Instant::now();

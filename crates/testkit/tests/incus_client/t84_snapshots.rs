@@ -13,12 +13,13 @@ use super::t70_instances::cluster_with_image;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn pool(dir: &Path) -> PathBuf {
+pub(crate) fn pool(dir: &Path) -> PathBuf {
     dir.join("storage-pools/pool1")
 }
 
-/// Names starting with `.` (half-made copies) anywhere a copy or snapshot stages.
-fn hidden(pool: &Path) -> Vec<String> {
+/// Names starting with `.` (half-made copies and moves) anywhere a copy, move or
+/// snapshot stages.
+pub(crate) fn hidden(pool: &Path) -> Vec<String> {
     let mut dirs = vec![pool.join("containers"), pool.join("containers-snapshots")];
     if let Ok(list) = std::fs::read_dir(pool.join("containers-snapshots")) {
         dirs.extend(list.flatten().map(|e| e.path()));

@@ -4,7 +4,7 @@
 //! members named), always through members that do not hold the instance.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -12,26 +12,9 @@ use stapes_testkit::{eventually, have_root, have_tool, Target};
 
 use super::incus;
 use super::t70_instances::cluster_with_image;
+use super::t84_snapshots::{hidden, pool};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn pool(dir: &Path) -> PathBuf {
-    dir.join("storage-pools/pool1")
-}
-
-/// Names starting with `.` (stages of copies and moves) where volumes are staged.
-fn hidden(pool: &Path) -> Vec<String> {
-    let mut dirs = vec![pool.join("containers"), pool.join("containers-snapshots")];
-    if let Ok(list) = std::fs::read_dir(pool.join("containers-snapshots")) {
-        dirs.extend(list.flatten().map(|e| e.path()));
-    }
-    dirs.iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|l| l.flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect()
-}
 
 /// `NAME,LOCATION` rows of the list.
 async fn locations(v: &super::t60_storage_profiles::Via, i: usize) -> String {
