@@ -57,7 +57,8 @@ pub fn parse(spec: &str, subject: &str) -> Result<Schedule, ScheduleError> {
     let mut entries = Vec::new();
     for p in parts {
         let cron = match p.to_ascii_lowercase().as_str() {
-            "@never" => continue,
+            // `@startup` is a snapshot when the instance starts, never due by time.
+            "@never" | "@startup" => continue,
             "@hourly" => format!("{minute} * * * *"),
             "@daily" => format!("{minute} {hour} * * *"),
             "@midnight" => format!("{minute} 0 * * *"),

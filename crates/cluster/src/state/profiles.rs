@@ -94,6 +94,9 @@ pub const EVACUATE_MODES: &[&str] = &[
     "force-stop",
 ];
 
+/// When the instance's member takes scheduled snapshots (`api::schedule`).
+const SCHEDULE_KEY: &str = "snapshots.schedule";
+
 /// Keys a disk device may have.
 const DISK_KEYS: &[&str] = &[
     "type",
@@ -119,6 +122,16 @@ pub fn validate(state: &State, profile: &Profile) -> Result<(), StateError> {
         if !EVACUATE_MODES.contains(&v.as_str()) {
             return Err(StateError::Invalid(format!(
                 "Invalid value for config key {EVACUATE_KEY:?}: Invalid value {v:?} (not one of {EVACUATE_MODES:?})"
+            )));
+        }
+    }
+    if let Some(v) = profile.config.get(SCHEDULE_KEY) {
+        // As Incus: each of the comma+space separated triggers is an alias or a cron
+        // expression, case aside.
+        let v = v.to_lowercase();
+        if let Some(bad) = v.split(", ").find(|t| api::schedule::parse(t, "").is_err()) {
+            return Err(StateError::Invalid(format!(
+                "Invalid value for config key {SCHEDULE_KEY:?}: Error parsing cron expr: {bad}"
             )));
         }
     }
@@ -352,6 +365,47 @@ mod tests {
         .unwrap();
         let names: Vec<String> = s.all_profiles().map(|p| p.name).collect();
         assert_eq!(names, ["default", "p2"]);
+    }
+
+    #[test]
+    fn t20_snapshot_schedules_are_checked() {
+        let mut s = State::default();
+        let set = |v: &str| {
+            let mut p = profile("p", &[]);
+            p.config.insert("snapshots.schedule".into(), v.into());
+            validate(&State::default(), &p)
+        };
+        for ok in [
+            "",
+            "@daily",
+            "@HOURLY",
+            "@startup, @daily",
+            "0 6 * * *",
+            "*/15 * * * 1-5",
+            "@never",
+        ] {
+            assert_eq!(set(ok), Ok(()), "{ok}");
+        }
+        for (bad, trigger) in [
+            ("sometimes", "sometimes"),
+            ("@fortnightly", "@fortnightly"),
+            ("0 6 * *", "0 6 * *"),
+            ("@daily, 61 * * * *", "61 * * * *"),
+        ] {
+            assert_eq!(
+                set(bad),
+                Err(StateError::Invalid(format!(
+                    "Invalid value for config key \"snapshots.schedule\": Error parsing cron expr: {trigger}"
+                ))),
+                "{bad}"
+            );
+        }
+        // Refused whole: nothing changes.
+        let before = s.clone();
+        let mut p = profile("p1", &[]);
+        p.config.insert("snapshots.schedule".into(), "sometimes".into());
+        assert!(ap(&mut s, ProfileCommand::Create { profile: p }).is_err());
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -347,6 +347,23 @@ async fn t86_the_owner_expires_and_schedules_snapshots() {
     let v = super::t60_storage_profiles::Via::new(&c);
     super::t70_instances::prepare(&v, &super::t70_instances::image(work.path()), "img").await;
     v.ok(0, &["init", "img", "c1", "--target", "node2"]).await;
+    // A schedule that is not one is refused when set, in Incus's words.
+    let err = v
+        .fails(2, &["config", "set", "c1", "snapshots.schedule=sometimes"])
+        .await;
+    assert!(
+        err.contains(
+            "Invalid value for config key \"snapshots.schedule\": Error parsing cron expr: sometimes"
+        ),
+        "{err}"
+    );
+    let err = v
+        .fails(
+            1,
+            &["profile", "set", "default", "snapshots.schedule=@fortnightly"],
+        )
+        .await;
+    assert!(err.contains("Error parsing cron expr: @fortnightly"), "{err}");
     v.ok(
         2,
         &[
