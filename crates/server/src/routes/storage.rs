@@ -251,11 +251,18 @@ fn etag_basis(p: &StoragePool) -> (String, String, String, BTreeMap<String, Stri
 
 pub async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
     let state = ctx.store.state();
-    let rendered = state
-        .pools
-        .iter()
-        .map(|(name, p)| (name, render(&ctx, &state, p, false)));
-    Ok(listing(recursion(&q), "/1.0/storage-pools", rendered))
+    let filter = q.get("filter").map(String::as_str).unwrap_or("");
+    let filter = api::filter::Filter::parse(filter)
+        .map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))?;
+    let mut rendered = Vec::new();
+    for (name, p) in &state.pools {
+        let pool = render(&ctx, &state, p, false);
+        let value = serde_json::to_value(&pool).unwrap_or(serde_json::Value::Null);
+        if filter.matches(&value).map_err(ApiError::bad_request)? {
+            rendered.push((name, pool));
+        }
+    }
+    Ok(listing(recursion(&q), "/1.0/storage-pools", rendered.into_iter()))
 }
 
 pub async fn get(State(ctx): State<Ctx>, Path(name): Path<String>, uri: Uri) -> Result<Response> {

@@ -333,6 +333,38 @@ async fn t60_pools_pending_on_every_member_then_created_and_profiles_through_any
     let list = v.ok(2, &["profile", "list", "--format", "csv"]).await;
     assert!(!list.contains("p3,"), "{list}");
 
+    // The list takes Incus's filters (the REST API's `filter=`), through any member.
+    let t = stapes_testkit::Target::Unix(v.sock[2].clone());
+    for (filter, want) in [
+        ("name eq pool1", vec!["/1.0/storage-pools/pool1"]),
+        (
+            "driver eq dir and status eq Created",
+            vec!["/1.0/storage-pools/pool1"],
+        ),
+        ("name eq nope", vec![]),
+    ] {
+        let q = format!("filter={}", filter.replace(' ', "%20"));
+        let r = t.get(&format!("/1.0/storage-pools?{q}")).await.unwrap();
+        assert_eq!(r.status, 200, "{filter}");
+        let got: Vec<String> = serde_json::from_value(r.metadata()).unwrap();
+        assert_eq!(got, want, "{filter}");
+    }
+    let r = t
+        .get("/1.0/storage-pools?recursion=1&filter=name%20eq%20pool1")
+        .await
+        .unwrap();
+    assert_eq!(r.metadata()[0]["name"], "pool1");
+    let r = t.get("/1.0/storage-pools?filter=name%20eq").await.unwrap();
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Invalid filter"),
+        "{:?}",
+        r.json()
+    );
+
     // Freed, the pool is deleted from every member.
     v.ok(1, &["profile", "device", "remove", "default", "root"]).await;
     v.ok(2, &["storage", "delete", "pool1"]).await;
