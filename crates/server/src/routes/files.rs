@@ -179,9 +179,11 @@ pub async fn get(
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     method: http::Method,
+    headers: http::HeaderMap,
 ) -> Result<Response> {
     let path = path_param(&q)?;
     instance_exists(&ctx, &name)?;
+    let range = headers.get(http::header::RANGE).cloned();
     let st = ctx.driver.lstat(&name, &path).await.map_err(file_error)?;
     let head = method == http::Method::HEAD;
     let mut resp = match st.kind {
@@ -204,9 +206,33 @@ pub async fn get(
         }
         FileType::File | FileType::Other if !head => {
             let (st, reader) = ctx.driver.read_file(&name, &path).await.map_err(file_error)?;
-            let mut resp = Body::from_stream(chunks_of(reader)).into_response();
-            octet_stream(&mut resp, base_name(&path), st.size);
-            resp
+            let asked = range.as_ref().and_then(|h| h.to_str().ok());
+            match asked.map(|h| byte_range(h, st.size)) {
+                None | Some(Ranged::Whole) => {
+                    let mut resp = Body::from_stream(chunks_of(reader)).into_response();
+                    octet_stream(&mut resp, base_name(&path), st.size);
+                    resp
+                }
+                Some(Ranged::Part(first, last)) => {
+                    let len = last - first + 1;
+                    let body = range_chunks(reader, first, len);
+                    let mut resp = Body::from_stream(body).into_response();
+                    *resp.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+                    octet_stream(&mut resp, base_name(&path), len);
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("bytes {first}-{last}/{}", st.size)) {
+                        resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
+                    }
+                    resp
+                }
+                Some(Ranged::Unsatisfiable(why)) => {
+                    let mut resp =
+                        (http::StatusCode::RANGE_NOT_SATISFIABLE, format!("{why}\n")).into_response();
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("bytes */{}", st.size)) {
+                        resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
+                    }
+                    return Ok(resp);
+                }
+            }
         }
         FileType::File => {
             let mut resp = http::StatusCode::OK.into_response();
@@ -220,6 +246,99 @@ pub async fn get(
         event(&ctx, "instance-file-retrieved", &name, &path);
     }
     Ok(resp)
+}
+
+/// What a `Range` header asks of a file of `size` bytes, as Go's `http.ServeContent`
+/// (which Incus serves files with) reads it, for one range.
+#[derive(Debug, PartialEq, Eq)]
+enum Ranged {
+    /// No range that applies (several ranges are answered whole, not as multipart).
+    Whole,
+    /// Bytes `first..=last`.
+    Part(u64, u64),
+    /// 416, with Go's message.
+    Unsatisfiable(&'static str),
+}
+
+fn byte_range(header: &str, size: u64) -> Ranged {
+    let Some(spec) = header.strip_prefix("bytes=") else {
+        return Ranged::Unsatisfiable("invalid range");
+    };
+    let specs: Vec<&str> = spec.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
+    let [one] = specs[..] else {
+        return if specs.is_empty() {
+            Ranged::Unsatisfiable("invalid range")
+        } else {
+            Ranged::Whole
+        };
+    };
+    let Some((from, to)) = one.split_once('-') else {
+        return Ranged::Unsatisfiable("invalid range");
+    };
+    let (from, to) = (from.trim(), to.trim());
+    let number = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<u64>().ok())
+            .flatten()
+    };
+    if from.is_empty() {
+        // The last `n` bytes.
+        return match number(to) {
+            Some(0) | None => Ranged::Unsatisfiable("invalid range"),
+            Some(_) if size == 0 => Ranged::Unsatisfiable("invalid range: failed to overlap"),
+            Some(n) => Ranged::Part(size - n.min(size), size - 1),
+        };
+    }
+    let Some(first) = number(from) else {
+        return Ranged::Unsatisfiable("invalid range");
+    };
+    if first >= size {
+        return Ranged::Unsatisfiable("invalid range: failed to overlap");
+    }
+    if to.is_empty() {
+        return Ranged::Part(first, size - 1);
+    }
+    match number(to) {
+        Some(last) if last >= first => Ranged::Part(first, last.min(size - 1)),
+        _ => Ranged::Unsatisfiable("invalid range"),
+    }
+}
+
+/// `reader` past its first `skip` bytes (read and dropped: the driver's reader does not
+/// seek), then at most `len` bytes, as a body stream.
+fn range_chunks(
+    reader: instance::Reader,
+    skip: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    futures_util::stream::unfold((reader, skip, len), |(mut r, mut skip, left)| async move {
+        use tokio::io::AsyncReadExt;
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) => {
+                    let short = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than it was",
+                    );
+                    return Some((Err(short), (r, 0, 0)));
+                }
+                Ok(n) => n,
+                Err(e) => return Some((Err(e), (r, 0, 0))),
+            };
+            let dropped = usize::try_from(skip).unwrap_or(usize::MAX).min(n);
+            skip -= dropped as u64;
+            if dropped == n {
+                continue;
+            }
+            let take = usize::try_from(left).unwrap_or(usize::MAX).min(n - dropped);
+            let chunk = bytes::Bytes::copy_from_slice(&buf[dropped..dropped + take]);
+            return Some((Ok(chunk), (r, skip, left - take as u64)));
+        }
+    })
 }
 
 /// A reader as a body stream, in chunks of at most 64 KiB.
@@ -439,6 +558,47 @@ async fn remove_tree(ctx: &Ctx, name: &str, top: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t20_byte_ranges_as_go_reads_them() {
+        use Ranged::*;
+        const OVERLAP: &str = "invalid range: failed to overlap";
+        for (h, size, want) in [
+            ("bytes=0-9", 100, Part(0, 9)),
+            ("bytes=90-", 100, Part(90, 99)),
+            ("bytes=90-200", 100, Part(90, 99)),
+            ("bytes=-10", 100, Part(90, 99)),
+            ("bytes=-500", 100, Part(0, 99)),
+            ("bytes=100-", 100, Unsatisfiable(OVERLAP)),
+            ("bytes=0-0", 0, Unsatisfiable(OVERLAP)),
+            ("bytes=5-2", 100, Unsatisfiable("invalid range")),
+            ("bytes=-0", 100, Unsatisfiable("invalid range")),
+            ("bytes=x-1", 100, Unsatisfiable("invalid range")),
+            ("items=0-1", 100, Unsatisfiable("invalid range")),
+            ("bytes=", 100, Unsatisfiable("invalid range")),
+            ("bytes=0-1,5-6", 100, Whole),
+        ] {
+            assert_eq!(byte_range(h, size), want, "{h} of {size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn t21_a_range_skips_then_takes() {
+        use futures_util::StreamExt;
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let reader: instance::Reader = Box::pin(std::io::Cursor::new(data.clone()));
+        let got: Vec<u8> = range_chunks(reader, 70_000, 100_001)
+            .map(|c| c.unwrap().to_vec())
+            .concat()
+            .await;
+        assert_eq!(got, data[70_000..170_001]);
+        let reader: instance::Reader = Box::pin(std::io::Cursor::new(vec![0u8; 10]));
+        let last: Vec<_> = range_chunks(reader, 5, 10).collect().await;
+        assert!(
+            last.last().unwrap().is_err(),
+            "a file that shrank ends the body with an error"
+        );
+    }
 
     #[test]
     fn modes_read_as_incus_reads_them() {

@@ -249,6 +249,27 @@ async fn t81_the_files_api_through_a_member_without_the_container() {
         (r.header("X-Incus-uid"), r.header("X-Incus-gid")),
         (Some("5"), Some("6"))
     );
+    // Byte ranges, as Incus serves them (Go's ServeContent), through node1.
+    for (range, part, content_range) in [
+        ("bytes=4-6", &b"the"[..], "bytes 4-6/17"),
+        ("bytes=12-", &b"more\n"[..], "bytes 12-16/17"),
+        ("bytes=-5", &b"more\n"[..], "bytes 12-16/17"),
+    ] {
+        let r = node1
+            .request("GET", &url("root/api"), None, &[("Range", range)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(&r.body[..], part, "{range}");
+        assert_eq!(r.header("Content-Range"), Some(content_range), "{range}");
+        assert_eq!(r.header("X-Incus-type"), Some("file"));
+    }
+    let r = node1
+        .request("GET", &url("root/api"), None, &[("Range", "bytes=17-")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("Content-Range"), Some("bytes */17"));
 
     // A body far above the JSON limit streams through to the owner, and back.
     let big = noise(24 << 20, 81);
