@@ -124,25 +124,7 @@ async fn t80_exec_and_console_through_members_that_do_not_hold_the_instance() {
     let sock: Vec<PathBuf> = c.members.iter().map(|m| m.socket()).collect();
     let cli = Stapes::new();
     let work = tempfile::tempdir().unwrap();
-    for n in ["node1", "node2", "node3"] {
-        cli.ok(&sock[0], &["storage", "create", "pool1", "dir", "--target", n])
-            .await;
-    }
-    cli.ok(&sock[0], &["storage", "create", "pool1", "dir"]).await;
-    cli.ok(
-        &sock[0],
-        &[
-            "profile",
-            "device",
-            "add",
-            "default",
-            "root",
-            "disk",
-            "path=/",
-            "pool=pool1",
-        ],
-    )
-    .await;
+    common::prepare_pools(&cli, &sock).await;
     let file = common::test_image(work.path());
     cli.ok(
         &sock[0],

@@ -287,13 +287,7 @@ async fn stop_one(
         other => other,
     };
     stopped.map_err(|e| format!("Failed to stop instance {name:?} in project \"default\": {e}"))?;
-    ctx.store
-        .apply(InstanceCommand::SetStatus {
-            name: name.to_string(),
-            status: InstanceStatus::Stopped,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    super::migrate::set_status(ctx, name, InstanceStatus::Stopped).await?;
     set_volatile(
         ctx,
         name,
@@ -343,13 +337,7 @@ async fn restore(
                 .start(&rec.name)
                 .await
                 .map_err(|e| format!("Failed to start instance {:?}: {e}", rec.name))?;
-            ctx.store
-                .apply(InstanceCommand::SetStatus {
-                    name: rec.name.clone(),
-                    status: InstanceStatus::Running,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            super::migrate::set_status(ctx, &rec.name, InstanceStatus::Running).await?;
             ctx.events.lifecycle(
                 "instance-started",
                 &format!("/1.0/instances/{}", rec.name),

@@ -173,7 +173,12 @@ pub(crate) async fn move_to(
     Ok(())
 }
 
-async fn set_status(ctx: &Ctx, name: &str, status: InstanceStatus) -> std::result::Result<(), String> {
+/// Writes instance `name`'s status to the record; the error's message.
+pub(crate) async fn set_status(
+    ctx: &Ctx,
+    name: &str,
+    status: InstanceStatus,
+) -> std::result::Result<(), String> {
     ctx.store
         .apply(InstanceCommand::SetStatus {
             name: name.to_string(),
