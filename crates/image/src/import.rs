@@ -8,11 +8,12 @@
 //!                                          reader thread: decompress, walk the
 //!                                          tar to its end, read metadata.yaml
 //!  end of body ─> fingerprint (checked against the expected one) ─> metadata checks
-//!             ─> fsync ─> rename into place (rootfs first; `<fp>` last, never replacing)
+//!             ─> rename into place (rootfs first; `<fp>` last, never replacing)
 //! ```
 //!
 //! At most a few chunks are in memory at once (the channels hold `CHANNEL_CHUNKS`
-//! each), whatever the image's size. The sha256 is Incus's fingerprint: of the file as
+//! each), whatever the image's size. A copy of an image the cluster already holds
+//! ([`import_copy`]) is only hashed and written, not read through. The sha256 is Incus's fingerprint: of the file as
 //! uploaded, or of the metadata bytes followed by the rootfs bytes. Any failure drops
 //! the temporary files (`.partial-*`, removed on drop); [`crate::remove_partial`] clears those a
 //! crash left behind.
@@ -24,7 +25,7 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 
 use aws_lc_rs::digest;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -35,8 +36,11 @@ use crate::metadata::Metadata;
 use crate::store::{self, ImageFiles, TempFile};
 
 /// Chunks in flight between the body and the writer, and between the writer and the
-/// reader thread.
-const CHANNEL_CHUNKS: usize = 16;
+/// reader thread (at most about `2 * CHANNEL_CHUNKS * CHUNK` bytes in memory).
+const CHANNEL_CHUNKS: usize = 4;
+
+/// The size small body chunks are gathered to before they are written.
+const CHUNK: usize = 256 << 10;
 
 /// Bounds of an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,14 +137,11 @@ where
     S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    let mut budget = opts.limits.max_size;
-    let hash = digest::Context::new(&digest::SHA256);
-    match upload {
-        Upload::Unified(mut body) => {
-            let mut source = BodySource(&mut body);
-            let mut part = receive(dir, &mut source, hash, Part::Unified, &mut budget, opts).await?;
-            let fingerprint = hex::encode(part.hash.clone().finish().as_ref());
-            check_expected(&fingerprint, opts)?;
+    let received = receive_upload(dir, upload, opts, true).await?;
+    check_expected(&received.fingerprint, opts)?;
+    let fingerprint = received.fingerprint;
+    match received.parts {
+        Parts::Unified(mut part) => {
             let found = part.found_whole(Part::Unified, opts).await?;
             if found.has_vm_disk && !found.has_rootfs {
                 return Err(Error::UnsupportedFormat("virtual-machine image".into()));
@@ -158,6 +159,99 @@ where
                 files,
             ))
         }
+        Parts::Split {
+            mut meta,
+            mut rootfs,
+            filename,
+        } => {
+            let size = meta.size + rootfs.size;
+            let found = meta.found_whole(Part::Metadata, opts).await?;
+            let metadata = found.metadata.ok_or(Error::MissingMetadata)?;
+            rootfs.found_whole(Part::Rootfs, opts).await?;
+            let files = store::persist(dir, &fingerprint, meta.file, Some(rootfs.file))?;
+            Ok(record(fingerprint, filename, size, metadata, files))
+        }
+    }
+}
+
+/// Receives a copy of an image this cluster has already accepted (another member's
+/// export of it) into `dir`, and moves it into place once its sha256 is `fingerprint`.
+/// Only the sha256 is checked: the bytes are the ones the first member read through and
+/// accepted, so reading them through again would prove nothing more. On any error
+/// nothing is left in `dir`.
+pub async fn import_copy<S, E>(
+    dir: &Path,
+    upload: Upload<S>,
+    fingerprint: &str,
+    limits: Limits,
+) -> Result<ImageFiles>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    store::check_fingerprint(fingerprint)?;
+    let opts = ImportOptions {
+        limits,
+        expected_fingerprint: Some(fingerprint.to_string()),
+        filename: None,
+    };
+    let received = receive_upload(dir, upload, &opts, false).await?;
+    check_expected(&received.fingerprint, &opts)?;
+    match received.parts {
+        Parts::Unified(part) => store::persist(dir, fingerprint, part.file, None),
+        Parts::Split { meta, rootfs, .. } => store::persist(dir, fingerprint, meta.file, Some(rootfs.file)),
+    }
+}
+
+/// An upload received whole into temporary files, not yet checked or placed.
+struct ReceivedUpload {
+    /// The sha256 of the upload (of both parts, for a split image).
+    fingerprint: String,
+    parts: Parts,
+}
+
+enum Parts {
+    Unified(Received),
+    /// A split image, and the rootfs part's file name.
+    Split {
+        meta: Received,
+        rootfs: Box<Received>,
+        filename: String,
+    },
+}
+
+/// Receives an upload's parts into temporary files in `dir`, hashing them, and reading
+/// them through when `inspect` is set.
+async fn receive_upload<S, E>(
+    dir: &Path,
+    upload: Upload<S>,
+    opts: &ImportOptions,
+    inspect: bool,
+) -> Result<ReceivedUpload>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut budget = opts.limits.max_size;
+    let hash = digest::Context::new(&digest::SHA256);
+    let inspect_as = |part: Part| inspect.then_some(part);
+    match upload {
+        Upload::Unified(mut body) => {
+            let mut source = BodySource(&mut body);
+            let part = receive(
+                dir,
+                &mut source,
+                hash,
+                inspect_as(Part::Unified),
+                &mut budget,
+                opts,
+            )
+            .await?;
+            Ok(ReceivedUpload {
+                fingerprint: hex::encode(part.hash.clone().finish().as_ref()),
+                parts: Parts::Unified(part),
+            })
+        }
         Upload::Multipart { boundary, body } => {
             let constraints = multer::Constraints::new().size_limit(
                 multer::SizeLimit::new().whole_stream(opts.limits.max_size.saturating_add(1 << 20)),
@@ -167,11 +261,11 @@ where
             if field.name() != Some("metadata") {
                 return Err(Error::InvalidMultipart);
             }
-            let mut meta = receive(
+            let meta = receive(
                 dir,
                 &mut FieldSource(&mut field),
                 hash,
-                Part::Metadata,
+                inspect_as(Part::Metadata),
                 &mut budget,
                 opts,
             )
@@ -184,23 +278,23 @@ where
                 _ => return Err(Error::InvalidMultipart),
             }
             let filename = field.file_name().unwrap_or_default().to_string();
-            let mut rootfs = receive(
+            let rootfs = receive(
                 dir,
                 &mut FieldSource(&mut field),
                 meta.hash.clone(),
-                Part::Rootfs,
+                inspect_as(Part::Rootfs),
                 &mut budget,
                 opts,
             )
             .await?;
-            let fingerprint = hex::encode(rootfs.hash.clone().finish().as_ref());
-            check_expected(&fingerprint, opts)?;
-            let size = meta.size + rootfs.size;
-            let found = meta.found_whole(Part::Metadata, opts).await?;
-            let metadata = found.metadata.ok_or(Error::MissingMetadata)?;
-            rootfs.found_whole(Part::Rootfs, opts).await?;
-            let files = store::persist(dir, &fingerprint, meta.file, Some(rootfs.file))?;
-            Ok(record(fingerprint, filename, size, metadata, files))
+            Ok(ReceivedUpload {
+                fingerprint: hex::encode(rootfs.hash.clone().finish().as_ref()),
+                parts: Parts::Split {
+                    meta,
+                    rootfs: Box::new(rootfs),
+                    filename,
+                },
+            })
         }
     }
 }
@@ -285,12 +379,13 @@ impl Source for FieldSource<'_> {
     }
 }
 
-/// One part received: its temporary file, the hash so far, and what reading it found.
+/// One part received: its temporary file, the hash so far, and what reading it found
+/// (nothing, when it was not read through).
 struct Received {
     file: TempFile,
     hash: digest::Context,
     size: u64,
-    found: Result<Found>,
+    found: Option<Result<Found>>,
 }
 
 impl Received {
@@ -298,7 +393,12 @@ impl Received {
     /// not tell (a squashfs holding `metadata.yaml`). Errors are reported here, after
     /// the fingerprint check, which is Incus's order.
     async fn found_whole(&mut self, part: Part, opts: &ImportOptions) -> Result<Found> {
-        let found = std::mem::replace(&mut self.found, Err(Error::MissingMetadata))?;
+        let found = self.found.take().unwrap_or_else(|| {
+            Err(Error::Corrupt {
+                part: part.label(),
+                detail: "not read".into(),
+            })
+        })?;
         if found.needs_file {
             let path = self.file.path().to_path_buf();
             let max = opts.limits.max_unpacked;
@@ -310,35 +410,65 @@ impl Received {
     }
 }
 
-/// Receives one part: writes it to a temporary file in `dir` while hashing it and
-/// reading it through. Returns early when the reader has already refused it.
+/// Receives one part: writes it to a temporary file in `dir` while hashing it and, when
+/// `inspect` names the part, reading it through. Returns early when the reader has
+/// already refused it.
+///
+/// Small body chunks (an HTTP/2 body comes in frames of 16 KiB) are gathered into
+/// chunks of about [`CHUNK`] before they go to the writer: one write, one hand-over
+/// and one wake-up per chunk instead of per frame.
 async fn receive(
     dir: &Path,
     source: &mut impl Source,
     hash: digest::Context,
-    part: Part,
+    inspect: Option<Part>,
     budget: &mut u64,
     opts: &ImportOptions,
 ) -> Result<Received> {
     let (tmp, file) = TempFile::create(dir)?;
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-    let (reader_tx, reader_rx) = std_mpsc::sync_channel::<Bytes>(CHANNEL_CHUNKS);
-    let max_unpacked = opts.limits.max_unpacked;
-    let reader = tokio::task::spawn_blocking(move || {
-        inspect::inspect(ChannelReader::new(reader_rx), part, max_unpacked)
-    });
+    let (reader, reader_tx) = match inspect {
+        Some(part) => {
+            let (reader_tx, reader_rx) = std_mpsc::sync_channel::<Bytes>(CHANNEL_CHUNKS);
+            let max_unpacked = opts.limits.max_unpacked;
+            let reader = tokio::task::spawn_blocking(move || {
+                inspect::inspect(ChannelReader::new(reader_rx), part, max_unpacked)
+            });
+            (Some(reader), Some(reader_tx))
+        }
+        None => (None, None),
+    };
     let writer = tokio::task::spawn_blocking(move || write_part(rx, file, hash, reader_tx));
 
-    let mut reader = Some(reader);
+    let mut reader = reader;
     let mut early: Option<Result<Found>> = None;
     let limit = opts.limits.max_size;
     let outcome: Result<()> = async {
-        while let Some(chunk) = source.next().await? {
-            let len = chunk.len() as u64;
-            if len > *budget {
-                return Err(Error::TooLarge { limit });
-            }
-            *budget -= len;
+        let mut pending = BytesMut::new();
+        loop {
+            let next = source.next().await?;
+            let ended = next.is_none();
+            let chunk = match next {
+                Some(chunk) => {
+                    let len = chunk.len() as u64;
+                    if len > *budget {
+                        return Err(Error::TooLarge { limit });
+                    }
+                    *budget -= len;
+                    if pending.is_empty() && chunk.len() >= CHUNK {
+                        Some(chunk)
+                    } else {
+                        if pending.is_empty() {
+                            pending.reserve(CHUNK);
+                        }
+                        pending.extend_from_slice(&chunk);
+                        (pending.len() >= CHUNK).then(|| pending.split().freeze())
+                    }
+                }
+                None if pending.is_empty() => break,
+                None => Some(pending.split().freeze()),
+            };
+            let Some(chunk) = chunk else { continue };
             if tx.send(chunk).await.is_err() {
                 break; // the writer failed; its error is collected below
             }
@@ -351,6 +481,9 @@ async fn receive(
                     early = Some(found);
                 }
             }
+            if ended {
+                break;
+            }
         }
         Ok(())
     }
@@ -359,13 +492,14 @@ async fn receive(
     let written = writer.await.map_err(join_error)?;
     outcome?;
     let (hash, size) = written?;
-    let found = match (early, reader) {
-        (Some(found), _) => found,
-        (None, Some(r)) => r.await.map_err(join_error)?,
-        (None, None) => Err(Error::Corrupt {
+    let found = match (inspect, early, reader) {
+        (None, ..) => None,
+        (Some(_), Some(found), _) => Some(found),
+        (Some(_), None, Some(r)) => Some(r.await.map_err(join_error)?),
+        (Some(part), None, None) => Some(Err(Error::Corrupt {
             part: part.label(),
             detail: "not read".into(),
-        }),
+        })),
     };
     Ok(Received {
         file: tmp,
@@ -383,14 +517,25 @@ fn join_error(e: tokio::task::JoinError) -> Error {
 }
 
 /// The writer thread: hashes, writes and passes each chunk on to the reader (while it
-/// still reads), then makes the file durable.
+/// still reads).
+///
+/// The file is not synced (no fsync), on purpose, as Incus does not sync its image
+/// files either. An acknowledged import must survive `kill -9` of any member, and the
+/// page cache gives that: the file is whole before it is renamed into place. A sync
+/// would add survival of a power loss, at the price of every import waiting for the
+/// disk to write every copy (three by default, and the disk is the slowest part of an
+/// import on a small machine). What a power loss can do to an unsynced file is leave it
+/// shorter than it was (ext4 with its default `data=ordered` and XFS write a file's
+/// size after its data); a copy whose size is not the record's is dropped as missing
+/// and fetched again (`crate::ImageFiles::size`, checked by the member), and every copy
+/// made from another member is checked against its sha256.
 fn write_part(
     mut rx: mpsc::Receiver<Bytes>,
     mut file: File,
     mut hash: digest::Context,
-    reader: std_mpsc::SyncSender<Bytes>,
+    reader: Option<std_mpsc::SyncSender<Bytes>>,
 ) -> Result<(digest::Context, u64)> {
-    let mut reader = Some(reader);
+    let mut reader = reader;
     let mut size = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
         hash.update(&chunk);
@@ -402,8 +547,6 @@ fn write_part(
             }
         }
     }
-    drop(reader);
-    file.sync_all().map_err(Error::io("syncing the image"))?;
     Ok((hash, size))
 }
 

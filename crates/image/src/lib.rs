@@ -33,7 +33,7 @@ pub mod unpack;
 pub use error::{Error, Result};
 pub use export::{export, ByteStream, Export};
 pub use format::Format;
-pub use import::{import, ImageType, ImportOptions, Imported, Limits, Upload};
+pub use import::{import, import_copy, ImageType, ImportOptions, Imported, Limits, Upload};
 pub use metadata::{Metadata, Template};
 pub use store::{check_fingerprint, delete, remove_partial, ImageFiles};
 pub use unpack::{unpack, unpack_async, unpack_volume, Ownership, Progress, UnpackOptions, UnpackStats};

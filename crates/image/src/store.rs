@@ -2,8 +2,8 @@
 //! and the temporary files of an import (`<dir>/.partial-<random>`).
 //!
 //! `<fingerprint>` is the mark of a complete image: it is moved into place last, with
-//! `RENAME_NOREPLACE`, after the file and the rootfs are synced; deletion removes it
-//! first. A fingerprint is checked to be 64 lowercase hex digits before it is ever
+//! `RENAME_NOREPLACE`, once the file and the rootfs are whole (not synced: see
+//! `import::write_part`); deletion removes it first. A fingerprint is checked to be 64 lowercase hex digits before it is ever
 //! joined to a path.
 
 use std::fs::{self, File, OpenOptions};
@@ -149,7 +149,8 @@ impl Drop for TempFile {
 }
 
 /// Moves a finished import into place: the rootfs (a leftover of a crash is replaced),
-/// then the main file, never over an existing one; then syncs the directory.
+/// then the main file, never over an existing one. Nothing is synced (see
+/// `import::write_part`).
 pub(crate) fn persist(
     dir: &Path,
     fingerprint: &str,
@@ -182,9 +183,6 @@ pub(crate) fn persist(
             return Err(Error::io("moving the image into place")(e));
         }
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("syncing the image directory"))?;
     Ok(ImageFiles {
         metadata: target,
         rootfs: rootfs_target,

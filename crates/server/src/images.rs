@@ -7,14 +7,16 @@
 //!                                            holders; each chosen member B is asked
 //!                                            (POST /internal/images/<fp>/fetch) and pulls
 //!  ensure_local(fp) on B: have it? done. else an online holder H:
-//!      GET /internal/images/<fp> on H ──stream──> image::import(expected = fp) on B
+//!      GET /internal/images/<fp> on H (a connection of its own, HTTP/1.1)
+//!      ──stream──> image::import_copy(fp) on B (sha256 checked)
 //!      ──> AddImageLocation{fp, B}
 //!  state change ──> reconcile: a file here whose image the state no longer has is removed
 //!                   (a delete, seen now or when this member comes back)
 //! ```
 //!
 //! Invariants: a copy is listed only once it is whole and its sha256 is the fingerprint
-//! (the import checks it before moving it into place); a fetch holds a few chunks in
+//! (the import checks it before moving it into place); a copy whose size is not the
+//! record's (files are not synced: a power loss may cut one short) counts as missing; a fetch holds a few chunks in
 //! memory whatever the size; a file is removed by reconcile only when no import or
 //! fetch is under way here (a new file is placed before its record exists).
 
@@ -115,9 +117,22 @@ pub fn api_error(e: image::Error) -> ApiError {
     }
 }
 
-/// Whether this member has the image's files.
+/// Whether this member has the image's files, whole.
 pub fn have(ctx: &Ctx, fingerprint: &str) -> bool {
-    dir(ctx).is_ok_and(|d| image::ImageFiles::locate(&d, fingerprint).is_ok())
+    let state = ctx.store.state();
+    let Some(record) = state.images.get(fingerprint) else {
+        return false;
+    };
+    dir(ctx).is_ok_and(|d| whole_copy(&d, record).is_some())
+}
+
+/// This member's copy of the image `record`: its files, if they are here and hold the
+/// record's size. Image files are not synced when written (see `image::import`), so a
+/// power loss may leave one shorter than it was: such a copy counts as missing.
+fn whole_copy(dir: &std::path::Path, record: &cluster::ImageRecord) -> Option<image::ImageFiles> {
+    let files = image::ImageFiles::locate(dir, &record.image.fingerprint).ok()?;
+    let size = files.size().ok()?;
+    (i64::try_from(size).ok() == Some(record.image.size)).then_some(files)
 }
 
 /// Makes sure this member has the image `fingerprint` (a whole one), fetching it from an
@@ -132,7 +147,7 @@ pub async fn ensure_local(ctx: &Ctx, fingerprint: &str) -> Result<image::ImageFi
             .get(fingerprint)
             .ok_or_else(|| ApiError::not_found_msg("Image not found"))?;
         let me = ctx.member_id();
-        if let Ok(files) = image::ImageFiles::locate(&dir, fingerprint) {
+        if let Some(files) = whole_copy(&dir, record) {
             if !record.locations.contains(&me) {
                 ctx.store
                     .apply(ImageCommand::AddImageLocation {
@@ -156,6 +171,14 @@ pub async fn ensure_local(ctx: &Ctx, fingerprint: &str) -> Result<image::ImageFi
             // come between the claim and this wait).
             let _ = tokio::time::timeout(Duration::from_secs(1), ctx.images.fetched.notified()).await;
             continue;
+        }
+        if image::ImageFiles::locate(&dir, fingerprint).is_ok() {
+            // Here but not whole (cut short by a power loss): fetched again below.
+            tracing::warn!(
+                fingerprint,
+                "the image's files here are not whole; fetching them again"
+            );
+            let _ = image::delete(&dir, fingerprint);
         }
         let result = fetch(ctx, &state, fingerprint, &dir).await;
         if let Ok(mut f) = ctx.images.fetching.lock() {
@@ -197,16 +220,29 @@ async fn fetch(ctx: &Ctx, state: &State, fingerprint: &str, dir: &std::path::Pat
         .ok_or_else(|| ApiError::unavailable("Image not available on any online member"))?;
     let _busy = busy(ctx);
     tracing::info!(fingerprint, from = %from.name, "fetching image from member");
+    let failed = |e: &dyn std::fmt::Display| {
+        ApiError::unavailable(format!("Failed to fetch the image from {:?}: {e}", from.name))
+    };
+    // A connection of its own (HTTP/1.1), as a Raft snapshot gets: a long bulk transfer
+    // neither holds up the calls sharing the pooled HTTP/2 connection nor pays HTTP/2's
+    // framing and flow control on every 16 KiB.
+    let stream = ctx
+        .peers
+        .connect_http1(&from.address)
+        .await
+        .map_err(|e| failed(&e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| failed(&e))?;
+    let conn = AbortOnDrop(tokio::spawn(conn));
     let req = http::Request::get(format!("/internal/images/{fingerprint}"))
+        .header(http::header::HOST, from.address.as_str())
         .body(axum::body::Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = tokio::time::timeout(
-        ctx.settings().forward_timeout,
-        ctx.peers.exchange(&from.address, req),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable(format!("Member {:?} did not answer", from.name)))?
-    .map_err(|e| ApiError::unavailable(format!("Failed to fetch the image from {:?}: {e}", from.name)))?;
+    let resp = tokio::time::timeout(ctx.settings().forward_timeout, sender.send_request(req))
+        .await
+        .map_err(|_| ApiError::unavailable(format!("Member {:?} did not answer", from.name)))?
+        .map_err(|e| failed(&e))?;
     if resp.status() != http::StatusCode::OK {
         return Err(ApiError::internal(format!(
             "Failed to fetch the image from {:?}: it answered {}",
@@ -221,17 +257,14 @@ async fn fetch(ctx: &Ctx, state: &State, fingerprint: &str, dir: &std::path::Pat
         .map(str::to_string);
     let body = stalling(resp.into_body().into_data_stream(), FETCH_STALL);
     let upload = image::Upload::from_content_type(content_type.as_deref(), body).map_err(api_error)?;
-    let opts = image::ImportOptions {
-        limits: image::Limits {
-            max_size: ctx.max_stream_body,
-            ..Default::default()
-        },
-        expected_fingerprint: Some(fingerprint.to_string()),
-        filename: None,
+    let limits = image::Limits {
+        max_size: ctx.max_stream_body,
+        ..Default::default()
     };
-    image::import(dir, upload, &opts)
+    image::import_copy(dir, upload, fingerprint, limits)
         .await
         .map_err(|e| ApiError::internal(format!("Failed to fetch the image from {:?}: {e}", from.name)))?;
+    drop(conn);
     let added = ctx
         .store
         .apply(ImageCommand::AddImageLocation {
@@ -246,6 +279,15 @@ async fn fetch(ctx: &Ctx, state: &State, fingerprint: &str, dir: &std::path::Pat
     }
     tracing::info!(fingerprint, from = %from.name, "image fetched");
     Ok(())
+}
+
+/// Aborts a connection's driver when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A body stream that fails when no chunk comes for `stall`.
@@ -385,10 +427,18 @@ pub fn on_state_change(ctx: &Ctx) {
                 Err(e) => tracing::warn!(fingerprint = %gone, error = %e, "could not remove a deleted image"),
             }
         }
-        // Listed here but the files are gone (removed by hand, a disk replaced): say so.
+        // Listed here but the files are gone (removed by hand, a disk replaced) or not
+        // whole (cut short by a power loss): say so, and drop what is left of them.
         let missing: Vec<String> = listed
             .into_iter()
-            .filter(|fp| image::ImageFiles::locate(&dir, fp).is_err())
+            .filter(|fp| {
+                let whole = state.images.get(fp).and_then(|r| whole_copy(&dir, r)).is_some();
+                if !whole && image::ImageFiles::locate(&dir, fp).is_ok() {
+                    tracing::warn!(fingerprint = %fp, "removed the files of an image that are not whole");
+                    let _ = image::delete(&dir, fp);
+                }
+                !whole
+            })
             .collect();
         if !missing.is_empty() {
             let handle = tokio::runtime::Handle::current();

@@ -2,7 +2,7 @@
 //! member fetching an image reads back.
 
 use futures_util::StreamExt;
-use stapes_image::{export, import, ImageFiles, ImportOptions, Upload};
+use stapes_image::{export, import, import_copy, Error, ImageFiles, ImportOptions, Limits, Upload};
 
 use crate::common::*;
 
@@ -184,6 +184,7 @@ async fn t10_export_then_fetch() {
     let upload = Upload::from_content_type(Some(&ct), body(&bytes, 5000)).expect("upload");
     let copy = import(dst.path(), upload, &opts).await.expect("fetched");
     assert_eq!(copy.fingerprint, img.fingerprint);
+    copied_as_is(&ct, &bytes, &img.fingerprint).await;
 
     // Split.
     let mut meta = Tar::new();
@@ -222,10 +223,59 @@ async fn t10_export_then_fetch() {
     let upload = Upload::from_content_type(Some(&ct), body(&bytes, 777)).expect("upload");
     let copy = import(dst.path(), upload, &opts).await.expect("fetched");
     assert_eq!(copy.fingerprint, img.fingerprint);
+    copied_as_is(&ct, &bytes, &img.fingerprint).await;
     assert_eq!(
         std::fs::read(dst.path().join(format!("{}.rootfs", img.fingerprint))).expect("rootfs"),
         rootfs
     );
+}
+
+/// What a member copying an image it lacks does: `import_copy` places the exported
+/// bytes as they are when their sha256 is the fingerprint, and leaves nothing when it
+/// is not (one byte changed, or the body cut short).
+async fn copied_as_is(content_type: &str, bytes: &[u8], fingerprint: &str) {
+    let dst = tempfile::tempdir().expect("tempdir");
+    let upload = Upload::from_content_type(Some(content_type), body(bytes, 1000)).expect("upload");
+    let files = import_copy(dst.path(), upload, fingerprint, Limits::default())
+        .await
+        .expect("copied");
+    assert_eq!(
+        files,
+        ImageFiles::locate(dst.path(), fingerprint).expect("placed")
+    );
+    if files.rootfs.is_none() {
+        assert_eq!(std::fs::read(&files.metadata).expect("read"), bytes);
+    }
+
+    let mut changed = bytes.to_vec();
+    // The last byte of the image (before a multipart body's closing boundary line).
+    let at = changed.len()
+        - if content_type.starts_with("multipart/") {
+            69
+        } else {
+            1
+        };
+    changed[at] ^= 1;
+    let short = &bytes[..bytes.len() / 2];
+    for bad in [&changed[..], short] {
+        let dst = tempfile::tempdir().expect("tempdir");
+        let upload = Upload::from_content_type(Some(content_type), body(bad, 1000)).expect("upload");
+        let err = import_copy(dst.path(), upload, fingerprint, Limits::default())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                Error::FingerprintMismatch { .. } | Error::InvalidMultipart | Error::Body(_)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dst.path()).expect("dir").count(),
+            0,
+            "nothing left"
+        );
+    }
 }
 
 #[tokio::test]
