@@ -40,7 +40,7 @@ use crate::store::{self, ImageFiles, TempFile};
 const CHANNEL_CHUNKS: usize = 4;
 
 /// The size small body chunks are gathered to before they are written.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 
 /// Bounds of an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
