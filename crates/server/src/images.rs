@@ -16,9 +16,10 @@
 //!
 //! Invariants: a copy is listed only once it is whole and its sha256 is the fingerprint
 //! (the import checks it before moving it into place); a copy whose size is not the
-//! record's (files are not synced: a power loss may cut one short) counts as missing; a fetch holds a few chunks in
-//! memory whatever the size; a file is removed by reconcile only when no import or
-//! fetch is under way here (a new file is placed before its record exists).
+//! record's (files are not synced: a power loss may cut one short) counts as missing;
+//! a fetch holds a few chunks in memory whatever the size; a file is removed by
+//! reconcile only when no import or fetch is under way here (a new file is placed
+//! before its record exists).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
