@@ -423,6 +423,12 @@ pub fn on_state_change(ctx: &Ctx) {
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
         for gone in stale_files(&dir, &keep) {
+            // An import that started after the check above places its file before its
+            // record exists: leave it; the import's guard runs this pass again.
+            let Ok(busy) = ctx.images.busy.lock() else { return };
+            if *busy > 0 {
+                return;
+            }
             match image::delete(&dir, &gone) {
                 Ok(()) => tracing::info!(fingerprint = %gone, "removed the files of a deleted image"),
                 Err(e) => tracing::warn!(fingerprint = %gone, error = %e, "could not remove a deleted image"),
@@ -433,6 +439,14 @@ pub fn on_state_change(ctx: &Ctx) {
         let missing: Vec<String> = listed
             .into_iter()
             .filter(|fp| {
+                // Checked and removed under the lock a fetch takes to start: a fetch placing
+                // a new copy now must not have it removed; its guard's drop runs this again.
+                let Ok(busy) = ctx.images.busy.lock() else {
+                    return false;
+                };
+                if *busy > 0 {
+                    return false;
+                }
                 let whole = state.images.get(fp).and_then(|r| whole_copy(&dir, r)).is_some();
                 if !whole && image::ImageFiles::locate(&dir, fp).is_ok() {
                     tracing::warn!(fingerprint = %fp, "removed the files of an image that are not whole");
