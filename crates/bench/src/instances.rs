@@ -487,7 +487,7 @@ impl Default for Shared {
 
 /// Waits for the operation of a 202 answer (`operation` in the envelope) to end; an
 /// error unless it succeeded.
-async fn wait_operation(c: &client::Client, answer: &Value) -> anyhow::Result<()> {
+pub(crate) async fn wait_operation(c: &client::Client, answer: &Value) -> anyhow::Result<()> {
     let op = answer["operation"]
         .as_str()
         .context("no operation in the answer")?;
