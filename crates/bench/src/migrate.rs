@@ -27,17 +27,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use client::Method;
 use futures_util::future::BoxFuture;
-use futures_util::{stream, StreamExt as _};
 use serde_json::json;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::cases::{Case, RunCtx, Variant};
 use crate::exec::both;
 use crate::import::{incus, mb_per_s, Noise};
-use crate::instances::{wait_operation, FILL_CONCURRENCY};
-use crate::lab::{call, log, tls_client, Kind, Side};
+use crate::lab::{log, Kind, Side};
 use crate::results::{Metric, Sample};
 
 /// The payload in the moved container's root file system.
@@ -276,35 +273,10 @@ impl Evacuate {
         if ready.contains(&side.kind) {
             return Ok(conf);
         }
-        let c = tls_client(&side.front().https, Some(&ctx.lab.identity.pair), SETUP_TIMEOUT)?;
         let t = Instant::now();
-        let results: Vec<anyhow::Result<()>> = stream::iter(0..EVACUATED)
-            .map(|i| {
-                let c = &c;
-                async move {
-                    let name = evacuated(i);
-                    let body = json!({
-                        "name": name,
-                        "type": "container",
-                        "source": {"type": "image", "alias": "bb"},
-                        "config": {"boot.host_shutdown_timeout": SHUTDOWN_TIMEOUT.to_string()},
-                        "start": true,
-                    });
-                    let path = "/1.0/instances?target=node2";
-                    let a = call(c, Method::POST, path, Some(&body))
-                        .await?
-                        .expect(None, format!("POST {path} {name}"))?;
-                    wait_operation(c, &a.json())
-                        .await
-                        .with_context(|| format!("creating {name}"))
-                }
-            })
-            .buffer_unordered(FILL_CONCURRENCY)
-            .collect()
-            .await;
-        for r in results {
-            r?;
-        }
+        let names: Vec<String> = (0..EVACUATED).map(evacuated).collect();
+        let config = json!({"boot.host_shutdown_timeout": SHUTDOWN_TIMEOUT.to_string()});
+        crate::instances::start_on_node2(ctx, side, &names, &config).await?;
         log(format!(
             "{}: {EVACUATED} running containers on node2 made in {:.1} s",
             side.kind.name(),
