@@ -20,6 +20,12 @@
 #        MODE=cluster CASES="exec exec_cat file" CEILING=0 scripts/bench.sh
 #                                          incus exec and file push/pull through
 #                                          node1, c1 on node2
+#        MODE=cluster CASES="move evacuate" CEILING=0 scripts/bench.sh
+#                                          through node1: incus move of a stopped
+#                                          container with 500 MiB of payload node2 ->
+#                                          node3 -> node2; incus cluster evacuate and
+#                                          restore of node2 holding 20 running
+#                                          containers
 #        scripts/bench.sh --help          every setting of stapes-bench
 #
 # Environment (all optional; stapes-bench --help lists them with their flags):
@@ -39,7 +45,11 @@
 #                      exec (incus exec c1 -- true, p50 of 50), exec_cat (1 GiB
 #                      through cat in c1 and back), file (incus file push and pull
 #                      of 1 GiB); c1 is a busybox container on node2, reached through
-#                      node1
+#                      node1;
+#                      move (incus move of a stopped container holding 500 MiB of
+#                      random bytes, node2 -> node3 -> node2: MB/s), evacuate
+#                      (incus cluster evacuate node2 --action migrate with 20
+#                      running containers, then incus cluster restore node2)
 #   LIST_RUNNING=100 LIST_STOPPED=300
 #                      instances made for the list case (running, created only)
 #   RESTART_RUNNING=30 running instances on node2 for the restart case

@@ -199,7 +199,8 @@ impl Case for Load {
 /// fwd direct unix`; each works in both (in cluster mode the first member is node1).
 /// The image imports (`import256`, `import2g`), the instance cases (`launch`,
 /// `list`, `restart`: cluster mode, real containers) and the exec and file cases
-/// (`exec`, `exec_cat`, `file`: cluster mode, real containers) run only when named.
+/// (`exec`, `exec_cat`, `file`: cluster mode, real containers) and the cases between
+/// members (`move`, `evacuate`: cluster mode, real containers) run only when named.
 pub fn all() -> Vec<Box<dyn Case>> {
     let shared = std::sync::Arc::new(Shared::new());
     let sizes = Sizes::from_env().unwrap_or_else(|e| {
@@ -265,10 +266,12 @@ pub fn all() -> Vec<Box<dyn Case>> {
         Box::new(Import::new("import2g", "incus image import, first member", 2048)),
         Box::new(Launch::new(shared.clone())),
         Box::new(List::new(shared.clone(), sizes)),
-        Box::new(Restart::new(shared, restart_running)),
+        Box::new(Restart::new(shared.clone(), restart_running)),
         Box::new(ExecLatency(exec.clone())),
         Box::new(ExecCat(exec.clone())),
         Box::new(crate::files::Files::new(exec)),
+        Box::new(crate::migrate::Move::new(shared.clone())),
+        Box::new(crate::migrate::Evacuate::new(shared)),
     ]
 }
 
@@ -322,7 +325,7 @@ mod tests {
                     && !c.name().starts_with("import")
                     && !c.name().starts_with("exec")
                     && !c.name().starts_with("file")
-                    && !["launch", "list", "restart"].contains(&c.name())
+                    && !["launch", "list", "restart", "move", "evacuate"].contains(&c.name())
             })
             .all(|c| c.measures(Kind::Ceiling)));
         assert!(all

@@ -395,34 +395,9 @@ impl Shared {
         if p.restart.contains(&side.kind) {
             return Ok(());
         }
-        let c = tls_client(&side.front().https, Some(&ctx.lab.identity.pair), COMMAND_TIMEOUT)?;
         let t = Instant::now();
-        let results: Vec<anyhow::Result<()>> = stream::iter(0..running)
-            .map(|i| {
-                let c = &c;
-                async move {
-                    let name = restart_instance(i);
-                    let body = json!({
-                        "name": name,
-                        "type": "container",
-                        "source": {"type": "image", "alias": "bb"},
-                        "start": true,
-                    });
-                    let path = "/1.0/instances?target=node2";
-                    let a = call(c, Method::POST, path, Some(&body))
-                        .await?
-                        .expect(None, format!("POST {path} {name}"))?;
-                    wait_operation(c, &a.json())
-                        .await
-                        .with_context(|| format!("creating {name}"))
-                }
-            })
-            .buffer_unordered(FILL_CONCURRENCY)
-            .collect()
-            .await;
-        for r in results {
-            r?;
-        }
+        let names: Vec<String> = (0..running).map(restart_instance).collect();
+        start_on_node2(ctx, side, &names, &json!({})).await?;
         log(format!(
             "{}: {running} running instances on node2 made in {:.1} s",
             side.kind.name(),
@@ -477,6 +452,41 @@ impl Shared {
         log(format!("{}: {n} instances deleted", side.kind.name()));
         Ok(())
     }
+}
+
+/// Containers `names` from the image `bb`, started on node2 of `side` with the config
+/// `config`, made through node1's REST API a few at once.
+pub(crate) async fn start_on_node2(
+    ctx: &RunCtx<'_>,
+    side: &Side,
+    names: &[String],
+    config: &Value,
+) -> anyhow::Result<()> {
+    let c = tls_client(&side.front().https, Some(&ctx.lab.identity.pair), COMMAND_TIMEOUT)?;
+    let results: Vec<anyhow::Result<()>> = stream::iter(names.to_vec())
+        .map(|name| {
+            let (c, config) = (&c, config.clone());
+            async move {
+                let body = json!({
+                    "name": name,
+                    "type": "container",
+                    "source": {"type": "image", "alias": "bb"},
+                    "config": config,
+                    "start": true,
+                });
+                let path = "/1.0/instances?target=node2";
+                let a = call(c, Method::POST, path, Some(&body))
+                    .await?
+                    .expect(None, format!("POST {path} {name}"))?;
+                wait_operation(c, &a.json())
+                    .await
+                    .with_context(|| format!("creating {name}"))
+            }
+        })
+        .buffer_unordered(FILL_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 impl Default for Shared {

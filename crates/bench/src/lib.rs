@@ -23,7 +23,7 @@
 //! measured), [`import`] (image import with the official client), [`instances`]
 //! (launch, stop/start, delete and list of real containers), [`exec`] (exec through a
 //! non-owner member with the official client), [`files`] (file push and pull the same
-//! way), [`run`] (the load
+//! way), [`migrate`] (move and evacuation between members), [`run`] (the load
 //! modes), [`failover`] (the
 //! client failover mode), [`results`], [`stats`], [`targets`], [`report`] (the one place
 //! that prints), and [`ceiling`] (the `stapes-ceiling` server).
@@ -38,6 +38,7 @@ pub mod import;
 pub mod instances;
 pub mod lab;
 pub mod listeners;
+pub mod migrate;
 pub mod oha;
 pub mod procs;
 pub mod report;

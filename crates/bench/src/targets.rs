@@ -157,6 +157,31 @@ fn exec_targets() -> Vec<Target> {
     ]
 }
 
+const ISSUE_17: &str = "issue 17 point 7";
+
+/// Point 7 of issue 17: a stopped container's move between members at least as fast
+/// as Incus's (MB/s), and the evacuation of a member with 20 containers (and its
+/// restore) in at most half Incus's time.
+fn migrate_targets() -> Vec<Target> {
+    vec![
+        Target {
+            what: case("move", "500MiB", "MB/s"),
+            rule: Rule::AtLeast(Kind::Incus, 1.0),
+            source: ISSUE_17,
+        },
+        Target {
+            what: case("evacuate", "20 running", "evacuate"),
+            rule: Rule::AtMost(Kind::Incus, 0.5),
+            source: ISSUE_17,
+        },
+        Target {
+            what: case("evacuate", "20 running", "restore"),
+            rule: Rule::AtMost(Kind::Incus, 0.5),
+            source: ISSUE_17,
+        },
+    ]
+}
+
 /// Point 9 of issue 14: an image import through the receiving member at least as fast
 /// as Incus's, with at most half its peak RSS, at each size.
 fn import_targets() -> Vec<Target> {
@@ -271,6 +296,7 @@ pub fn cluster() -> Vec<Target> {
     t.extend(import_targets());
     t.extend(instance_targets());
     t.extend(exec_targets());
+    t.extend(migrate_targets());
     t.extend(ceiling_targets("direct"));
     t
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  evacuate:  SetEvacuated(true)  (refused if it already is: "already evacuated")
-//!             each instance here, running: "Stopping \"c1\" in project \"default\""
+//!             each instance here (AT_ONCE at a time), running: "Stopping \"c1\" in project \"default\""
 //!               clean stop bounded by boot.host_shutdown_timeout, then forced
 //!               (force-stop: forced at once); its last state kept RUNNING
 //!             a failure: SetEvacuated(false), the error; a second run goes on
@@ -24,6 +24,13 @@
 //! here, then, with the member back in service, asks each instance's member to move it
 //! back (`POST /1.0/instances/{name}?target=`), clearing its origin; a failure puts the
 //! member back to evacuated, and both can be run again.
+//!
+//! Both go through the instances [`AT_ONCE`] at a time: an instance's turn is mostly
+//! waiting (its clean shutdown, the other member's unpack and start), so one at a time
+//! leaves the members idle. Each instance's own sequence (stop, move, start) is
+//! unchanged, and so is what a failure leaves: no further instance starts, those under
+//! way finish, and the rerun picks up what is left. Placement counts the instances
+//! already on their way where they go ([`Sent`]), so they spread as one at a time would.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -193,8 +200,72 @@ async fn evacuate(
     Ok(())
 }
 
+/// How many instances an evacuation or a restore handles at once. Most of an
+/// instance's turn is waiting (its clean shutdown, the other member's unpack and start),
+/// so a few at once shorten the whole without loading the members; the bound keeps a
+/// member with hundreds of instances from starting hundreds of transfers.
+const AT_ONCE: usize = 4;
+
+/// Runs `each` on every item, [`AT_ONCE`] at a time; after the first error no further
+/// item starts (those under way finish), and that error is the result.
+async fn bounded<T, F, Fut>(items: Vec<T>, each: F) -> std::result::Result<(), String>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    use futures_util::StreamExt as _;
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<std::result::Result<(), String>> = futures_util::stream::iter(items)
+        .map(|item| {
+            let (failed, run) = (&failed, &each);
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let r = run(item).await;
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Where the instances an evacuation is sending are going, so that placing the next
+/// one counts them where they go, not on the member they leave.
+#[derive(Default)]
+struct Sent(std::sync::Mutex<BTreeMap<String, cluster::MemberId>>);
+
+impl Sent {
+    /// The member placement picks for `name`, recorded as its destination; `None` when
+    /// no other member can take it.
+    fn place(&self, ctx: &Ctx, name: &str) -> Option<cluster::Member> {
+        let now = ctx.store.state();
+        let facts = super::instances::facts(ctx, &now);
+        let mut sent = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut plan = (*now).clone();
+        for (n, to) in sent.iter() {
+            if let Some(r) = plan.instances.get_mut(n) {
+                r.location = Some(*to);
+            }
+        }
+        let dest = match cluster::placement::place(&plan, None, &facts) {
+            Ok(Some(m)) => now.member_by_id(m).cloned(),
+            _ => None,
+        }
+        .filter(|d| Some(d.id) != ctx.member_id())?;
+        sent.insert(name.to_string(), dest.id);
+        Some(dest)
+    }
+}
+
 /// Stops this member's running instances, keeping their last state `RUNNING`, and moves
-/// those whose action is to migrate to the member placement picks.
+/// those whose action is to migrate to the member placement picks, [`AT_ONCE`] at a
+/// time.
 async fn leave_all(
     ctx: &Ctx,
     id: &Identity,
@@ -204,52 +275,65 @@ async fn leave_all(
 ) -> std::result::Result<(), String> {
     let state = ctx.store.state();
     let here = ctx.member_id();
-    for rec in state.instances.values().filter(|r| r.location == here) {
-        let expanded = rec.expanded_config(&state);
-        let own = expanded.get(cluster::state::EVACUATE_KEY).map(String::as_str);
-        let act = action(mode, own, &rec.expanded_devices(&state));
-        let running = super::instances::is_up(ctx, &rec.name).await;
-        if running {
-            stop_one(ctx, id, &rec.name, stop_how(mode, own, &expanded), progress).await?;
-        }
-        if act != Action::Migrate {
-            continue;
-        }
-        let now = ctx.store.state();
-        let facts = super::instances::facts(ctx, &now);
-        let dest = match cluster::placement::place(&now, None, &facts) {
-            Ok(Some(m)) => now.member_by_id(m).cloned(),
-            _ => None,
-        };
-        let Some(dest) = dest.filter(|d| Some(d.id) != here) else {
-            // No member can take it: stopped in place, as Incus does.
-            continue;
-        };
-        if !rec.config.contains_key(ORIGIN) {
-            set_volatile(ctx, &rec.name, ORIGIN, Some(member)).await?;
-        }
+    let recs: Vec<&cluster::InstanceRecord> =
+        state.instances.values().filter(|r| r.location == here).collect();
+    let sent = Sent::default();
+    bounded(recs, |rec| {
+        leave_one(ctx, id, member, mode, &state, rec, &sent, progress)
+    })
+    .await
+}
+
+/// One instance's part of [`leave_all`].
+#[allow(clippy::too_many_arguments)]
+async fn leave_one(
+    ctx: &Ctx,
+    id: &Identity,
+    member: &str,
+    mode: &str,
+    state: &cluster::State,
+    rec: &cluster::InstanceRecord,
+    sent: &Sent,
+    progress: &Progress,
+) -> std::result::Result<(), String> {
+    let expanded = rec.expanded_config(state);
+    let own = expanded.get(cluster::state::EVACUATE_KEY).map(String::as_str);
+    let act = action(mode, own, &rec.expanded_devices(state));
+    let running = super::instances::is_up(ctx, &rec.name).await;
+    if running {
+        stop_one(ctx, id, &rec.name, stop_how(mode, own, &expanded), progress).await?;
+    }
+    if act != Action::Migrate {
+        return Ok(());
+    }
+    let Some(dest) = sent.place(ctx, &rec.name) else {
+        // No member can take it: stopped in place, as Incus does.
+        return Ok(());
+    };
+    if !rec.config.contains_key(ORIGIN) {
+        set_volatile(ctx, &rec.name, ORIGIN, Some(member)).await?;
+    }
+    progress_line(
+        progress,
+        format!(
+            "Migrating {:?} in project \"default\" to {:?}",
+            rec.name, dest.name
+        ),
+    );
+    super::migrate::move_to(ctx, id, &rec.name, &dest, progress)
+        .await
+        .map_err(|e| {
+            format!(
+                "Failed to migrate instance {:?} in project \"default\": {e}",
+                rec.name
+            )
+        })?;
+    if running {
         progress_line(
             progress,
-            format!(
-                "Migrating {:?} in project \"default\" to {:?}",
-                rec.name, dest.name
-            ),
+            format!("Starting {:?} in project \"default\"", rec.name),
         );
-        super::migrate::move_to(ctx, id, &rec.name, &dest, progress)
-            .await
-            .map_err(|e| {
-                format!(
-                    "Failed to migrate instance {:?} in project \"default\": {e}",
-                    rec.name
-                )
-            })?;
-        if running {
-            progress_line(
-                progress,
-                format!("Starting {:?} in project \"default\"", rec.name),
-            );
-            super::migrate::start_on(ctx, &rec.name, &dest).await?;
-        }
+        super::migrate::start_on(ctx, &rec.name, &dest).await?;
     }
     Ok(())
 }
@@ -318,33 +402,9 @@ async fn restore(
         return Err("Cluster member is already restored".into());
     }
     if !skip {
-        for rec in state.instances.values().filter(|r| r.location == here) {
-            if rec.config.get(cluster::state::LAST_STATE).map(String::as_str)
-                != Some(cluster::state::POWER_RUNNING)
-            {
-                continue;
-            }
-            let stopped =
-                super::instances::runtime_status(ctx, &rec.name).await == Some(instance::Status::Stopped);
-            if !stopped {
-                continue;
-            }
-            progress_line(
-                progress,
-                format!("Starting {:?} in project \"default\"", rec.name),
-            );
-            ctx.driver
-                .start(&rec.name)
-                .await
-                .map_err(|e| format!("Failed to start instance {:?}: {e}", rec.name))?;
-            super::migrate::set_status(ctx, &rec.name, InstanceStatus::Running).await?;
-            ctx.events.lifecycle(
-                "instance-started",
-                &format!("/1.0/instances/{}", rec.name),
-                Some(id),
-                None,
-            );
-        }
+        let recs: Vec<&cluster::InstanceRecord> =
+            state.instances.values().filter(|r| r.location == here).collect();
+        bounded(recs, |rec| start_again(ctx, id, rec, progress)).await?;
     }
     set_evacuated(ctx, member, false).await?;
     if !skip {
@@ -358,56 +418,130 @@ async fn restore(
     Ok(())
 }
 
+/// Starts instance `rec` here again if an evacuation stopped it in place (its last
+/// state `RUNNING`, and stopped).
+async fn start_again(
+    ctx: &Ctx,
+    id: &Identity,
+    rec: &cluster::InstanceRecord,
+    progress: &Progress,
+) -> std::result::Result<(), String> {
+    if rec.config.get(cluster::state::LAST_STATE).map(String::as_str) != Some(cluster::state::POWER_RUNNING) {
+        return Ok(());
+    }
+    let stopped = super::instances::runtime_status(ctx, &rec.name).await == Some(instance::Status::Stopped);
+    if !stopped {
+        return Ok(());
+    }
+    progress_line(
+        progress,
+        format!("Starting {:?} in project \"default\"", rec.name),
+    );
+    ctx.driver
+        .start(&rec.name)
+        .await
+        .map_err(|e| format!("Failed to start instance {:?}: {e}", rec.name))?;
+    super::migrate::set_status(ctx, &rec.name, InstanceStatus::Running).await?;
+    ctx.events.lifecycle(
+        "instance-started",
+        &format!("/1.0/instances/{}", rec.name),
+        Some(id),
+        None,
+    );
+    Ok(())
+}
+
 /// Moves each instance an evacuation took from `member` back here, through its current
 /// member (which runs the move, stopping and starting it again if it runs), then clears
 /// its origin.
 async fn bring_back(ctx: &Ctx, member: &str, progress: &Progress) -> std::result::Result<(), String> {
     let state = ctx.store.state();
-    let here = ctx.member_id();
-    for rec in state.instances.values() {
-        if rec.config.get(ORIGIN).map(String::as_str) != Some(member) {
-            continue;
-        }
-        if rec.location != here {
-            let Some(owner) = rec.location.and_then(|m| state.member_by_id(m)) else {
-                continue;
-            };
-            progress_line(
-                progress,
-                format!(
-                    "Migrating {:?} in project \"default\" from {:?}",
-                    rec.name, owner.name
-                ),
-            );
-            // The owner places the move by its own view, which must show this member
-            // back in service.
-            super::migrate::await_view(ctx, owner, &member_url(member), |m| {
-                m["status"].as_str().is_some_and(|s| s != "Evacuated")
-            })
-            .await;
-            let query: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair("target", member)
-                .finish();
-            let body = serde_json::json!({"name": rec.name, "migration": true, "live": false});
-            super::migrate::run_on(
-                ctx,
-                owner,
-                http::Method::POST,
-                &format!("/1.0/instances/{}?{query}", rec.name),
-                body,
-                "migrate instance from",
-                super::migrate::MOVE_WAIT,
-            )
-            .await?;
-        }
-        set_volatile(ctx, &rec.name, ORIGIN, None).await?;
+    let recs: Vec<&cluster::InstanceRecord> = state
+        .instances
+        .values()
+        .filter(|r| r.config.get(ORIGIN).map(String::as_str) == Some(member))
+        .collect();
+    bounded(recs, |rec| come_back(ctx, member, &state, rec, progress)).await
+}
+
+/// One instance's part of [`bring_back`].
+async fn come_back(
+    ctx: &Ctx,
+    member: &str,
+    state: &cluster::State,
+    rec: &cluster::InstanceRecord,
+    progress: &Progress,
+) -> std::result::Result<(), String> {
+    if rec.location != ctx.member_id() {
+        let Some(owner) = rec.location.and_then(|m| state.member_by_id(m)) else {
+            return Ok(());
+        };
+        progress_line(
+            progress,
+            format!(
+                "Migrating {:?} in project \"default\" from {:?}",
+                rec.name, owner.name
+            ),
+        );
+        // The owner places the move by its own view, which must show this member
+        // back in service.
+        super::migrate::await_view(ctx, owner, &member_url(member), |m| {
+            m["status"].as_str().is_some_and(|s| s != "Evacuated")
+        })
+        .await;
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("target", member)
+            .finish();
+        let body = serde_json::json!({"name": rec.name, "migration": true, "live": false});
+        super::migrate::run_on(
+            ctx,
+            owner,
+            http::Method::POST,
+            &format!("/1.0/instances/{}?{query}", rec.name),
+            body,
+            "migrate instance from",
+            super::migrate::MOVE_WAIT,
+        )
+        .await?;
     }
-    Ok(())
+    set_volatile(ctx, &rec.name, ORIGIN, None).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn t30_after_a_failure_no_further_instance_starts() {
+        let ran = std::sync::Mutex::new(Vec::new());
+        let r = bounded((0..40).collect(), |i: u32| {
+            let ran = &ran;
+            async move {
+                tokio::task::yield_now().await;
+                ran.lock().unwrap().push(i);
+                if i == 5 {
+                    Err(format!("{i} failed"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert_eq!(r, Err("5 failed".to_string()));
+        let ran = ran.into_inner().unwrap();
+        assert!(ran.contains(&5));
+        assert!(ran.len() <= 5 + AT_ONCE, "only those under way finish: {ran:?}");
+        let all = std::sync::atomic::AtomicU32::new(0);
+        let ok = bounded((0..40).collect(), |_: u32| {
+            let all = &all;
+            async move {
+                all.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!((ok, all.into_inner()), (Ok(()), 40));
+    }
 
     #[test]
     fn t10_how_an_instance_leaves() {
