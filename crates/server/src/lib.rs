@@ -28,6 +28,7 @@ mod http;
 pub mod images;
 mod listeners;
 mod log;
+mod member_h2;
 mod membership;
 mod memo;
 mod metrics;

@@ -71,6 +71,14 @@ pub enum PeerError {
         #[source]
         source: hyper::Error,
     },
+    /// The direct connection ([`crate::member_h2`]) broke, or the member reset the
+    /// request.
+    #[error("{address}: {source}")]
+    H2 {
+        address: String,
+        #[source]
+        source: h2::Error,
+    },
     /// Anything else: a request that cannot be built, a websocket the member would not
     /// open, this member's own TLS settings.
     #[error("{address}: {detail}")]
@@ -106,7 +114,13 @@ pub struct Peers {
     /// Peer address -> fingerprint of its own server certificate.
     pins: ArcSwap<HashMap<String, String>>,
     conns: Mutex<HashMap<String, Sender>>,
+    /// Peer address -> the direct connection for requests without a body.
+    direct: Mutex<HashMap<String, crate::member_h2::Sender>>,
 }
+
+/// The answer of [`Peers::forward`]: from hyper's connection (a request with a body) or
+/// from the direct one (without).
+pub type ForwardBody = http_body_util::Either<hyper::body::Incoming, crate::member_h2::MemberBody>;
 
 impl Peers {
     pub fn new(cert_pem: String, key_pem: String) -> Arc<Self> {
@@ -115,6 +129,7 @@ impl Peers {
             key_pem,
             pins: Default::default(),
             conns: Default::default(),
+            direct: Default::default(),
         })
     }
 
@@ -218,9 +233,87 @@ impl Peers {
             .map_err(PeerError::http(address))
     }
 
-    /// Drops the pooled connection to `address` (after a failure on it).
+    /// A forwarded client request: one without a body goes on the direct connection
+    /// ([`crate::member_h2`]), one with a body on the pooled hyper connection
+    /// ([`Peers::exchange`]). A direct connection found closed before the request went
+    /// out is replaced once, as in `exchange`.
+    pub async fn forward(
+        &self,
+        address: &str,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<ForwardBody>, PeerError> {
+        use hyper::body::Body as _;
+        if !req.body().is_end_stream() {
+            let resp = self.exchange(address, req).await?;
+            return Ok(resp.map(http_body_util::Either::Left));
+        }
+        let fingerprint = self.pin(address)?;
+        let (mut parts, _) = req.into_parts();
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTPS);
+        uri.authority = Some(address.parse().map_err(|e| PeerError::other(address, e))?);
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        parts.uri = http::Uri::from_parts(uri).map_err(|e| PeerError::other(address, e))?;
+        let h2_error = |source| PeerError::H2 {
+            address: address.to_string(),
+            source,
+        };
+        let sender = self.direct_sender(address, &fingerprint, false).await?;
+        let sender = match sender.ready().await {
+            Ok(s) => s,
+            Err(_) => {
+                // Closed since it was pooled (the member restarted, say): dial afresh.
+                self.forget(address);
+                let fresh = self.direct_sender(address, &fingerprint, true).await?;
+                fresh.ready().await.map_err(h2_error)?
+            }
+        };
+        let resp = crate::member_h2::send(sender, parts).await.map_err(h2_error)?;
+        Ok(resp.map(http_body_util::Either::Right))
+    }
+
+    /// The direct connection to `address`, or (when there is none, or `fresh`) a new one.
+    async fn direct_sender(
+        &self,
+        address: &str,
+        fingerprint: &str,
+        fresh: bool,
+    ) -> Result<crate::member_h2::Sender, PeerError> {
+        if !fresh {
+            if let Some(s) = self.direct.lock().ok().and_then(|c| c.get(address).cloned()) {
+                return Ok(s);
+            }
+        }
+        let connect = async {
+            let stream = self.dial(address, fingerprint, b"h2", MEMBER_SNI).await?;
+            crate::member_h2::handshake(stream)
+                .await
+                .map_err(|source| PeerError::H2 {
+                    address: address.to_string(),
+                    source,
+                })
+        };
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| PeerError::timeout(address, CONNECT_TIMEOUT))??;
+        if let Ok(mut c) = self.direct.lock() {
+            c.insert(address.to_string(), sender.clone());
+        }
+        Ok(sender)
+    }
+
+    /// Drops the pooled connections to `address` (after a failure on one).
     pub fn forget(&self, address: &str) {
         if let Ok(mut c) = self.conns.lock() {
+            c.remove(address);
+        }
+        if let Ok(mut c) = self.direct.lock() {
             c.remove(address);
         }
     }

@@ -61,9 +61,7 @@ pub async fn stream(
         inner: body,
         watch: watch.clone(),
     });
-    let call = ctx
-        .peers
-        .exchange(address, http::Request::from_parts(parts, body));
+    let call = ctx.peers.forward(address, http::Request::from_parts(parts, body));
     // A member declared hung fails what waits on it now, not at the end of a long wait.
     let lost = ctx.liveness.watch(name);
     tokio::pin!(call, lost);
