@@ -164,24 +164,11 @@ pub async fn upgrade(
                 let switched = switched(&key, resp.headers());
                 return splice_when_ready(ctx, name, client, owner, sftp, timeout, switched);
             }
-            Ok(Ok(resp)) => {
-                // A refusal: relayed as any answer.
-                let (parts, body) = resp.into_parts();
-                return Response::from_parts(parts, Body::new(Idle::new(body, timeout)));
-            }
+            Ok(Ok(resp)) => return refused(resp, timeout),
             Ok(Err(e)) => {
                 tracing::debug!(member = %name, error = %e, "no websocket over HTTP/2: trying HTTP/1.1");
             }
-            Err(_) => {
-                let address = address.to_string();
-                return failed(
-                    name,
-                    PeerError::Timeout {
-                        address,
-                        after: timeout,
-                    },
-                );
-            }
+            Err(_) => return timed_out(name, address, timeout),
         }
     }
     let req = http::Request::from_parts(parts, body);
@@ -204,25 +191,30 @@ pub async fn upgrade(
     let mut resp = match tokio::time::timeout(timeout, open).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return failed(name, e),
-        Err(_) => {
-            let address = address.to_string();
-            return failed(
-                name,
-                PeerError::Timeout {
-                    address,
-                    after: timeout,
-                },
-            );
-        }
+        Err(_) => return timed_out(name, address, timeout),
     };
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        // A refusal: relayed as any answer.
-        let (parts, body) = resp.into_parts();
-        return Response::from_parts(parts, Body::new(Idle::new(body, timeout)));
+        return refused(resp, timeout);
     }
     let owner = hyper::upgrade::on(&mut resp);
     let (parts, _) = resp.into_parts();
     splice_when_ready(ctx, name, client, owner, sftp, timeout, parts)
+}
+
+/// The owner's refusal of an upgrade, relayed as any answer.
+fn refused(resp: http::Response<Incoming>, timeout: Duration) -> Response {
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(Idle::new(body, timeout)))
+}
+
+fn timed_out(name: &str, address: &str, timeout: Duration) -> Response {
+    failed(
+        name,
+        PeerError::Timeout {
+            address: address.to_string(),
+            after: timeout,
+        },
+    )
 }
 
 /// Once both sides have switched, copies bytes both ways until either closes, the
