@@ -31,7 +31,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -157,12 +157,18 @@ pub async fn upgrade(
         .get(http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"sftp"));
     let (parts, body) = req.into_parts();
-    if let Some(key) = websocket_key(&parts.headers) {
+    let h2 = websocket_key(&parts.headers).and_then(|key| Some((key, H2Slot::take()?)));
+    if let Some((key, slot)) = h2 {
         match tokio::time::timeout(timeout, websocket_h2(ctx, address, &parts)).await {
             Ok(Ok(mut resp)) if resp.status() == http::StatusCode::OK => {
                 let owner = hyper::upgrade::on(&mut resp);
                 let switched = switched(&key, resp.headers());
-                return splice_when_ready(ctx, name, client, owner, sftp, timeout, switched);
+                let pair = Pair {
+                    client,
+                    owner,
+                    slot: Some(slot),
+                };
+                return splice_when_ready(ctx, name, pair, sftp, timeout, switched);
             }
             Ok(Ok(resp)) => return refused(resp, timeout),
             Ok(Err(e)) => {
@@ -198,7 +204,46 @@ pub async fn upgrade(
     }
     let owner = hyper::upgrade::on(&mut resp);
     let (parts, _) = resp.into_parts();
-    splice_when_ready(ctx, name, client, owner, sftp, timeout, parts)
+    let pair = Pair {
+        client,
+        owner,
+        slot: None,
+    };
+    splice_when_ready(ctx, name, pair, sftp, timeout, parts)
+}
+
+/// The most websockets this member tunnels as streams of its pooled member connections
+/// at once; more get connections of their own. Long sessions (a shell may idle for
+/// hours) then never take the streams that ordinary forwarded requests need: a member
+/// connection carries 256 at a time.
+const H2_TUNNELS: usize = 64;
+static IN_H2: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`H2_TUNNELS`], held for as long as its tunnel lives.
+struct H2Slot;
+
+impl H2Slot {
+    fn take() -> Option<H2Slot> {
+        IN_H2
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < H2_TUNNELS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| H2Slot)
+    }
+}
+
+impl Drop for H2Slot {
+    fn drop(&mut self) {
+        IN_H2.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Both halves of an upgrade, and the slot its tunnel holds, if any.
+struct Pair {
+    client: hyper::upgrade::OnUpgrade,
+    owner: hyper::upgrade::OnUpgrade,
+    slot: Option<H2Slot>,
 }
 
 /// The owner's refusal of an upgrade, relayed as any answer.
@@ -222,8 +267,7 @@ fn timed_out(name: &str, address: &str, timeout: Duration) -> Response {
 fn splice_when_ready(
     ctx: &Ctx,
     name: &str,
-    client: hyper::upgrade::OnUpgrade,
-    owner: hyper::upgrade::OnUpgrade,
+    pair: Pair,
     sftp: bool,
     timeout: Duration,
     parts: http::response::Parts,
@@ -231,7 +275,9 @@ fn splice_when_ready(
     let mut closing = ctx.closing.subscribe();
     let member = name.to_string();
     let lost = ctx.liveness.watch(name);
+    let Pair { client, owner, slot } = pair;
     tokio::spawn(async move {
+        let _slot = slot;
         let both = async { tokio::try_join!(client, owner) };
         let (client, owner) = match tokio::time::timeout(timeout, both).await {
             Ok(Ok(pair)) => pair,
@@ -709,6 +755,15 @@ mod tests {
             http::StatusCode::OK,
             "a GET passes untouched"
         );
+    }
+
+    #[test]
+    fn h2_tunnels_are_bounded_and_their_slots_come_back() {
+        let held: Vec<H2Slot> = std::iter::from_fn(H2Slot::take).take(H2_TUNNELS + 1).collect();
+        assert_eq!(held.len(), H2_TUNNELS, "no more than the bound");
+        assert!(H2Slot::take().is_none(), "the next gets a connection of its own");
+        drop(held);
+        assert!(H2Slot::take().is_some(), "an ended tunnel gives its slot back");
     }
 
     /// One frame, then nothing, ever.
