@@ -63,6 +63,7 @@ async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
     let busy = activity.clone();
     let svc = router
         .map_request(move |mut req: hyper::Request<Incoming>| {
+            crate::tunnel::as_h1_websocket(&mut req);
             req.extensions_mut().insert(facts.clone());
             req.extensions_mut().insert(budget.clone());
             req
@@ -160,6 +161,8 @@ where
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(64 * 1024)
+            // Websockets over HTTP/2 (RFC 8441): how members tunnel them to each other.
+            .enable_connect_protocol()
             .keep_alive_interval(Some(H2_PING_EVERY))
             .keep_alive_timeout(H2_PING_TIMEOUT)
             .serve_connection(TokioIo::new(io), svc);

@@ -1,15 +1,20 @@
 //! How a forwarded request travels once `forward` has chosen the member: bodies stream
-//! both ways on the pooled HTTP/2 connection, and upgrades get a connection of their own
-//! that is spliced to the client's.
+//! both ways on the pooled HTTP/2 connection, websockets too (as extended CONNECT
+//! streams), and other upgrades get a connection of their own; an upgrade is spliced to
+//! the client's connection.
 //!
 //! ```text
 //!  ordinary:  client body ─> Watched ─> h2 stream to the owner ─> owner
 //!             client <─ Idle <─ h2 stream <─ owner's response body
 //!             (flow control end to end: a slow reader slows the writer; nothing is
 //!              collected; at most a window per stream in flight)
-//!  upgrade:   client ──Upgrade──> front ──fresh HTTP/1.1 mTLS──> owner
-//!             owner 101 ─> client 101, then bytes copied both ways through two
-//!             SPLICE_BUFFER buffers until either side closes (or the member stops)
+//!  websocket: client ──Upgrade: websocket──> front ──CONNECT :protocol websocket
+//!             (a stream of the pooled h2 connection)──> owner
+//!             owner 200 ─> client 101 (Sec-WebSocket-Accept of the client's key)
+//!  upgrade:   client ──Upgrade: sftp──> front ──fresh HTTP/1.1 mTLS──> owner
+//!             owner 101 ─> client 101
+//!  then:      bytes copied both ways through two SPLICE_BUFFER buffers until either
+//!             side closes (or the member stops); websocket frames pass untouched
 //! ```
 //!
 //! Invariants:
@@ -26,7 +31,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -129,10 +134,14 @@ fn asks_upgrade(headers: &http::HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Carries an upgrade to the member `name` at `address` on a fresh HTTP/1.1 connection
-/// and, once it switches protocols, splices it to the client's. `req` has its headers
-/// ready (the `Upgrade` and `Connection` headers included); `timeout` bounds the
-/// connection and the owner's answer.
+/// Carries an upgrade to the member `name` at `address` and, once it switches
+/// protocols, splices it to the client's. A websocket travels as an HTTP/2 extended
+/// CONNECT (RFC 8441) on the pooled member connection: no connection or handshake of its
+/// own, which is most of what a forwarded websocket costs (an exec opens four). Anything
+/// else (`Upgrade: sftp`), and a websocket to a member that does not offer extended
+/// CONNECT, gets a fresh HTTP/1.1 connection. `req` has its headers ready (the `Upgrade`
+/// and `Connection` headers included); `timeout` bounds the connection and the owner's
+/// answer.
 pub async fn upgrade(
     ctx: &Ctx,
     name: &str,
@@ -145,6 +154,28 @@ pub async fn upgrade(
         .headers()
         .get(http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"sftp"));
+    let (parts, body) = req.into_parts();
+    let h2 = websocket_key(&parts.headers).and_then(|key| Some((key, H2Slot::take()?)));
+    if let Some((key, slot)) = h2 {
+        match tokio::time::timeout(timeout, websocket_h2(ctx, address, &parts)).await {
+            Ok(Ok(mut resp)) if resp.status() == http::StatusCode::OK => {
+                let owner = hyper::upgrade::on(&mut resp);
+                let switched = switched(&key, resp.headers());
+                let pair = Pair {
+                    client,
+                    owner,
+                    slot: Some(slot),
+                };
+                return splice_when_ready(ctx, name, pair, sftp, timeout, switched);
+            }
+            Ok(Ok(resp)) => return refused(resp, timeout),
+            Ok(Err(e)) => {
+                tracing::debug!(member = %name, error = %e, "no websocket over HTTP/2: trying HTTP/1.1");
+            }
+            Err(_) => return timed_out(name, address, timeout),
+        }
+    }
+    let req = http::Request::from_parts(parts, body);
     let open = async {
         let http = |source| PeerError::Http {
             address: address.to_string(),
@@ -164,28 +195,87 @@ pub async fn upgrade(
     let mut resp = match tokio::time::timeout(timeout, open).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return failed(name, e),
-        Err(_) => {
-            let address = address.to_string();
-            return failed(
-                name,
-                PeerError::Timeout {
-                    address,
-                    after: timeout,
-                },
-            );
-        }
+        Err(_) => return timed_out(name, address, timeout),
     };
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        // A refusal: relayed as any answer.
-        let (parts, body) = resp.into_parts();
-        return Response::from_parts(parts, Body::new(Idle::new(body, timeout)));
+        return refused(resp, timeout);
     }
     let owner = hyper::upgrade::on(&mut resp);
     let (parts, _) = resp.into_parts();
+    let pair = Pair {
+        client,
+        owner,
+        slot: None,
+    };
+    splice_when_ready(ctx, name, pair, sftp, timeout, parts)
+}
+
+/// The most websockets this member tunnels as streams of its pooled member connections
+/// at once; more get connections of their own. Long sessions (a shell may idle for
+/// hours) then never take the streams that ordinary forwarded requests need: a member
+/// connection carries 256 at a time.
+const H2_TUNNELS: usize = 64;
+static IN_H2: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`H2_TUNNELS`], held for as long as its tunnel lives.
+struct H2Slot;
+
+impl H2Slot {
+    fn take() -> Option<H2Slot> {
+        IN_H2
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < H2_TUNNELS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| H2Slot)
+    }
+}
+
+impl Drop for H2Slot {
+    fn drop(&mut self) {
+        IN_H2.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Both halves of an upgrade, and the slot its tunnel holds, if any.
+struct Pair {
+    client: hyper::upgrade::OnUpgrade,
+    owner: hyper::upgrade::OnUpgrade,
+    slot: Option<H2Slot>,
+}
+
+/// The owner's refusal of an upgrade, relayed as any answer.
+fn refused(resp: http::Response<Incoming>, timeout: Duration) -> Response {
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(Idle::new(body, timeout)))
+}
+
+fn timed_out(name: &str, address: &str, timeout: Duration) -> Response {
+    failed(
+        name,
+        PeerError::Timeout {
+            address: address.to_string(),
+            after: timeout,
+        },
+    )
+}
+
+/// Once both sides have switched, copies bytes both ways until either closes, the
+/// owner is declared lost or the member stops; `parts` is the client's 101.
+fn splice_when_ready(
+    ctx: &Ctx,
+    name: &str,
+    pair: Pair,
+    sftp: bool,
+    timeout: Duration,
+    parts: http::response::Parts,
+) -> Response {
     let mut closing = ctx.closing.subscribe();
     let member = name.to_string();
     let lost = ctx.liveness.watch(name);
+    let Pair { client, owner, slot } = pair;
     tokio::spawn(async move {
+        let _slot = slot;
         let both = async { tokio::try_join!(client, owner) };
         let (client, owner) = match tokio::time::timeout(timeout, both).await {
             Ok(Ok(pair)) => pair,
@@ -226,6 +316,143 @@ pub async fn upgrade(
         }
     });
     Response::from_parts(parts, Body::empty())
+}
+
+/// The client's `Sec-WebSocket-Key` when the request is a websocket handshake (version
+/// 13) that can travel as an extended CONNECT.
+fn websocket_key(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let websocket = headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let version = headers
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    websocket.then_some(()).filter(|_| version)?;
+    headers.get(http::header::SEC_WEBSOCKET_KEY).cloned()
+}
+
+/// Sends the websocket handshake `parts` to the owner as an extended CONNECT on the
+/// pooled HTTP/2 connection: the same path, query and headers (the forwarded identity
+/// included) less those of the HTTP/1.1 handshake.
+async fn websocket_h2(
+    ctx: &Ctx,
+    address: &str,
+    parts: &http::request::Parts,
+) -> Result<http::Response<Incoming>, PeerError> {
+    let mut req = http::Request::new(Body::empty());
+    *req.method_mut() = http::Method::CONNECT;
+    *req.uri_mut() = parts.uri.clone();
+    for (k, v) in parts.headers.iter() {
+        if !h1_handshake_only(k) {
+            req.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    ctx.peers.exchange(address, req).await
+}
+
+/// Headers that belong to the HTTP/1.1 handshake (or to its connection) and have no
+/// place in an HTTP/2 extended CONNECT.
+fn h1_handshake_only(name: &http::HeaderName) -> bool {
+    use http::header;
+    [
+        header::HOST,
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_KEY,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::CONTENT_LENGTH,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// The client's 101 for a websocket the owner accepted over HTTP/2: the accept key of
+/// the client's own key, and the subprotocol the owner chose, if any.
+fn switched(key: &http::HeaderValue, owner: &http::HeaderMap) -> http::response::Parts {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut resp = Response::new(());
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = owner.get(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+    }
+    resp.into_parts().0
+}
+
+/// Marks a websocket that came as an HTTP/2 extended CONNECT, as [`as_h1_websocket`]
+/// rewrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Websocket;
+
+/// A websocket over HTTP/2 (RFC 8441, what [`upgrade`] sends the owner) is handled as
+/// the HTTP/1.1 handshake it stands for, so every websocket route serves both with one
+/// GET handler: the request becomes that GET (here, before routing), and its 101 the
+/// 200 that accepts an extended CONNECT ([`h2_websocket`]). [`connect_guard`] lets it
+/// through only from a member.
+pub fn as_h1_websocket<B>(req: &mut http::Request<B>) {
+    let websocket = req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket");
+    if !websocket {
+        return;
+    }
+    *req.method_mut() = http::Method::GET;
+    *req.version_mut() = http::Version::HTTP_11;
+    let h = req.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    // The key only proves an HTTP/1.1 handshake; the answer's accept key is dropped.
+    h.insert(
+        http::header::SEC_WEBSOCKET_KEY,
+        http::HeaderValue::from_static("c3RhcGVzIHR1bm5lbCBrZXk="),
+    );
+    req.extensions_mut().insert(H2Websocket);
+}
+
+/// The answer to a websocket [`as_h1_websocket`] rewrote: its 101 becomes a 200.
+pub async fn h2_websocket(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h2 = req.extensions().get::<H2Websocket>().is_some();
+    let mut resp = next.run(req).await;
+    if h2 && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        *resp.status_mut() = http::StatusCode::OK;
+        let h = resp.headers_mut();
+        for k in [
+            http::header::CONNECTION,
+            http::header::UPGRADE,
+            http::header::SEC_WEBSOCKET_ACCEPT,
+        ] {
+            h.remove(k);
+        }
+    }
+    resp
+}
+
+/// Lets a websocket over HTTP/2 through only from a member: members use it to tunnel
+/// to each other, and nothing else may skip the HTTP/1.1 handshake's checks. Runs after
+/// `auth`.
+pub async fn connect_guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h2 = req.extensions().get::<H2Websocket>().is_some();
+    if h2 && req.extensions().get::<crate::auth::ViaMember>().is_none() {
+        return error_response(&ApiError::not_implemented());
+    }
+    next.run(req).await
 }
 
 /// How a forwarded request body moves: when it last moved, whether it is waiting for the
@@ -421,6 +648,120 @@ mod tests {
         assert!(!asks(&[("upgrade", "websocket")]));
         assert!(!asks(&[("connection", "upgrade")]));
         assert!(!asks(&[("connection", "upgrades"), ("upgrade", "websocket")]));
+    }
+
+    #[test]
+    fn a_websocket_travels_over_h2_with_its_own_accept_key() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+        assert!(websocket_key(&h).is_none(), "no version, no websocket");
+        h.insert("sec-websocket-version", "13".parse().unwrap());
+        let key = websocket_key(&h).expect("a websocket handshake");
+        // RFC 6455 section 1.3's example.
+        let parts = switched(&key, &http::HeaderMap::new());
+        assert_eq!(parts.status, http::StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            parts.headers["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert!(!parts.headers.contains_key("sec-websocket-protocol"));
+        let mut sftp = h.clone();
+        sftp.insert("upgrade", "sftp".parse().unwrap());
+        assert!(websocket_key(&sftp).is_none(), "sftp keeps its own connection");
+        for k in ["host", "connection", "upgrade", "sec-websocket-key", "keep-alive"] {
+            assert!(h1_handshake_only(&http::HeaderName::from_static(k)), "{k}");
+        }
+        for k in [
+            "sec-websocket-version",
+            "x-incus-forwarded-username",
+            "user-agent",
+        ] {
+            assert!(!h1_handshake_only(&http::HeaderName::from_static(k)), "{k}");
+        }
+    }
+
+    /// A websocket over HTTP/2 reaches a GET handler as its HTTP/1.1 handshake, only
+    /// from a member, and its 101 leaves as a 200; other requests pass untouched.
+    #[tokio::test]
+    async fn a_members_h2_websocket_is_its_routes_get() {
+        use tower::ServiceExt as _;
+        let app = || {
+            let handler = |req: axum::extract::Request| async move {
+                let h = req.headers();
+                let as_h1 = req.method() == http::Method::GET
+                    && h.get("upgrade").is_some_and(|v| v == "websocket")
+                    && h.contains_key("sec-websocket-key");
+                let mut resp = Response::new(Body::empty());
+                if as_h1 {
+                    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                    let h = resp.headers_mut();
+                    h.insert("upgrade", "websocket".parse().unwrap());
+                    h.insert("sec-websocket-accept", "x".parse().unwrap());
+                }
+                resp
+            };
+            axum::Router::new()
+                .route("/x", axum::routing::get(handler))
+                .layer(axum::middleware::from_fn(connect_guard))
+                .layer(axum::middleware::from_fn(
+                    |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+                        // What `auth` marks.
+                        if req.headers().contains_key("member") {
+                            req.extensions_mut().insert(crate::auth::ViaMember);
+                        }
+                        next.run(req).await
+                    },
+                ))
+                .layer(axum::middleware::from_fn(h2_websocket))
+        };
+        let answer = |mut req: http::Request<Body>| async {
+            as_h1_websocket(&mut req);
+            app().oneshot(req).await.expect("an answer")
+        };
+        let connect = |websocket: bool, member: bool| {
+            let mut req = http::Request::new(Body::empty());
+            *req.method_mut() = http::Method::CONNECT;
+            *req.version_mut() = http::Version::HTTP_2;
+            *req.uri_mut() = "/x".parse().unwrap();
+            if websocket {
+                req.extensions_mut()
+                    .insert(hyper::ext::Protocol::from_static("websocket"));
+            }
+            if member {
+                req.headers_mut().insert("member", "1".parse().unwrap());
+            }
+            req
+        };
+        let ok = answer(connect(true, true)).await;
+        assert_eq!(ok.status(), http::StatusCode::OK);
+        assert!(!ok.headers().contains_key("upgrade") && !ok.headers().contains_key("sec-websocket-accept"));
+        for (websocket, member) in [(true, false), (false, true), (false, false)] {
+            let status = answer(connect(websocket, member)).await.status();
+            assert_ne!(
+                status,
+                http::StatusCode::OK,
+                "websocket {websocket}, member {member}"
+            );
+            assert_ne!(status, http::StatusCode::SWITCHING_PROTOCOLS);
+        }
+        let get = http::Request::get("/x").body(Body::empty()).unwrap();
+        assert_eq!(
+            answer(get).await.status(),
+            http::StatusCode::OK,
+            "a GET passes untouched"
+        );
+    }
+
+    #[test]
+    fn h2_tunnels_are_bounded_and_their_slots_come_back() {
+        let held: Vec<H2Slot> = std::iter::from_fn(H2Slot::take).take(H2_TUNNELS + 1).collect();
+        assert_eq!(held.len(), H2_TUNNELS, "no more than the bound");
+        assert!(H2Slot::take().is_none(), "the next gets a connection of its own");
+        drop(held);
+        assert!(H2Slot::take().is_some(), "an ended tunnel gives its slot back");
     }
 
     /// One frame, then nothing, ever.

@@ -240,11 +240,12 @@ pub(crate) fn record(ctx: &Ctx, name: &str) -> Result<(Arc<cluster::State>, clus
 
 /// Refuses an instance that is not running, in Incus's words.
 pub(crate) async fn check_running(ctx: &Ctx, name: &str) -> Result<()> {
-    let st = tokio::time::timeout(Duration::from_secs(5), ctx.driver.state(name))
+    // The status alone: the usage figures of a full state are of no use here.
+    let status = tokio::time::timeout(Duration::from_secs(5), ctx.driver.status(name))
         .await
         .map_err(|_| crate::response::Error::from(ApiError::internal("The instance runtime did not answer")))?
         .map_err(|e| crate::response::Error::from(ApiError::internal(e.to_string())))?;
-    match st.status {
+    match status {
         instance::Status::Frozen | instance::Status::Freezing => Err(bad("Instance is frozen")),
         instance::Status::Running | instance::Status::Thawed => Ok(()),
         _ => Err(bad("Instance is not running")),

@@ -58,10 +58,12 @@ pub fn router(ctx: Ctx, test_routes: bool) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_implemented)
         .layer(from_fn_with_state(ctx.clone(), crate::forward::layer))
+        .layer(axum::middleware::from_fn(crate::tunnel::connect_guard))
         .layer(from_fn_with_state((ctx.clone(), test_routes), crate::gate::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::log::layer))
         .layer(from_fn_with_state(ctx.clone(), crate::auth::layer))
         .layer(axum::middleware::from_fn(crate::unread::layer))
+        .layer(axum::middleware::from_fn(crate::tunnel::h2_websocket))
         .with_state(ctx)
 }
 
