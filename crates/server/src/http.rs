@@ -58,6 +58,7 @@ pub fn handler(ctx: &Ctx, router: Router) -> ConnHandler {
 async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
     ctx.metrics.connection_opened();
     let facts = conn.facts;
+    let member = facts_member(&ctx, &facts);
     let budget = crate::gate::ConnBudget::default();
     let activity = Arc::new(Activity::default());
     let busy = activity.clone();
@@ -78,10 +79,10 @@ async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
         });
     let svc = TowerToHyperService::new(svc);
     let stop = ctx.closing.subscribe();
-    let h2 = conn.alpn.as_deref() == Some(b"h2".as_slice());
+    let h2 = (conn.alpn.as_deref() == Some(b"h2".as_slice())).then_some(H2Peer { member });
     match conn.stream {
         ConnStream::Tls(s) => drive(*s, svc, h2, activity, stop).await,
-        ConnStream::Unix(s) => drive(s, svc, false, activity, stop).await,
+        ConnStream::Unix(s) => drive(s, svc, None, activity, stop).await,
     }
     ctx.metrics.connection_closed();
 }
@@ -144,8 +145,36 @@ impl Drop for InFlight {
     }
 }
 
-async fn drive<IO, S>(io: IO, svc: S, h2: bool, activity: Arc<Activity>, stop: watch::Receiver<bool>)
-where
+/// Who is at the other end of an HTTP/2 connection.
+#[derive(Clone, Copy)]
+struct H2Peer {
+    /// Another member, proven by its certificate.
+    member: bool,
+}
+
+/// Whether the connection's client certificate is a member's.
+fn facts_member(ctx: &Ctx, facts: &trust::identity::ConnFacts) -> bool {
+    facts
+        .cert_fingerprint
+        .as_deref()
+        .is_some_and(|fp| ctx.is_member(&ctx.store.state(), fp))
+}
+
+/// Streams a member may reset before this member has taken them, on one connection.
+/// A client keeps h2's default (20, its guard against a flood of resets). A member's
+/// connection carries Raft and every forwarded call, and the websockets it tunnels:
+/// after a pause of this member (a stop, a long GC-like stall of the machine) the other
+/// member's timed-out calls arrive together with their resets, and closing the
+/// connection for them would end every tunnelled exec and console on it.
+const MEMBER_PENDING_RESETS: usize = 4096;
+
+async fn drive<IO, S>(
+    io: IO,
+    svc: S,
+    h2: Option<H2Peer>,
+    activity: Arc<Activity>,
+    stop: watch::Receiver<bool>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
         + Clone
@@ -156,8 +185,12 @@ where
 {
     // hyper's own builders, not the auto-detecting one: it waits for the first bytes
     // without a deadline before any timeout of the protocol applies.
-    if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    if let Some(peer) = h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        if peer.member {
+            builder.max_pending_accept_reset_streams(MEMBER_PENDING_RESETS);
+        }
+        let conn = builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(64 * 1024)
