@@ -62,8 +62,11 @@ pub trait Case: Send + Sync {
     fn variants(&self) -> Vec<Variant>;
     /// What a [`Sample`] of this case holds, in order; ratios are of the first.
     fn metrics(&self) -> &'static [Metric];
-    /// Whether the case applies to a side of this kind.
-    fn measures(&self, kind: Kind) -> bool;
+    /// Whether the case applies to a side of this kind: by default stapes and Incus,
+    /// not the ceiling (which serves `GET /1.0` only).
+    fn measures(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Stapes | Kind::Incus)
+    }
     /// Runs once against `side`; `raw` is where the raw result (oha's JSON) goes.
     fn run<'a>(
         &'a self,

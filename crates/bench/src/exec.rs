@@ -233,10 +233,6 @@ pub struct ExecLatency(pub std::sync::Arc<Shared>);
 /// 1 GiB through `cat` in c1 on node2 and back, through node1.
 pub struct ExecCat(pub std::sync::Arc<Shared>);
 
-pub(crate) fn both(kind: Kind) -> bool {
-    matches!(kind, Kind::Stapes | Kind::Incus)
-}
-
 impl Case for ExecLatency {
     fn name(&self) -> &'static str {
         "exec"
@@ -255,10 +251,6 @@ impl Case for ExecLatency {
 
     fn metrics(&self) -> &'static [Metric] {
         LATENCY_METRICS
-    }
-
-    fn measures(&self, kind: Kind) -> bool {
-        both(kind)
     }
 
     fn run<'a>(
@@ -309,10 +301,6 @@ impl Case for ExecCat {
 
     fn metrics(&self) -> &'static [Metric] {
         CAT_METRICS
-    }
-
-    fn measures(&self, kind: Kind) -> bool {
-        both(kind)
     }
 
     fn run<'a>(

@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::cases::{Case, RunCtx, Variant};
-use crate::exec::{both, run_watched, Shared, CAT_METRICS};
+use crate::exec::{run_watched, Shared, CAT_METRICS};
 use crate::import::mb_per_s;
 use crate::lab::{Kind, Side};
 use crate::results::{Metric, Sample};
@@ -130,10 +130,6 @@ impl Case for Files {
 
     fn metrics(&self) -> &'static [Metric] {
         CAT_METRICS
-    }
-
-    fn measures(&self, kind: Kind) -> bool {
-        both(kind)
     }
 
     fn run<'a>(

@@ -297,10 +297,6 @@ impl Case for Import {
         IMPORT_METRICS
     }
 
-    fn measures(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Stapes | Kind::Incus)
-    }
-
     fn run<'a>(
         &'a self,
         ctx: &'a RunCtx<'a>,

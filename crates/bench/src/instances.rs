@@ -521,10 +521,6 @@ fn on_node2() -> Vec<Variant> {
 }
 
 /// The sides that run containers (not the ceiling).
-fn runs_containers(kind: Kind) -> bool {
-    matches!(kind, Kind::Stapes | Kind::Incus)
-}
-
 /// Runs the client once, timed; seconds.
 async fn timed(ctx: &RunCtx<'_>, conf: &Path, args: &[&str], limit: Duration) -> anyhow::Result<f64> {
     let t = Instant::now();
@@ -626,10 +622,6 @@ impl Case for Launch {
         LAUNCH_METRICS
     }
 
-    fn measures(&self, kind: Kind) -> bool {
-        runs_containers(kind)
-    }
-
     fn run<'a>(
         &'a self,
         ctx: &'a RunCtx<'a>,
@@ -703,10 +695,6 @@ impl Case for List {
 
     fn metrics(&self) -> &'static [Metric] {
         LIST_METRICS
-    }
-
-    fn measures(&self, kind: Kind) -> bool {
-        runs_containers(kind)
     }
 
     fn run<'a>(
@@ -810,10 +798,6 @@ impl Case for Restart {
 
     fn metrics(&self) -> &'static [Metric] {
         RESTART_METRICS
-    }
-
-    fn measures(&self, kind: Kind) -> bool {
-        runs_containers(kind)
     }
 
     fn run<'a>(

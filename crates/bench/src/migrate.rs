@@ -32,7 +32,6 @@ use serde_json::json;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::cases::{Case, RunCtx, Variant};
-use crate::exec::both;
 use crate::import::{incus, mb_per_s, Noise};
 use crate::lab::{log, Kind, Side};
 use crate::results::{Metric, Sample};
@@ -198,10 +197,6 @@ impl Case for Move {
         MOVE_METRICS
     }
 
-    fn measures(&self, kind: Kind) -> bool {
-        both(kind)
-    }
-
     fn run<'a>(
         &'a self,
         ctx: &'a RunCtx<'a>,
@@ -324,10 +319,6 @@ impl Case for Evacuate {
 
     fn metrics(&self) -> &'static [Metric] {
         EVACUATE_METRICS
-    }
-
-    fn measures(&self, kind: Kind) -> bool {
-        both(kind)
     }
 
     fn run<'a>(
