@@ -10,6 +10,7 @@
 //! connections closing, say) goes back to the system within seconds, which glibc's
 //! allocator, with its per-thread arenas, mostly keeps.
 
+mod log_out;
 mod notify;
 
 use std::path::PathBuf;
@@ -161,7 +162,7 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("invalid --log-level {:?}", args.log_level))
     };
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(log_out::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match args.log_format {
         LogFormat::Text => fmt.boxed(),
@@ -172,11 +173,14 @@ fn main() -> anyhow::Result<()> {
         .with(events.logging_layer().with_filter(filter()?))
         .init();
 
+    log_out::flush_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(log_out::park)
+        .on_thread_stop(log_out::stop)
         .build()
         .context("failed to start the runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let config = DaemonConfig {
             state_dir: args.state_dir,
             socket: args.socket,
@@ -227,8 +231,12 @@ fn main() -> anyhow::Result<()> {
         }
         let status = daemon.run().await;
         if status != 0 {
+            log_out::flush_all();
             std::process::exit(status);
         }
         anyhow::Ok(())
-    })
+    });
+    // Errors are printed by the caller of `main`, after the lines that led to them.
+    log_out::flush_all();
+    result
 }

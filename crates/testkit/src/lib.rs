@@ -503,6 +503,17 @@ impl Member {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once `test` holds for it, waiting at most `limit`. A runtime worker
+    /// writes its INFO lines when it runs out of work, so such a line can land just
+    /// after the answer of the request that logged it.
+    pub async fn log_when(&self, limit: Duration, what: &str, test: impl Fn(&str) -> bool) -> String {
+        eventually(limit, what, || async {
+            let log = self.log();
+            test(&log).then_some(log)
+        })
+        .await
+    }
+
     async fn spawn(&mut self) {
         self.launch();
         self.wait_ready().await;

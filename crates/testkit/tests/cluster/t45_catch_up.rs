@@ -116,11 +116,11 @@ async fn a_paused_member_and_a_new_member_catch_up_on_64_mib_of_state() {
     )
     .await;
     println!("the member that was away caught up in {:?}", resumed.elapsed());
-    assert!(
-        c.members[away].log().contains("snapshot installed"),
-        "expected a snapshot install:\n{}",
-        c.members[away].log()
-    );
+    c.members[away]
+        .log_when(LONG, "a snapshot install in the log", |log| {
+            log.contains("snapshot installed")
+        })
+        .await;
 
     // A new member joins with the state this size.
     let fresh = Member::start().await;
@@ -139,7 +139,11 @@ async fn a_paused_member_and_a_new_member_catch_up_on_64_mib_of_state() {
     })
     .await;
     println!("a new member joined and caught up in {:?}", joining.elapsed());
-    assert!(fresh.log().contains("snapshot installed"), "{}", fresh.log());
+    fresh
+        .log_when(LONG, "a snapshot install in the new member's log", |log| {
+            log.contains("snapshot installed")
+        })
+        .await;
     c.members.push(fresh);
 
     for m in &c.members {

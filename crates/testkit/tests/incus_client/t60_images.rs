@@ -317,7 +317,11 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
     assert!(holds(&c.members[0], &split) && !holds(&c.members[1], &split));
-    let fetches = c.members[0].log().matches("fetching image from member").count();
+    let fetched = |n: usize| move |log: &str| log.matches("fetching image from member").count() >= n;
+    let log = c.members[0]
+        .log_when(LONG, "the second fetch logged", fetched(2))
+        .await;
+    let fetches = log.matches("fetching image from member").count();
     assert_eq!(fetches, 2, "one fetch for two callers (after the refused one)");
     let copy = c.members[0].dir.join("images");
     assert_eq!(
@@ -336,7 +340,10 @@ async fn t60_images_across_a_cluster_with_the_official_client() {
         .unwrap();
     let r = n1.send_json("POST", &ensure, &empty).await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let fetches = c.members[0].log().matches("fetching image from member").count();
+    let log = c.members[0]
+        .log_when(LONG, "the third fetch logged", fetched(3))
+        .await;
+    let fetches = log.matches("fetching image from member").count();
     assert_eq!(fetches, 3, "a copy cut short is fetched again");
     assert_eq!(
         sha256_concat(&copy.join(&split), &copy.join(format!("{split}.rootfs"))),
