@@ -24,6 +24,8 @@ fn ignored_mask(status: &str) -> Option<u64> {
 /// What an exec'd command ignores, from its `/proc/self/status`.
 fn ignored(env: instance::conformance::Env) -> futures_util::future::BoxFuture<'static, ()> {
     Box::pin(async move {
+        // What stapesd does at start, before it spawns anything.
+        instance::signals::catch_ignored();
         env.running("c1").await;
         let out = env.run("c1", &["grep", "SigIgn", "/proc/self/status"]).await;
         assert_eq!(out.code, 0, "{out:?}");
@@ -35,7 +37,8 @@ fn ignored(env: instance::conformance::Env) -> futures_util::future::BoxFuture<'
 
 /// A daemon started by a shell's `&` (or `nohup`) ignores SIGINT and SIGQUIT (SIGHUP);
 /// what it execs in a container must not, or ^C never reaches the command. This test
-/// runs itself again that way and the inner run checks the exec'd command.
+/// runs itself again that way and the inner run, once it caught them as the daemon
+/// does at start (`instance::signals`), checks the exec'd command.
 #[test]
 fn t27_exec_does_not_inherit_ignored_signals() {
     if std::env::var_os("STAPES_INNER_IGNORED").is_some() {
