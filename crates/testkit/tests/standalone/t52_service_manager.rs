@@ -60,3 +60,75 @@ async fn t52_bad_notify_socket_is_reported_not_fatal() {
     assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
     assert_eq!(m.terminate().unwrap(), 0);
 }
+
+/// Started as `nohup` and a shell's `&` leave a daemon (SIGHUP, SIGINT and SIGQUIT
+/// ignored), stapesd catches them so that its children get them at their defaults
+/// (`instance::signals`), yet behaves as before: SIGHUP is logged, SIGQUIT still does
+/// nothing, SIGINT stops it cleanly. The test runs itself again that way; the member it
+/// starts inherits the ignored signals.
+#[test]
+fn t52_started_with_signals_ignored_behaves_the_same() {
+    const INNER: &str = "STAPES_INNER_IGNORED";
+    if std::env::var_os(INNER).is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(ignored_signals_inner());
+        return;
+    }
+    let me = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new("sh")
+        .args(["-c", "trap '' HUP INT QUIT; exec \"$0\" \"$@\""])
+        .arg(me)
+        .args([
+            "--exact",
+            "t52_service_manager::t52_started_with_signals_ignored_behaves_the_same",
+            "--nocapture",
+        ])
+        .env(INNER, "1")
+        .output()
+        .expect("the test runs itself");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+/// The ignored-signal numbers in `/proc/PID/status`.
+fn ignored_by(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    (1..=64).filter(|n| mask & (1u64 << (n - 1)) != 0).collect()
+}
+
+async fn ignored_signals_inner() {
+    let mine = ignored_by(std::process::id() as i32);
+    assert!(
+        [1, 2, 3].iter().all(|n| mine.contains(n)),
+        "the runner was meant to ignore HUP, INT and QUIT: {mine:?}"
+    );
+    let mut m = Member::start_env(&[]).await;
+    // Caught now, not ignored: what the member starts gets them at their defaults.
+    let its = ignored_by(m.pid());
+    assert!([1, 2, 3].iter().all(|n| !its.contains(n)), "{its:?}");
+    m.signal(nix::sys::signal::Signal::SIGHUP);
+    stapes_testkit::eventually(Duration::from_secs(10), "SIGHUP logged", || {
+        let logged = m.log().contains("SIGHUP received");
+        async move { logged.then_some(()) }
+    })
+    .await;
+    m.signal(nix::sys::signal::Signal::SIGQUIT);
+    // A request answered after SIGQUIT was sent: the member is still there.
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+    m.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(m.wait_exit(Duration::from_secs(30)).await, 0, "{}", m.log());
+    assert!(m.log().contains("SIGINT received"), "{}", m.log());
+}
