@@ -157,43 +157,19 @@ async fn body(c: &mut Cluster, work: &Path) {
     v.ok(0, &["delete", "c1"]).await;
 }
 
-const INNER: &str = "STAPES_INNER_IGNORED";
-
 #[test]
 fn t80_exec_and_console_in_real_containers_through_other_members() {
-    if std::env::var_os(INNER).is_some() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let ignored = instance::signals::ignored_in(&status);
-        assert!(
-            [1, 2, 3].iter().all(|n| ignored.contains(n)),
-            "the runner was meant to ignore HUP, INT and QUIT:\n{status}"
-        );
+    if stapes_testkit::in_rerun_with_signals_ignored() {
         in_real_containers();
         return;
     }
     if !ready() {
         return;
     }
-    // The members inherit the ignored signals from this test's process.
-    let me = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new("sh")
-        .args(["-c", "trap '' HUP INT QUIT; exec \"$0\" \"$@\""])
-        .arg(me)
-        .args([
-            "--exact",
-            "t80_exec_lxc::t80_exec_and_console_in_real_containers_through_other_members",
-            "--nocapture",
-        ])
-        .env(INNER, "1")
-        .output()
-        .expect("the test runs itself");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // The members inherit the ignored signals from the test's process.
+    stapes_testkit::rerun_with_signals_ignored(
+        "t80_exec_lxc::t80_exec_and_console_in_real_containers_through_other_members",
     );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "{text}");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -68,8 +68,7 @@ async fn t52_bad_notify_socket_is_reported_not_fatal() {
 /// starts inherits the ignored signals.
 #[test]
 fn t52_started_with_signals_ignored_behaves_the_same() {
-    const INNER: &str = "STAPES_INNER_IGNORED";
-    if std::env::var_os(INNER).is_some() {
+    if stapes_testkit::in_rerun_with_signals_ignored() {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -77,44 +76,18 @@ fn t52_started_with_signals_ignored_behaves_the_same() {
             .block_on(ignored_signals_inner());
         return;
     }
-    let me = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new("sh")
-        .args(["-c", "trap '' HUP INT QUIT; exec \"$0\" \"$@\""])
-        .arg(me)
-        .args([
-            "--exact",
-            "t52_service_manager::t52_started_with_signals_ignored_behaves_the_same",
-            "--nocapture",
-        ])
-        .env(INNER, "1")
-        .output()
-        .expect("the test runs itself");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    stapes_testkit::rerun_with_signals_ignored(
+        "t52_service_manager::t52_started_with_signals_ignored_behaves_the_same",
     );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "{text}");
 }
 
-/// The ignored-signal numbers in `/proc/PID/status`.
-fn ignored_by(pid: i32) -> Vec<u32> {
+/// The signals process `pid` ignores.
+fn ignored_by(pid: i32) -> Vec<i32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .unwrap_or(0);
-    (1..=64).filter(|n| mask & (1u64 << (n - 1)) != 0).collect()
+    instance::signals::ignored_in(&status)
 }
 
 async fn ignored_signals_inner() {
-    let mine = ignored_by(std::process::id() as i32);
-    assert!(
-        [1, 2, 3].iter().all(|n| mine.contains(n)),
-        "the runner was meant to ignore HUP, INT and QUIT: {mine:?}"
-    );
     let mut m = Member::start_env(&[]).await;
     // Caught now, not ignored: what the member starts gets them at their defaults.
     let its = ignored_by(m.pid());
