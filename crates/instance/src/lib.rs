@@ -21,6 +21,8 @@
 //! - [`fs`]: the file operations both use, resolved with `openat2(RESOLVE_IN_ROOT)`;
 //!   [`sftp`]: an SFTP v3 server over them (in the helper, or in process).
 //! - [`config`]: Incus's `limits.*` and `security.privileged` values, parsed.
+//! - [`signals`]: the daemon catches, at start, what it was started ignoring, so that
+//!   the tools and the containers' commands start with every signal at its default.
 
 pub mod config;
 pub mod driver;
@@ -31,6 +33,7 @@ pub mod fs;
 mod local;
 pub mod lxc;
 pub mod sftp;
+pub mod signals;
 mod store;
 
 #[cfg(feature = "testing")]

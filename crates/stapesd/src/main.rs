@@ -137,6 +137,24 @@ fn write_manpage(dir: &std::path::Path) -> anyhow::Result<()> {
 /// What stopping takes beyond the drain, with room: see `server::daemon`.
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Catches what the daemon was started ignoring (`nohup`'s SIGHUP, `&`'s SIGINT and
+/// SIGQUIT), before anything is spawned: the tools it runs and the containers' commands
+/// then start with those signals at their defaults, and the daemon itself still
+/// ignores them, but for SIGTERM, SIGINT and SIGHUP, which it handles below as always.
+/// See `instance::signals`.
+fn children_get_default_signals() {
+    let done = instance::signals::catch_ignored();
+    if !done.caught.is_empty() {
+        tracing::debug!(signals = ?done.caught, "started with signals ignored: caught, so that children get them at their defaults");
+    }
+    for (signal, why) in done.left {
+        tracing::warn!(
+            signal,
+            "started with signal {signal} ignored, and children will ignore it too: {why}"
+        );
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // `stapesd forkfile`: the helper the LXC driver starts for file access inside a
     // running container. It must enter the container's namespaces while single-threaded,
@@ -181,6 +199,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("failed to start the runtime")?;
     let result = runtime.block_on(async move {
+        children_get_default_signals();
         let config = DaemonConfig {
             state_dir: args.state_dir,
             socket: args.socket,

@@ -97,6 +97,51 @@ pub fn have_tool(tool: &str) -> bool {
     found
 }
 
+/// The variable set in a test's own run under [`rerun_with_signals_ignored`].
+const SIGNALS_IGNORED: &str = "STAPES_INNER_IGNORED";
+
+/// Whether this is the inner run of [`rerun_with_signals_ignored`]; it checks that the
+/// process does ignore SIGHUP, SIGINT and SIGQUIT.
+pub fn in_rerun_with_signals_ignored() -> bool {
+    if std::env::var_os(SIGNALS_IGNORED).is_none() {
+        return false;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    assert_eq!(
+        mask & 0b111,
+        0b111,
+        "the runner was meant to ignore HUP, INT and QUIT:\n{status}"
+    );
+    true
+}
+
+/// Runs test `name` (its path in this test binary) again in a child process that
+/// ignores SIGHUP, SIGINT and SIGQUIT, as `nohup` and a shell's `&` leave a daemon, so
+/// that every `stapesd` it starts inherits them ignored; panics, with its output, unless
+/// that run passed. The inner run knows itself by [`in_rerun_with_signals_ignored`].
+pub fn rerun_with_signals_ignored(name: &str) {
+    let me = std::env::current_exe().expect("test binary");
+    let out = Command::new("sh")
+        .args(["-c", "trap '' HUP INT QUIT; exec \"$0\" \"$@\""])
+        .arg(me)
+        .args(["--exact", name, "--nocapture"])
+        .env(SIGNALS_IGNORED, "1")
+        .output()
+        .expect("the test runs itself");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
 /// VmRSS and VmHWM (its peak) of process `pid`, in bytes.
 pub fn memory(pid: i32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

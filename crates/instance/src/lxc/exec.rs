@@ -163,7 +163,7 @@ fn spawn_error(program: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 async fn spawn_pipes(args: &[String], cwd: &str) -> Result<Process> {
-    let mut child = tools::default_signals(&[], "lxc-attach")?
+    let mut child = tools::command(&[], "lxc-attach")?
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::piped())
@@ -209,7 +209,7 @@ fn spawn_on_terminal(program: &str, args: &[String], cwd: &str, size: WindowSize
             fd.try_clone().map_err(Error::io("opening a terminal"))?,
         ))
     };
-    let child = tools::default_signals(&["setsid", "--ctty", "--wait"], program)?
+    let child = tools::command(&["setsid", "--ctty", "--wait"], program)?
         .args(args)
         .current_dir(cwd)
         .stdin(stdio(&secondary)?)
@@ -271,7 +271,7 @@ pub(crate) fn console_args(name: &str, lxcpath: &Path) -> Vec<String> {
 /// console in turn. Detaching ends lxc-console only; the console stays the container's.
 pub(crate) async fn spawn_console(name: &str, lxcpath: &Path, size: WindowSize) -> Result<Process> {
     let t = spawn_on_terminal("lxc-console", &console_args(name, lxcpath), "/", size)?;
-    // `setsid` and `env` exec in place: the pid is lxc-console's, held as a pidfd so a
+    // `setsid` execs in place: the pid is lxc-console's, held as a pidfd so a
     // detach never signals a reused pid.
     let pid = Pid::from_raw(t.pid as i32).ok_or_else(|| Error::Tool {
         command: "lxc-console".into(),

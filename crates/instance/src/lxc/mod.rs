@@ -697,8 +697,9 @@ impl Driver for LxcDriver {
 
     fn exec<'a>(&'a self, name: &'a str, spec: ExecSpec) -> BoxFuture<'a, Result<Process>> {
         Box::pin(async move {
-            let (_, info) = self.status(name).await?;
-            match info.status {
+            // The status alone (one question to the monitor), not the record and the
+            // init pid too: this is on every exec's path.
+            match Driver::status(self, name).await? {
                 Status::Running => {}
                 Status::Frozen | Status::Freezing => return Err(Error::Frozen(name.into())),
                 _ => return Err(Error::NotRunning(name.into())),

@@ -23,14 +23,13 @@ pub struct Info {
 }
 
 /// A command that runs `before..` (e.g. `setsid --ctty --wait`), then `program` (found
-/// on `PATH`) with every signal back at its default disposition, through
-/// `env --default-signal` (coreutils).
+/// on `PATH`, so that a missing tool is named even behind `setsid`).
 ///
-/// A signal ignored by whoever started the daemon stays ignored across every exec down
-/// to the container's processes (a shell's `&` ignores SIGINT and SIGQUIT, `nohup`
-/// SIGHUP): ^C typed in `exec` would reach a command that ignores it. Resetting them
-/// needs code between fork and exec, which is `env`'s job here (no unsafe code).
-pub fn default_signals(before: &[&str], program: &str) -> Result<tokio::process::Command> {
+/// Nothing stands between the daemon and the tool to reset signal dispositions: the
+/// daemon catches at start whatever it was started ignoring ([`crate::signals`]), so
+/// the tool, and the container's processes after it, start with every signal at its
+/// default (^C typed in `exec` reaches the command even under `nohup` or `&`).
+pub fn command(before: &[&str], program: &str) -> Result<tokio::process::Command> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let found = std::env::split_paths(&path)
         .map(|dir| dir.join(program))
@@ -40,10 +39,14 @@ pub fn default_signals(before: &[&str], program: &str) -> Result<tokio::process:
                 "{program} is not installed: the lxc driver needs Debian's lxc package"
             ))
         })?;
-    let mut argv: Vec<std::ffi::OsString> = before.iter().map(Into::into).collect();
-    argv.extend(["env".into(), "--default-signal".into(), found.into_os_string()]);
-    let mut command = tokio::process::Command::new(&argv[0]);
-    command.args(&argv[1..]);
+    let command = match before.split_first() {
+        Some((first, rest)) => {
+            let mut c = tokio::process::Command::new(first);
+            c.args(rest).arg(found);
+            c
+        }
+        None => tokio::process::Command::new(found),
+    };
     Ok(command)
 }
 
@@ -54,7 +57,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let child = default_signals(&[], program)?
+    let child = command(&[], program)?
         .args(args)
         .current_dir("/")
         .stdin(Stdio::null())

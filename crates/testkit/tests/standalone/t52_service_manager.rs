@@ -60,3 +60,48 @@ async fn t52_bad_notify_socket_is_reported_not_fatal() {
     assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
     assert_eq!(m.terminate().unwrap(), 0);
 }
+
+/// Started as `nohup` and a shell's `&` leave a daemon (SIGHUP, SIGINT and SIGQUIT
+/// ignored), stapesd catches them so that its children get them at their defaults
+/// (`instance::signals`), yet behaves as before: SIGHUP is logged, SIGQUIT still does
+/// nothing, SIGINT stops it cleanly. The test runs itself again that way; the member it
+/// starts inherits the ignored signals.
+#[test]
+fn t52_started_with_signals_ignored_behaves_the_same() {
+    if stapes_testkit::in_rerun_with_signals_ignored() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(ignored_signals_inner());
+        return;
+    }
+    stapes_testkit::rerun_with_signals_ignored(
+        "t52_service_manager::t52_started_with_signals_ignored_behaves_the_same",
+    );
+}
+
+/// The signals process `pid` ignores.
+fn ignored_by(pid: i32) -> Vec<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    instance::signals::ignored_in(&status)
+}
+
+async fn ignored_signals_inner() {
+    let mut m = Member::start_env(&[]).await;
+    // Caught now, not ignored: what the member starts gets them at their defaults.
+    let its = ignored_by(m.pid());
+    assert!([1, 2, 3].iter().all(|n| !its.contains(n)), "{its:?}");
+    m.signal(nix::sys::signal::Signal::SIGHUP);
+    stapes_testkit::eventually(Duration::from_secs(10), "SIGHUP logged", || {
+        let logged = m.log().contains("SIGHUP received");
+        async move { logged.then_some(()) }
+    })
+    .await;
+    m.signal(nix::sys::signal::Signal::SIGQUIT);
+    // A request answered after SIGQUIT was sent: the member is still there.
+    assert_eq!(m.unix().get("/1.0").await.unwrap().status, 200);
+    m.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(m.wait_exit(Duration::from_secs(30)).await, 0, "{}", m.log());
+    assert!(m.log().contains("SIGINT received"), "{}", m.log());
+}

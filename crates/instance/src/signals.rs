@@ -1,0 +1,137 @@
+//! Children start with every signal at its default disposition, even when the daemon was
+//! started with some ignored.
+//!
+//! An ignored signal stays ignored across `fork` and `exec`: a daemon started by
+//! `nohup` ignores SIGHUP, one started by a non-interactive shell's `&` ignores SIGINT
+//! and SIGQUIT, and so would every `lxc-attach`, `lxc-start` and the commands they run
+//! in containers (^C typed in `incus exec` would reach a command that ignores it). A
+//! *caught* signal, on the other hand, goes back to its default at `exec`. So, once at
+//! start, [`catch_ignored`] installs a handler that does nothing for each signal the
+//! process ignores: the daemon still ignores them in effect, and whatever it starts
+//! from then on gets them at their defaults, with no code between `fork` and `exec`
+//! (unsafe code is forbidden here) and no process in front of each tool.
+//!
+//! Left alone: SIGPIPE (the Rust runtime ignores it on purpose, and `std`'s `Command`
+//! sets it back to the default in children), and what tokio refuses to catch: SIGKILL
+//! and SIGSTOP (never ignorable anyway) and SIGILL, SIGFPE and SIGSEGV (a fault the
+//! program itself makes is delivered at its default action even when ignored, so only
+//! a `kill` of them from outside stays ignored in children).
+
+use tokio::signal::unix::{signal, SignalKind};
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;
+
+/// The signals set in a `/proc/PID/status` text's `SigIgn:` mask (bit n-1 is signal n).
+pub fn ignored_in(status: &str) -> Vec<i32> {
+    let Some(mask) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+    else {
+        return Vec::new();
+    };
+    (1..=64).filter(|n| mask & (1u64 << (n - 1)) != 0).collect()
+}
+
+/// What [`catch_ignored`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Caught {
+    /// Ignored at start, now caught (and still ignored in effect).
+    pub caught: Vec<i32>,
+    /// Ignored at start and left so, with why.
+    pub left: Vec<(i32, String)>,
+}
+
+/// Catches, and does nothing with, every signal this process ignores (but SIGPIPE), so
+/// that the processes it starts from now on get them at their defaults. Call it inside
+/// a tokio runtime with signals enabled, before anything is spawned. The handlers stay
+/// installed for the life of the process (tokio never removes one).
+pub fn catch_ignored() -> Caught {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut done = Caught::default();
+    for n in ignored_in(&status) {
+        if n == SIGPIPE {
+            continue;
+        }
+        // The stream is dropped at once: the handler tokio installed stays, and a signal
+        // with no stream listening is simply dropped, as an ignored one was.
+        match signal(SignalKind::from_raw(n)) {
+            Ok(_) => done.caught.push(n),
+            Err(e) => done.left.push((n, e.to_string())),
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(ignored_in("Name:\tx\nSigIgn:\t0000000000001007\n"), [1, 2, 3, 13]);
+        assert_eq!(ignored_in("SigIgn:\t8000000000000000\n"), [64]);
+        assert_eq!(ignored_in("SigIgn:\t0000000000000000\n"), Vec::<i32>::new());
+        assert_eq!(ignored_in("no mask here"), Vec::<i32>::new());
+        assert_eq!(ignored_in("SigIgn:\tzz\n"), Vec::<i32>::new());
+    }
+
+    /// Run as a child of a shell that ignores SIGHUP, SIGINT and SIGQUIT (as `nohup` and
+    /// `&` leave a daemon), a process that called [`catch_ignored`] starts children with
+    /// none of them ignored, and still ignores them itself.
+    #[test]
+    fn children_start_with_ignored_signals_at_default() {
+        const INNER: &str = "STAPES_SIGNALS_INNER";
+        let hup_int_quit = [1, 2, 3];
+        if std::env::var_os(INNER).is_some() {
+            let mine = std::fs::read_to_string("/proc/self/status").expect("status");
+            let before = ignored_in(&mine);
+            assert!(hup_int_quit.iter().all(|n| before.contains(n)), "{mine}");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let done = runtime.block_on(async { catch_ignored() });
+            assert!(hup_int_quit.iter().all(|n| done.caught.contains(n)), "{done:?}");
+            assert!(!done.caught.contains(&SIGPIPE), "{done:?}");
+            let child = std::process::Command::new("cat")
+                .arg("/proc/self/status")
+                .output()
+                .expect("cat");
+            let theirs = ignored_in(&String::from_utf8_lossy(&child.stdout));
+            assert!(theirs.iter().all(|n| !hup_int_quit.contains(n)), "{theirs:?}");
+            assert!(!theirs.contains(&SIGPIPE), "std resets SIGPIPE: {theirs:?}");
+            // And this process goes on not stopping at them.
+            let me = std::process::id().to_string();
+            for sig in ["HUP", "INT", "QUIT"] {
+                let sent = std::process::Command::new("kill")
+                    .args([&format!("-{sig}"), &me])
+                    .status()
+                    .expect("kill");
+                assert!(sent.success());
+            }
+            return;
+        }
+        let me = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new("sh")
+            .args(["-c", "trap '' HUP INT QUIT; exec \"$0\" \"$@\""])
+            .arg(me)
+            .args([
+                "--exact",
+                "signals::tests::children_start_with_ignored_signals_at_default",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(INNER, "1")
+            .output()
+            .expect("the test runs itself");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
+}
