@@ -13,8 +13,10 @@
 //!             owner 200 ─> client 101 (Sec-WebSocket-Accept of the client's key)
 //!  upgrade:   client ──Upgrade: sftp──> front ──fresh HTTP/1.1 mTLS──> owner
 //!             owner 101 ─> client 101
-//!  then:      bytes copied both ways through two SPLICE_BUFFER buffers until either
-//!             side closes (or the member stops); websocket frames pass untouched
+//!  then:      bytes copied both ways through two SPLICE_BUFFER buffers until the
+//!             owner's side ends (or the member stops): what it sent is read out to
+//!             the client even when the client's last bytes could not reach it;
+//!             websocket frames pass untouched
 //! ```
 //!
 //! Invariants:
@@ -296,12 +298,7 @@ fn splice_when_ready(
             } else {
                 // A hung owner ends the session; the operation's failure names it.
                 tokio::select! {
-                    r = tokio::io::copy_bidirectional_with_sizes(
-                        &mut client,
-                        &mut owner,
-                        SPLICE_BUFFER,
-                        SPLICE_BUFFER,
-                    ) => r.map(drop),
+                    r = splice_bytes(&mut client, &mut owner) => r,
                     _ = lost => Err(std::io::Error::other("the member stopped answering")),
                 }
             }
@@ -316,6 +313,45 @@ fn splice_when_ready(
         }
     });
     Response::from_parts(parts, Body::empty())
+}
+
+/// Copies bytes both ways through a [`SPLICE_BUFFER`] each until the owner's side ends,
+/// passing on each side's end of stream. The owner's side decides the end: when the
+/// client's bytes can no longer reach it (it finished and reset its stream), what it
+/// sent before is still read out to the client. A copy that ends at the first error
+/// either way would drop it: a command's last output, sent just before the owner closed
+/// while the client was still sending (a stdin barrier, a window resize).
+async fn splice_bytes<C, O>(client: C, owner: O) -> std::io::Result<()>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    O: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (owner_r, mut owner_w) = tokio::io::split(owner);
+    let up = async {
+        let mut from = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, client_r);
+        let r = tokio::io::copy_buf(&mut from, &mut owner_w).await;
+        let _ = owner_w.shutdown().await;
+        r
+    };
+    let down = async {
+        let mut from = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, owner_r);
+        let r = tokio::io::copy_buf(&mut from, &mut client_w).await;
+        let _ = client_w.shutdown().await;
+        r
+    };
+    tokio::pin!(up, down);
+    let mut up_result = None;
+    loop {
+        tokio::select! {
+            r = &mut up, if up_result.is_none() => up_result = Some(r),
+            d = &mut down => {
+                // The client's side failing only because the owner had gone is no error.
+                return d.map(drop);
+            }
+        }
+    }
 }
 
 /// The client's `Sec-WebSocket-Key` when the request is a websocket handshake (version
@@ -799,5 +835,58 @@ mod tests {
         let err = end.expect("an end").expect_err("silence is an error");
         assert!(err.to_string().contains("sent nothing"), "{err}");
         assert!(started.elapsed() >= limit);
+    }
+
+    /// An owner that has finished: what it sent is still there to read, and it takes
+    /// nothing more (its stream was reset).
+    struct Finished(std::io::Cursor<Vec<u8>>);
+
+    impl tokio::io::AsyncRead for Finished {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Finished {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The client still sends (a stdin barrier) when the owner has already sent its
+    /// last output and closed: the output reaches the client all the same.
+    #[tokio::test]
+    async fn an_owners_last_output_reaches_the_client_it_could_not_hear() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut far) = tokio::io::duplex(1 << 16);
+        far.write_all(b"\x81\x00").await.unwrap();
+        let owner = Finished(std::io::Cursor::new(b"/dev/pts/0 and a close frame".to_vec()));
+        tokio::time::timeout(Duration::from_secs(5), splice_bytes(client, owner))
+            .await
+            .expect("the splice ends with the owner")
+            .unwrap();
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"/dev/pts/0 and a close frame");
     }
 }
