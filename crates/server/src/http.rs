@@ -59,6 +59,7 @@ async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
     ctx.metrics.connection_opened();
     let facts = conn.facts;
     let member = facts_member(&ctx, &facts);
+    let facts_fingerprint = facts.cert_fingerprint.clone();
     let budget = crate::gate::ConnBudget::default();
     let activity = Arc::new(Activity::default());
     let busy = activity.clone();
@@ -79,7 +80,10 @@ async fn serve_conn(ctx: Ctx, router: Router, conn: Conn) {
         });
     let svc = TowerToHyperService::new(svc);
     let stop = ctx.closing.subscribe();
-    let h2 = (conn.alpn.as_deref() == Some(b"h2".as_slice())).then_some(H2Peer { member });
+    let h2 = (conn.alpn.as_deref() == Some(b"h2".as_slice())).then(|| H2Peer {
+        member,
+        became_member: became_member(&ctx, &facts_fingerprint, member),
+    });
     match conn.stream {
         ConnStream::Tls(s) => drive(*s, svc, h2, activity, stop).await,
         ConnStream::Unix(s) => drive(s, svc, None, activity, stop).await,
@@ -146,10 +150,25 @@ impl Drop for InFlight {
 }
 
 /// Who is at the other end of an HTTP/2 connection.
-#[derive(Clone, Copy)]
 struct H2Peer {
     /// Another member, proven by its certificate.
     member: bool,
+    /// For a certificate that was not a member's when the connection opened: whether it
+    /// is one now. A member's first calls to a joining member (Raft's, which bring the
+    /// joiner the very state that names it) come before the joiner knows it, and that
+    /// connection would keep a client's reset limit for its whole life.
+    became_member: Option<Box<dyn Fn() -> bool + Send>>,
+}
+
+/// See [`H2Peer::became_member`]: `None` when there is nothing to watch for.
+fn became_member(
+    ctx: &Ctx,
+    fingerprint: &Option<String>,
+    member: bool,
+) -> Option<Box<dyn Fn() -> bool + Send>> {
+    let fingerprint = fingerprint.clone().filter(|_| !member)?;
+    let ctx = ctx.clone();
+    Some(Box::new(move || ctx.is_member(&ctx.store.state(), &fingerprint)))
 }
 
 /// Whether the connection's client certificate is a member's.
@@ -199,7 +218,14 @@ async fn drive<IO, S>(
             .keep_alive_interval(Some(H2_PING_EVERY))
             .keep_alive_timeout(H2_PING_TIMEOUT)
             .serve_connection(TokioIo::new(io), svc);
-        run(conn, |c| c.graceful_shutdown(), Some(activity), stop).await
+        run(
+            conn,
+            |c| c.graceful_shutdown(),
+            Some(activity),
+            peer.became_member,
+            stop,
+        )
+        .await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -207,16 +233,20 @@ async fn drive<IO, S>(
             .max_buf_size(256 * 1024)
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        run(conn, |c| c.graceful_shutdown(), None, stop).await
+        run(conn, |c| c.graceful_shutdown(), None, None, stop).await
     }
 }
 
 /// Runs a connection until it ends, closing it gracefully at shutdown and, when
 /// `activity` is given, once it has had no request in flight for [`H2_IDLE_TIMEOUT`].
+/// Once `became_member` says its peer is now known as a member, it takes no new stream
+/// (a GOAWAY: the member opens a new connection, which gets a member's limits; see
+/// [`H2Peer::became_member`]) and ends when the streams it carries do.
 async fn run<C, E>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
     activity: Option<Arc<Activity>>,
+    mut became_member: Option<Box<dyn Fn() -> bool + Send>>,
     mut stop: watch::Receiver<bool>,
 ) where
     C: Future<Output = Result<(), E>>,
@@ -238,6 +268,13 @@ async fn run<C, E>(
                     shutdown(conn.as_mut());
                     let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
                     return;
+                }
+                if became_member.as_ref().is_some_and(|f| f()) {
+                    // No new stream here from now on; what runs on it (an event relay,
+                    // a tunnel) goes on to its own end.
+                    tracing::debug!("a connection opened before its peer was known as a member takes no new streams: it reconnects as one");
+                    shutdown(conn.as_mut());
+                    became_member = None;
                 }
             }
             _ = transport::listen::stopped(&mut stop) => {
