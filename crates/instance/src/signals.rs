@@ -12,7 +12,7 @@
 //! (unsafe code is forbidden here) and no process in front of each tool.
 //!
 //! Left alone: SIGPIPE (the Rust runtime ignores it on purpose, and `std`'s `Command`
-//! sets it back to the default in children), and what tokio refuses to catch: SIGKILL
+//! sets it back to the default in children), the C library's signals 32 and 33, and what tokio refuses to catch: SIGKILL
 //! and SIGSTOP (never ignorable anyway) and SIGILL, SIGFPE and SIGSEGV (a fault the
 //! program itself makes is delivered at its default action even when ignored, so only
 //! a `kill` of them from outside stays ignored in children).
@@ -21,6 +21,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// SIGPIPE's number on Linux.
 const SIGPIPE: i32 = 13;
+/// The C library's own two real-time signals (thread cancellation and set*id across
+/// threads): no program may handle them (`sigaction` refuses), and the C library of
+/// each program installs its own handlers, so how they were inherited does not matter.
+const C_LIBRARY: [i32; 2] = [32, 33];
 
 /// The signals set in a `/proc/PID/status` text's `SigIgn:` mask (bit n-1 is signal n).
 pub fn ignored_in(status: &str) -> Vec<i32> {
@@ -32,6 +36,11 @@ pub fn ignored_in(status: &str) -> Vec<i32> {
         return Vec::new();
     };
     (1..=64).filter(|n| mask & (1u64 << (n - 1)) != 0).collect()
+}
+
+/// Whether [`catch_ignored`] catches signal `n` when it was inherited ignored.
+fn to_catch(n: i32) -> bool {
+    n != SIGPIPE && !C_LIBRARY.contains(&n)
 }
 
 /// What [`catch_ignored`] did.
@@ -50,10 +59,7 @@ pub struct Caught {
 pub fn catch_ignored() -> Caught {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let mut done = Caught::default();
-    for n in ignored_in(&status) {
-        if n == SIGPIPE {
-            continue;
-        }
+    for n in ignored_in(&status).into_iter().filter(|n| to_catch(*n)) {
         // The stream is dropped at once: the handler tokio installed stays, and a signal
         // with no stream listening is simply dropped, as an ignored one was.
         match signal(SignalKind::from_raw(n)) {
@@ -77,6 +83,14 @@ mod tests {
         assert_eq!(ignored_in("SigIgn:\tzz\n"), Vec::<i32>::new());
     }
 
+    #[test]
+    fn what_is_caught() {
+        assert!([1, 2, 3, 15, 34, 64].into_iter().all(to_catch));
+        // SIGPIPE stays as the runtime set it; the C library's own cannot be handled
+        // (they were logged as warnings at every start where they were inherited).
+        assert!(![13, 32, 33].into_iter().any(to_catch));
+    }
+
     /// Run as a child of a shell that ignores SIGHUP, SIGINT and SIGQUIT (as `nohup` and
     /// `&` leave a daemon), a process that called [`catch_ignored`] starts children with
     /// none of them ignored, and still ignores them itself.
@@ -95,6 +109,7 @@ mod tests {
             let done = runtime.block_on(async { catch_ignored() });
             assert!(hup_int_quit.iter().all(|n| done.caught.contains(n)), "{done:?}");
             assert!(!done.caught.contains(&SIGPIPE), "{done:?}");
+            assert!(done.left.is_empty(), "nothing to warn about: {done:?}");
             let child = std::process::Command::new("cat")
                 .arg("/proc/self/status")
                 .output()
