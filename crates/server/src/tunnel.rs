@@ -837,42 +837,6 @@ mod tests {
         assert!(started.elapsed() >= limit);
     }
 
-    /// An owner that has finished: what it sent is still there to read, and it takes
-    /// nothing more (its stream was reset).
-    struct Finished(std::io::Cursor<Vec<u8>>);
-
-    impl tokio::io::AsyncRead for Finished {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl tokio::io::AsyncWrite for Finished {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
     /// The client still sends (a stdin barrier) when the owner has already sent its
     /// last output and closed: the output reaches the client all the same.
     #[tokio::test]
@@ -880,7 +844,13 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, mut far) = tokio::io::duplex(1 << 16);
         far.write_all(b"\x81\x00").await.unwrap();
-        let owner = Finished(std::io::Cursor::new(b"/dev/pts/0 and a close frame".to_vec()));
+        // An owner that has finished: what it sent is still there to read, and it takes
+        // nothing more (its stream was reset).
+        let (gone, _) = tokio::io::duplex(64);
+        let owner = tokio::io::join(
+            std::io::Cursor::new(b"/dev/pts/0 and a close frame".to_vec()),
+            gone,
+        );
         tokio::time::timeout(Duration::from_secs(5), splice_bytes(client, owner))
             .await
             .expect("the splice ends with the owner")

@@ -105,3 +105,41 @@ async fn ignored_signals_inner() {
     assert_eq!(m.wait_exit(Duration::from_secs(30)).await, 0, "{}", m.log());
     assert!(m.log().contains("SIGINT received"), "{}", m.log());
 }
+
+/// Run with SIGHUP, SIGINT and SIGQUIT ignored (as `nohup` and `&` leave a daemon), a
+/// process that called `catch_ignored` (as stapesd does at start) starts children with
+/// none of them ignored, and still ignores them itself. No member, no root.
+#[test]
+fn t52_children_start_with_ignored_signals_at_default() {
+    if !stapes_testkit::in_rerun_with_signals_ignored() {
+        stapes_testkit::rerun_with_signals_ignored(
+            "t52_service_manager::t52_children_start_with_ignored_signals_at_default",
+        );
+        return;
+    }
+    let hup_int_quit = [1, 2, 3];
+    let done = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async { instance::signals::catch_ignored() });
+    assert!(hup_int_quit.iter().all(|n| done.caught.contains(n)), "{done:?}");
+    assert!(!done.caught.contains(&13), "SIGPIPE is left as it was: {done:?}");
+    assert!(done.left.is_empty(), "nothing to warn about: {done:?}");
+    let child = std::process::Command::new("cat")
+        .arg("/proc/self/status")
+        .output()
+        .expect("cat");
+    let theirs = instance::signals::ignored_in(&String::from_utf8_lossy(&child.stdout));
+    assert!(theirs.iter().all(|n| !hup_int_quit.contains(n)), "{theirs:?}");
+    assert!(!theirs.contains(&13), "std resets SIGPIPE: {theirs:?}");
+    // And this process goes on, not stopped by them.
+    let me = std::process::id().to_string();
+    for sig in ["HUP", "INT", "QUIT"] {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &me])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+}
