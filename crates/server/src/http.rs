@@ -154,9 +154,10 @@ struct H2Peer {
     /// Another member, proven by its certificate.
     member: bool,
     /// For a certificate that was not a member's when the connection opened: whether it
-    /// is one now. A member's first calls to a joining member (Raft's, which bring the
-    /// joiner the very state that names it) come before the joiner knows it, and that
-    /// connection would keep a client's reset limit for its whole life.
+    /// is one now. A member's first calls can come before this member knows it as one
+    /// (a member that joined after this one calls before this one has applied the entry
+    /// that admits it), and that connection would keep a client's reset limit for its
+    /// whole life.
     became_member: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
