@@ -6,9 +6,9 @@
 //!  h2:       headers, body of the answer ──> client         (sent at once, nothing waits)
 //!            then the rest is read and dropped ≤ AFTER_ANSWER_MAX bytes, ≤ AFTER_ANSWER_TIME
 //!            then END_STREAM (a reset with NO_ERROR if the client still sends)
-//!  HTTP/1.1: a rest of declared length ≤ 256 KiB (4 MiB from a trusted caller) is read
-//!            and dropped first, then the answer; a larger one is left unread and the
-//!            connection is closed after the answer
+//!  HTTP/1.1: a rest ≤ 256 KiB (4 MiB from a trusted caller), declared or chunked, is
+//!            read and dropped first, then the answer; a larger one is left unread (a
+//!            chunked one once past the bound) and the connection is closed after it
 //! ```
 //!
 //! Over h2 a server may answer and then reset the stream with NO_ERROR (RFC 9113 §8.1),
@@ -93,9 +93,10 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
             })
         });
     }
-    // A refusal for want of room is never delayed by reading.
+    // A refusal for want of room is never delayed by reading. A chunked body says
+    // nothing of its size: it is read up to the bound, as Go's server does.
     let limit = before.0.load(Ordering::Relaxed);
-    if resp.status() != http::StatusCode::SERVICE_UNAVAILABLE && declared.is_some_and(|n| n <= limit) {
+    if resp.status() != http::StatusCode::SERVICE_UNAVAILABLE && declared.is_none_or(|n| n <= limit) {
         let mut rest = Rest::bounded(kept, limit, crate::gate::BODY_GRACE);
         std::future::poll_fn(|cx| rest.poll_done(cx)).await;
     }

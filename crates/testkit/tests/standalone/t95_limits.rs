@@ -192,6 +192,54 @@ async fn curl_sees_an_early_refusal_end_cleanly() {
     assert_eq!(Target::tls(&addr, None).get("/1.0").await.unwrap().status, 200);
 }
 
+/// A trusted client that sends a chunked body over the size bound in two parts, the
+/// second after the member has had time to answer, and reads only once it has sent it
+/// all (as a simple client does, and as hyper may when it is busy) gets the 413: the
+/// member reads the rest of the body, up to 4 MiB, before it answers and closes. Left
+/// unread, the rest met a closed connection, and the client a reset instead of the answer.
+#[tokio::test]
+async fn a_chunked_body_over_the_bound_gets_its_413_over_http1() {
+    let mut m = Member::start().await;
+    let addr = m.listen().await;
+    let admin = ClientCert::generate("admin");
+    m.trust(&admin).await;
+    let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+    let mut tls = tls_stream(&addr, Some(&admin), b"http/1.1").await.unwrap();
+    tls.write_all(b"PUT /1.0 HTTP/1.1\r\nhost: stapes.test\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // 1.25 MiB: past the 1 MiB bound, the member has its answer.
+    for _ in 0..20 {
+        tls.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1 MiB more and the end, sent before reading.
+    let mut rest = Ok(());
+    for _ in 0..16 {
+        rest = rest.and(tls.write_all(chunk.as_bytes()).await);
+    }
+    rest = rest.and(tls.write_all(b"0\r\n\r\n").await);
+    rest.expect("the member took the whole body");
+    // The answer, whole: the connection may stay open (the body was read to its end).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}\n") {
+            match tls.read(&mut buf).await {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(matches!(read, Ok(Ok(()))), "{read:?}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"error_code\":413"), "{answer}");
+}
+
 /// A body that trickles in is cut off: 30 s, plus a second per 64 KiB received.
 #[tokio::test]
 async fn a_trickling_body_is_cut_off() {
