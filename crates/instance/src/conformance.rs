@@ -199,6 +199,7 @@ impl LxcBackend {
         let driver = Arc::new(LxcDriver::new(LxcOptions {
             dir: dir.path().join("lxc"),
             helper: helper.clone(),
+            execd: Some(helper.execd()),
             lxcfs: crate::lxc::DEFAULT_LXCFS.into(),
         }));
         Some(LxcBackend { dir, helper, driver })
@@ -213,6 +214,7 @@ impl Backend for LxcBackend {
         Arc::new(LxcDriver::new(LxcOptions {
             dir: self.dir.path().join("lxc"),
             helper: self.helper.clone(),
+            execd: Some(self.helper.execd()),
             lxcfs: crate::lxc::DEFAULT_LXCFS.into(),
         }))
     }

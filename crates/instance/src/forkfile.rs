@@ -80,6 +80,17 @@ pub struct Helper {
     pub args: Vec<OsString>,
 }
 
+impl Helper {
+    /// The exec helper of the same program (`PROGRAM execd`, [`crate::execd`]): the
+    /// daemon's binary is both.
+    pub fn execd(&self) -> Helper {
+        Helper {
+            program: self.program.clone(),
+            args: vec!["execd".into()],
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The helper side: synchronous, single-threaded.
 // ---------------------------------------------------------------------------------------

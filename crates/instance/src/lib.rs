@@ -27,7 +27,9 @@
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod execd;
 pub mod fake;
+pub mod fds;
 pub mod forkfile;
 pub mod fs;
 mod local;
@@ -72,19 +74,23 @@ impl DriverKind {
 /// The driver of a member whose state directory is `state_dir` (and, for LXC, lxcfs at
 /// `lxcfs` if it runs there): LXC keeps its
 /// containers in `STATE_DIR/lxc` (and enters running ones through `/proc/self/exe
-/// forkfile`, i.e. the daemon's own binary), the fake in `STATE_DIR/fake`. Nothing is
+/// forkfile` and `/proc/self/exe execd`, i.e. the daemon's own binary), the fake in `STATE_DIR/fake`. Nothing is
 /// created or checked until the first container is made, so a member starts on a host
 /// without LXC.
 pub fn open(kind: DriverKind, state_dir: &Path, lxcfs: &Path) -> Arc<dyn Driver> {
     match kind {
-        DriverKind::Lxc => Arc::new(LxcDriver::new(LxcOptions {
-            dir: state_dir.join("lxc"),
-            helper: forkfile::Helper {
+        DriverKind::Lxc => {
+            let helper = forkfile::Helper {
                 program: "/proc/self/exe".into(),
                 args: vec!["forkfile".into()],
-            },
-            lxcfs: lxcfs.to_path_buf(),
-        })),
+            };
+            Arc::new(LxcDriver::new(LxcOptions {
+                dir: state_dir.join("lxc"),
+                execd: Some(helper.execd()),
+                helper,
+                lxcfs: lxcfs.to_path_buf(),
+            }))
+        }
         DriverKind::Fake => Arc::new(FakeDriver::new(state_dir.join("fake"))),
     }
 }

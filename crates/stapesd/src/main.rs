@@ -156,18 +156,26 @@ fn children_get_default_signals() {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Nothing a parent left open reaches the helpers, the LXC tools or containers.
+    instance::fds::close_inherited();
     // `stapesd forkfile`: the helper the LXC driver starts for file access inside a
     // running container. It must enter the container's namespaces while single-threaded,
     // so it runs before anything else starts a thread.
     if std::env::args_os().nth(1).is_some_and(|a| a == "forkfile") {
         std::process::exit(instance::forkfile::main());
     }
+    // `stapesd execd`: a running container's exec helper, which enters its namespaces
+    // the same way.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "execd") {
+        std::process::exit(instance::execd::main());
+    }
     if let Some(done) = packaging_command() {
         return done;
     }
     let args = Args::parse();
     // Background threads return freed memory to the system. They are started here, for
-    // the daemon only: `forkfile` above must stay single-threaded to enter namespaces.
+    // the daemon only: `forkfile` and `execd` above must stay single-threaded to enter
+    // namespaces.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("stapesd: cannot start the allocator's background threads: {e}");
     }

@@ -36,7 +36,7 @@ use crate::lxc::{pty, tools};
 const SIGNAL_WAIT: Duration = Duration::from_secs(5);
 
 /// The working directory the command should start in.
-fn wanted_cwd(spec: &ExecSpec) -> String {
+pub(crate) fn wanted_cwd(spec: &ExecSpec) -> String {
     let cwd = spec
         .cwd
         .clone()
@@ -114,8 +114,8 @@ pub(crate) fn attach_args(
     args
 }
 
-/// Starts `spec` in container `name` of `lxcpath`.
-pub(crate) async fn spawn(name: &str, lxcpath: &Path, spec: ExecSpec) -> Result<Process> {
+/// Refuses a request no runtime can start: no command, or a variable name that cannot be.
+pub(crate) fn check(spec: &ExecSpec) -> Result<()> {
     if spec.command.is_empty() {
         return Err(Error::InvalidConfig {
             key: "command".into(),
@@ -130,6 +130,12 @@ pub(crate) async fn spawn(name: &str, lxcpath: &Path, spec: ExecSpec) -> Result<
             reason: "variable names cannot be empty or hold '='".into(),
         });
     }
+    Ok(())
+}
+
+/// Starts `spec` in container `name` of `lxcpath`.
+pub(crate) async fn spawn(name: &str, lxcpath: &Path, spec: ExecSpec) -> Result<Process> {
+    check(&spec)?;
     let wanted = wanted_cwd(&spec);
     let probe = wanted.clone();
     let canonical =

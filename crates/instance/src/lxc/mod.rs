@@ -20,8 +20,11 @@
 //! `lxc-start -d` leaves a monitor process of LXC's own per container, so containers
 //! outlive the daemon; a restarted daemon finds them with [`Driver::list`]. State figures
 //! come from that monitor's command socket (status, init pid: what `lxc-info` asks, see
-//! [`command`]) and the init's cgroups (`host::cgroup`, v1 or v2). File access goes through the container's root file system when it is stopped
-//! and through the `forkfile` helper when it runs.
+//! [`command`]) and the init's cgroups (`host::cgroup`, v1 or v2). File access goes
+//! through the container's root file system when it is stopped and through the
+//! `forkfile` helper when it runs. A non-interactive exec goes through the container's
+//! exec helper ([`crate::execd`], started at its first exec and kept while the container
+//! runs), or through `lxc-attach` where that helper refuses the container.
 
 mod command;
 mod config;
@@ -42,6 +45,7 @@ use crate::driver::{
     Stop, WindowSize,
 };
 use crate::error::{Error, Result};
+use crate::execd::{ExecServer, RunError, Unavailable};
 use crate::forkfile::Helper;
 use crate::fs::{FileStat, FsOp, FsReply, WriteSpec};
 use crate::{store, validate_name};
@@ -72,6 +76,9 @@ pub struct LxcOptions {
     pub dir: PathBuf,
     /// The program that runs [`crate::forkfile::main`] (`stapesd forkfile`).
     pub helper: Helper,
+    /// The program that runs [`crate::execd::main`] (`stapesd execd`); `None`: every
+    /// exec goes through `lxc-attach`.
+    pub execd: Option<Helper>,
     /// Where lxcfs is mounted ([`DEFAULT_LXCFS`] by Debian's `lxcfs` service). When it
     /// runs there, a container started sees its own limits in `/proc/meminfo`,
     /// `/proc/cpuinfo` and the rest of what lxcfs offers; without it, the host's.
@@ -86,10 +93,20 @@ pub struct LxcDriver {
     dir: PathBuf,
     prefix: String,
     helper: Helper,
+    execd: Option<Helper>,
+    /// Each running container's exec helper, or why it has none (until its init changes);
+    /// one lock per container, held while its helper starts.
+    exec_servers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ExecSlot>>>>>,
     lxcfs: PathBuf,
     layout: Layout,
     /// One lock per container: its state changes run one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A container's exec helper, or the init it refused (that container uses `lxc-attach`).
+enum ExecSlot {
+    Ready(Arc<ExecServer>),
+    Refused { init: u32 },
 }
 
 /// The per-member cgroup directory name: `stapes-` and 16 hex digits of a hash (64-bit
@@ -158,6 +175,8 @@ impl LxcDriver {
             prefix: cgroup_prefix(&options.dir),
             dir: options.dir,
             helper: options.helper,
+            execd: options.execd,
+            exec_servers: Mutex::new(HashMap::new()),
             lxcfs: options.lxcfs,
             layout: Layout::read(),
             locks: Mutex::new(HashMap::new()),
@@ -350,6 +369,8 @@ impl LxcDriver {
     }
 
     async fn stop_locked(&self, name: &str, info: &tools::Info, how: Stop) -> Result<()> {
+        // Its helper leaves the container's cgroups now rather than as the init dies.
+        self.forget_exec_server(name);
         match info.status {
             Status::Stopped => return Err(Error::NotRunning(name.into())),
             Status::Frozen | Status::Freezing => {
@@ -413,6 +434,64 @@ impl LxcDriver {
 
     fn container_cgroup(&self, name: &str) -> String {
         config::container_cgroup(&self.prefix, name)
+    }
+
+    /// The running container's exec helper, started if it has none; `None` where the
+    /// helper refused it (or could not start), for `lxc-attach` to take the exec.
+    async fn exec_server(&self, name: &str) -> Option<Arc<ExecServer>> {
+        let helper = self.execd.as_ref()?;
+        let slot = self
+            .exec_servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let refused = match &*slot {
+            Some(ExecSlot::Ready(server)) if server.alive() => return Some(server.clone()),
+            Some(ExecSlot::Refused { init }) => Some(*init),
+            _ => None,
+        };
+        let init = self.info(name).await.ok()?.pid?;
+        if refused == Some(init) {
+            return None;
+        }
+        match ExecServer::start(helper, init, &self.container_cgroup(name)).await {
+            Ok(server) => {
+                let server = Arc::new(server);
+                *slot = Some(ExecSlot::Ready(server.clone()));
+                Some(server)
+            }
+            Err(why) => {
+                match &why {
+                    Unavailable::Unsupported(why) => {
+                        tracing::debug!(
+                            instance = name,
+                            why,
+                            "no exec helper: lxc-attach takes every exec"
+                        )
+                    }
+                    Unavailable::Failed(why) => {
+                        tracing::warn!(
+                            instance = name,
+                            why,
+                            "the exec helper did not start: lxc-attach takes every exec until the container restarts"
+                        )
+                    }
+                }
+                *slot = Some(ExecSlot::Refused { init });
+                None
+            }
+        }
+    }
+
+    /// Drops the container's exec helper (it ends once no exec uses it).
+    fn forget_exec_server(&self, name: &str) {
+        self.exec_servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// Removes everything of every container under this driver's LXC path, whatever
@@ -648,6 +727,7 @@ impl Driver for LxcDriver {
             if info.status != Status::Stopped {
                 return Err(Error::Running(name.into()));
             }
+            self.forget_exec_server(name);
             self.remove_cgroups(name).await?;
             let dir = self.runtime_dir(name);
             tokio::fs::remove_dir_all(&dir)
@@ -703,6 +783,25 @@ impl Driver for LxcDriver {
                 Status::Running => {}
                 Status::Frozen | Status::Freezing => return Err(Error::Frozen(name.into())),
                 _ => return Err(Error::NotRunning(name.into())),
+            }
+            exec::check(&spec)?;
+            if spec.tty.is_none() {
+                if let Some(server) = self.exec_server(name).await {
+                    match server.run(&spec, exec::wanted_cwd(&spec)).await {
+                        Ok(process) => return Ok(process),
+                        Err(RunError::Lost(e)) => {
+                            self.forget_exec_server(name);
+                            return Err(e);
+                        }
+                        Err(RunError::NotSent(why)) => {
+                            tracing::debug!(
+                                instance = name,
+                                why,
+                                "exec through lxc-attach: the helper did not take it"
+                            );
+                        }
+                    }
+                }
             }
             exec::spawn(name, &self.dir, spec).await
         })

@@ -97,6 +97,7 @@ fn driver_of(dir: &Path) -> Arc<LxcDriver> {
             program: bin("stapesd").into(),
             args: vec!["forkfile".into()],
         },
+        execd: None,
         lxcfs: instance::DEFAULT_LXCFS.into(),
     }))
 }
