@@ -20,6 +20,7 @@
 //!  per command: Run {command, env,  ──>   the command, a child of the helper: in the
 //!   cwd, uid, gid} + fds [reply,          container's pid namespace and cgroups by birth;
 //!   stdin, stdout, stderr]                env cleared, uid/gid set, cwd (`/` if missing)
+//!                       on `reply`:<──    Taken (before anything starts: without it, nothing ran)
 //!                       on `reply`:<──    Started + its pidfd (signals go straight to it)
 //!                                         | NotStarted {127 or 126} (message on its stderr)
 //!                       on `reply`:<──    Exited {code} (128+n for signal n)
@@ -107,6 +108,9 @@ struct Run {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum RunReply {
+    /// The request is in hand (sent before anything is started: a reply socket that
+    /// ends without it means nothing ran).
+    Taken,
     /// Running; its pidfd comes with this message.
     Started,
     /// Never ran: 127 (not found) or 126 (not executable).
@@ -378,6 +382,10 @@ fn start(run: Run, fds: Vec<OwnedFd>) -> Option<Running> {
     let Ok::<[OwnedFd; RUN_FDS], _>([reply, stdin, stdout, stderr]) = fds.try_into() else {
         return None;
     };
+    if send(&reply, &RunReply::Taken, &[]).is_err() {
+        // The daemon gave up on it before it started.
+        return None;
+    }
     if run.command.is_empty() {
         let _ = send(&reply, &RunReply::NotStarted { code: 127 }, &[]);
         return None;
@@ -467,8 +475,8 @@ pub enum Unavailable {
 /// Why a command did not run through the helper.
 #[derive(Debug)]
 pub enum RunError {
-    /// The request never reached the helper (gone, or too large): nothing ran, the
-    /// command may go through `lxc-attach` instead.
+    /// The request never reached the helper (gone, or too large) or it ended before
+    /// taking it: nothing ran, the command may go through `lxc-attach` instead.
     NotSent(String),
     /// The request was sent and no answer came: the command may have started, so it is
     /// not tried again.
@@ -599,10 +607,20 @@ impl ExecServer {
         send_async(&self.control, &run, &fds).await.map_err(failed)?;
         // Only the command holds its ends now: its end of output is the pipes' end.
         drop((theirs, stdin_r, stdout_w, stderr_w));
-        let first = tokio::time::timeout(START_TIME, receive_async::<RunReply>(&reply))
-            .await
-            .map_err(|_| lost(format!("the command was not started within {START_TIME:?}")))?
-            .map_err(|e| lost(format!("no answer about the command: {e}")))?;
+        let answer = || async {
+            tokio::time::timeout(START_TIME, receive_async::<RunReply>(&reply))
+                .await
+                .map_err(|_| format!("the command was not started within {START_TIME:?}"))?
+                .map_err(|e| format!("no answer about the command: {e}"))
+        };
+        // Without `Taken`, the helper never had the request (it died with it unread).
+        match answer().await {
+            Ok(Some((RunReply::Taken, _))) => {}
+            Ok(None) => return Err(RunError::NotSent("the exec helper ended".into())),
+            Ok(Some((other, _))) => return Err(lost(format!("it answered {other:?} to a new command"))),
+            Err(e) => return Err(lost(e)),
+        }
+        let first = answer().await.map_err(lost)?;
         let (pidfd, exit): (Option<OwnedFd>, Option<i32>) = match first {
             Some((RunReply::Started, mut fds)) if fds.len() == 1 => (fds.pop(), None),
             Some((RunReply::NotStarted { code }, _)) => (None, Some(code)),

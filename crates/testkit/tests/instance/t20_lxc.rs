@@ -74,7 +74,8 @@ fn exec_helpers(scratch: &std::path::Path, name: &str) -> Vec<u32> {
 /// helper is in the container's cgroups, out of its sight (the host's pid namespace only), closed
 /// to its root's `/proc` reads (not dumpable: its files belong to the host's root, not
 /// to the container's root it runs as). Killed, it is replaced at the next exec; it
-/// leaves with its container, which then stops and is deleted cleanly.
+/// leaves with its container, which then stops and is deleted cleanly. A privileged
+/// container gets none.
 fn helper_kept_and_out_of_reach(
     env: instance::conformance::Env,
 ) -> futures_util::future::BoxFuture<'static, ()> {
@@ -173,11 +174,19 @@ fn helper_kept_and_out_of_reach(
             rustix::process::Signal::KILL,
         )
         .unwrap();
+        // Once it is gone (an exec sent as it dies is lost, not run again elsewhere).
+        stapes_testkit::eventually(std::time::Duration::from_secs(10), "the helper gone", || {
+            let gone = exec_helpers(&scratch, "c1").is_empty();
+            async move { gone.then_some(()) }
+        })
+        .await;
         assert_eq!(
             env.run("c1", &["true"]).await.code,
             0,
             "exec after the helper died"
         );
+        // (That one may have met the helper as it died and gone through lxc-attach.)
+        assert_eq!(env.run("c1", &["true"]).await.code, 0);
         let replaced = exec_helpers(&scratch, "c1");
         assert!(replaced.len() == 1 && replaced[0] != helper, "{replaced:?}");
 
@@ -193,6 +202,17 @@ fn helper_kept_and_out_of_reach(
             .delete("c1")
             .await
             .expect("delete: no cgroup kept busy");
+
+        // A privileged container drops capabilities and has no user namespace of its own:
+        // the helper refuses it, and lxc-attach (which applies both) takes its execs.
+        env.create_with("c2", true, instance::driver::Limits::default())
+            .await;
+        env.driver.start("c2").await.expect("start");
+        assert_eq!(env.run("c2", &["true"]).await.code, 0);
+        assert!(
+            exec_helpers(&scratch, "c2").is_empty(),
+            "no helper in a privileged container"
+        );
     })
 }
 
