@@ -10,10 +10,11 @@
 //!  spawn; stdin = a SEQPACKET socket ──>  single-threaded, before any runtime:
 //!  Setup {init pid, cgroup}               pidfd of the init; its cgroup is the container's;
 //!                                         refuse what lxc-attach would confine further
-//!                                         (an LSM label, seccomp, no_new_privs, a smaller
-//!                                         capability bounding set, no user namespace);
-//!                                         join its cgroups (v2: its `.lxc` leaf, as
-//!                                         lxc-attach does); not dumpable; enter its user,
+//!                                         (an LSM label, seccomp or no_new_privs beyond
+//!                                         the daemon's, a smaller capability bounding
+//!                                         set, no user namespace); join the container's
+//!                                         cgroups (v2: their `.lxc` leaf, as lxc-attach
+//!                                         does); not dumpable; enter its user,
 //!                                         mount, pid, uts, ipc, net and cgroup namespaces;
 //!                                         become its root
 //!                                  <──    Ready | Unsupported(why) | Failed(why)
@@ -213,9 +214,11 @@ fn enter(pid: u32, cgroup: &str) -> std::result::Result<OwnedFd, SetupReply> {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| failed(e.to_string()))?;
     let own = std::fs::read_to_string("/proc/self/status").map_err(|e| failed(e.to_string()))?;
-    for field in ["Seccomp", "NoNewPrivs"] {
-        if status_field(&status, field).is_some_and(|v| v != "0") {
-            return Err(unsupported(format!("the container runs with {field} set")));
+    // What the init has beyond what this helper inherited from the daemon (as
+    // lxc-attach would have): no_new_privs, or a seccomp filter of LXC's.
+    for field in ["NoNewPrivs", "Seccomp", "Seccomp_filters"] {
+        if status_field(&status, field) != status_field(&own, field) {
+            return Err(unsupported(format!("the container runs with its own {field}")));
         }
     }
     // lxc-attach drops from the bounding set what the container's config drops: a
@@ -246,7 +249,7 @@ fn enter(pid: u32, cgroup: &str) -> std::result::Result<OwnedFd, SetupReply> {
         ));
     }
     // The cgroups first: their files are the host's.
-    join_cgroups(pid).map_err(failed)?;
+    join_cgroups(pid, cgroup).map_err(failed)?;
     let host_root = std::fs::metadata("/").map_err(|e| failed(e.to_string()))?;
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| failed(format!("cannot make the helper undumpable: {e}")))?;
@@ -284,13 +287,26 @@ fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// Moves this process into init `pid`'s cgroup in every hierarchy (v2: its `.lxc` leaf,
-/// made if missing, where lxc-attach puts what it attaches: a v2 cgroup with controllers
-/// for its children takes no process of its own).
-fn join_cgroups(pid: u32) -> std::result::Result<(), String> {
+/// The container's own cgroup directory, from the one its init is in (which may be
+/// below it: an init such as systemd moves itself to `init.scope`).
+fn container_dir(init_dir: &std::path::Path, cgroup: &str) -> Option<std::path::PathBuf> {
+    let wanted = format!("/{}", cgroup.trim_matches('/'));
+    let text = init_dir.to_str()?;
+    let (at, _) = text
+        .match_indices(&wanted)
+        .find(|(at, _)| matches!(text.as_bytes().get(at + wanted.len()), None | Some(b'/')))?;
+    Some(std::path::PathBuf::from(&text[..at + wanted.len()]))
+}
+
+/// Moves this process into the container's cgroup (`cgroup`, where init `pid` is) in
+/// every hierarchy, as lxc-attach does (v2: its `.lxc` leaf, made if missing, since a
+/// v2 cgroup with controllers for its children takes no process of its own).
+fn join_cgroups(pid: u32, cgroup: &str) -> std::result::Result<(), String> {
     let layout = host::cgroup::Layout::read();
     let me = std::process::id().to_string();
-    for (hierarchy, dir) in layout.dirs_of(pid).dirs {
+    for (hierarchy, init_dir) in layout.dirs_of(pid).dirs {
+        let dir = container_dir(&init_dir, cgroup)
+            .ok_or_else(|| format!("the init's cgroup {} is not the container's", init_dir.display()))?;
         let dir = match hierarchy.version {
             host::cgroup::Version::V1 => dir,
             host::cgroup::Version::V2 => {
@@ -689,6 +705,26 @@ mod tests {
         assert_eq!(status_field(status, "NoNewPrivs"), Some("0"));
         assert_eq!(status_field(status, "CapBnd"), Some("000001ffffffffff"));
         assert_eq!(status_field(status, "Seccomp_filters"), None);
+    }
+
+    #[test]
+    fn the_containers_cgroup_is_found_above_the_inits() {
+        let dir = |s: &str| std::path::PathBuf::from(s);
+        let cg = "stapes-0123/c1/container";
+        assert_eq!(
+            container_dir(&dir("/sys/fs/cgroup/memory/stapes-0123/c1/container"), cg),
+            Some(dir("/sys/fs/cgroup/memory/stapes-0123/c1/container"))
+        );
+        assert_eq!(
+            container_dir(&dir("/sys/fs/cgroup/stapes-0123/c1/container/init.scope"), cg),
+            Some(dir("/sys/fs/cgroup/stapes-0123/c1/container"))
+        );
+        // Another container whose name starts the same, and a cgroup elsewhere: none.
+        assert_eq!(
+            container_dir(&dir("/sys/fs/cgroup/stapes-0123/c1/container2"), cg),
+            None
+        );
+        assert_eq!(container_dir(&dir("/sys/fs/cgroup/system.slice"), cg), None);
     }
 
     #[test]
