@@ -171,6 +171,15 @@ pub struct Process {
     pub exit: BoxFuture<'static, Result<i32>>,
 }
 
+/// Signal number `signal` as this host knows it, or the refusal for one it does not.
+pub(crate) fn host_signal(signal: i32) -> crate::error::Result<rustix::process::Signal> {
+    rustix::process::Signal::from_named_raw(signal).ok_or_else(|| crate::error::Error::InvalidConfig {
+        key: "signal".into(),
+        value: signal.to_string(),
+        reason: "not a signal this host can send".into(),
+    })
+}
+
 /// What can be done to a running command besides its streams.
 pub trait Control: Send + Sync {
     /// A new terminal size (interactive only); the command gets SIGWINCH.

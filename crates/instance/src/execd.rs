@@ -57,7 +57,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, PidfdFlags};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -679,11 +679,7 @@ impl Control for Signaller {
     }
 
     fn signal(&self, signal: i32) -> Result<()> {
-        let sig = Signal::from_named_raw(signal).ok_or_else(|| Error::InvalidConfig {
-            key: "signal".into(),
-            value: signal.to_string(),
-            reason: "not a signal this host can send".into(),
-        })?;
+        let sig = crate::driver::host_signal(signal)?;
         let Some(pidfd) = &self.pidfd else {
             return Ok(());
         };

@@ -343,11 +343,7 @@ impl Control for AttachControl {
     }
 
     fn signal(&self, signal: i32) -> Result<()> {
-        let sig = Signal::from_named_raw(signal).ok_or_else(|| Error::InvalidConfig {
-            key: "signal".into(),
-            value: signal.to_string(),
-            reason: "not a signal this host can send".into(),
-        })?;
+        let sig = crate::driver::host_signal(signal)?;
         if deliver(self.pid, sig) {
             return Ok(());
         }

@@ -95,13 +95,8 @@ fn helper_kept_and_out_of_reach(
         let helpers = exec_helpers(&scratch, "c1");
         assert_eq!(helpers.len(), 1, "one helper: {helpers:?}");
         let helper = helpers[0];
-        let out = env
-            .run("c1", &["sh", "-c", "echo out; echo err >&2; exit 5"])
-            .await;
-        assert_eq!(
-            (out.code, out.stdout.as_str(), out.stderr.as_str()),
-            (5, "out\n", "err\n")
-        );
+        // (What a command sees and gives back is the conformance suite's, above.)
+        assert_eq!(env.run("c1", &["false"]).await.code, 1);
         assert_eq!(
             exec_helpers(&scratch, "c1"),
             [helper],
