@@ -47,7 +47,6 @@ use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,15 +202,7 @@ pub fn main() -> i32 {
 fn enter(pid: u32, cgroup: &str) -> std::result::Result<OwnedFd, SetupReply> {
     let failed = |what: String| SetupReply::Failed(what);
     let unsupported = |what: String| SetupReply::Unsupported(what);
-    let target = Pid::from_raw(pid as i32).ok_or_else(|| failed("no such process".into()))?;
-    let pidfd = rustix::process::pidfd_open(target, PidfdFlags::empty())
-        .map_err(|e| failed(format!("the container's init ({pid}) is gone: {e}")))?;
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    if !crate::forkfile::in_cgroup(&cgroups, cgroup) {
-        return Err(failed(format!(
-            "process {pid} is not the container's init (not in cgroup {cgroup})"
-        )));
-    }
+    let pidfd = crate::forkfile::open_init(pid, cgroup).map_err(failed)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| failed(e.to_string()))?;
     let own = std::fs::read_to_string("/proc/self/status").map_err(|e| failed(e.to_string()))?;
     // What the init has beyond what this helper inherited from the daemon (as
@@ -238,19 +229,13 @@ fn enter(pid: u32, cgroup: &str) -> std::result::Result<OwnedFd, SetupReply> {
             )));
         }
     }
-    let namespace = |who: &str, kind: &str| {
-        std::fs::metadata(format!("/proc/{who}/ns/{kind}")).map(|m| (m.dev(), m.ino()))
-    };
-    let own_user = namespace("self", "user").map_err(|e| failed(e.to_string()))?;
-    let its_user = namespace(&pid.to_string(), "user").map_err(|e| failed(e.to_string()))?;
-    if own_user == its_user {
+    if !crate::forkfile::own_user_namespace(pid).map_err(failed)? {
         return Err(unsupported(
             "the container has no user namespace of its own".into(),
         ));
     }
     // The cgroups first: their files are the host's.
     join_cgroups(pid, cgroup).map_err(failed)?;
-    let host_root = std::fs::metadata("/").map_err(|e| failed(e.to_string()))?;
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| failed(format!("cannot make the helper undumpable: {e}")))?;
     use rustix::thread::ThreadNameSpaceType as Ns;
@@ -261,20 +246,7 @@ fn enter(pid: u32, cgroup: &str) -> std::result::Result<OwnedFd, SetupReply> {
         | Ns::INTER_PROCESS_COMMUNICATION
         | Ns::NETWORK
         | Ns::CONTROL_GROUP;
-    rustix::thread::move_into_thread_name_spaces(pidfd.as_fd(), spaces)
-        .map_err(|e| failed(format!("cannot enter the container's namespaces: {e}")))?;
-    let root_gid = rustix::fs::Gid::from_raw(0);
-    let root_uid = rustix::fs::Uid::from_raw(0);
-    rustix::thread::set_thread_res_gid(root_gid, root_gid, root_gid)
-        .map_err(|e| failed(format!("cannot become the container's root group: {e}")))?;
-    // Refused where the container's setgroups is denied; the groups do not matter then.
-    let _ = rustix::thread::set_thread_groups(&[]);
-    rustix::thread::set_thread_res_uid(root_uid, root_uid, root_uid)
-        .map_err(|e| failed(format!("cannot become the container's root: {e}")))?;
-    let root = std::fs::metadata("/").map_err(|e| failed(e.to_string()))?;
-    if (root.dev(), root.ino()) == (host_root.dev(), host_root.ino()) {
-        return Err(failed("entering the container left / on the host's root".into()));
-    }
+    crate::forkfile::move_in(&pidfd, spaces).map_err(failed)?;
     std::env::set_current_dir("/").map_err(|e| failed(e.to_string()))?;
     Ok(pidfd)
 }
@@ -501,8 +473,6 @@ pub enum RunError {
 
 /// A helper inside one running container.
 pub struct ExecServer {
-    /// The container's init the helper entered.
-    pub init: u32,
     control: AsyncFd<OwnedFd>,
     /// Reaped by tokio once dropped; it ends by itself when `control` closes.
     _child: tokio::process::Child,
@@ -569,7 +539,6 @@ impl ExecServer {
         };
         match tokio::time::timeout(SETUP_TIME, answer).await {
             Ok(Ok(Some((SetupReply::Ready, _)))) => Ok(ExecServer {
-                init: pid,
                 control,
                 _child: child,
             }),

@@ -26,7 +26,9 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::thread::ThreadNameSpaceType;
 use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -240,8 +242,8 @@ pub(crate) fn in_cgroup(proc_cgroup: &str, cgroup: &str) -> bool {
         .any(|m| m.path.ends_with(&wanted) || m.path.contains(&format!("{wanted}/")))
 }
 
-/// Enters the namespaces of `pid` after checking it is the container's.
-fn enter(pid: u32, cgroup: &str) -> std::result::Result<(), String> {
+/// A pidfd of `pid`, once it is checked to be the container's init (in `cgroup`).
+pub(crate) fn open_init(pid: u32, cgroup: &str) -> std::result::Result<OwnedFd, String> {
     let target = rustix::process::Pid::from_raw(pid as i32).ok_or("no such process")?;
     let pidfd = rustix::process::pidfd_open(target, rustix::process::PidfdFlags::empty())
         .map_err(|e| format!("the container's init ({pid}) is gone: {e}"))?;
@@ -251,17 +253,23 @@ fn enter(pid: u32, cgroup: &str) -> std::result::Result<(), String> {
             "process {pid} is not the container's init (not in cgroup {cgroup})"
         ));
     }
-    let own_user = std::fs::metadata("/proc/self/ns/user").map_err(|e| e.to_string())?;
-    let its_user = std::fs::metadata(format!("/proc/{pid}/ns/user")).map_err(|e| e.to_string())?;
-    let new_user = (own_user.dev(), own_user.ino()) != (its_user.dev(), its_user.ino());
+    Ok(pidfd)
+}
+
+/// Whether `pid` has a user namespace other than this process's (not privileged).
+pub(crate) fn own_user_namespace(pid: u32) -> std::result::Result<bool, String> {
+    let own = std::fs::metadata("/proc/self/ns/user").map_err(|e| e.to_string())?;
+    let its = std::fs::metadata(format!("/proc/{pid}/ns/user")).map_err(|e| e.to_string())?;
+    Ok((own.dev(), own.ino()) != (its.dev(), its.ino()))
+}
+
+/// Enters the namespaces `spaces` of the process of `pidfd` and, with its user namespace
+/// among them, becomes its root; fails if `/` is still the host's afterwards.
+pub(crate) fn move_in(pidfd: &OwnedFd, spaces: ThreadNameSpaceType) -> std::result::Result<(), String> {
     let host_root = std::fs::metadata("/").map_err(|e| e.to_string())?;
-    let mut spaces = rustix::thread::ThreadNameSpaceType::MOUNT;
-    if new_user {
-        spaces |= rustix::thread::ThreadNameSpaceType::USER;
-    }
     rustix::thread::move_into_thread_name_spaces(pidfd.as_fd(), spaces)
         .map_err(|e| format!("cannot enter the container's namespaces: {e}"))?;
-    if new_user {
+    if spaces.contains(ThreadNameSpaceType::USER) {
         let root_gid = rustix::fs::Gid::from_raw(0);
         let root_uid = rustix::fs::Uid::from_raw(0);
         rustix::thread::set_thread_res_gid(root_gid, root_gid, root_gid)
@@ -277,6 +285,17 @@ fn enter(pid: u32, cgroup: &str) -> std::result::Result<(), String> {
         return Err("entering the container left / on the host's root".into());
     }
     Ok(())
+}
+
+/// Enters the user (if it has its own) and mount namespaces of `pid` after checking it
+/// is the container's.
+fn enter(pid: u32, cgroup: &str) -> std::result::Result<(), String> {
+    let pidfd = open_init(pid, cgroup)?;
+    let mut spaces = ThreadNameSpaceType::MOUNT;
+    if own_user_namespace(pid)? {
+        spaces |= ThreadNameSpaceType::USER;
+    }
+    move_in(&pidfd, spaces)
 }
 
 // ---------------------------------------------------------------------------------------
